@@ -1,0 +1,50 @@
+"""ClassBank: every image of a set of classes, decoded once into one uint8 array."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class ClassBank:
+    """Images grouped by class.
+
+    images: (num_images, channels, height, width) uint8, class c occupying
+    ``images[offsets[c] : offsets[c] + counts[c]]``; names: one per class.
+    """
+
+    images: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray
+    names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def min_count(self) -> int:
+        return int(self.counts.min()) if len(self.counts) else 0
+
+    @classmethod
+    def from_groups(cls, groups: list[np.ndarray], names: list[str]) -> "ClassBank":
+        counts = np.array([len(g) for g in groups], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        images = np.concatenate(groups, axis=0) if groups else np.zeros((0, 1, 1, 1), np.uint8)
+        return cls(np.ascontiguousarray(images), offsets, counts, list(names))
+
+    def subset(self, class_indices) -> "ClassBank":
+        idx = [int(i) for i in class_indices]
+        groups = [self.images[self.offsets[i]:self.offsets[i] + self.counts[i]] for i in idx]
+        return ClassBank.from_groups(groups, [self.names[i] for i in idx])
+
+    def with_rotations(self) -> "ClassBank":
+        """Four times the classes: each class again rotated by 90, 180 and 270 degrees."""
+        groups, names = [], []
+        for k in range(4):
+            rotated = np.rot90(self.images, k=k, axes=(2, 3))
+            for i, name in enumerate(self.names):
+                groups.append(rotated[self.offsets[i]:self.offsets[i] + self.counts[i]])
+                names.append(name if k == 0 else f"{name}@rot{90 * k}")
+        return ClassBank.from_groups(groups, names)

@@ -1,0 +1,159 @@
+"""Configuration dataclasses, one per concern, saved inside every checkpoint.
+
+``Config.to_dict()`` is what goes into ``config.json`` and ``checkpoint.pt``;
+``Config.from_dict`` rebuilds it (unknown keys are an error, missing keys take
+defaults, so older checkpoints stay loadable).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UserError
+
+MODELS = ("mann", "lstm", "ff")
+LABEL_ENCODINGS = ("onehot", "string")
+DATASETS = ("omniglot", "folder")
+ENCODERS = ("linear", "conv")
+
+# The paper's string labels: 5 characters over an alphabet of 5 symbols.
+STRING_LENGTH = 5
+STRING_SYMBOLS = 5
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "omniglot"
+    data_root: str | None = None
+    split: str = "santoro"
+    image_size: int = 20
+    channels: int = 1
+    rotations: bool = True  # training classes x4 by 90/180/270 degree rotations
+    jitter_shift: float = 0.0  # max random shift (pixels) per training sample
+    jitter_rotate: float = 0.0  # max random rotation (degrees) per training sample
+    test_root: str | None = None
+    test_classes: str | None = None
+
+
+@dataclass
+class EpisodeConfig:
+    ways: int = 5
+    instances: int = 10
+    labels: str = "onehot"
+
+    @property
+    def steps(self) -> int:
+        return self.ways * self.instances
+
+    @property
+    def label_groups(self) -> int:
+        """How many softmax groups the output has (1 for one-hot, 5 for strings)."""
+        return 1 if self.labels == "onehot" else STRING_LENGTH
+
+    @property
+    def group_size(self) -> int:
+        """Classes per softmax group."""
+        return self.ways if self.labels == "onehot" else STRING_SYMBOLS
+
+    @property
+    def label_size(self) -> int:
+        return self.label_groups * self.group_size
+
+
+@dataclass
+class ModelConfig:
+    model: str = "mann"
+    encoder: str = "linear"
+    controller_size: int = 200
+    memory_slots: int = 128
+    memory_width: int = 40
+    num_read_heads: int = 4
+    usage_decay: float = 0.95
+    key_strength: bool = False  # extension: learned sharpening of the read softmax
+
+
+@dataclass
+class TrainConfig:
+    episodes: int = 100_000
+    batch_size: int = 16
+    lr: float = 1e-3
+    grad_clip: float = 10.0
+    seed: int = 0
+    eval_every: int = 10_000
+    eval_episodes: int = 400
+    checkpoint_every: int = 5_000
+    device: str = "auto"
+    threads: int = 0  # 0 = torch default
+    skip_nonfinite: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        if not isinstance(d, dict):
+            raise UserError("config is not a mapping")
+        parts = {}
+        for f in dataclasses.fields(cls):
+            sub = d.get(f.name, {}) or {}
+            if not isinstance(sub, dict):
+                raise UserError(f"config section {f.name!r} is not a mapping")
+            sub_cls = f.default_factory  # type: ignore[misc]
+            names = {g.name for g in dataclasses.fields(sub_cls)}
+            unknown = set(sub) - names
+            if unknown:
+                raise UserError(f"unknown config keys in {f.name!r}: {sorted(unknown)}")
+            parts[f.name] = sub_cls(**sub)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise UserError(f"unknown config sections: {sorted(unknown)}")
+        cfg = cls(**parts)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ``UserError`` with one clear line for any invalid value."""
+        d, e, m, t = self.data, self.episodes, self.model, self.train
+        checks = [
+            (d.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)} (got {d.dataset!r})"),
+            (d.image_size >= 4, f"--image-size must be at least 4 (got {d.image_size})"),
+            (d.channels in (1, 3), f"--channels must be 1 or 3 (got {d.channels})"),
+            (d.jitter_shift >= 0, f"--jitter-shift must be >= 0 (got {d.jitter_shift})"),
+            (d.jitter_rotate >= 0, f"--jitter-rotate must be >= 0 (got {d.jitter_rotate})"),
+            (e.ways >= 1, f"--ways must be at least 1 (got {e.ways})"),
+            (e.instances >= 1, f"--instances must be at least 1 (got {e.instances})"),
+            (e.labels in LABEL_ENCODINGS, f"--labels must be one of {', '.join(LABEL_ENCODINGS)} (got {e.labels!r})"),
+            (e.labels != "string" or e.ways <= STRING_SYMBOLS**STRING_LENGTH,
+             f"--ways must be at most {STRING_SYMBOLS**STRING_LENGTH} with string labels"),
+            (m.model in MODELS, f"--model must be one of {', '.join(MODELS)} (got {m.model!r})"),
+            (m.encoder in ENCODERS, f"--encoder must be one of {', '.join(ENCODERS)} (got {m.encoder!r})"),
+            (m.controller_size >= 1, f"--controller-size must be at least 1 (got {m.controller_size})"),
+            (m.memory_slots >= 1, f"--memory-slots must be at least 1 (got {m.memory_slots})"),
+            (m.memory_width >= 1, f"--memory-width must be at least 1 (got {m.memory_width})"),
+            (m.num_read_heads >= 1, f"--read-heads must be at least 1 (got {m.num_read_heads})"),
+            (m.num_read_heads <= m.memory_slots,
+             f"--read-heads ({m.num_read_heads}) cannot exceed --memory-slots ({m.memory_slots})"),
+            (0.0 <= m.usage_decay <= 1.0, f"--usage-decay must be in [0, 1] (got {m.usage_decay})"),
+            (t.episodes >= 0, f"--episodes must be >= 0 (got {t.episodes})"),
+            (t.batch_size >= 1, f"--batch-size must be at least 1 (got {t.batch_size})"),
+            (t.lr > 0, f"--lr must be > 0 (got {t.lr})"),
+            (t.grad_clip >= 0, f"--grad-clip must be >= 0 (got {t.grad_clip}; 0 disables clipping)"),
+            (t.eval_every >= 0, f"--eval-every must be >= 0 (got {t.eval_every}; 0 = never)"),
+            (t.eval_episodes >= 1, f"--eval-episodes must be at least 1 (got {t.eval_episodes})"),
+            (t.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {t.checkpoint_every})"),
+            (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+             f"--device must be auto, cpu or cuda (got {t.device!r})"),
+            (t.threads >= 0, f"--threads must be >= 0 (got {t.threads})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)

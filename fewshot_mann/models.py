@@ -1,0 +1,151 @@
+"""Sequence models over label-shifted episodes: MANN (LSTM controller + LRUA memory),
+and the paper's LSTM and feed-forward baselines, all behind one interface:
+
+``model(images, label_inputs) -> logits``
+
+- images: (batch, time, channels, height, width) float in [0, 1]
+- label_inputs: (batch, time, label_size), the previous step's label (zeros at t=0)
+- logits: (batch, time, label_groups * group_size), one softmax per label group.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import Config, ModelConfig
+from .memory import LRUAMemory
+
+
+class LinearEncoder(nn.Module):
+    """The paper's input: raw pixels, flattened. (B,T,C,H,W) -> (B,T,C*H*W)."""
+
+    def __init__(self, channels: int, image_size: int):
+        super().__init__()
+        self.out_features = channels * image_size * image_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(2)
+
+
+class ConvEncoder(nn.Module):
+    """A small CNN applied to every image: (B,T,C,H,W) -> (B,T,features)."""
+
+    def __init__(self, channels: int, image_size: int, width: int = 64):
+        super().__init__()
+        layers, size, c_in = [], image_size, channels
+        for c_out in (32, width, width):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in, size = c_out, size // 2
+            if size < 2:
+                break
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.out_features = c_in * size * size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b, t = images.shape[:2]
+        return self.net(images.flatten(0, 1)).view(b, t, -1)
+
+
+def build_encoder(cfg: Config) -> nn.Module:
+    d = cfg.data
+    if cfg.model.encoder == "conv":
+        return ConvEncoder(d.channels, d.image_size)
+    return LinearEncoder(d.channels, d.image_size)
+
+
+def _init_lstm_bias(bias: torch.Tensor, hidden: int) -> None:
+    with torch.no_grad():
+        bias[hidden:2 * hidden].fill_(1.0)  # forget gate starts open
+
+
+class MANN(nn.Module):
+    """LSTM controller with an external memory (LRUA by default).
+
+    The controller input at step t is [features(x_t), y_{t-1}, r_{t-1}]; the output layer
+    sees [h_t, r_t]. The input part of the LSTM gates is computed for all steps in one
+    matmul before the recurrence.
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        m = cfg.model
+        self.encoder = build_encoder(cfg)
+        self.hidden = m.controller_size
+        self.memory = build_memory(m)
+        in_size = self.encoder.out_features + cfg.episodes.label_size
+        self.input_proj = nn.Linear(in_size, 4 * self.hidden)
+        self.recurrent = nn.Linear(self.hidden + self.memory.read_size, 4 * self.hidden, bias=False)
+        self.output = nn.Linear(self.hidden + self.memory.read_size, cfg.episodes.label_size)
+        _init_lstm_bias(self.input_proj.bias, self.hidden)
+
+    def lstm_cell(self, gates: torch.Tensor, c: torch.Tensor):
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+    def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+        batch = images.shape[0]
+        feats = self.encoder(images)
+        gates_in = self.input_proj(torch.cat([feats, label_inputs], dim=-1))  # (B,T,4H)
+        h = gates_in.new_zeros(batch, self.hidden)
+        c = gates_in.new_zeros(batch, self.hidden)
+        state = self.memory.initial_state(batch, device=images.device, dtype=gates_in.dtype)
+        reads = state[-1]
+        outs = []
+        # unbind, not gates_in[:, t]: indexing makes every step's backward allocate a
+        # gradient the size of the whole sequence.
+        for g_t in gates_in.unbind(1):
+            h, c = self.lstm_cell(g_t + self.recurrent(torch.cat([h, reads], dim=-1)), c)
+            reads, state = self.memory.step(h, state)
+            outs.append(torch.cat([h, reads], dim=-1))
+        return self.output(torch.stack(outs, dim=1))
+
+
+class LSTMBaseline(nn.Module):
+    """The paper's LSTM baseline: no external memory."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.encoder = build_encoder(cfg)
+        hidden = cfg.model.controller_size
+        self.lstm = nn.LSTM(self.encoder.out_features + cfg.episodes.label_size, hidden, batch_first=True)
+        self.output = nn.Linear(hidden, cfg.episodes.label_size)
+        _init_lstm_bias(self.lstm.bias_ih_l0, hidden)
+
+    def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(torch.cat([self.encoder(images), label_inputs], dim=-1))
+        return self.output(out)
+
+
+class FeedForward(nn.Module):
+    """The paper's feed-forward baseline: sees only the current step (at chance by design)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.encoder = build_encoder(cfg)
+        hidden = cfg.model.controller_size
+        self.net = nn.Sequential(
+            nn.Linear(self.encoder.out_features + cfg.episodes.label_size, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, cfg.episodes.label_size),
+        )
+
+    def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([self.encoder(images), label_inputs], dim=-1))
+
+
+def build_memory(m: ModelConfig) -> nn.Module:
+    return LRUAMemory(m.controller_size, m.memory_slots, m.memory_width, m.num_read_heads,
+                      m.usage_decay, m.key_strength)
+
+
+MODEL_CLASSES = {"mann": MANN, "lstm": LSTMBaseline, "ff": FeedForward}
+
+
+def build_model(cfg: Config) -> nn.Module:
+    return MODEL_CLASSES[cfg.model.model](cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,218 @@
+"""Omniglot as a data source: find it, decode it once into a cached uint8 array, split it.
+
+A data root holds ``images_background`` and ``images_evaluation``, each as a folder or a
+``.zip`` (the official archives), or torchvision's ``omniglot-py/`` layout of the same.
+``download_omniglot`` fetches and checksum-verifies the official zips through
+``torchvision.datasets.Omniglot``.
+
+Characters are named ``background/<Alphabet>/<characterNN>`` or
+``evaluation/<Alphabet>/<characterNN>``. Splits are JSON files under the repository's
+``data/`` folder: ``santoro`` (1,200 / 423 characters drawn from all 1,623 with a fixed
+seed) and ``lake`` (the official background 964 / evaluation 659).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .bank import ClassBank
+from .errors import DataError, UserError
+from .fileio import atomic_write
+
+PARTS = ("background", "evaluation")
+SPLITS = ("santoro", "lake")
+SPLIT_DIR = Path(__file__).resolve().parents[1] / "data"
+DRAWERS = 20
+GET_DATA_HINT = (
+    "get it with --download (fetches the official zips through torchvision), or point "
+    "--data-root / FEWSHOT_MANN_DATA at a folder holding images_background(.zip) and "
+    "images_evaluation(.zip)"
+)
+
+
+def default_data_root() -> Path:
+    env = os.environ.get("FEWSHOT_MANN_DATA")
+    if env:
+        return Path(env).expanduser()
+    return cache_dir() / "data"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("FEWSHOT_MANN_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fewshot-mann"
+
+
+def download_omniglot(root: str | os.PathLike) -> Path:
+    """Fetch both official archives through torchvision (md5-verified); returns the root."""
+    from torchvision.datasets import Omniglot
+
+    root = Path(root).expanduser()
+    for background in (True, False):
+        try:
+            Omniglot(str(root), background=background, download=True)
+        except Exception as exc:  # network errors, checksum failures
+            raise DataError(f"could not download Omniglot into {root}: {exc}") from exc
+    return root
+
+
+class _Source:
+    """One Omniglot part (background or evaluation) as a folder or a zip."""
+
+    def __init__(self, part: str, path: Path):
+        self.part, self.path = part, path
+        self.is_zip = path.suffix == ".zip"
+
+    def fingerprint(self) -> str:
+        if self.is_zip:
+            st = self.path.stat()
+            return f"{self.path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+        files = sorted(self.path.rglob("*.png"))
+        return f"{self.path.resolve()}:{len(files)}:{int(max((f.stat().st_mtime for f in files), default=0))}"
+
+    def members(self) -> dict[str, list[tuple[str, object]]]:
+        """Character name -> sorted list of (file name, handle) of its PNGs."""
+        chars: dict[str, list] = {}
+        if self.is_zip:
+            try:
+                zf = zipfile.ZipFile(self.path)
+                infos = zf.infolist()
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise DataError(f"{self.path} is not a readable zip ({exc}); {GET_DATA_HINT}") from exc
+            self._zip = zf
+            for info in infos:
+                parts = info.filename.split("/")
+                # Never trust member paths: skip absolute or parent-relative names.
+                if info.filename.startswith("/") or ".." in parts or not info.filename.endswith(".png"):
+                    continue
+                if len(parts) != 4:
+                    continue
+                chars.setdefault(f"{self.part}/{parts[1]}/{parts[2]}", []).append((parts[3], info))
+        else:
+            root = self.path.resolve()
+            for png in self.path.glob("*/*/*.png"):
+                if png.is_symlink() and not png.resolve().is_relative_to(root):
+                    continue  # never follow links out of the dataset root
+                alphabet, character = png.parent.parent.name, png.parent.name
+                chars.setdefault(f"{self.part}/{alphabet}/{character}", []).append((png.name, png))
+        return {k: sorted(v, key=lambda m: m[0]) for k, v in sorted(chars.items())}
+
+    def read(self, handle) -> bytes:
+        if self.is_zip:
+            return self._zip.read(handle)
+        return Path(handle).read_bytes()
+
+
+def find_sources(root: str | os.PathLike) -> list[_Source]:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"Omniglot data root {root} does not exist; {GET_DATA_HINT}")
+    sources = []
+    for part in PARTS:
+        name = f"images_{part}"
+        found = None
+        for base in (root, root / "omniglot-py"):
+            for cand in (base / name, base / f"{name}.zip"):
+                if cand.is_dir() and any(cand.iterdir()) or cand.is_file():
+                    found = cand
+                    break
+            if found:
+                break
+        if found is None:
+            raise DataError(f"no {name} folder or {name}.zip under {root}; {GET_DATA_HINT}")
+        sources.append(_Source(part, found))
+    return sources
+
+
+def decode_png(data: bytes, image_size: int, where: str) -> np.ndarray:
+    """PNG bytes -> (image_size, image_size) uint8 with strokes bright (255) on black."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("L").resize((image_size, image_size), Image.Resampling.BOX)
+            return 255 - np.asarray(im, dtype=np.uint8)
+    except Exception as exc:
+        raise DataError(f"cannot decode {where}: {exc}") from exc
+
+
+def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress: bool = True) -> ClassBank:
+    """All 1,623 characters at ``image_size``, decoded once and cached (uint8)."""
+    root = Path(root).expanduser() if root else default_data_root()
+    sources = find_sources(root)
+    key = hashlib.sha1("|".join(s.fingerprint() for s in sources).encode()).hexdigest()[:16]
+    cache = cache_dir() / f"omniglot-{image_size}px-{key}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                images, counts, names = z["images"], z["counts"], [str(n) for n in z["names"]]
+            offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            return ClassBank(images, offsets, counts.astype(np.int64), names)
+        except Exception:
+            pass  # a damaged cache is rebuilt below
+    groups, names = [], []
+    members = [(s, name, files) for s in sources for name, files in s.members().items()]
+    if not members:
+        raise DataError(f"no Omniglot PNGs found under {root}; {GET_DATA_HINT}")
+    iterator = members
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(members, desc=f"decoding Omniglot at {image_size}px (once)", unit="char", leave=False)
+    for source, name, files in iterator:
+        imgs = [decode_png(source.read(h), image_size, f"{source.path}:{fn}") for fn, h in files]
+        groups.append(np.stack(imgs)[:, None])
+        names.append(name)
+    bank = ClassBank.from_groups(groups, names)
+
+    def write(f):
+        np.savez(f, images=bank.images, counts=bank.counts, names=np.array(bank.names))
+    try:
+        atomic_write(cache, write)
+    except OSError:
+        pass  # a read-only cache only costs the decode next time
+    return bank
+
+
+def load_split(name: str) -> dict:
+    """The committed split definition ``data/omniglot_<name>.json``."""
+    if name not in SPLITS:
+        raise UserError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+    path = SPLIT_DIR / f"omniglot_{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read split file {path}: {exc}") from exc
+
+
+def split_banks(bank: ClassBank, split: str) -> tuple[ClassBank, ClassBank]:
+    """(train, test) banks for a named split; their characters are disjoint."""
+    spec = load_split(split)
+    index = {n: i for i, n in enumerate(bank.names)}
+    out = []
+    for part in ("train", "test"):
+        missing = [n for n in spec[part] if n not in index]
+        if missing:
+            raise DataError(
+                f"split {split!r} names {len(missing)} characters not in the data (e.g. {missing[0]}); "
+                "is the data root a complete Omniglot?")
+        out.append(bank.subset([index[n] for n in spec[part]]))
+    return out[0], out[1]
+
+
+def make_santoro_split(names: list[str], seed: int = 2016, train: int = 1200) -> dict:
+    """Draw 1,200 train / 423 test characters from all of them with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(names))
+    return {
+        "description": "Santoro et al. 2016: 1,200 training / 423 test characters drawn from all 1,623",
+        "seed": seed,
+        "train": sorted(names[i] for i in order[:train]),
+        "test": sorted(names[i] for i in order[train:]),
+    }
