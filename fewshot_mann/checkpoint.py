@@ -1,0 +1,85 @@
+"""Checkpoints: atomic saves, safe loads (``weights_only=True``), clear errors.
+
+A checkpoint is a dict of plain types and tensors:
+``{"format": "fewshot-mann", "version": 1, "config": {...}, "model": state_dict,
+"optimizer": state_dict | None, "step": int, "episodes_done": int, ...}``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+from .errors import CheckpointError, UserError
+from .fileio import atomic_write
+
+FORMAT = "fewshot-mann"
+VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def migrate(ckpt: dict) -> dict:
+    """Bring an older checkpoint format up to ``VERSION`` (none older exists yet)."""
+    version = ckpt.get("version")
+    if not isinstance(version, int):
+        raise CheckpointError("checkpoint has no format version")
+    if version > VERSION:
+        raise CheckpointError(
+            f"checkpoint format version {version} is newer than this fewshot-mann understands ({VERSION}); upgrade")
+    if version < 1:
+        raise CheckpointError(f"checkpoint format version {version} is too old to migrate")
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load and validate a checkpoint; never executes code from the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the .pt file (e.g. {path / 'checkpoint.pt'})")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
+            OSError, AttributeError, KeyError, IndexError, TypeError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot load checkpoint {path}: not a valid fewshot-mann checkpoint "
+                              f"(corrupt, truncated or unsafe: {first[:200]})") from exc
+    except Exception as exc:  # any other failure inside the unpickler is still the file's fault
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a fewshot-mann checkpoint (a .pt file of something else)")
+    ckpt = migrate(ckpt)
+    for key in ("config", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r}")
+    try:
+        ckpt["config_obj"] = Config.from_dict(ckpt["config"])
+    except (UserError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid config: {exc}") from exc
+    return ckpt
+
+
+def load_model_from_checkpoint(ckpt: dict, device="cpu"):
+    """Build the model named by the checkpoint's config and load its weights."""
+    from .models import build_model
+
+    cfg = ckpt["config_obj"]
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint weights do not fit a {cfg.model.model} model: "
+                              f"{str(exc).splitlines()[0][:200]}") from exc
+    return model.to(device)

@@ -1,0 +1,287 @@
+"""Command line: ``fewshot-mann {train,evaluate,inspect,predict,bench}`` (also ``python -m
+fewshot_mann ...``; ``train.py`` and ``evaluate.py`` at the top are the first two).
+
+User errors print one line (``error: ...``) and exit with status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import DATASETS, ENCODERS, LABEL_ENCODINGS, MODELS, Config
+from .errors import UserError
+
+# dest -> (config section, field). These flags become the Config.
+FIELDS = {
+    "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "split": ("data", "split"),
+    "image_size": ("data", "image_size"), "channels": ("data", "channels"),
+    "rotations": ("data", "rotations"), "jitter_shift": ("data", "jitter_shift"),
+    "jitter_rotate": ("data", "jitter_rotate"), "test_root": ("data", "test_root"),
+    "test_classes": ("data", "test_classes"),
+    "ways": ("episodes", "ways"), "instances": ("episodes", "instances"), "labels": ("episodes", "labels"),
+    "model": ("model", "model"), "encoder": ("model", "encoder"),
+    "controller_size": ("model", "controller_size"), "memory_slots": ("model", "memory_slots"),
+    "memory_width": ("model", "memory_width"), "read_heads": ("model", "num_read_heads"),
+    "usage_decay": ("model", "usage_decay"), "key_strength": ("model", "key_strength"),
+    "episodes": ("train", "episodes"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"), "eval_every": ("train", "eval_every"),
+    "eval_episodes": ("train", "eval_episodes"), "checkpoint_every": ("train", "checkpoint_every"),
+    "device": ("train", "device"), "threads": ("train", "threads"),
+    "skip_nonfinite": ("train", "skip_nonfinite"),
+}
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def run_guarded(fn, argv) -> int:
+    """Run a sub-command; user errors become one line and exit status 2."""
+    try:
+        return int(fn(argv) or 0)
+    except UserError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        return fail("out of memory; try a smaller --batch-size or --image-size")
+
+
+def _flatten_config_file(path: str) -> dict:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise UserError(f"config file {path} is not valid JSON: {exc}") from exc
+    if isinstance(raw, dict) and "config" in raw and isinstance(raw["config"], dict):
+        raw = raw["config"]
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a JSON object")
+    flat, reverse = {}, {v: k for k, v in FIELDS.items()}
+    for key, value in raw.items():
+        if isinstance(value, dict):  # nested: {"model": {"memory_slots": 128}}
+            for sub, v in value.items():
+                if (key, sub) not in reverse:
+                    raise UserError(f"config file {path}: unknown key {key}.{sub}")
+                flat[reverse[(key, sub)]] = v
+        else:
+            dest = key.replace("-", "_").lstrip("_")
+            if dest not in FIELDS and dest not in ("out",):
+                raise UserError(f"config file {path}: unknown key {key!r}")
+            flat[dest] = value
+    return flat
+
+
+def train_parser() -> argparse.ArgumentParser:
+    d = Config()
+    p = argparse.ArgumentParser(prog="train.py", description="Meta-train a MANN (or a baseline) on label-shifted episodes.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-c", "--config", metavar="JSON", help="a JSON config whose values become the defaults")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default=d.data.dataset)
+    g.add_argument("--data-root", default=None,
+                   help="Omniglot root (default: $FEWSHOT_MANN_DATA, else ~/.cache/fewshot-mann/data) or image folder")
+    g.add_argument("--download", action="store_true", help="download Omniglot into --data-root through torchvision")
+    g.add_argument("--split", default=d.data.split, help="Omniglot class split: santoro or lake")
+    g.add_argument("--image-size", type=int, default=d.data.image_size)
+    g.add_argument("--channels", type=int, default=d.data.channels, help="1 = grayscale, 3 = RGB")
+    g.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=d.data.rotations,
+                   help="multiply training classes by 90/180/270 degree rotations")
+    g.add_argument("--jitter-shift", type=float, default=d.data.jitter_shift, help="max random shift (pixels), training only")
+    g.add_argument("--jitter-rotate", type=float, default=d.data.jitter_rotate, help="max random rotation (degrees), training only")
+    g.add_argument("--test-root", default=None, help="folder datasets: a separate folder of held-out classes")
+    g.add_argument("--test-classes", default=None, help="folder datasets: held-out fraction (0.3) or comma list of classes")
+    g = p.add_argument_group("episodes")
+    g.add_argument("--ways", type=int, default=d.episodes.ways)
+    g.add_argument("--instances", type=int, default=d.episodes.instances)
+    g.add_argument("--labels", choices=LABEL_ENCODINGS, default=d.episodes.labels)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=MODELS, default=d.model.model)
+    g.add_argument("--encoder", choices=ENCODERS, default=d.model.encoder)
+    g.add_argument("--controller-size", type=int, default=d.model.controller_size)
+    g.add_argument("--memory-slots", type=int, default=d.model.memory_slots)
+    g.add_argument("--memory-width", type=int, default=d.model.memory_width)
+    g.add_argument("--read-heads", type=int, default=d.model.num_read_heads)
+    g.add_argument("--usage-decay", type=float, default=d.model.usage_decay)
+    g.add_argument("--key-strength", action=argparse.BooleanOptionalAction, default=d.model.key_strength,
+                   help="extension: learned sharpening of the read softmax (not in the paper)")
+    g = p.add_argument_group("training")
+    g.add_argument("--episodes", type=int, default=d.train.episodes, help="total training episodes")
+    g.add_argument("--batch-size", type=int, default=d.train.batch_size)
+    g.add_argument("--lr", type=float, default=d.train.lr)
+    g.add_argument("--grad-clip", type=float, default=d.train.grad_clip, help="gradient-norm clip (0 = off)")
+    g.add_argument("--seed", type=int, default=d.train.seed)
+    g.add_argument("--eval-every", type=int, default=d.train.eval_every, help="episodes between held-out evaluations (0 = never)")
+    g.add_argument("--eval-episodes", type=int, default=d.train.eval_episodes)
+    g.add_argument("--checkpoint-every", type=int, default=d.train.checkpoint_every, help="episodes between checkpoints")
+    g.add_argument("--device", default=d.train.device, help="auto, cpu or cuda")
+    g.add_argument("--threads", type=int, default=d.train.threads, help="torch threads (0 = default)")
+    g.add_argument("--skip-nonfinite", action="store_true", default=d.train.skip_nonfinite,
+                   help="skip batches with a NaN/inf loss instead of stopping")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="runs/mann", help="run directory")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out (starts it if it has no checkpoint)")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    g.add_argument("--init-from", default=None, metavar="CHECKPOINT", help="start from a trained checkpoint's weights")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_train_args(argv):
+    p = train_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        p.set_defaults(**_flatten_config_file(known.config))
+    return p.parse_args(argv)
+
+
+def config_from_args(args) -> Config:
+    cfg = Config()
+    for dest, (section, field) in FIELDS.items():
+        setattr(getattr(cfg, section), field, getattr(args, dest))
+    cfg.validate()
+    return cfg
+
+
+def train_main(argv=None) -> int:
+    return run_guarded(_train, sys.argv[1:] if argv is None else argv)
+
+
+def _train(argv) -> int:
+    from .training import train
+
+    args = parse_train_args(argv)
+    cfg = config_from_args(args)
+    if args.download:
+        from .omniglot import default_data_root, download_omniglot
+        root = Path(args.data_root) if args.data_root else default_data_root()
+        download_omniglot(root)
+        cfg.data.data_root = str(root)
+    command = ["train.py", *argv]
+    summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, command=command,
+                    progress=not args.no_progress, init_from=args.init_from)
+    if summary["interrupted"] is not None:
+        return 130
+    print(f"trained {summary['episodes_done']:,} episodes in {summary['train_seconds']:.0f} s; "
+          f"checkpoint: {Path(args.out) / 'checkpoint.pt'}")
+    if summary["last_eval"]:
+        acc = " ".join(f"{100 * a:.1f}" for a in summary["last_eval"]["accuracy_by_instance"])
+        print(f"held-out accuracy by instance (%): {acc}")
+    return 0
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate.py", description="Accuracy by instance on held-out classes.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by train.py")
+    p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="override the dataset (e.g. folder for cross-domain)")
+    p.add_argument("--split", default="test", choices=("test", "train"), help="which classes: held-out (test) or training")
+    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG of accuracy by instance")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def evaluate_main(argv=None) -> int:
+    return run_guarded(_evaluate, sys.argv[1:] if argv is None else argv)
+
+
+def _evaluate(argv) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint, load_model_from_checkpoint
+    from .datasets import load_banks
+    from .episodes import check_bank
+    from .evaluation import evaluate, format_table
+    from .fileio import atomic_write_json
+    from .training import resolve_device
+
+    args = evaluate_parser().parse_args(argv)
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0 (got {args.threads})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = ckpt["config_obj"]
+    if args.data_root:
+        cfg.data.data_root = args.data_root
+    if args.dataset and args.dataset != cfg.data.dataset:
+        cfg.data.dataset = args.dataset
+        cfg.data.test_root = None
+        cfg.data.test_classes = "all"  # cross-domain: every class of the folder is held out
+    model = load_model_from_checkpoint(ckpt, device)
+    train_bank, test_bank = load_banks(cfg, progress=not args.no_progress)
+    bank = test_bank if args.split == "test" else train_bank
+    check_bank(bank, cfg.episodes, f"{args.split} classes")
+    t0 = time.perf_counter()
+    res = evaluate(model, bank, cfg.episodes, episodes=args.episodes, seed=args.seed,
+                   batch_size=args.batch_size, device=device, progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    res.pop("_per_episode")
+    print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {args.split} classes"))
+    out = {**res, "classes": bank.num_classes, "split": args.split, "checkpoint": str(args.checkpoint),
+           "checkpoint_episodes": ckpt.get("episodes_done"), "config": cfg.to_dict(),
+           "command": ["evaluate.py", *argv], "seconds": round(seconds, 3),
+           "date": time.strftime("%Y-%m-%d"), "device": str(device)}
+    if args.json:
+        atomic_write_json(args.json, out)
+        print(f"wrote {args.json}")
+    if args.plot:
+        from .reporting import plot_by_instance
+        plot_by_instance([(f"{cfg.model.model} ({args.episodes} episodes, 95% CI)", res)], args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+SUBCOMMANDS = {
+    "train": "train_main",
+    "evaluate": "evaluate_main",
+    "inspect": "inspect_main",
+    "predict": "predict_main",
+    "bench": "bench_main",
+}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        print("usage: fewshot-mann {" + ",".join(SUBCOMMANDS) + "} [options]\n"
+              "  train     meta-train a model on label-shifted episodes\n"
+              "  evaluate  accuracy by instance on held-out classes\n"
+              "  inspect   check an image folder dataset\n"
+              "  predict   classify new images from a few labelled examples\n"
+              "  bench     speed benchmark against the plain reference loop",
+              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            return fail(f"unknown command {argv[0]!r}")
+        return 0 if argv else 2
+    name = SUBCOMMANDS[argv[0]]
+    if name in ("train_main", "evaluate_main"):
+        return globals()[name](argv[1:])
+    import importlib
+    module = {"inspect_main": ".inspect", "predict_main": ".predict", "bench_main": ".bench"}[name]
+    try:
+        mod = importlib.import_module(module, __package__)
+    except ImportError:
+        return fail(f"the {argv[0]!r} command is not available in this build")
+    return mod.main(argv[1:])

@@ -1,0 +1,106 @@
+"""Accuracy by instance position with 95% confidence intervals, on fixed episodes."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .bank import ClassBank
+from .config import EpisodeConfig
+from .episodes import evaluation_episodes, to_tensors
+
+# Santoro et al. 2016, Table 1 (5-way one-hot, accuracy at instance 1, 2, 3, 4, 5, 10).
+PAPER_INSTANCES = (1, 2, 3, 4, 5, 10)
+PAPER_ROWS = {
+    "Human": (34.5, 57.3, 70.1, 71.8, 81.4, 92.4),
+    "Feedforward": (24.4, 19.6, 21.1, 19.9, 22.8, 19.5),
+    "LSTM": (24.4, 49.5, 55.3, 61.0, 63.6, 62.5),
+    "MANN": (36.4, 82.8, 91.0, 92.6, 94.9, 98.1),
+}
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, cfg: EpisodeConfig) -> torch.Tensor:
+    """Cross-entropy summed over label groups, mean over steps. logits (B,T,G*S), targets (B,T,G)."""
+    flat = logits.reshape(-1, cfg.group_size)
+    return torch.nn.functional.cross_entropy(flat, targets.reshape(-1), reduction="sum") / targets[..., 0].numel()
+
+
+def correct_steps(logits: torch.Tensor, targets: torch.Tensor, cfg: EpisodeConfig) -> torch.Tensor:
+    """(B,T) bool: every symbol of the step's label predicted right."""
+    pred = logits.reshape(*targets.shape, cfg.group_size).argmax(-1)
+    return (pred == targets).all(-1)
+
+
+def per_episode_instance_accuracy(correct: torch.Tensor, instance: torch.Tensor, instances: int) -> torch.Tensor:
+    """(B, instances) accuracy of each episode at each presentation index."""
+    b = correct.shape[0]
+    sums = torch.zeros(b, instances, dtype=torch.float64, device=correct.device)
+    counts = torch.zeros_like(sums)
+    sums.scatter_add_(1, instance, correct.double())
+    counts.scatter_add_(1, instance, torch.ones(instance.shape, dtype=torch.float64, device=correct.device))
+    return sums / counts.clamp_min(1)
+
+
+def summarise(acc: np.ndarray) -> tuple[list[float], list[float]]:
+    """Mean and 95% CI half-width (normal approximation over episodes) per instance."""
+    n = acc.shape[0]
+    mean = acc.mean(0)
+    sd = acc.std(0, ddof=1) if n > 1 else np.zeros_like(mean)
+    return [float(x) for x in mean], [float(1.96 * s / math.sqrt(n)) for s in sd]
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, episodes: int = 1000,
+             seed: int = 0, batch_size: int = 250, device="cpu", progress: bool = False,
+             start: int = 0) -> dict:
+    """Evaluate on episodes start..start+episodes-1 of ``bank`` (each fixed by (seed, index)).
+
+    Returns ``accuracy_by_instance`` and ``ci95`` (lists, element 0 = 1st instance),
+    ``accuracy`` (all steps), ``episodes``, ``ways``, ``instances``, ``seed``, and the raw
+    ``per_episode`` array (episodes, instances) under ``_per_episode`` for aggregation.
+    """
+    was_training = model.training
+    model.eval()
+    chunks = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=episodes, desc="evaluating", unit="ep", leave=False)
+    try:
+        for first in range(start, start + episodes, batch_size):
+            count = min(batch_size, start + episodes - first)
+            batch = to_tensors(evaluation_episodes(bank, cfg, seed, first, count), cfg, device)
+            logits = model(batch.images, batch.label_inputs)
+            correct = correct_steps(logits, batch.targets, cfg)
+            chunks.append(per_episode_instance_accuracy(correct, batch.instance, cfg.instances).cpu().numpy())
+            if bar is not None:
+                bar.update(count)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    acc = np.concatenate(chunks, axis=0)
+    mean, ci = summarise(acc)
+    return {
+        "accuracy_by_instance": mean,
+        "ci95": ci,
+        "accuracy": float(acc.mean()),
+        "episodes": int(episodes),
+        "ways": cfg.ways,
+        "instances": cfg.instances,
+        "labels": cfg.labels,
+        "seed": int(seed),
+        "_per_episode": acc,
+    }
+
+
+def format_table(result: dict, title: str = "accuracy by instance") -> str:
+    """A plain-text table of accuracy (%) and 95% CI at each instance."""
+    acc, ci = result["accuracy_by_instance"], result["ci95"]
+    header = "instance " + " ".join(f"{i + 1:>7}" for i in range(len(acc)))
+    row = "accuracy " + " ".join(f"{100 * a:7.1f}" for a in acc)
+    row_ci = "  ±95%CI " + " ".join(f"{100 * c:7.1f}" for c in ci)
+    lines = [f"{title} ({result['ways']}-way, {result['labels']} labels, {result['episodes']} episodes, "
+             f"seed {result['seed']})", header, row, row_ci]
+    return "\n".join(lines)
