@@ -116,6 +116,7 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
         # settings come from the new command line.
         saved.train.episodes = cfg.train.episodes
         saved.train.device, saved.train.threads = cfg.train.device, cfg.train.threads
+        saved.train.skip_nonfinite = cfg.train.skip_nonfinite
         saved.data.data_root = cfg.data.data_root or saved.data.data_root
         cfg = saved
     cfg.validate()

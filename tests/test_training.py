@@ -1,0 +1,119 @@
+"""Training loop on synthetic banks: determinism, resume, run-directory rules, non-finite stop."""
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+
+from conftest import synthetic_bank, tiny_config
+from fewshot_mann import training
+from fewshot_mann.checkpoint import load_checkpoint
+from fewshot_mann.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def synthetic_data(monkeypatch):
+    banks = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
+    monkeypatch.setattr(training, "load_banks", lambda cfg, progress=True: banks)
+
+
+def small_cfg(episodes=48):
+    cfg = tiny_config()
+    cfg.episodes.ways, cfg.episodes.instances = 3, 4
+    cfg.train.episodes, cfg.train.batch_size = episodes, 4
+    cfg.train.eval_every, cfg.train.eval_episodes, cfg.train.checkpoint_every = 16, 20, 8
+    cfg.data.rotations = False
+    return cfg
+
+
+def run(cfg, out, **kw):
+    return training.train(cfg, out, progress=False, log=lambda m: None, **kw)
+
+
+def metrics_without_times(path):
+    rows = [json.loads(l) for l in open(path)]
+    for r in rows:
+        r.pop("train_seconds", None)
+    return rows
+
+
+def assert_same_state(a, b):
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for k in sa:
+        for field in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa[k][field], sb[k][field])
+
+
+def test_same_seed_same_run(tmp_path):
+    run(small_cfg(), tmp_path / "a")
+    run(small_cfg(), tmp_path / "b")
+    assert metrics_without_times(tmp_path / "a/metrics.jsonl") == metrics_without_times(tmp_path / "b/metrics.jsonl")
+    assert_same_state(load_checkpoint(tmp_path / "a/checkpoint.pt"), load_checkpoint(tmp_path / "b/checkpoint.pt"))
+    evals = [r for r in metrics_without_times(tmp_path / "a/metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["episodes"] for r in evals] == [16, 32, 48] and len(evals[0]["accuracy_by_instance"]) == 4
+
+
+class StopAfter:
+    """Stands in for the SIGINT/SIGTERM flag: 'signalled' after ``steps`` steps."""
+
+    def __init__(self, steps):
+        self.steps, self.seen = steps, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def signal(self):
+        self.seen += 1
+        return signal.SIGINT if self.seen >= self.steps else None
+
+
+def test_interrupted_run_resumes_identically(tmp_path, monkeypatch):
+    run(small_cfg(48), tmp_path / "straight")
+    with monkeypatch.context() as m:
+        m.setattr(training, "_StopFlag", lambda: StopAfter(5))
+        summary = run(small_cfg(48), tmp_path / "split")
+    assert summary["interrupted"] == signal.SIGINT and summary["episodes_done"] == 20
+    summary = run(small_cfg(48), tmp_path / "split", resume=True)
+    assert summary["episodes_done"] == 48
+    assert metrics_without_times(tmp_path / "straight/metrics.jsonl") == \
+        metrics_without_times(tmp_path / "split/metrics.jsonl")
+    assert_same_state(load_checkpoint(tmp_path / "straight/checkpoint.pt"),
+                      load_checkpoint(tmp_path / "split/checkpoint.pt"))
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    run(small_cfg(8), tmp_path / "r")
+    with pytest.raises(UserError, match="--resume .* --overwrite"):
+        run(small_cfg(8), tmp_path / "r")
+    run(small_cfg(8), tmp_path / "r", overwrite=True)
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_config(tmp_path):
+    run(small_cfg(8), tmp_path / "r")
+    raw = torch.load(tmp_path / "r/checkpoint.pt", weights_only=True)
+    assert raw["format"] == "fewshot-mann" and raw["config"]["model"]["memory_slots"] == 10
+    assert json.loads((tmp_path / "r/config.json").read_text())["config"] == raw["config"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    cfg = small_cfg(32)
+    run(small_cfg(16), tmp_path / "r")
+    before = load_checkpoint(tmp_path / "r/checkpoint.pt")
+    real = training.loss_fn
+    monkeypatch.setattr(training, "loss_fn", lambda *a: real(*a) * float("nan"))
+    with pytest.raises(UserError, match="non-finite loss"):
+        run(cfg, tmp_path / "r", resume=True)
+    after = load_checkpoint(tmp_path / "r/checkpoint.pt")
+    assert after["episodes_done"] == 16
+    assert_same_state(before, after)
+    cfg.train.skip_nonfinite = True
+    summary = run(cfg, tmp_path / "r", resume=True)
+    assert summary["episodes_done"] == 32
