@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DATASETS, ENCODERS, LABEL_ENCODINGS, MODELS, Config
+from .config import DATASETS, ENCODERS, LABEL_ENCODINGS, MODELS, RESIZE_POLICIES, Config
 from .errors import UserError
 
 # dest -> (config section, field). These flags become the Config.
@@ -21,7 +21,7 @@ FIELDS = {
     "image_size": ("data", "image_size"), "channels": ("data", "channels"),
     "rotations": ("data", "rotations"), "jitter_shift": ("data", "jitter_shift"),
     "jitter_rotate": ("data", "jitter_rotate"), "test_root": ("data", "test_root"),
-    "test_classes": ("data", "test_classes"),
+    "test_classes": ("data", "test_classes"), "resize": ("data", "resize"),
     "ways": ("episodes", "ways"), "instances": ("episodes", "instances"), "labels": ("episodes", "labels"),
     "model": ("model", "model"), "encoder": ("model", "encoder"),
     "controller_size": ("model", "controller_size"), "memory_slots": ("model", "memory_slots"),
@@ -97,7 +97,10 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--jitter-shift", type=float, default=d.data.jitter_shift, help="max random shift (pixels), training only")
     g.add_argument("--jitter-rotate", type=float, default=d.data.jitter_rotate, help="max random rotation (degrees), training only")
     g.add_argument("--test-root", default=None, help="folder datasets: a separate folder of held-out classes")
-    g.add_argument("--test-classes", default=None, help="folder datasets: held-out fraction (0.3) or comma list of classes")
+    g.add_argument("--test-classes", default=None,
+                   help="folder datasets: held-out fraction (default 0.3, seeded by --seed) or comma list of classes")
+    g.add_argument("--resize", choices=RESIZE_POLICIES, default=d.data.resize,
+                   help="folder datasets: pad (whole image, letterboxed), crop (centre square) or stretch")
     g = p.add_argument_group("episodes")
     g.add_argument("--ways", type=int, default=d.episodes.ways)
     g.add_argument("--instances", type=int, default=d.episodes.instances)

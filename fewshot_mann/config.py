@@ -16,6 +16,7 @@ MODELS = ("mann", "lstm", "ff")
 LABEL_ENCODINGS = ("onehot", "string")
 DATASETS = ("omniglot", "folder")
 ENCODERS = ("linear", "conv")
+RESIZE_POLICIES = ("pad", "crop", "stretch")  # folder datasets: how any aspect becomes a square
 
 # The paper's string labels: 5 characters over an alphabet of 5 symbols.
 STRING_LENGTH = 5
@@ -34,6 +35,7 @@ class DataConfig:
     jitter_rotate: float = 0.0  # max random rotation (degrees) per training sample
     test_root: str | None = None
     test_classes: str | None = None
+    resize: str = "pad"  # folder datasets: pad (keep all, letterbox), crop (centre) or stretch
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Config:
             (d.channels in (1, 3), f"--channels must be 1 or 3 (got {d.channels})"),
             (d.jitter_shift >= 0, f"--jitter-shift must be >= 0 (got {d.jitter_shift})"),
             (d.jitter_rotate >= 0, f"--jitter-rotate must be >= 0 (got {d.jitter_rotate})"),
+            (d.resize in RESIZE_POLICIES, f"--resize must be one of {', '.join(RESIZE_POLICIES)} (got {d.resize!r})"),
             (e.ways >= 1, f"--ways must be at least 1 (got {e.ways})"),
             (e.instances >= 1, f"--instances must be at least 1 (got {e.instances})"),
             (e.labels in LABEL_ENCODINGS, f"--labels must be one of {', '.join(LABEL_ENCODINGS)} (got {e.labels!r})"),
