@@ -1,0 +1,47 @@
+"""``fewshot-mann export RUN/checkpoint.pt OUT.pt``: a small, weights-only copy of a checkpoint.
+
+Keeps the config, the command, the weights and the training counters; drops the
+optimiser state (two thirds of a training checkpoint). The result loads with
+``torch.load(..., weights_only=True)`` and works with evaluate.py and predict.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .cli import run_guarded
+
+
+def export_checkpoint(src, dst) -> dict:
+    ckpt = load_checkpoint(src)
+    state = ckpt.get("state") or {}
+    small = {
+        "config": ckpt["config"],
+        "command": ckpt.get("command"),
+        "model": {k: v.detach().clone().contiguous() for k, v in ckpt["model"].items()},
+        "optimizer": None,
+        "step": ckpt.get("step"),
+        "episodes_done": ckpt.get("episodes_done"),
+        "state": {"train_seconds": state.get("train_seconds"), "episodes_done": state.get("episodes_done"),
+                  "last_eval": state.get("last_eval")},
+    }
+    save_checkpoint(dst, small)
+    return small
+
+
+def _main(argv) -> int:
+    p = argparse.ArgumentParser(prog="fewshot-mann export", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    args = p.parse_args(argv)
+    export_checkpoint(args.checkpoint, args.out)
+    size = __import__("os").path.getsize(args.out)
+    print(f"wrote {args.out} ({size / 1e6:.1f} MB, weights only)")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_guarded(_main, sys.argv[1:] if argv is None else argv)
