@@ -126,6 +126,9 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
     device = resolve_device(t.device)
 
     train_bank, test_bank = load_banks(cfg, progress=progress)
+    if cfg.data.dataset == "folder":  # class names and counts only: rebuilt from the config by evaluate
+        from .folder import write_split
+        write_split(out / "split.json", cfg, train_bank, test_bank)
     if cfg.data.rotations:
         train_bank = train_bank.with_rotations()
     check_bank(train_bank, cfg.episodes, "training classes")
