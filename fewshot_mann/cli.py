@@ -189,6 +189,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="override the dataset (e.g. folder for cross-domain)")
     p.add_argument("--split", default="test", choices=("test", "train"), help="which classes: held-out (test) or training")
+    p.add_argument("--instances", type=int, default=None,
+                   help="images of each class per episode, instead of the checkpoint's (e.g. a folder with few per class)")
     p.add_argument("--episodes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
@@ -232,6 +234,9 @@ def _evaluate(argv) -> int:
         cfg.data.dataset = args.dataset
         cfg.data.test_root = None
         cfg.data.test_classes = "all"  # cross-domain: every class of the folder is held out
+    if args.instances is not None:
+        cfg.episodes.instances = args.instances  # the models read episodes of any length
+        cfg.validate()
     model = load_model_from_checkpoint(ckpt, device)
     train_bank, test_bank = load_banks(cfg, progress=not args.no_progress)
     bank = test_bank if args.split == "test" else train_bank

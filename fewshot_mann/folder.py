@@ -64,7 +64,7 @@ IMAGE_EXTENSIONS = tuple(IMG_EXTENSIONS)
 MAX_PIXELS = 50_000_000  # refuse images declaring more (a 50 MP RGBA decode is already 200 MB)
 MAX_FILE_BYTES = 256 * 2**20
 DEFAULT_TEST_FRACTION = 0.3
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 # kind -> what it means for the person reading the report
@@ -101,8 +101,8 @@ class FolderData:
 
     bank: usable classes in name order, images (N, channels, image_size, image_size) uint8;
     digests: (N,) SHA-256 (hex) of each image's file; problems: everything skipped;
-    stats: class name -> {"sizes": [[w, h], ...] distinct original sizes (up to 20),
-    "modes": [...], "formats": [...]} of its readable images.
+    stats: class name -> {"size_min": [w, h], "size_max": [w, h] (smallest and largest width
+    and height as stored), "modes": [...], "formats": [...]} over its readable images.
     """
 
     root: Path
@@ -178,8 +178,11 @@ def decode_image(data: bytes, image_size: int, channels: int, resize: str = "pad
         warnings.simplefilter("ignore")
         try:
             im = Image.open(io.BytesIO(data))
+        except Image.UnidentifiedImageError as exc:
+            raise BadImage("unreadable", "not an image format PIL can read (unknown or damaged header)") from exc
         except Image.DecompressionBombError as exc:
-            raise BadImage("too-large", f"declared image size too large ({_short(exc)}); not decoded") from exc
+            raise BadImage("too-large", f"declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels "
+                           "(decompression bomb?); not decoded") from exc
         except Exception as exc:  # PIL raises many types for hostile bytes
             raise BadImage("unreadable", f"not a readable image ({_short(exc)})") from exc
         try:
@@ -243,7 +246,7 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _walk_images(folder: Path, root: Path, problems: list[Problem], visited: set) -> list[Path]:
+def walk_images(folder: Path, root: Path, problems: list[Problem], visited: set) -> list[Path]:
     """Image files under ``folder`` (recursively, sorted), not following links out of ``root``."""
     try:
         real = folder.resolve()
@@ -267,7 +270,7 @@ def _walk_images(folder: Path, root: Path, problems: list[Problem], visited: set
         except OSError:
             is_dir = is_file = False
         if is_dir:
-            files += _walk_images(path, root, problems, visited)
+            files += walk_images(path, root, problems, visited)
         elif is_file and is_image_name(entry.name):
             files.append(path)
         elif is_file:
@@ -307,7 +310,7 @@ def scan_folder(root: str | os.PathLike, option: str = "--data-root") -> tuple[P
         if not is_dir:
             problems.append(Problem("stray-file", entry.name, "file outside any class folder (each class is a sub-folder)"))
             continue
-        files = _walk_images(path, root, problems, visited)
+        files = walk_images(path, root, problems, visited)
         if files:
             classes[entry.name] = files
         else:
@@ -396,9 +399,9 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
             decode_problems.append(Problem(exc.kind, rel, str(exc)))
             continue
         decoded[name].append((rel, image, digest))
-        s = stats.setdefault(name, {"sizes": [], "modes": [], "formats": []})
-        if info["size"] not in s["sizes"] and len(s["sizes"]) < 20:
-            s["sizes"].append(info["size"])
+        s = stats.setdefault(name, {"size_min": info["size"], "size_max": info["size"], "modes": [], "formats": []})
+        s["size_min"] = [min(a, b) for a, b in zip(s["size_min"], info["size"])]
+        s["size_max"] = [max(a, b) for a, b in zip(s["size_max"], info["size"])]
         for key, value in (("modes", info["mode"]), ("formats", info["format"])):
             if value not in s[key]:
                 s[key].append(value)
