@@ -27,6 +27,10 @@ FIELDS = {
     "controller_size": ("model", "controller_size"), "memory_slots": ("model", "memory_slots"),
     "memory_width": ("model", "memory_width"), "read_heads": ("model", "num_read_heads"),
     "usage_decay": ("model", "usage_decay"), "key_strength": ("model", "key_strength"),
+    "write_heads": ("model", "num_write_heads"), "shift_range": ("model", "shift_range"),
+    "transformer_layers": ("model", "transformer_layers"), "transformer_heads": ("model", "transformer_heads"),
+    "transformer_width": ("model", "transformer_width"),
+    "transformer_max_steps": ("model", "transformer_max_steps"),
     "episodes": ("train", "episodes"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"), "eval_every": ("train", "eval_every"),
     "eval_episodes": ("train", "eval_episodes"), "checkpoint_every": ("train", "checkpoint_every"),
@@ -115,6 +119,14 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--usage-decay", type=float, default=d.model.usage_decay)
     g.add_argument("--key-strength", action=argparse.BooleanOptionalAction, default=d.model.key_strength,
                    help="extension: learned sharpening of the read softmax (not in the paper)")
+    g.add_argument("--write-heads", type=int, default=d.model.num_write_heads, help="ntm: write heads (dnc: always 1)")
+    g.add_argument("--shift-range", type=int, default=d.model.shift_range,
+                   help="ntm: location shifts -S..+S of the previous weighting")
+    g.add_argument("--transformer-layers", type=int, default=d.model.transformer_layers)
+    g.add_argument("--transformer-heads", type=int, default=d.model.transformer_heads)
+    g.add_argument("--transformer-width", type=int, default=d.model.transformer_width)
+    g.add_argument("--transformer-max-steps", type=int, default=d.model.transformer_max_steps,
+                   help="transformer: learned positions, the longest episode (ways x instances) it can read")
     g = p.add_argument_group("training")
     g.add_argument("--episodes", type=int, default=d.train.episodes, help="total training episodes")
     g.add_argument("--batch-size", type=int, default=d.train.batch_size)

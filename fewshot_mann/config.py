@@ -12,7 +12,9 @@ from typing import Any
 
 from .errors import UserError
 
-MODELS = ("mann", "lstm", "ff")
+# mann = LSTM controller + LRUA memory (the paper); ntm, dnc = the same controller with the
+# NTM / DNC memory; lstm, ff = the paper's baselines; transformer = causal self-attention.
+MODELS = ("mann", "ntm", "dnc", "lstm", "ff", "transformer")
 LABEL_ENCODINGS = ("onehot", "string")
 DATASETS = ("omniglot", "folder")
 ENCODERS = ("linear", "conv")
@@ -73,6 +75,12 @@ class ModelConfig:
     num_read_heads: int = 4
     usage_decay: float = 0.95
     key_strength: bool = False  # extension: learned sharpening of the read softmax
+    num_write_heads: int = 1  # ntm (the dnc has exactly one write head)
+    shift_range: int = 1  # ntm: location shifts -S..+S (the NTM paper's {-1, 0, +1})
+    transformer_layers: int = 3
+    transformer_heads: int = 4
+    transformer_width: int = 128
+    transformer_max_steps: int = 256  # learned positions: the longest episode it can read
 
 
 @dataclass
@@ -146,6 +154,20 @@ class Config:
             (m.num_read_heads <= m.memory_slots,
              f"--read-heads ({m.num_read_heads}) cannot exceed --memory-slots ({m.memory_slots})"),
             (0.0 <= m.usage_decay <= 1.0, f"--usage-decay must be in [0, 1] (got {m.usage_decay})"),
+            (m.num_write_heads >= 1, f"--write-heads must be at least 1 (got {m.num_write_heads})"),
+            (m.model != "dnc" or m.num_write_heads == 1,
+             f"--model dnc has exactly one write head (got --write-heads {m.num_write_heads}); use --model ntm for more"),
+            (m.shift_range >= 0, f"--shift-range must be >= 0 (got {m.shift_range})"),
+            (2 * m.shift_range + 1 <= m.memory_slots,
+             f"--shift-range {m.shift_range} spans {2 * m.shift_range + 1} slots, more than --memory-slots {m.memory_slots}"),
+            (m.transformer_layers >= 1, f"--transformer-layers must be at least 1 (got {m.transformer_layers})"),
+            (m.transformer_heads >= 1, f"--transformer-heads must be at least 1 (got {m.transformer_heads})"),
+            (m.transformer_width >= 1 and m.transformer_width % max(1, m.transformer_heads) == 0,
+             f"--transformer-width must be a positive multiple of --transformer-heads "
+             f"(got {m.transformer_width} and {m.transformer_heads})"),
+            (m.model != "transformer" or m.transformer_max_steps >= e.steps,
+             f"--transformer-max-steps {m.transformer_max_steps} is shorter than an episode "
+             f"({e.ways} ways x {e.instances} instances = {e.steps} steps)"),
             (t.episodes >= 0, f"--episodes must be >= 0 (got {t.episodes})"),
             (t.batch_size >= 1, f"--batch-size must be at least 1 (got {t.batch_size})"),
             (t.lr > 0, f"--lr must be > 0 (got {t.lr})"),

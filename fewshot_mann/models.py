@@ -136,11 +136,26 @@ class FeedForward(nn.Module):
 
 
 def build_memory(m: ModelConfig) -> nn.Module:
+    """The external memory named by ``m.model``: mann = LRUA, ntm = NTM, dnc = DNC."""
+    if m.model == "ntm":
+        from .ntm import NTMMemory
+        return NTMMemory(m.controller_size, m.memory_slots, m.memory_width, m.num_read_heads,
+                         m.num_write_heads, m.shift_range)
+    if m.model == "dnc":
+        from .dnc import DNCMemory
+        return DNCMemory(m.controller_size, m.memory_slots, m.memory_width, m.num_read_heads)
     return LRUAMemory(m.controller_size, m.memory_slots, m.memory_width, m.num_read_heads,
                       m.usage_decay, m.key_strength)
 
 
-MODEL_CLASSES = {"mann": MANN, "lstm": LSTMBaseline, "ff": FeedForward}
+def _transformer(cfg: Config) -> nn.Module:
+    from .transformer import TransformerBaseline  # imports this module's encoders
+    return TransformerBaseline(cfg)
+
+
+# ntm and dnc are the MANN controller with another memory (build_memory picks it).
+MODEL_CLASSES = {"mann": MANN, "ntm": MANN, "dnc": MANN, "lstm": LSTMBaseline, "ff": FeedForward,
+                 "transformer": _transformer}
 
 
 def build_model(cfg: Config) -> nn.Module:

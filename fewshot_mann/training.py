@@ -60,19 +60,14 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
     return resume and ckpt.exists()
 
 
-def load_matching_weights(model: torch.nn.Module, path: str, log) -> None:
-    """Start from another checkpoint's weights: every tensor whose name and shape match."""
-    src = load_checkpoint(path)["model"]
-    own = model.state_dict()
-    loaded = [k for k, v in src.items() if k in own and own[k].shape == v.shape]
-    differ = [k for k, v in src.items() if k in own and own[k].shape != v.shape]
-    if not loaded:
-        raise UserError(f"--init-from {path}: no weights fit this model (is it the same --model?)")
-    own.update({k: src[k] for k in loaded})
-    model.load_state_dict(own)
-    log(f"initialised {len(loaded)}/{len(own)} tensors from {path}"
-        + (f"; re-initialised {len(differ)} whose shape differs ({', '.join(differ)}): "
-           "input size, channels, ways or labels differ from the checkpoint" if differ else ""))
+def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config) -> None:
+    """Start from another checkpoint's weights: copied where names and shapes match, input
+    weights adapted to a new image size/channels, the rest re-initialised (``transfer.py``)."""
+    from .transfer import transfer_weights
+
+    src = load_checkpoint(path)
+    for line in transfer_weights(model, cfg, src["model"], src["config_obj"], source=str(path)):
+        log(line)
 
 
 class _StopFlag:
@@ -148,7 +143,7 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
                 f.truncate(state["metrics_bytes"])
         log(f"resuming {out} at {state['episodes_done']:,} episodes")
     elif init_from:
-        load_matching_weights(model, init_from, log)
+        load_matching_weights(model, init_from, log, cfg)
     config_dict = cfg.to_dict()
     atomic_write_json(out / "config.json", {"config": config_dict, "command": command})
 
