@@ -27,16 +27,25 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
+# version -> function that rewrites a checkpoint of that version into version + 1.
+# Version 1 is the first published format, so there is nothing to migrate yet.
+MIGRATIONS: dict = {}
+
+
 def migrate(ckpt: dict) -> dict:
-    """Bring an older checkpoint format up to ``VERSION`` (none older exists yet)."""
+    """Bring an older checkpoint format up to ``VERSION``, or refuse it with the reason."""
     version = ckpt.get("version")
-    if not isinstance(version, int):
-        raise CheckpointError("checkpoint has no format version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError("it has no format version (not written by fewshot-mann's save_checkpoint)")
     if version > VERSION:
         raise CheckpointError(
-            f"checkpoint format version {version} is newer than this fewshot-mann understands ({VERSION}); upgrade")
-    if version < 1:
-        raise CheckpointError(f"checkpoint format version {version} is too old to migrate")
+            f"format version {version} is newer than this fewshot-mann understands ({VERSION}); upgrade fewshot-mann")
+    while version < VERSION:
+        if version not in MIGRATIONS:
+            raise CheckpointError(f"format version {version} is older than any this fewshot-mann can migrate "
+                                  f"(oldest: {min(MIGRATIONS, default=VERSION)}); retrain or use the release that wrote it")
+        ckpt = MIGRATIONS[version](ckpt)
+        version = ckpt["version"] = version + 1
     return ckpt
 
 
@@ -60,15 +69,40 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fewshot-mann checkpoint (a .pt file of something else)")
-    ckpt = migrate(ckpt)
-    for key in ("config", "model"):
-        if key not in ckpt:
-            raise CheckpointError(f"checkpoint {path} lacks {key!r}")
+    try:
+        ckpt = migrate(ckpt)
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+    check_structure(ckpt, path)
     try:
         ckpt["config_obj"] = Config.from_dict(ckpt["config"])
-    except (UserError, TypeError) as exc:
+    except (UserError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid config: {exc}") from exc
     return ckpt
+
+
+def check_structure(ckpt: dict, path) -> None:
+    """Every part the code will touch has the type it expects (a damaged or hand-made file
+    must fail here with one line, not later with a traceback)."""
+    def bad(what: str):
+        raise CheckpointError(f"checkpoint {path} is damaged: {what}")
+
+    if not isinstance(ckpt.get("config"), dict):
+        bad("no config mapping")
+    model = ckpt.get("model")
+    if not isinstance(model, dict) or not model:
+        bad("no model weights")
+    for key, value in model.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            bad(f"model entry {key!r} is not a named tensor")
+    if ckpt.get("optimizer") is not None and not isinstance(ckpt["optimizer"], dict):
+        bad("optimizer state is not a mapping")
+    if ckpt.get("state") is not None and not isinstance(ckpt["state"], dict):
+        bad("training state is not a mapping")
+    for key in ("step", "episodes_done"):
+        value = ckpt.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            bad(f"{key} is not a count")
 
 
 def load_model_from_checkpoint(ckpt: dict, device="cpu"):
@@ -79,7 +113,7 @@ def load_model_from_checkpoint(ckpt: dict, device="cpu"):
     model = build_model(cfg)
     try:
         model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError, TypeError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint weights do not fit a {cfg.model.model} model: "
                               f"{str(exc).splitlines()[0][:200]}") from exc
     return model.to(device)

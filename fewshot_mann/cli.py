@@ -55,6 +55,12 @@ def run_guarded(fn, argv) -> int:
         return 130
     except MemoryError:
         return fail("out of memory; try a smaller --batch-size or --image-size")
+    except RuntimeError as exc:  # torch reports a failed allocation as a RuntimeError
+        text = str(exc)
+        if "out of memory" in text.lower() or "can't allocate memory" in text:
+            return fail(f"out of memory ({text.strip().splitlines()[0][:120]}); "
+                        "try a smaller --batch-size, --image-size or model")
+        raise
 
 
 def _flatten_config_file(path: str) -> dict:
@@ -93,7 +99,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-root", default=None,
                    help="Omniglot root (default: $FEWSHOT_MANN_DATA, else ~/.cache/fewshot-mann/data) or image folder")
     g.add_argument("--download", action="store_true", help="download Omniglot into --data-root through torchvision")
-    g.add_argument("--split", default=d.data.split, help="Omniglot class split: santoro or lake")
+    g.add_argument("--split", default=d.data.split,
+                   help='Omniglot class split: santoro, lake, or a .json file {"train": [names], "test": [names]}')
     g.add_argument("--image-size", type=int, default=d.data.image_size)
     g.add_argument("--channels", type=int, default=d.data.channels, help="1 = grayscale, 3 = RGB")
     g.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=d.data.rotations,
@@ -224,7 +231,9 @@ def _evaluate(argv) -> int:
     from .checkpoint import load_checkpoint, load_model_from_checkpoint
     from .datasets import load_banks
     from .episodes import check_bank
-    from .evaluation import evaluate, format_table
+    from . import distributed
+    from .config import MAX_THREADS
+    from .evaluation import format_table
     from .fileio import atomic_write_json
     from .training import resolve_device
 
@@ -233,11 +242,14 @@ def _evaluate(argv) -> int:
         raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 0 (got {args.threads})")
+    if not 0 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads must be in [0, {MAX_THREADS}] (got {args.threads}; 0 = torch default)")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be in [0, 2**63) (got {args.seed})")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    # under torchrun the episodes are shared out over the processes; rank 0 reports
+    ctx, device = distributed.init_from_env(resolve_device(args.device))
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt["config_obj"]
     if args.data_root:
@@ -254,9 +266,12 @@ def _evaluate(argv) -> int:
     bank = test_bank if args.split == "test" else train_bank
     check_bank(bank, cfg.episodes, f"{args.split} classes")
     t0 = time.perf_counter()
-    res = evaluate(model, bank, cfg.episodes, episodes=args.episodes, seed=args.seed,
-                   batch_size=args.batch_size, device=device, progress=not args.no_progress)
+    res = distributed.evaluate_sharded(model, bank, cfg.episodes, ctx, episodes=args.episodes, seed=args.seed,
+                                       batch_size=args.batch_size, device=device, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
+    distributed.close(ctx)
+    if not ctx.is_main:
+        return 0
     res.pop("_per_episode")
     print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {args.split} classes"))
     out = {**res, "classes": bank.num_classes, "split": args.split, "checkpoint": str(args.checkpoint),

@@ -7,6 +7,7 @@ defaults, so older checkpoints stay loadable).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ RESIZE_POLICIES = ("pad", "crop", "stretch")  # folder datasets: how any aspect 
 # The paper's string labels: 5 characters over an alphabet of 5 symbols.
 STRING_LENGTH = 5
 STRING_SYMBOLS = 5
+MAX_IMAGE_SIZE = 1024  # pixels a side; beyond this a bank of images would not fit in memory
+MAX_THREADS = 1024  # torch.set_num_threads crashes the process on absurd counts
 
 
 @dataclass
@@ -137,8 +140,10 @@ class Config:
             (d.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)} (got {d.dataset!r})"),
             (d.image_size >= 4, f"--image-size must be at least 4 (got {d.image_size})"),
             (d.channels in (1, 3), f"--channels must be 1 or 3 (got {d.channels})"),
-            (d.jitter_shift >= 0, f"--jitter-shift must be >= 0 (got {d.jitter_shift})"),
-            (d.jitter_rotate >= 0, f"--jitter-rotate must be >= 0 (got {d.jitter_rotate})"),
+            (d.image_size <= MAX_IMAGE_SIZE, f"--image-size must be at most {MAX_IMAGE_SIZE} (got {d.image_size})"),
+            (0 <= d.jitter_shift < d.image_size,
+             f"--jitter-shift must be >= 0 and below --image-size {d.image_size} (got {d.jitter_shift})"),
+            (0 <= d.jitter_rotate <= 180, f"--jitter-rotate must be in [0, 180] degrees (got {d.jitter_rotate})"),
             (d.resize in RESIZE_POLICIES, f"--resize must be one of {', '.join(RESIZE_POLICIES)} (got {d.resize!r})"),
             (e.ways >= 1, f"--ways must be at least 1 (got {e.ways})"),
             (e.instances >= 1, f"--instances must be at least 1 (got {e.instances})"),
@@ -161,6 +166,7 @@ class Config:
             (2 * m.shift_range + 1 <= m.memory_slots,
              f"--shift-range {m.shift_range} spans {2 * m.shift_range + 1} slots, more than --memory-slots {m.memory_slots}"),
             (m.transformer_layers >= 1, f"--transformer-layers must be at least 1 (got {m.transformer_layers})"),
+            (m.transformer_max_steps >= 1, f"--transformer-max-steps must be at least 1 (got {m.transformer_max_steps})"),
             (m.transformer_heads >= 1, f"--transformer-heads must be at least 1 (got {m.transformer_heads})"),
             (m.transformer_width >= 1 and m.transformer_width % max(1, m.transformer_heads) == 0,
              f"--transformer-width must be a positive multiple of --transformer-heads "
@@ -170,14 +176,15 @@ class Config:
              f"({e.ways} ways x {e.instances} instances = {e.steps} steps)"),
             (t.episodes >= 0, f"--episodes must be >= 0 (got {t.episodes})"),
             (t.batch_size >= 1, f"--batch-size must be at least 1 (got {t.batch_size})"),
-            (t.lr > 0, f"--lr must be > 0 (got {t.lr})"),
-            (t.grad_clip >= 0, f"--grad-clip must be >= 0 (got {t.grad_clip}; 0 disables clipping)"),
+            (0 < t.lr < math.inf, f"--lr must be a finite number > 0 (got {t.lr})"),
+            (0 <= t.grad_clip < math.inf, f"--grad-clip must be >= 0 (got {t.grad_clip}; 0 disables clipping)"),
             (t.eval_every >= 0, f"--eval-every must be >= 0 (got {t.eval_every}; 0 = never)"),
             (t.eval_episodes >= 1, f"--eval-episodes must be at least 1 (got {t.eval_episodes})"),
             (t.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {t.checkpoint_every})"),
             (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
              f"--device must be auto, cpu or cuda (got {t.device!r})"),
-            (t.threads >= 0, f"--threads must be >= 0 (got {t.threads})"),
+            (0 <= t.threads <= MAX_THREADS, f"--threads must be in [0, {MAX_THREADS}] (got {t.threads}; 0 = torch default)"),
+            (0 <= t.seed < 2**63, f"--seed must be in [0, 2**63) (got {t.seed})"),
         ]
         for ok, message in checks:
             if not ok:

@@ -10,9 +10,8 @@ def load_banks(cfg: Config, progress: bool = True) -> tuple[ClassBank, ClassBank
     """Train and held-out class banks (disjoint classes), without rotations."""
     d = cfg.data
     if d.dataset == "omniglot":
-        from .omniglot import load_omniglot, split_banks, SPLITS
-        if d.split not in SPLITS:
-            raise UserError(f"unknown split {d.split!r}; choose one of {', '.join(SPLITS)}")
+        from .omniglot import load_omniglot, load_split, split_banks
+        load_split(d.split)  # a bad split fails before the decode
         if d.channels != 1:
             raise UserError("Omniglot is grayscale: use --channels 1")
         bank = load_omniglot(d.data_root, d.image_size, progress=progress)

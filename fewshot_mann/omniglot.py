@@ -30,6 +30,10 @@ PARTS = ("background", "evaluation")
 SPLITS = ("santoro", "lake")
 SPLIT_DIR = Path(__file__).resolve().parents[1] / "data"
 DRAWERS = 20
+# Omniglot drawings are 105 x 105 PNGs of a few hundred bytes; files far beyond these limits
+# are hostile or not Omniglot, and are refused before they are read or decoded.
+MAX_PIXELS = 1024 * 1024
+MAX_PNG_BYTES = 1 << 20
 GET_DATA_HINT = (
     "get it with --download (fetches the official zips through torchvision), or point "
     "--data-root / FEWSHOT_MANN_DATA at a folder holding images_background(.zip) and "
@@ -91,8 +95,10 @@ class _Source:
             self._zip = zf
             for info in infos:
                 parts = info.filename.split("/")
-                # Never trust member paths: skip absolute or parent-relative names.
-                if info.filename.startswith("/") or ".." in parts or not info.filename.endswith(".png"):
+                # Never trust member paths: skip absolute, parent-relative or Windows-style names
+                # (members are read in place, never extracted, but a name is still not a path to follow).
+                if (info.filename.startswith("/") or ".." in parts or "\\" in info.filename or ":" in info.filename
+                        or not info.filename.endswith(".png") or info.is_dir()):
                     continue
                 if len(parts) != 4:
                     continue
@@ -100,13 +106,18 @@ class _Source:
         else:
             root = self.path.resolve()
             for png in self.path.glob("*/*/*.png"):
-                if png.is_symlink() and not png.resolve().is_relative_to(root):
-                    continue  # never follow links out of the dataset root
+                if not png.resolve().is_relative_to(root) or not png.is_file():
+                    continue  # never follow links (of the file or of its folders) out of the dataset root
                 alphabet, character = png.parent.parent.name, png.parent.name
                 chars.setdefault(f"{self.part}/{alphabet}/{character}", []).append((png.name, png))
         return {k: sorted(v, key=lambda m: m[0]) for k, v in sorted(chars.items())}
 
     def read(self, handle) -> bytes:
+        size = handle.file_size if self.is_zip else Path(handle).stat().st_size
+        if size > MAX_PNG_BYTES:  # an Omniglot PNG is a few hundred bytes; this is no drawing
+            name = handle.filename if self.is_zip else handle
+            raise DataError(f"{self.path}: {name} is {size:,} bytes, more than any Omniglot drawing "
+                            f"({MAX_PNG_BYTES:,} at most); refusing to read it")
         if self.is_zip:
             return self._zip.read(handle)
         return Path(handle).read_bytes()
@@ -137,9 +148,15 @@ def decode_png(data: bytes, image_size: int, where: str) -> np.ndarray:
     """PNG bytes -> (image_size, image_size) uint8 with strokes bright (255) on black."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size  # from the header: nothing is decoded yet
+            if width * height > MAX_PIXELS:
+                raise DataError(f"{where} declares {width}x{height} pixels, more than any Omniglot drawing "
+                                f"({MAX_PIXELS:,} at most); refusing to decode it (a decompression bomb?)")
             im = im.convert("L").resize((image_size, image_size), Image.Resampling.BOX)
             return 255 - np.asarray(im, dtype=np.uint8)
-    except Exception as exc:
+    except DataError:
+        raise
+    except Exception as exc:  # PIL's own DecompressionBombError included
         raise DataError(f"cannot decode {where}: {exc}") from exc
 
 
@@ -181,14 +198,26 @@ def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress
 
 
 def load_split(name: str) -> dict:
-    """The committed split definition ``data/omniglot_<name>.json``."""
-    if name not in SPLITS:
-        raise UserError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
-    path = SPLIT_DIR / f"omniglot_{name}.json"
+    """A class split: ``santoro`` / ``lake`` (the committed ``data/omniglot_<name>.json``) or the
+    path of a JSON file of the same form, ``{"train": [names], "test": [names]}``."""
+    if name in SPLITS:
+        path = SPLIT_DIR / f"omniglot_{name}.json"
+    elif name.endswith(".json"):
+        path = Path(name).expanduser()
+    else:
+        raise UserError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}, "
+                        "or give a .json file with \"train\" and \"test\" lists of character names")
     try:
-        return json.loads(path.read_text())
+        spec = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read split file {path}: {exc}") from exc
+    parts = [spec.get(part) if isinstance(spec, dict) else None for part in ("train", "test")]
+    if not all(isinstance(p, list) and p and all(isinstance(n, str) for n in p) for p in parts):
+        raise DataError(f"split file {path} must hold non-empty \"train\" and \"test\" lists of character names")
+    both = sorted(set(parts[0]) & set(parts[1]))
+    if both:
+        raise DataError(f"split file {path} puts {len(both)} character(s) in both train and test (e.g. {both[0]})")
+    return spec
 
 
 def split_banks(bank: ClassBank, split: str) -> tuple[ClassBank, ClassBank]:

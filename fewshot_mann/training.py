@@ -17,15 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .datasets import load_banks
 from .episodes import Jitter, batch_rng, check_bank, sample_episodes, to_tensors
-from .errors import UserError
-from .evaluation import correct_steps, evaluate, loss_fn, per_episode_instance_accuracy
+from .errors import CheckpointError, UserError
+from .evaluation import correct_steps, loss_fn, per_episode_instance_accuracy
 from .fileio import append_line, atomic_write_json
 from .models import build_model, count_parameters
 
@@ -47,17 +47,33 @@ def new_model(cfg: Config) -> torch.nn.Module:
         return build_model(cfg)
 
 
+RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl")
+
+
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
-    """Returns True if there is a checkpoint to resume from."""
+    """Make ``out`` ready for a run; returns True if there is a checkpoint to resume from.
+
+    A run that is not resumed starts from nothing: with --overwrite, or with --resume of a
+    run killed before its first checkpoint, the old log and config go (else the new log
+    would continue the dead run's lines).
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the run folder {out}: {exc.strerror or exc}") from exc
+    for stale in out.glob(".checkpoint.pt.*.tmp"):  # a save killed halfway; checkpoint.pt itself is whole
+        stale.unlink(missing_ok=True)
     ckpt = out / "checkpoint.pt"
-    has_run = ckpt.exists() or (out / "config.json").exists()
+    has_run = any((out / name).exists() for name in RUN_FILES)
     if has_run and not (resume or overwrite):
         raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if overwrite and not resume:
-        for name in ("checkpoint.pt", "config.json", "metrics.jsonl"):
-            (out / name).unlink(missing_ok=True)
-        return False
-    return resume and ckpt.exists()
+    if resume and ckpt.exists():
+        return True
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    return False
 
 
 def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config) -> None:
@@ -95,16 +111,56 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, ckpt: dict, path) -> None:
+    """Load a checkpoint's weights, optimiser and loop state; CheckpointError if any part
+    does not fit this run (a hand-edited, exported or foreign file)."""
+    if ckpt.get("optimizer") is None or not isinstance(ckpt.get("state"), dict):
+        raise CheckpointError(f"cannot resume from {path}: it holds no optimiser/loop state (an exported "
+                              "weights-only checkpoint?); start a new run from it with --init-from")
+    saved = ckpt["state"]
+    missing = sorted(set(state) - set(saved))
+    if missing:
+        raise CheckpointError(f"cannot resume from {path}: its loop state lacks {', '.join(missing)}")
+    for key in ("acc_correct", "acc_count"):
+        if not isinstance(saved[key], list) or len(saved[key]) != len(state[key]):
+            raise CheckpointError(f"cannot resume from {path}: its loop state {key} does not match --instances")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for p in model.parameters():  # Adam would only fail at its first step
+            for name, value in optimizer.state.get(p, {}).items():
+                if name != "step" and value.shape != p.shape:
+                    raise ValueError(f"optimiser {name} has shape {tuple(value.shape)}, weight {tuple(p.shape)}")
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise CheckpointError(f"cannot resume from {path}: its weights or optimiser state do not fit this "
+                              f"model ({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})") from exc
+    state.update({k: saved[k] for k in state})
+
+
 def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
           command: list[str] | None = None, progress: bool = True, log=None,
           init_from: str | None = None) -> dict:
-    """Train ``cfg`` into ``out_dir``. Returns a summary dict (episodes, seconds, last eval, ...)."""
+    """Train ``cfg`` into ``out_dir``. Returns a summary dict (episodes, seconds, last eval, ...).
+
+    Under torchrun (``WORLD_SIZE`` set) every process runs this; see ``distributed``.
+    """
+    ctx, device = distributed.init_from_env(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, Path(out_dir), ctx, device, resume=resume, overwrite=overwrite, command=command,
+                      progress=progress, log=log, init_from=init_from)
+    finally:
+        distributed.close(ctx)
+
+
+def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.device, *, resume, overwrite,
+           command, progress, log, init_from) -> dict:
+    main = ctx.is_main
+    if not main:
+        log, progress = (lambda msg: None), False
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
     ckpt = None
-    if prepare_run_dir(out, resume, overwrite):
+    if distributed.on_main(ctx, lambda: prepare_run_dir(out, resume, overwrite)):
         ckpt = load_checkpoint(ckpt_path)
         saved = ckpt["config_obj"]
         # A resumed run keeps its own config; only the budget and machine-specific
@@ -118,10 +174,12 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
+    if t.batch_size < ctx.world:
+        raise UserError(f"--batch-size {t.batch_size} is smaller than the number of processes ({ctx.world}); "
+                        "every process needs at least one episode per step")
 
     train_bank, test_bank = load_banks(cfg, progress=progress)
-    if cfg.data.dataset == "folder":  # class names and counts only: rebuilt from the config by evaluate
+    if main and cfg.data.dataset == "folder":  # class names and counts only: rebuilt from the config by evaluate
         from .folder import write_split
         write_split(out / "split.json", cfg, train_bank, test_bank)
     if cfg.data.rotations:
@@ -135,19 +193,19 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
              "acc_loss": 0.0, "acc_steps": 0, "acc_correct": [0.0] * cfg.episodes.instances,
              "acc_count": [0.0] * cfg.episodes.instances, "nonfinite_skipped": 0, "last_eval": None}
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state.update(ckpt["state"])
-        if metrics_path.exists() and metrics_path.stat().st_size > state["metrics_bytes"]:
+        restore(model, optimizer, state, ckpt, ckpt_path)
+        if main and metrics_path.exists() and metrics_path.stat().st_size > state["metrics_bytes"]:
             with open(metrics_path, "r+b") as f:  # drop lines written after the checkpoint
                 f.truncate(state["metrics_bytes"])
         log(f"resuming {out} at {state['episodes_done']:,} episodes")
     elif init_from:
         load_matching_weights(model, init_from, log, cfg)
     config_dict = cfg.to_dict()
-    atomic_write_json(out / "config.json", {"config": config_dict, "command": command})
+    if main:
+        atomic_write_json(out / "config.json", {"config": config_dict, "command": command})
 
     batch = t.batch_size
+    first, stop_at = distributed.shard(batch, ctx.rank, ctx.world)  # this rank's episodes of each batch
     total_steps = math.ceil(t.episodes / batch)
     steps_per_log = max(1, math.ceil(LOG_EVERY_EPISODES / batch))
     steps_per_eval = max(1, math.ceil(t.eval_every / batch)) if t.eval_every else 0
@@ -156,6 +214,8 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
     use_jitter = cfg.data.jitter_shift > 0 or cfg.data.jitter_rotate > 0
 
     def save():
+        if not main:
+            return
         state["metrics_bytes"] = metrics_path.stat().st_size if metrics_path.exists() else 0
         save_checkpoint(ckpt_path, {
             "config": config_dict, "command": command, "model": model.state_dict(),
@@ -164,16 +224,19 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
         })
 
     def run_eval():
-        res = evaluate(model, test_bank, cfg.episodes, episodes=t.eval_episodes, seed=t.seed, device=device)
+        res = distributed.evaluate_sharded(model, test_bank, cfg.episodes, ctx, episodes=t.eval_episodes,
+                                           seed=t.seed, device=device)
         res.pop("_per_episode")
         entry = {"kind": "eval", **res, "episodes": state["episodes_done"], "eval_episodes": res["episodes"],
                  "train_seconds": round(state["train_seconds"], 3)}
-        append_line(metrics_path, json.dumps(entry))
+        if main:
+            append_line(metrics_path, json.dumps(entry))
         state["last_eval"] = {"episodes": state["episodes_done"], "accuracy_by_instance": res["accuracy_by_instance"]}
         return res
 
     if ckpt is None:
-        log(f"training {cfg.model.model} ({count_parameters(model):,} parameters) on {device}: "
+        log(f"training {cfg.model.model} ({count_parameters(model):,} parameters) on {device}"
+            + (f" x {ctx.world} processes" if ctx.enabled else "") + ": "
             f"{cfg.episodes.ways}-way, {cfg.episodes.instances} instances, {cfg.episodes.labels} labels, "
             f"{train_bank.num_classes:,} training / {test_bank.num_classes:,} held-out classes")
     bar = None
@@ -190,13 +253,32 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
             rng = batch_rng(t.seed, step)
             episodes = sample_episodes(train_bank, cfg.episodes, rng, batch)
             gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if use_jitter else None
-            tb = to_tensors(episodes, cfg.episodes, device, augment=jitter if use_jitter else None, generator=gen)
+            if not ctx.enabled:
+                tb = to_tensors(episodes, cfg.episodes, device, augment=jitter if use_jitter else None, generator=gen)
+            elif use_jitter:  # the jitter of the whole batch, as one process draws it
+                tb = distributed.shard_batch(to_tensors(episodes, cfg.episodes, device, augment=jitter,
+                                                        generator=gen), first, stop_at)
+            else:
+                tb = to_tensors(distributed.shard_batch(episodes, first, stop_at), cfg.episodes, device)
             logits = model(tb.images, tb.label_inputs)
             loss = loss_fn(logits, tb.targets, cfg.episodes)
+            if ctx.enabled:  # this rank's share of the global mean: the ranks' gradients sum to it
+                loss = loss * ((stop_at - first) / batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+            with torch.no_grad():
+                correct = correct_steps(logits.detach(), tb.targets, cfg.episodes)
+                acc = [float(a) for a in
+                       per_episode_instance_accuracy(correct, tb.instance, cfg.episodes.instances).sum(0)]
             loss_value = float(loss.detach())
+            if ctx.enabled:
+                signum = stop.signal
+                distributed.sum_gradients(model.parameters(), ctx)
+                totals = distributed.sum_values(
+                    [loss_value, *acc, float(signum == signal.SIGINT), float(signum == signal.SIGTERM)], ctx, device)
+                loss_value, acc = totals[0], totals[1:-2]
+                stop_signal = signal.SIGINT if totals[-2] else signal.SIGTERM if totals[-1] else None
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
             if not (math.isfinite(loss_value) and math.isfinite(float(norm))):
                 if not t.skip_nonfinite:
                     if bar is not None:
@@ -210,12 +292,9 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
                 log(f"warning: skipped a batch with a non-finite loss/gradient at step {step}")
             else:
                 optimizer.step()
-                with torch.no_grad():
-                    correct = correct_steps(logits.detach(), tb.targets, cfg.episodes)
-                    acc = per_episode_instance_accuracy(correct, tb.instance, cfg.episodes.instances).sum(0)
                 state["acc_loss"] += loss_value
                 state["acc_steps"] += 1
-                state["acc_correct"] = [a + float(b) for a, b in zip(state["acc_correct"], acc)]
+                state["acc_correct"] = [a + b for a, b in zip(state["acc_correct"], acc)]
                 state["acc_count"] = [a + batch for a in state["acc_count"]]
             state["step"] = step + 1
             state["episodes_done"] = (step + 1) * batch
@@ -226,9 +305,10 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
             if done % steps_per_log == 0 or done == total_steps:
                 n = max(1, state["acc_steps"])
                 acc_inst = [c / max(1.0, k) for c, k in zip(state["acc_correct"], state["acc_count"])]
-                append_line(metrics_path, json.dumps({
-                    "kind": "train", "episodes": state["episodes_done"], "loss": state["acc_loss"] / n,
-                    "accuracy_by_instance": acc_inst, "train_seconds": round(state["train_seconds"], 3)}))
+                if main:
+                    append_line(metrics_path, json.dumps({
+                        "kind": "train", "episodes": state["episodes_done"], "loss": state["acc_loss"] / n,
+                        "accuracy_by_instance": acc_inst, "train_seconds": round(state["train_seconds"], 3)}))
                 if bar is not None:
                     bar.set_postfix(loss=f"{state['acc_loss'] / n:.3f}",
                                     acc2=f"{acc_inst[1] if len(acc_inst) > 1 else acc_inst[0]:.3f}")
@@ -242,14 +322,17 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
                     f"[{state['episodes_done']:,} episodes] held-out accuracy by instance (%): {msg}")
             if done % steps_per_ckpt == 0 or done == total_steps:
                 save()
-            if stop.signal is not None:
-                interrupted = stop.signal
+            if not ctx.enabled:
+                stop_signal = stop.signal
+            if stop_signal is not None:
+                interrupted = stop_signal
                 save()
                 break
     if bar is not None:
         bar.close()
     if state["step"] == 0 and total_steps == 0:
         save()
+    distributed.barrier(ctx)  # every rank returns after rank 0's last save
     summary = {"out": str(out), "episodes_done": state["episodes_done"], "steps": state["step"],
                "train_seconds": state["train_seconds"], "last_eval": state["last_eval"],
                "interrupted": interrupted}
