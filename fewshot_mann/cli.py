@@ -294,6 +294,7 @@ SUBCOMMANDS = {
     "inspect": "inspect_main",
     "predict": "predict_main",
     "bench": "bench_main",
+    "knn": "knn_main",
 }
 
 
@@ -305,7 +306,8 @@ def main(argv=None) -> int:
               "  evaluate  accuracy by instance on held-out classes\n"
               "  inspect   check an image folder dataset\n"
               "  predict   classify new images from a few labelled examples\n"
-              "  bench     speed benchmark against the plain reference loop",
+              "  bench     speed benchmark against the plain reference loop\n"
+              "  knn       nearest-neighbour baseline on the evaluation episodes",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             return fail(f"unknown command {argv[0]!r}")
@@ -314,7 +316,8 @@ def main(argv=None) -> int:
     if name in ("train_main", "evaluate_main"):
         return globals()[name](argv[1:])
     import importlib
-    module = {"inspect_main": ".inspect", "predict_main": ".predict", "bench_main": ".bench"}[name]
+    module = {"inspect_main": ".inspect", "predict_main": ".predict", "bench_main": ".bench",
+              "knn_main": ".knn"}[name]
     try:
         mod = importlib.import_module(module, __package__)
     except ImportError:

@@ -26,10 +26,11 @@ def use_synthetic_banks(monkeypatch, seed: int = 1):
     return banks
 
 
-def train_and_evaluate(model_name: str, tmp_path, extra=(), episodes: int = 8) -> dict:
+def train_and_evaluate(model_name: str, tmp_path, extra=(), episodes: int = 8, eval_every: int | None = None) -> dict:
     """train.main then evaluate.main --json on synthetic banks; returns the evaluation JSON."""
     out = tmp_path / model_name
-    rc = train_script.main(["--model", model_name, "--episodes", str(episodes), "--eval-every", str(episodes),
+    eval_every = episodes if eval_every is None else eval_every
+    rc = train_script.main(["--model", model_name, "--episodes", str(episodes), "--eval-every", str(eval_every),
                             "--checkpoint-every", str(episodes), "--out", str(out), *TINY_ARGS, *extra])
     assert rc == 0
     assert (out / "checkpoint.pt").exists()
