@@ -564,12 +564,16 @@ def load_folder_banks(cfg: Config, progress: bool = True, report=warn) -> tuple[
         how = d.test_classes if spec is not None else f"{DEFAULT_TEST_FRACTION} (the default)"
         where = f"--test-classes {how} of the {bank.num_classes} classes in {d.data_root}"
     train_bank = drop_small_classes(train_bank, e.instances, "--data-root", report)
+    held_before = test_bank.num_classes
     test_bank = drop_small_classes(test_bank, e.instances, "held-out", report)
     if test_bank.num_classes < e.ways:
+        small = held_before - test_bank.num_classes
         raise DataError(
-            f"--ways {e.ways} needs {e.ways} held-out classes with at least {e.instances} images each, but "
-            f"{where} gives {test_bank.num_classes}; hold out more classes, lower --ways or --instances, "
-            "or add images (`fewshot-mann inspect DIR` lists what is usable)")
+            f"--ways {e.ways} needs {e.ways} held-out classes with at least {e.instances} images each (--instances), "
+            f"but {where} gives {test_bank.num_classes}"
+            + (f" ({small} more have fewer than {e.instances} images)" if small else "")
+            + "; hold out more classes, lower --ways or --instances, or add images "
+            "(`fewshot-mann inspect DIR` lists what is usable)")
     return train_bank, test_bank
 
 

@@ -234,6 +234,9 @@ def _main(argv) -> int:
         raise UserError(f"--threads must be >= 0 (got {args.threads})")
     if args.threads:
         torch.set_num_threads(args.threads)
+    for q in args.query:  # a typo fails before any loading
+        if not Path(q).expanduser().exists():
+            raise DataError(f"--query {q} does not exist")
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
     cfg, e = ckpt["config_obj"], ckpt["config_obj"].episodes

@@ -5,9 +5,9 @@ checkpoints read 20x20 grayscale, a folder of photos may be trained at 32x32 RGB
 
 - Tensors whose name and shape match are copied.
 - Input layer with the paper's linear encoder (one weight per pixel and channel, the first
-  ``C*S*S`` columns of the first layer, followed by the label columns): the pixel weights
-  are resampled to the new image size (bilinear) and scaled by ``(S_old/S_new)^2``, so a
-  uniform image gives the same pre-activation; grayscale -> RGB gives each colour channel a
+  ``C*S*S`` columns of the first layer, followed by the label columns): each old pixel's
+  weight is shared among the new pixels it overlaps (by area), so a uniform image gives
+  the same pre-activation at the new size; grayscale -> RGB gives each colour channel a
   third of the grey weight (a grey picture then gives the same pre-activation), RGB ->
   grayscale sums them. The label columns are copied when the label size is the same.
 - A conv encoder's first convolution is mapped between 1 and 3 input channels the same way;
@@ -37,15 +37,28 @@ def _channel_map(weight: torch.Tensor, c_from: int, c_to: int, dim: int) -> torc
     raise ValueError(f"cannot map {c_from} to {c_to} channels")
 
 
+def overlap_matrix(size: int, new_size: int) -> torch.Tensor:
+    """(new_size, size): the share of old pixel i (length 1) covered by new pixel j; columns sum to 1."""
+    edges_old = torch.arange(size + 1, dtype=torch.float64)
+    edges_new = torch.arange(new_size + 1, dtype=torch.float64) * (size / new_size)
+    lo = torch.maximum(edges_new[:-1, None], edges_old[None, :-1])
+    hi = torch.minimum(edges_new[1:, None], edges_old[None, 1:])
+    return (hi - lo).clamp_min(0)
+
+
 def resample_pixel_weights(weight: torch.Tensor, channels: int, size: int, new_channels: int,
                            new_size: int) -> torch.Tensor:
-    """(out, channels*size*size) pixel weights -> (out, new_channels*new_size*new_size)."""
+    """(out, channels*size*size) pixel weights -> (out, new_channels*new_size*new_size).
+
+    Each old pixel's weight is shared among the new pixels it overlaps, in proportion to the
+    overlap (separable in rows and columns), so a uniform image gives exactly the same
+    pre-activation at the new size; then channels are mapped as in ``_channel_map``.
+    """
     out = weight.shape[0]
-    w = weight.reshape(out, channels, size, size).float()
+    w = weight.reshape(out, channels, size, size).double()
     if new_size != size:
-        w = torch.nn.functional.interpolate(w, size=(new_size, new_size), mode="bilinear",
-                                            align_corners=False, antialias=new_size < size)
-        w = w * (size / new_size) ** 2
+        m = overlap_matrix(size, new_size)
+        w = torch.einsum("yi,xk,ocik->ocyx", m, m, w)
     w = _channel_map(w, channels, new_channels, dim=1)
     return w.reshape(out, -1).to(weight.dtype)
 
