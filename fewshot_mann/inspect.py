@@ -29,7 +29,7 @@ from .folder import (DEFAULT_TEST_FRACTION, PROBLEM_KINDS, Problem, choose_test_
 
 
 def inspect_folder(root, *, ways: int = 5, instances: int = 10, image_size: int = 20, channels: int = 1,
-                   resize: str = "pad", test_classes=None, progress: bool = False) -> dict:
+                   resize: str = "pad", test_classes=None, seed: int = 0, progress: bool = False) -> dict:
     """A JSON-ready report: {"root", "classes": [...], "problems": [...], "usable_classes", ...}."""
     if ways < 1 or instances < 1:
         raise UserError("--ways and --instances must be at least 1")
@@ -51,17 +51,19 @@ def inspect_folder(root, *, ways: int = 5, instances: int = 10, image_size: int 
                                 f"{len(usable)} class(es) have at least {instances} usable images; an episode with "
                                 f"--ways {ways} needs {ways} (add classes, or lower --ways / --instances)"))
     elif spec is None or spec[0] != "all":
-        try:
-            held = choose_test_classes(usable, spec, seed=0, where=str(data.root))
+        try:  # exactly as training: split every class with images, then drop the small ones
+            held = set(choose_test_classes(bank.names, spec, seed=seed, where=str(data.root)))
         except DataError as exc:
             problems.append(Problem("too-few-classes", "", str(exc)))
         else:
             how = test_classes if spec is not None else f"{DEFAULT_TEST_FRACTION} (the default)"
-            split = {"test_classes": str(how), "train": len(usable) - len(held), "test": len(held)}
-            if len(held) < ways:
+            held_usable = [n for n in usable if n in held]
+            split = {"test_classes": str(how), "seed": seed, "train": len(usable) - len(held_usable),
+                     "test": len(held_usable), "test_names": sorted(held_usable)}
+            if len(held_usable) < ways:
                 problems.append(Problem(
                     "too-few-classes", "",
-                    f"--test-classes {how} holds out {len(held)} of the {len(usable)} usable classes; held-out "
+                    f"--test-classes {how} holds out {len(held_usable)} of the {len(usable)} usable classes; held-out "
                     f"episodes with --ways {ways} need {ways} (hold out more, lower --ways, or use a --test-root folder)"))
     return {
         "root": str(data.root),
@@ -92,7 +94,8 @@ def format_report(report: dict) -> str:
         lines.append(f"  {c['name']:<{width}}  {c['images']:>6}  {sizes:<21}  {kinds}".rstrip())
     if report["split"]:
         sp = report["split"]
-        lines.append(f"class split --test-classes {sp['test_classes']}: {sp['train']} training / {sp['test']} held-out classes")
+        lines.append(f"class split --test-classes {sp['test_classes']} --seed {sp['seed']}: {sp['train']} training / "
+                     f"{sp['test']} held-out classes ({', '.join(sp['test_names'][:12])}{', ...' if sp['test'] > 12 else ''})")
     problems = report["problems"]
     if not problems:
         lines.append(f"no problems: ready for --ways {report['ways']} --instances {report['instances']}")
@@ -117,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ways", type=int, default=d.episodes.ways, help="classes per episode")
     p.add_argument("--instances", type=int, default=d.episodes.instances, help="images of each class per episode")
     p.add_argument("--test-classes", default=None, help="the class split to check: fraction or comma list (as train.py)")
+    p.add_argument("--seed", type=int, default=d.train.seed, help="the seed of the class split (train.py --seed)")
     p.add_argument("--image-size", type=int, default=d.data.image_size)
     p.add_argument("--channels", type=int, choices=(1, 3), default=d.data.channels)
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=d.data.resize)
@@ -130,7 +134,7 @@ def _main(argv) -> int:
     if args.image_size < 4:
         raise UserError(f"--image-size must be at least 4 (got {args.image_size})")
     report = inspect_folder(args.folder, ways=args.ways, instances=args.instances, image_size=args.image_size,
-                            channels=args.channels, resize=args.resize, test_classes=args.test_classes,
+                            channels=args.channels, resize=args.resize, test_classes=args.test_classes, seed=args.seed,
                             progress=not args.no_progress)
     if args.json == "-":
         print(json.dumps(report, indent=2))

@@ -30,8 +30,12 @@ VARIANTS = (("png", "RGB"), ("jpg", "RGB"), ("bmp", "RGB"), ("tif", "RGB"), ("we
             ("webp", "RGBA"), ("bmp", "P"), ("tif", "RGBA"), ("png", "L"), ("png", "LA"))
 
 
+COLOUR_NAMES = ("red", "green", "blue", "yellow", "purple", "cyan", "orange", "grey")
+
+
 def class_name(k: int) -> str:
-    return f"{SHAPES[k % len(SHAPES)]}_{'rgbymcog'[(k // len(SHAPES) + k) % 8]}"
+    """80 distinct classes: shape k mod 10 in colour (k div 10 + k) mod 8."""
+    return f"{SHAPES[k % len(SHAPES)]}_{COLOUR_NAMES[(k // len(SHAPES) + k) % len(COLOURS)]}"
 
 
 def draw(k: int, rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -143,7 +147,7 @@ def make_image_folder(root, classes: int = 6, per_class: int = 8, seed: int = 0,
         outside = root.parent / f"{root.name}-outside.png"
         draw(0, rng, 32, 32).save(outside)
         try:
-            os.symlink(outside, root / a / "link_out.png")
+            os.symlink(outside.resolve(), root / a / "link_out.png")
             problems["outside-link"] = f"{a}/link_out.png"
         except OSError:  # no symlinks on this file system
             pass

@@ -15,6 +15,7 @@ from conftest import tiny_config
 from synthetic_images import bomb_png, make_image_folder
 from fewshot_mann import cli
 from fewshot_mann.errors import DataError, UserError
+from fewshot_mann.inspect import inspect_folder
 from fewshot_mann.folder import (BadImage, choose_test_classes, decode_image, load_folder, load_folder_banks,
                                  parse_test_classes)
 
@@ -316,3 +317,14 @@ def test_fuzz_corrupted_files_never_escape_as_unhandled_errors(tmp_path):
     assert int(data.bank.counts.sum()) + sum(p.kind in ("unreadable", "too-large", "duplicate", "duplicate-in-class")
                                              for p in data.problems) >= 300 - 1
     assert time.perf_counter() - t0 < 30
+
+
+def test_inspect_checks_the_same_split_as_training(messy):
+    for seed in (0, 1, 2):
+        report = inspect_folder(messy["root"], ways=2, instances=15, image_size=8, channels=3,
+                                test_classes="0.5", seed=seed)
+        cfg = folder_cfg(messy["root"], test_classes="0.5")
+        cfg.episodes.instances, cfg.train.seed = 15, seed
+        train, test = load_folder_banks(cfg, progress=False, report=lambda m: None)
+        assert report["split"]["test_names"] == test.names
+        assert (report["split"]["train"], report["split"]["test"]) == (train.num_classes, test.num_classes)
