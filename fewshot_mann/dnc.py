@@ -131,9 +131,9 @@ class DNCMemory(nn.Module):
         w_write = x["write_gate"] * (g_a * allocation(usage) + (1.0 - g_a) * content)
         memory = memory * (1.0 - w_write.unsqueeze(-1) * x["erase"].unsqueeze(1)) \
             + w_write.unsqueeze(-1) * x["write_vector"].unsqueeze(1)
-        eye = torch.eye(self.memory_slots, device=h.device, dtype=h.dtype)
-        links = ((1.0 - w_write.unsqueeze(-1) - w_write.unsqueeze(1)) * links
-                 + w_write.unsqueeze(-1) * precedence.unsqueeze(1)) * (1.0 - eye)
+        links = torch.baddbmm((1.0 - w_write.unsqueeze(-1) - w_write.unsqueeze(1)) * links,
+                              w_write.unsqueeze(-1), precedence.unsqueeze(1))
+        links.diagonal(dim1=1, dim2=2).zero_()  # in place: nothing saved for backward reads it
         precedence = (1.0 - w_write.sum(-1, keepdim=True)) * precedence + w_write
         forward = torch.bmm(w_read_prev, links.transpose(1, 2))  # (B,R,N): (L w)[i]
         backward = torch.bmm(w_read_prev, links)  # (L^T w)[i]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
+from PIL import Image
 
 import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank
-from fewshot_mann import datasets, training
+from fewshot_mann import cli, datasets, training
 
 TINY_ARGS = ["--controller-size", "16", "--memory-slots", "8", "--memory-width", "5", "--read-heads", "2",
              "--transformer-layers", "1", "--transformer-heads", "2", "--transformer-width", "16",
@@ -43,6 +45,26 @@ def train_and_evaluate(model_name: str, tmp_path, extra=(), episodes: int = 8, e
     assert len(result["accuracy_by_instance"]) == 4 and len(result["ci95"]) == 4
     assert all(0.0 <= a <= 1.0 for a in result["accuracy_by_instance"])
     return result
+
+
+def predict_from_checkpoint(checkpoint, tmp_path) -> list[dict]:
+    """``fewshot-mann predict`` with the checkpoint alone: 3 classes of 2 support PNGs, 3 queries."""
+    rng = np.random.default_rng(0)
+    queries = tmp_path / "queries"
+    queries.mkdir(exist_ok=True)
+    for name in ("a", "b", "c"):
+        pattern = (rng.random((6, 6)) > 0.5).astype(np.uint8) * 255
+        (tmp_path / "support" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            Image.fromarray(pattern).save(tmp_path / "support" / name / f"{i}.png")
+        Image.fromarray(pattern).save(queries / f"{name}.png")
+    out = tmp_path / "predictions.json"
+    rc = cli.main(["predict", "--checkpoint", str(checkpoint), "--support", str(tmp_path / "support"),
+                   "--query", str(queries), "--orders", "2", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 3 and all(row["prediction"] in ("a", "b", "c") for row in rows)
+    return rows
 
 
 def outputs_and_grads(fn, inputs: list[torch.Tensor], params: list[torch.Tensor], seed: int = 0):

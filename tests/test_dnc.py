@@ -1,6 +1,6 @@
 """DNC memory: against the literal per-equation reference (outputs and gradients),
 gradcheck, allocation and temporal-link semantics, invariants of usage, allocation,
-write weighting and link matrix, per-episode reset, validation, train -> evaluate."""
+write weighting and link matrix, per-episode reset, validation, train -> evaluate -> predict."""
 from __future__ import annotations
 
 import pytest
@@ -14,8 +14,8 @@ from fewshot_mann.dnc import DNCMemory, allocation, interface_size
 from fewshot_mann.errors import UserError
 from fewshot_mann.models import MANN, build_model
 from fewshot_mann.reference_dnc import literal_dnc_step
-from lineage_helpers import (assert_close_lists, mann_forward_with_step, outputs_and_grads, train_and_evaluate,
-                             use_synthetic_banks)
+from lineage_helpers import (assert_close_lists, mann_forward_with_step, outputs_and_grads,
+                             predict_from_checkpoint, train_and_evaluate, use_synthetic_banks)
 
 
 def make_memory(dtype=torch.float32, controller=7, slots=6, width=4, read_heads=3, seed=0):
@@ -137,17 +137,17 @@ def test_usage_allocation_write_and_link_invariants(seed, scale, read_heads):
     g = torch.Generator().manual_seed(seed)
     state = mem.initial_state(4)
     eye = torch.eye(6, dtype=torch.bool)
-    tol = 1e-5
+    tol = 1e-5  # float32 rounding: a write weighting may sum to 1 + 1e-7
     for _ in range(8):
         reads, state = mem.step(torch.randn(4, 5, generator=g) * scale, state)
         memory, usage, links, precedence, w_read, w_write, _ = state
         for t in state:
             assert torch.isfinite(t).all()
-        assert (usage >= 0).all() and (usage <= 1 + tol).all()
+        assert (usage >= -tol).all() and (usage <= 1 + tol).all()
         alloc = allocation(usage)
-        assert (alloc >= 0).all() and (alloc.sum(-1) <= 1 + tol).all()
-        assert (w_write >= 0).all() and (w_write.sum(-1) <= 1 + tol).all()
-        assert (precedence >= 0).all() and (precedence.sum(-1) <= 1 + tol).all()
+        assert (alloc >= -tol).all() and (alloc.sum(-1) <= 1 + tol).all()
+        assert (w_write >= -tol).all() and (w_write.sum(-1) <= 1 + tol).all()
+        assert (precedence >= -tol).all() and (precedence.sum(-1) <= 1 + tol).all()
         assert (links[:, eye] == 0).all()
         assert (links >= -tol).all() and (links.sum(-1) <= 1 + tol).all() and (links.sum(-2) <= 1 + tol).all()
         assert (w_read >= -tol).all() and (w_read.sum(-1) <= 1 + tol).all()
@@ -184,6 +184,7 @@ def test_invalid_settings_are_one_clear_line(changes, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_train_then_evaluate_round_trip(tmp_path, monkeypatch):
+def test_train_then_evaluate_and_predict_round_trip(tmp_path, monkeypatch):
     use_synthetic_banks(monkeypatch)
     train_and_evaluate("dnc", tmp_path)
+    predict_from_checkpoint(tmp_path / "dnc" / "checkpoint.pt", tmp_path)

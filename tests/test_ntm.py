@@ -1,6 +1,6 @@
 """NTM memory: against the literal per-equation reference (outputs and gradients),
 gradcheck, addressing semantics, weighting invariants, per-episode reset, config
-validation and a train -> evaluate round trip."""
+validation and a train -> evaluate -> predict round trip."""
 from __future__ import annotations
 
 import pytest
@@ -14,8 +14,8 @@ from fewshot_mann.errors import UserError
 from fewshot_mann.models import MANN, build_model
 from fewshot_mann.ntm import NTMMemory, address, shift_index
 from fewshot_mann.reference_ntm import literal_ntm_step
-from lineage_helpers import (assert_close_lists, mann_forward_with_step, outputs_and_grads, train_and_evaluate,
-                             use_synthetic_banks)
+from lineage_helpers import (assert_close_lists, mann_forward_with_step, outputs_and_grads,
+                             predict_from_checkpoint, train_and_evaluate, use_synthetic_banks)
 
 
 def make_memory(dtype=torch.float32, controller=7, slots=6, width=4, read_heads=3, write_heads=2, shift=1, seed=0):
@@ -154,7 +154,8 @@ def test_invalid_settings_are_one_clear_line(changes, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_train_then_evaluate_round_trip(tmp_path, monkeypatch):
+def test_train_then_evaluate_and_predict_round_trip(tmp_path, monkeypatch):
     use_synthetic_banks(monkeypatch)
     result = train_and_evaluate("ntm", tmp_path, extra=["--write-heads", "2", "--shift-range", "2"])
     assert result["config"]["model"]["num_write_heads"] == 2 and result["config"]["model"]["shift_range"] == 2
+    predict_from_checkpoint(tmp_path / "ntm" / "checkpoint.pt", tmp_path)

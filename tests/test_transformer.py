@@ -1,6 +1,6 @@
 """The causal transformer baseline: against a literal per-head, per-position attention
 loop (outputs and gradients), gradcheck, causality (no step sees a later step or its own
-label), per-episode independence, validation and a train -> evaluate round trip."""
+label), per-episode independence, validation and a train -> evaluate -> predict round trip."""
 from __future__ import annotations
 
 import math
@@ -13,7 +13,8 @@ from conftest import tiny_config
 from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
 from fewshot_mann.models import build_model
-from lineage_helpers import assert_close_lists, outputs_and_grads, train_and_evaluate, use_synthetic_banks
+from lineage_helpers import (assert_close_lists, outputs_and_grads, predict_from_checkpoint, train_and_evaluate,
+                             use_synthetic_banks)
 
 
 def small_transformer(dtype=torch.float64, layers=2, heads=3, width=12, max_steps=16, seed=0):
@@ -124,7 +125,8 @@ def test_invalid_settings_are_one_clear_line(changes, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_train_then_evaluate_round_trip(tmp_path, monkeypatch):
+def test_train_then_evaluate_and_predict_round_trip(tmp_path, monkeypatch):
     use_synthetic_banks(monkeypatch)
     result = train_and_evaluate("transformer", tmp_path, extra=["--transformer-max-steps", "12"])
     assert result["config"]["model"]["transformer_width"] == 16
+    predict_from_checkpoint(tmp_path / "transformer" / "checkpoint.pt", tmp_path)
