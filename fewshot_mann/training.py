@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
 from .config import Config
 from .datasets import load_banks
 from .episodes import Jitter, batch_rng, check_bank, sample_episodes, to_tensors
@@ -82,6 +82,7 @@ def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config) -
     from .transfer import transfer_weights
 
     src = load_checkpoint(path)
+    load_model_from_checkpoint(src)  # its weights must fit its own config, or the file is damaged
     for line in transfer_weights(model, cfg, src["model"], src["config_obj"], source=str(path)):
         log(line)
 
@@ -109,6 +110,13 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def initial_state(cfg: Config) -> dict:
+    """The loop's counters and running sums at step 0 (saved in every checkpoint as "state")."""
+    return {"step": 0, "episodes_done": 0, "train_seconds": 0.0, "metrics_bytes": 0,
+            "acc_loss": 0.0, "acc_steps": 0, "acc_correct": [0.0] * cfg.episodes.instances,
+            "acc_count": [0.0] * cfg.episodes.instances, "nonfinite_skipped": 0, "last_eval": None}
 
 
 def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, ckpt: dict, path) -> None:
@@ -189,9 +197,7 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
 
     model = new_model(cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    state = {"step": 0, "episodes_done": 0, "train_seconds": 0.0, "metrics_bytes": 0,
-             "acc_loss": 0.0, "acc_steps": 0, "acc_correct": [0.0] * cfg.episodes.instances,
-             "acc_count": [0.0] * cfg.episodes.instances, "nonfinite_skipped": 0, "last_eval": None}
+    state = initial_state(cfg)
     if ckpt is not None:
         restore(model, optimizer, state, ckpt, ckpt_path)
         if main and metrics_path.exists() and metrics_path.stat().st_size > state["metrics_bytes"]:

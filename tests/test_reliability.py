@@ -49,7 +49,7 @@ def train_args(data, out, episodes=EPISODES):
     root, split = data
     return ["--data-root", str(root), "--split", str(split), "--image-size", "8", "--ways", "3", "--instances", "4",
             "--controller-size", "16", "--memory-slots", "10", "--memory-width", "5", "--read-heads", "2",
-            "--episodes", str(episodes), "--batch-size", "2", "--checkpoint-every", "14", "--eval-every", "100",
+            "--episodes", str(episodes), "--batch-size", "2", "--checkpoint-every", "14", "--eval-every", "20",
             "--eval-episodes", "6", "--threads", "1", "--out", str(out), "--no-progress"]
 
 
@@ -247,6 +247,40 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_clean(synthet
     (out / "metrics.jsonl").write_text('{"kind": "train", "episodes": 999}\n{"kind": "tr')  # the dead run's log
     run(small_cfg(), out, resume=True)
     assert metrics_without_times(out / "metrics.jsonl") == metrics_without_times(tmp_path / "straight/metrics.jsonl")
+
+
+class Crash(Exception):
+    """Stands in for the process dying."""
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_log_lines_written_after_the_checkpoint_are_dropped_on_resume(synthetic, tmp_path, monkeypatch, partial):
+    out = tmp_path / "run"
+    real_append, lines = training.append_line, []
+
+    def dying_append(path, line):  # die after the log has moved past the last checkpoint
+        lines.append(line)
+        if len(lines) == 3:  # the 3rd eval line (episodes 12): the checkpoint is of 8
+            if partial:
+                with open(path, "a") as f:
+                    f.write(line[: len(line) // 2])
+            else:
+                real_append(path, line)
+            raise Crash
+        real_append(path, line)
+
+    cfg = small_cfg()
+    cfg.train.eval_every = 4
+    with monkeypatch.context() as m:
+        m.setattr(training, "append_line", dying_append)
+        with pytest.raises(Crash):
+            run(cfg, out)
+    assert load_checkpoint(out / "checkpoint.pt")["episodes_done"] == 8
+    cfg = small_cfg()
+    cfg.train.eval_every = 4
+    run(cfg, tmp_path / "straight4")
+    run(cfg, out, resume=True)
+    assert metrics_without_times(out / "metrics.jsonl") == metrics_without_times(tmp_path / "straight4/metrics.jsonl")
 
 
 # ------------------------------------------------------------------ 4. numerical faults
