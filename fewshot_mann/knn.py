@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import DATASETS, LABEL_ENCODINGS, RESIZE_POLICIES, Config
+from .config import DATASETS, LABEL_ENCODINGS, MAX_THREADS, RESIZE_POLICIES, Config
 from .errors import UserError
 
 LAYERS = ("encoder", "controller")
@@ -166,9 +166,13 @@ def _knn(argv) -> int:
     from .training import resolve_device
 
     args = knn_parser().parse_args(argv)
-    for name, low in (("episodes", 1), ("batch_size", 1), ("threads", 0)):
-        if getattr(args, name) < low:
-            raise UserError(f"--{name.replace('_', '-')} must be at least {low} (got {getattr(args, name)})")
+    for name in ("episodes", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    if not 0 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads must be in [0, {MAX_THREADS}] (got {args.threads}; 0 = torch default)")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be in [0, 2**63) (got {args.seed})")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

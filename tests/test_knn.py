@@ -110,3 +110,17 @@ def test_cli_checkpoint_features(tmp_path, monkeypatch, capsys):
     rc = cli.main(["knn", "--features", str(linear), "--layer", "controller", "--ways", "4", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "reads 3-way onehot labels" in err[-1] and len(err) == 1
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--episodes", "0"], "--episodes must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--threads", "-1"], "--threads must be in [0, 1024]"),
+    (["--seed", "-3"], "--seed must be in [0, 2**63)"),
+    (["--ways", "0"], "--ways must be at least 1"),
+    (["--features", "/nonexistent/checkpoint.pt"], "does not exist"),
+])
+def test_cli_bad_input_is_one_clear_line(argv, needle, capsys):
+    assert cli.main(["knn", *argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
