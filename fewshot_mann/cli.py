@@ -193,6 +193,8 @@ def _train(argv) -> int:
                     progress=not args.no_progress, init_from=args.init_from)
     if summary["interrupted"] is not None:
         return 130
+    if summary.get("rank"):  # under torchrun, rank 0 reports
+        return 0
     print(f"trained {summary['episodes_done']:,} episodes in {summary['train_seconds']:.0f} s; "
           f"checkpoint: {Path(args.out) / 'checkpoint.pt'}")
     if summary["last_eval"]:

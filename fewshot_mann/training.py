@@ -341,7 +341,7 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
     distributed.barrier(ctx)  # every rank returns after rank 0's last save
     summary = {"out": str(out), "episodes_done": state["episodes_done"], "steps": state["step"],
                "train_seconds": state["train_seconds"], "last_eval": state["last_eval"],
-               "interrupted": interrupted}
+               "interrupted": interrupted, "rank": ctx.rank, "world_size": ctx.world}
     if interrupted is not None:
         log(f"interrupted: checkpoint saved at {state['episodes_done']:,} episodes in {ckpt_path}; "
             "continue with --resume")

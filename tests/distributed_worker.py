@@ -1,0 +1,30 @@
+"""Run several train/evaluate command lines in one torchrun launch (tests/test_distributed.py).
+
+usage: torchrun --nproc_per_node P tests/distributed_worker.py train ARGS... ++ evaluate ARGS... ++ ...
+
+The process group is joined once through ``fewshot_mann.distributed`` and kept across the
+command lines, which then run exactly as ``train.py`` / ``evaluate.py`` would under torchrun.
+"""
+import sys
+
+import torch
+
+from fewshot_mann import cli, distributed
+
+if __name__ == "__main__":
+    ctx, _ = distributed.init_from_env(torch.device("cpu"))
+    commands, current = [], []
+    for arg in sys.argv[1:]:
+        if arg == "++":
+            commands.append(current)
+            current = []
+        else:
+            current.append(arg)
+    commands.append(current)
+    status = 0
+    for name, *argv in commands:
+        status = {"train": cli.train_main, "evaluate": cli.evaluate_main}[name](argv)
+        if status:
+            break
+    distributed.close(ctx)
+    sys.exit(status)
