@@ -219,6 +219,13 @@ def test_atomic_write_leaves_old_file_or_new_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
     fileio.atomic_write_json(path, {"v": 3})
     assert json.loads(path.read_text()) == {"v": 3}
+    # the mode a plain open() would give (not mkstemp's 0600), and an existing file keeps its own
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    path.chmod(0o640)
+    fileio.atomic_write_json(path, {"v": 4})
+    assert path.stat().st_mode & 0o777 == 0o640
 
 
 WRITERS = re.compile(r"\.write_text\(|\.write_bytes\(|open\([^)]*['\"][wax]b?\+?['\"]"
