@@ -77,6 +77,9 @@ class MANN(nn.Module):
         self.recurrent = nn.Linear(self.hidden + self.memory.read_size, 4 * self.hidden, bias=False)
         self.output = nn.Linear(self.hidden + self.memory.read_size, cfg.episodes.label_size)
         _init_lstm_bias(self.input_proj.bias, self.hidden)
+        # LRUA runs through fast.lrua_sequence (same maths, hand-written BPTT); set
+        # False for the step-by-step autograd path below (a second reference).
+        self.fast = True
 
     def lstm_cell(self, gates: torch.Tensor, c: torch.Tensor):
         i, f, g, o = gates.chunk(4, dim=-1)
@@ -87,6 +90,8 @@ class MANN(nn.Module):
     def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
         batch = images.shape[0]
         feats = self.encoder(images)
+        if self.fast and type(self.memory) is LRUAMemory:
+            return self._forward_fast(feats, label_inputs)
         gates_in = self.input_proj(torch.cat([feats, label_inputs], dim=-1))  # (B,T,4H)
         h = gates_in.new_zeros(batch, self.hidden)
         c = gates_in.new_zeros(batch, self.hidden)
@@ -100,6 +105,19 @@ class MANN(nn.Module):
             reads, state = self.memory.step(h, state)
             outs.append(torch.cat([h, reads], dim=-1))
         return self.output(torch.stack(outs, dim=1))
+
+    def _forward_fast(self, feats: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+        """feats (B,T,F), label_inputs (B,T,L) -> logits (B,T,L), through fast.lrua_sequence (time-major)."""
+        from .fast import lrua_sequence
+
+        mem = self.memory
+        gates_in = self.input_proj(torch.cat([feats.transpose(0, 1), label_inputs.transpose(0, 1)], dim=-1))
+        layers = [mem.key, mem.gate] + ([mem.strength] if mem.strength is not None else [])
+        hr = lrua_sequence(gates_in, self.recurrent.weight, torch.cat([l.weight for l in layers]),
+                           torch.cat([l.bias for l in layers]), memory_slots=mem.memory_slots,
+                           num_read_heads=mem.num_read_heads, usage_decay=mem.usage_decay,
+                           key_strength=mem.strength is not None)  # (T,B,H+R*W)
+        return self.output(hr).transpose(0, 1).contiguous()
 
 
 class LSTMBaseline(nn.Module):

@@ -43,11 +43,8 @@ def reference_forward(model, images: torch.Tensor, label_inputs: torch.Tensor) -
         # Least-used weights from the previous usage (eq. 6), ties to the lower index;
         # the single least-used slot is zeroed before writing.
         order = torch.sort(w_u.detach(), dim=-1, stable=True).indices
-        w_lu = torch.zeros(B, N, dtype=dtype, device=device)
-        zero = torch.zeros(B, N, dtype=dtype, device=device)
-        for b in range(B):
-            w_lu[b, order[b, :R]] = 1.0
-            zero[b, order[b, 0]] = 1.0
+        w_lu = torch.zeros(B, N, dtype=dtype, device=device).scatter_(1, order[:, :R], 1.0)
+        zero = torch.zeros(B, N, dtype=dtype, device=device).scatter_(1, order[:, :1], 1.0)
         memory = memory * (1.0 - zero).unsqueeze(-1)
 
         keys_all = torch.tanh(model.memory.key(h))

@@ -1,0 +1,186 @@
+"""The fast MANN-LRUA path (fast.py) against the autograd path and the literal reference.
+
+Outputs and the gradient of every parameter must agree to 1e-5 (float32) or 1e-10
+(float64), with and without the key-strength extension, on tiny models and at the
+paper's sizes with a small batch; gradcheck checks the hand-written backward itself.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from fewshot_mann import fast
+from fewshot_mann.config import Config
+from fewshot_mann.evaluation import loss_fn
+from fewshot_mann.memory import least_used
+from fewshot_mann.models import MANN
+from fewshot_mann.reference import reference_forward
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def make(cfg: Config, dtype, seed=0):
+    torch.manual_seed(seed)
+    return MANN(cfg).to(dtype)
+
+
+def episode_inputs(cfg: Config, batch: int, dtype, seed=1):
+    """Images in [0, 1] and one-hot previous labels, as to_tensors makes them; targets (B,T,1)."""
+    g = torch.Generator().manual_seed(seed)
+    steps, size, ways = cfg.episodes.steps, cfg.data.image_size, cfg.episodes.ways
+    images = torch.rand(batch, steps, cfg.data.channels, size, size, generator=g).to(dtype)
+    targets = torch.randint(0, ways, (batch, steps, 1), generator=g)
+    onehot = torch.nn.functional.one_hot(targets[..., 0], ways).to(dtype)
+    label_inputs = torch.zeros_like(onehot)
+    label_inputs[:, 1:] = onehot[:, :-1]
+    return images, label_inputs, targets
+
+
+def outputs_and_grads(model, forward, cfg, images, label_inputs, targets):
+    model.zero_grad(set_to_none=True)
+    logits = forward(images, label_inputs)
+    loss_fn(logits, targets, cfg.episodes).backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def assert_same(a, b, tol, what):
+    assert a.shape == b.shape, what
+    err = (a - b).abs().max().item()
+    assert err <= tol, f"{what}: max difference {err:.3g} > {tol:g}"
+
+
+def check_against_slow_paths(cfg, dtype, batch):
+    model = make(cfg, dtype)
+    images, label_inputs, targets = episode_inputs(cfg, batch, dtype)
+    model.fast = True
+    fast_out, fast_grads = outputs_and_grads(model, model, cfg, images, label_inputs, targets)
+    model.fast = False
+    auto_out, auto_grads = outputs_and_grads(model, model, cfg, images, label_inputs, targets)
+    ref_out, ref_grads = outputs_and_grads(
+        model, lambda x, y: reference_forward(model, x, y), cfg, images, label_inputs, targets)
+    tol = TOLERANCE[dtype]
+    assert_same(fast_out, auto_out, tol, "logits vs autograd path")
+    assert_same(fast_out, ref_out, tol, "logits vs reference")
+    for name, g in fast_grads.items():
+        assert g.abs().sum() > 0, f"{name}: zero gradient"
+        assert_same(g, auto_grads[name], tol, f"d {name} vs autograd path")
+        assert_same(g, ref_grads[name], tol, f"d {name} vs reference")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("key_strength", [False, True])
+def test_tiny_model_matches_autograd_path_and_reference(dtype, key_strength):
+    cfg = tiny_config(key_strength=key_strength)
+    check_against_slow_paths(cfg, dtype, batch=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("key_strength", [False, True])
+def test_paper_sized_model_matches_autograd_path_and_reference(dtype, key_strength):
+    cfg = Config()  # 5-way, 10 instances, controller 200, memory 128 x 40, 4 heads, 20x20
+    cfg.model.key_strength = key_strength
+    check_against_slow_paths(cfg, dtype, batch=2)
+
+
+def test_conv_encoder_features_flow_through_the_fast_path():
+    cfg = tiny_config(encoder="conv")
+    cfg.data.image_size = 8
+    check_against_slow_paths(cfg, torch.float64, batch=2)
+
+
+def test_one_read_head_and_odd_sizes():
+    cfg = tiny_config(num_read_heads=1, memory_slots=7, memory_width=3, controller_size=5)
+    cfg.episodes.ways, cfg.episodes.instances = 3, 5
+    check_against_slow_paths(cfg, torch.float64, batch=4)
+
+
+@pytest.mark.parametrize("segment", [1, 4, 100])
+def test_memory_segments_recomputed_in_backward_give_the_same_gradients(monkeypatch, segment):
+    cfg = tiny_config()
+    cfg.episodes.instances = 3  # 15 steps: segments of 4 leave a partial one
+    model = make(cfg, torch.float32)
+    inputs = episode_inputs(cfg, 3, torch.float32)
+    _, stored = outputs_and_grads(model, model, cfg, *inputs)
+    monkeypatch.setattr(fast, "SEGMENT", segment)
+    _, recomputed = outputs_and_grads(model, model, cfg, *inputs)
+    for name, g in stored.items():
+        assert torch.equal(g, recomputed[name]), name  # recomputation is bit-identical
+
+
+def test_inference_path_equals_training_path_also_in_chunks(monkeypatch):
+    cfg = tiny_config(key_strength=True)
+    model = make(cfg, torch.float32)
+    images, label_inputs, _ = episode_inputs(cfg, 5, torch.float32)
+    with_grad = model(images, label_inputs)
+    with torch.inference_mode():
+        assert torch.equal(model(images, label_inputs), with_grad)
+        monkeypatch.setattr(fast, "INFERENCE_CHUNK", 2)  # 5 episodes -> chunks 2, 2, 1
+        # (matmuls over fewer rows may round differently, hence not bit-equal)
+        assert_same(model(images, label_inputs), with_grad.detach(), 1e-6, "chunked logits")
+
+
+def test_gradcheck_of_the_hand_written_backward():
+    torch.manual_seed(0)
+    T, B, H, R, N, W = 4, 2, 3, 2, 5, 3
+    for key_strength in (False, True):
+        rows = R * W + R * (2 if key_strength else 1)
+        args = (torch.randn(T, B, 4 * H, dtype=torch.float64, requires_grad=True),
+                (0.5 * torch.randn(4 * H, H + R * W, dtype=torch.float64)).requires_grad_(),
+                torch.randn(rows, H, dtype=torch.float64, requires_grad=True),
+                torch.randn(rows, dtype=torch.float64, requires_grad=True))
+        run = lambda *a: fast.lrua_sequence(*a, memory_slots=N, num_read_heads=R, usage_decay=0.9,  # noqa: E731
+                                            key_strength=key_strength)
+        assert torch.autograd.gradcheck(run, args, eps=1e-6, atol=1e-7)
+
+
+def test_backward_twice_with_retain_graph():
+    cfg = tiny_config()
+    model = make(cfg, torch.float64)
+    images, label_inputs, targets = episode_inputs(cfg, 2, torch.float64)
+    loss = loss_fn(model(images, label_inputs), targets, cfg.episodes)
+    first = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+    second = torch.autograd.grad(loss, list(model.parameters()))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_least_used_selection_breaks_ties_like_the_stable_sort(dtype):
+    g = torch.Generator().manual_seed(0)
+    usage = torch.randint(0, 4, (64, 9), generator=g).to(dtype) * 0.25  # many ties
+    usage[0] = 0.0
+    usage[1] = torch.tensor([3e-39, 0.0, 1e-45, 0.0, 2.0, float("inf"), 1.0, 0.5, 3e-39], dtype=dtype)
+    for n in (1, 3, 9):
+        out = torch.empty(64, 2, 9, dtype=dtype)
+        fast._LeastUsed(usage, n).select(usage, out)
+        w_lu, zero = least_used(usage, n)
+        assert torch.equal(out[:, 1], w_lu), n
+        assert torch.equal(out[:, 0], zero), n
+
+
+def test_state_dict_and_checkpoints_are_unchanged():
+    cfg = tiny_config(key_strength=True)
+    model = make(cfg, torch.float32)
+    assert sorted(model.state_dict()) == sorted([
+        "input_proj.weight", "input_proj.bias", "recurrent.weight", "memory.key.weight", "memory.key.bias",
+        "memory.gate.weight", "memory.gate.bias", "memory.strength.weight", "memory.strength.bias",
+        "output.weight", "output.bias"])
+    other = make(cfg, torch.float32, seed=5)
+    other.fast = False
+    other.load_state_dict(model.state_dict())
+    images, label_inputs, _ = episode_inputs(cfg, 2, torch.float32)
+    assert torch.allclose(other(images, label_inputs), model(images, label_inputs), atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_matches_cpu():
+    cfg = tiny_config(key_strength=True)
+    model = make(cfg, torch.float64)
+    images, label_inputs, targets = episode_inputs(cfg, 3, torch.float64)
+    cpu_out, cpu_grads = outputs_and_grads(model, model, cfg, images, label_inputs, targets)
+    model = model.cuda()
+    gpu_out, gpu_grads = outputs_and_grads(model, model, cfg, images.cuda(), label_inputs.cuda(), targets.cuda())
+    assert_same(gpu_out.cpu(), cpu_out, 1e-10, "logits")
+    for name, g in cpu_grads.items():
+        assert_same(gpu_grads[name].cpu(), g, 1e-10, name)
