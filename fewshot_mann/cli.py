@@ -212,6 +212,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "train"), help="which classes: held-out (test) or training")
     p.add_argument("--instances", type=int, default=None,
                    help="images of each class per episode, instead of the checkpoint's (e.g. a folder with few per class)")
+    p.add_argument("--test-classes", default=None,
+                   help="folder datasets: the classes to evaluate on instead of the checkpoint's split: "
+                        "all (e.g. a --data-root of new classes), a fraction or a comma list")
     p.add_argument("--episodes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
@@ -260,6 +263,8 @@ def _evaluate(argv) -> int:
         cfg.data.dataset = args.dataset
         cfg.data.test_root = None
         cfg.data.test_classes = "all"  # cross-domain: every class of the folder is held out
+    if args.test_classes is not None:
+        cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
     if args.instances is not None:
         cfg.episodes.instances = args.instances  # the models read episodes of any length
         cfg.validate()

@@ -28,6 +28,8 @@ COLOURS = ((220, 40, 40), (40, 170, 60), (50, 80, 220), (230, 200, 30), (170, 60
 VARIANTS = (("png", "RGB"), ("jpg", "RGB"), ("bmp", "RGB"), ("tif", "RGB"), ("webp", "RGB"),
             ("png", "RGBA"), ("png", "P"), ("png", "I;16"), ("tiff", "I;16"), ("jpeg", "L"),
             ("webp", "RGBA"), ("bmp", "P"), ("tif", "RGBA"), ("png", "L"), ("png", "LA"))
+# Colour is half of what tells these classes apart; grey variants make the task harder.
+COLOUR_VARIANTS = tuple(v for v in VARIANTS if v[1] not in ("L", "LA", "I;16"))
 
 
 COLOUR_NAMES = ("red", "green", "blue", "yellow", "purple", "cyan", "orange", "grey")
@@ -114,7 +116,7 @@ def bomb_png(width: int = 10000, height: int = 6000) -> bytes:
 
 
 def make_image_folder(root, classes: int = 6, per_class: int = 8, seed: int = 0, size_range=(24, 80),
-                      first_class: int = 0, with_problems: bool = False) -> dict:
+                      first_class: int = 0, with_problems: bool = False, variants=VARIANTS) -> dict:
     """Write a dataset folder; returns {"root", "classes": [names], "problems": {kind: relative path}}."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -126,7 +128,7 @@ def make_image_folder(root, classes: int = 6, per_class: int = 8, seed: int = 0,
         (root / name).mkdir(exist_ok=True)
         for i in range(per_class):
             w, h = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
-            save_variant(draw(k, rng, w, h), root / name / f"img{i:03d}", VARIANTS[(i + 3 * k) % len(VARIANTS)])
+            save_variant(draw(k, rng, w, h), root / name / f"img{i:03d}", variants[(i + 3 * k) % len(variants)])
     problems = {}
     if with_problems:
         a, b = names[0], names[1]
@@ -162,7 +164,8 @@ if __name__ == "__main__":
     p.add_argument("--first-class", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-problems", action="store_true")
+    p.add_argument("--colour-only", action="store_true", help="no grayscale or 16-bit variants")
     a = p.parse_args()
     made = make_image_folder(a.out, a.classes, a.per_class, a.seed, first_class=a.first_class,
-                             with_problems=a.with_problems)
+                             with_problems=a.with_problems, variants=COLOUR_VARIANTS if a.colour_only else VARIANTS)
     print(f"wrote {len(made['classes'])} classes to {made['root']}")

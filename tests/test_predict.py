@@ -181,6 +181,17 @@ def test_folder_run_writes_its_split_and_evaluate_rebuilds_it(workflow, tmp_path
     capsys.readouterr()
 
 
+def test_a_folder_checkpoint_evaluates_on_a_new_folder_of_classes(workflow, tmp_path, capsys):
+    new = make_image_folder(tmp_path / "new", classes=3, per_class=3, seed=51, first_class=30)
+    out = tmp_path / "new.json"
+    assert cli.evaluate_main(["--checkpoint", str(workflow["run"] / "checkpoint.pt"), "--data-root", str(new["root"]),
+                              "--test-classes", "all", "--instances", "3", "--episodes", "6", "--json", str(out),
+                              "--no-progress"]) == 0
+    res = json.loads(out.read_text())
+    assert res["classes"] == 3 and len(res["accuracy_by_instance"]) == 3
+    capsys.readouterr()
+
+
 def test_predict_after_training_through_the_module_entry_point(workflow, tmp_path):
     support = make_image_folder(tmp_path / "support", classes=2, per_class=3, seed=31, first_class=20)
     query = make_image_folder(tmp_path / "new", classes=2, per_class=1, seed=32, first_class=20)
