@@ -142,7 +142,8 @@ def _run_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, s
     usage = torch.zeros(B, N, **opts)
     least_used = _LeastUsed(usage, R)
     least_used.select(usage, least[0])
-    memory_prev = torch.full((B, W, N), MEMORY_INIT, **opts)
+    memory_prev = checkpoints[0] if store else torch.empty(B, W, N, **opts)
+    memory_prev.fill_(MEMORY_INIT)
     # Per-step views and scratch buffers, made before the loop.
     gates, hr_in, h_out, r_out = gates_in.unbind(0), hr.unbind(0), hr[1:, :, :H].unbind(0), hr[1:, :, H:].unbind(0)
     pre, z = torch.empty(B, 4 * H, **opts), torch.empty(B, s.C, **opts)
@@ -157,6 +158,9 @@ def _run_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, s
     w_read_s, w_write_s = steps(w_read), steps(w_write)
     w_read_prev = [torch.zeros(B, R, N, **opts)] + _steps(w_read, T - 1)
     mem_s, mem_t = _steps(mem, T), _steps(mem.transpose(-1, -2), T)
+    if store:  # the last memory of a segment goes straight into the next segment's checkpoint
+        for t in range(SEGMENT - 1, T - 1, SEGMENT):
+            mem_s[t], mem_t[t] = checkpoints[(t + 1) // SEGMENT], checkpoints[(t + 1) // SEGMENT].transpose(-1, -2)
     key_norm_s, key_hat_s, mem_norm_s = steps(key_norm), steps(key_hat), steps(mem_norm)
     mem_norm_row, cos_s = steps(mem_norm.unsqueeze(-2)), steps(cos)
     beta_s = steps(beta) if s.strength else None
@@ -179,8 +183,6 @@ def _run_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, s
         keys = keys_s[t]
         # Write (eqs. 7-8).
         ww = torch.lerp(w_lu_s[t], w_read_prev[t], alpha_s[t], out=w_write_s[t])
-        if store and t % SEGMENT == 0:
-            checkpoints[t // SEGMENT] = memory_prev
         memory = _write(memory_prev, zero_s[t], keys_t[t], ww, out=mem_s[t])
         # Read (eqs. 2-4): cosine similarity through the slot norms, softmax over slots.
         k_norm = torch.linalg.vector_norm(keys, dim=-1, keepdim=True, out=key_norm_s[t]).clamp_min_(COSINE_EPS)

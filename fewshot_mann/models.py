@@ -108,8 +108,13 @@ class MANN(nn.Module):
 
     def _forward_fast(self, feats: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
         """feats (B,T,F), label_inputs (B,T,L) -> logits (B,T,L), through fast.lrua_sequence (time-major)."""
-        from .fast import lrua_sequence
+        from .fast import INFERENCE_CHUNK, lrua_sequence
 
+        if feats.shape[0] > INFERENCE_CHUNK and not (torch.is_grad_enabled() and (
+                feats.requires_grad or any(p.requires_grad for p in self.parameters()))):
+            # Evaluation: episodes are independent; chunks keep every tensor of a step in cache.
+            return torch.cat([self._forward_fast(f, y) for f, y in zip(
+                feats.split(INFERENCE_CHUNK), label_inputs.split(INFERENCE_CHUNK))])
         mem = self.memory
         gates_in = self.input_proj(torch.cat([feats.transpose(0, 1), label_inputs.transpose(0, 1)], dim=-1))
         layers = [mem.key, mem.gate] + ([mem.strength] if mem.strength is not None else [])
