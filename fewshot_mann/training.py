@@ -119,6 +119,40 @@ def initial_state(cfg: Config) -> dict:
             "acc_count": [0.0] * cfg.episodes.instances, "nonfinite_skipped": 0, "last_eval": None}
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer, fresh_groups: list[dict]) -> None:
+    """ValueError unless the loaded Adam state is one Adam can step with (a damaged file
+    would otherwise fail only at the first step, with a KeyError or a shape error)."""
+    for group, fresh in zip(optimizer.param_groups, fresh_groups):
+        for key, default in fresh.items():
+            if key == "params":
+                continue
+            if key not in group:
+                raise ValueError(f"optimiser setting {key!r} is missing")
+            value = group[key]
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"optimiser setting {key} = {value!r:.40} is not a flag")
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and not _is_number(value):
+                raise ValueError(f"optimiser setting {key} = {value!r:.40} is not a number")
+            if isinstance(default, tuple) and (not isinstance(value, (tuple, list)) or len(value) != len(default)
+                                               or not all(_is_number(v) for v in value)):
+                raise ValueError(f"optimiser setting {key} = {value!r:.40} is not {len(default)} numbers")
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for name in ("step", "exp_avg", "exp_avg_sq"):
+                if not isinstance(state.get(name), torch.Tensor):
+                    raise ValueError(f"optimiser state lacks {name!r}")
+            for name in ("exp_avg", "exp_avg_sq"):
+                if state[name].shape != p.shape:
+                    raise ValueError(f"optimiser {name} has shape {tuple(state[name].shape)}, weight {tuple(p.shape)}")
+
+
 def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, ckpt: dict, path) -> None:
     """Load a checkpoint's weights, optimiser and loop state; CheckpointError if any part
     does not fit this run (a hand-edited, exported or foreign file)."""
@@ -132,13 +166,23 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dic
     for key in ("acc_correct", "acc_count"):
         if not isinstance(saved[key], list) or len(saved[key]) != len(state[key]):
             raise CheckpointError(f"cannot resume from {path}: its loop state {key} does not match --instances")
+    for key, default in state.items():
+        value = saved[key]
+        if key == "last_eval":
+            ok = value is None or isinstance(value, dict)
+        elif isinstance(default, list):
+            ok = all(_is_number(x) for x in value)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        else:
+            ok = _is_number(value)
+        if not ok:
+            raise CheckpointError(f"cannot resume from {path}: its loop state {key} = {value!r:.60} is not a valid value")
     try:
         model.load_state_dict(ckpt["model"])
+        fresh_groups = optimizer.state_dict()["param_groups"]
         optimizer.load_state_dict(ckpt["optimizer"])
-        for p in model.parameters():  # Adam would only fail at its first step
-            for name, value in optimizer.state.get(p, {}).items():
-                if name != "step" and value.shape != p.shape:
-                    raise ValueError(f"optimiser {name} has shape {tuple(value.shape)}, weight {tuple(p.shape)}")
+        _check_optimizer(optimizer, fresh_groups)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"cannot resume from {path}: its weights or optimiser state do not fit this "
                               f"model ({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})") from exc
