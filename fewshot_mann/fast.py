@@ -36,7 +36,7 @@ from torch.autograd.function import once_differentiable
 from .memory import COSINE_EPS, MEMORY_INIT
 
 SEGMENT = 5  # steps per recomputed memory segment in backward
-INFERENCE_CHUNK = 128  # without gradients, larger batches run in chunks (memory stays in cache)
+INFERENCE_CHUNK = 128  # on CPU without gradients, larger batches run in chunks (stay in cache)
 
 
 class _LeastUsed:
@@ -153,7 +153,8 @@ def _run_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, s
     c_prev, c_next, tanh_cell = steps(cells), steps(cells, 1), steps(tanh_c)
     keys_flat, gate, strength_logit = steps(ctrl[..., :RW]), steps(ctrl[..., RW:RW + R]), steps(ctrl[..., RW + R:])
     keys_3d = ctrl[..., :RW].unflatten(-1, (R, W))
-    keys_s, keys_t, alpha_s = steps(keys_3d), steps(keys_3d.transpose(-1, -2)), steps(ctrl[..., RW:RW + R].unsqueeze(-1))
+    keys_s, keys_t = steps(keys_3d), steps(keys_3d.transpose(-1, -2))
+    alpha_s = steps(ctrl[..., RW:RW + R].unsqueeze(-1))
     zero_s, w_lu_s, least_next = steps(least[:, :, :1]), steps(least[:, :, 1:].expand(-1, -1, R, -1)), steps(least, 1)
     w_read_s, w_write_s = steps(w_read), steps(w_write)
     w_read_prev = [torch.zeros(B, R, N, **opts)] + _steps(w_read, T - 1)
@@ -264,13 +265,15 @@ def _run_backward(grad_out, hr, saved, w_rec, w_ctrl, s: _Sizes):
     w_read_s, w_read_t, w_write_s = w_read.unbind(0), w_read.transpose(-1, -2).unbind(0), w_write.unbind(0)
     cos_s, inv_mem_norm_s, row_scale_s = cos.unbind(0), inv_mem_norm.unbind(0), row_scale.unbind(0)
     key_hat_s, key_hat_t = key_hat.unbind(0), key_hat.transpose(-1, -2).unbind(0)
-    key_hat_masked_s, inv_key_norm_s, gate_span_s = key_hat_masked.unbind(0), inv_key_norm.unbind(0), gate_span.unbind(0)
+    key_hat_masked_s, inv_key_norm_s = key_hat_masked.unbind(0), inv_key_norm.unbind(0)
+    gate_span_s = gate_span.unbind(0)
     d_keys_s, d_gate_s = d_ctrl[..., :RW].unbind(0), d_ctrl[..., RW:RW + R].unbind(0)
     d_strength_s, d_ctrl_s = d_ctrl[..., RW + R:].unbind(0), d_ctrl.unbind(0)
     key_slope_s, gate_slope_s = key_slope.unbind(0), gate_slope.unbind(0)
     h_to_c_s, sig_f_s, fo_s = h_to_c.unbind(0), sig_f.unbind(0), fo.unbind(0)
     factors_ifg = factors.unflatten(-1, (4, H))[:, :, :3].unbind(0)
-    d_pre_s, d_pre_ifg, d_pre_o = d_pre.unbind(0), d_pre.unflatten(-1, (4, H))[:, :, :3].unbind(0), d_pre[..., 3 * H:].unbind(0)
+    d_pre_s, d_pre_o = d_pre.unbind(0), d_pre[..., 3 * H:].unbind(0)
+    d_pre_ifg = d_pre.unflatten(-1, (4, H))[:, :, :3].unbind(0)
     d_cell_ifg = d_cell.unsqueeze(1).expand(B, 3, H)
     for t in range(T - 1, -1, -1):
         if t == T - 1 or t % SEGMENT == SEGMENT - 1:  # recompute this segment's memories
@@ -365,7 +368,8 @@ def lrua_sequence(gates_in: torch.Tensor, recurrent_weight: torch.Tensor, contro
     with torch.no_grad():
         w_rec_t, w_ctrl_t = recurrent_weight.t().contiguous(), control_weight.t().contiguous()
         chunks = []
-        for part in gates_in.split(INFERENCE_CHUNK, dim=1):  # episodes are independent
+        chunk = INFERENCE_CHUNK if gates_in.device.type == "cpu" else gates_in.shape[1]
+        for part in gates_in.split(chunk, dim=1):  # episodes are independent
             s = _Sizes(part, control_weight.shape[0], memory_slots, num_read_heads, key_strength)
             hr, _ = _run_forward(part.contiguous(), w_rec_t, w_ctrl_t, control_bias, s, float(usage_decay), store=False)
             chunks.append(hr[1:])

@@ -110,9 +110,10 @@ class MANN(nn.Module):
         """feats (B,T,F), label_inputs (B,T,L) -> logits (B,T,L), through fast.lrua_sequence (time-major)."""
         from .fast import INFERENCE_CHUNK, lrua_sequence
 
-        if feats.shape[0] > INFERENCE_CHUNK and not (torch.is_grad_enabled() and (
-                feats.requires_grad or any(p.requires_grad for p in self.parameters()))):
-            # Evaluation: episodes are independent; chunks keep every tensor of a step in cache.
+        needs_grad = torch.is_grad_enabled() and (
+            feats.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if feats.shape[0] > INFERENCE_CHUNK and feats.device.type == "cpu" and not needs_grad:
+            # CPU evaluation: episodes are independent; chunks keep a step's tensors in cache.
             return torch.cat([self._forward_fast(f, y) for f, y in zip(
                 feats.split(INFERENCE_CHUNK), label_inputs.split(INFERENCE_CHUNK))])
         mem = self.memory

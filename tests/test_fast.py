@@ -184,3 +184,27 @@ def test_cuda_matches_cpu():
     assert_same(gpu_out.cpu(), cpu_out, 1e-10, "logits")
     for name, g in cpu_grads.items():
         assert_same(gpu_grads[name].cpu(), g, 1e-10, name)
+
+
+@pytest.mark.slow  # a few paper-sized reference steps: seconds
+def test_bench_times_both_loops_and_writes_json(tmp_path, capsys):
+    import json
+
+    from fewshot_mann import bench
+
+    out = tmp_path / "bench.json"
+    assert bench.main(["--threads", "1", "--seconds", "0.05", "--rounds", "1", "--eval-batch-sizes", "3",
+                       "--synthetic-classes", "6", "--models", "mann,ff", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["training"]) == {"reference", "mann", "ff"}
+    for r in res["training"].values():
+        assert r["episodes"] >= 16 and r["episodes_per_s"] > 0 and r["cpu_episodes_per_s"] > 0
+    assert res["speedup_cpu"] > 0 and res["peak_rss_mib"] > 0
+    assert [(r["model"], r["batch_size"]) for r in res["evaluation"]] == [("mann", 3), ("ff", 3)]
+    assert "x ref (CPU)" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_models():
+    from fewshot_mann import bench
+
+    assert bench.main(["--models", "mann,nope"]) == 2
