@@ -53,6 +53,12 @@ def run_guarded(fn, argv) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except MemoryError:
         return fail("out of memory; try a smaller --batch-size or --image-size")
     except RuntimeError as exc:  # torch reports a failed allocation as a RuntimeError
@@ -282,7 +288,10 @@ def _evaluate(argv) -> int:
     res.pop("_per_episode")
     print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {args.split} classes"))
     out = {**res, "classes": bank.num_classes, "split": args.split, "checkpoint": str(args.checkpoint),
-           "checkpoint_episodes": ckpt.get("episodes_done"), "config": cfg.to_dict(),
+           "checkpoint_episodes": ckpt.get("episodes_done"),
+           "training": {"episodes": ckpt.get("episodes_done"), "command": ckpt.get("command"),
+                        "train_seconds": (ckpt.get("state") or {}).get("train_seconds")},
+           "config": cfg.to_dict(),
            "command": ["evaluate.py", *argv], "seconds": round(seconds, 3),
            "date": time.strftime("%Y-%m-%d"), "device": str(device)}
     if args.json:
@@ -302,6 +311,8 @@ SUBCOMMANDS = {
     "predict": "predict_main",
     "bench": "bench_main",
     "knn": "knn_main",
+    "export": "export_main",
+    "kshot": "kshot_main",
 }
 
 
@@ -314,7 +325,9 @@ def main(argv=None) -> int:
               "  inspect   check an image folder dataset\n"
               "  predict   classify new images from a few labelled examples\n"
               "  bench     speed benchmark against the plain reference loop\n"
-              "  knn       nearest-neighbour baseline on the evaluation episodes",
+              "  knn       nearest-neighbour baseline on the evaluation episodes\n"
+              "  export    a small weights-only copy of a checkpoint\n"
+              "  kshot     standard N-way K-shot accuracy (1-shot, 5-shot)",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             return fail(f"unknown command {argv[0]!r}")
@@ -324,7 +337,7 @@ def main(argv=None) -> int:
         return globals()[name](argv[1:])
     import importlib
     module = {"inspect_main": ".inspect", "predict_main": ".predict", "bench_main": ".bench",
-              "knn_main": ".knn"}[name]
+              "knn_main": ".knn", "export_main": ".export", "kshot_main": ".kshot"}[name]
     try:
         mod = importlib.import_module(module, __package__)
     except ImportError:
