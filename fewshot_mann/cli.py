@@ -32,6 +32,7 @@ FIELDS = {
     "transformer_width": ("model", "transformer_width"),
     "transformer_max_steps": ("model", "transformer_max_steps"),
     "episodes": ("train", "episodes"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "lr_decay_at": ("train", "lr_decay_at"), "lr_decay_factor": ("train", "lr_decay_factor"),
     "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"), "eval_every": ("train", "eval_every"),
     "eval_episodes": ("train", "eval_episodes"), "checkpoint_every": ("train", "checkpoint_every"),
     "device": ("train", "device"), "threads": ("train", "threads"),
@@ -144,6 +145,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--episodes", type=int, default=d.train.episodes, help="total training episodes")
     g.add_argument("--batch-size", type=int, default=d.train.batch_size)
     g.add_argument("--lr", type=float, default=d.train.lr)
+    g.add_argument("--lr-decay-at", type=int, default=d.train.lr_decay_at,
+                   help="episodes after which the learning rate is multiplied by --lr-decay-factor (0 = never)")
+    g.add_argument("--lr-decay-factor", type=float, default=d.train.lr_decay_factor)
     g.add_argument("--grad-clip", type=float, default=d.train.grad_clip, help="gradient-norm clip (0 = off)")
     g.add_argument("--seed", type=int, default=d.train.seed)
     g.add_argument("--eval-every", type=int, default=d.train.eval_every, help="episodes between held-out evaluations (0 = never)")

@@ -92,6 +92,8 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     grad_clip: float = 10.0
+    lr_decay_at: int = 0  # after this many episodes the learning rate is multiplied by lr_decay_factor (0 = never)
+    lr_decay_factor: float = 0.1
     seed: int = 0
     eval_every: int = 10_000
     eval_episodes: int = 400
@@ -177,6 +179,8 @@ class Config:
             (t.episodes >= 0, f"--episodes must be >= 0 (got {t.episodes})"),
             (t.batch_size >= 1, f"--batch-size must be at least 1 (got {t.batch_size})"),
             (0 < t.lr < math.inf, f"--lr must be a finite number > 0 (got {t.lr})"),
+            (t.lr_decay_at >= 0, f"--lr-decay-at must be >= 0 episodes (got {t.lr_decay_at}; 0 = never)"),
+            (0 < t.lr_decay_factor <= 1, f"--lr-decay-factor must be in (0, 1] (got {t.lr_decay_factor})"),
             (0 <= t.grad_clip < math.inf, f"--grad-clip must be >= 0 (got {t.grad_clip}; 0 disables clipping)"),
             (t.eval_every >= 0, f"--eval-every must be >= 0 (got {t.eval_every}; 0 = never)"),
             (t.eval_episodes >= 1, f"--eval-episodes must be at least 1 (got {t.eval_episodes})"),

@@ -32,6 +32,13 @@ from .models import build_model, count_parameters
 LOG_EVERY_EPISODES = 1000
 
 
+def learning_rate(t, episodes_seen: int) -> float:
+    """The learning rate for a step taken after ``episodes_seen`` episodes."""
+    if t.lr_decay_at and episodes_seen >= t.lr_decay_at:
+        return t.lr * t.lr_decay_factor
+    return t.lr
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -220,6 +227,8 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
         saved.train.episodes = cfg.train.episodes
         saved.train.device, saved.train.threads = cfg.train.device, cfg.train.threads
         saved.train.skip_nonfinite = cfg.train.skip_nonfinite
+        if cfg.train.lr_decay_at:  # a schedule may be set (or moved) when a run is extended
+            saved.train.lr_decay_at, saved.train.lr_decay_factor = cfg.train.lr_decay_at, cfg.train.lr_decay_factor
         saved.data.data_root = cfg.data.data_root or saved.data.data_root
         cfg = saved
     cfg.validate()
@@ -341,6 +350,8 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
                 state["nonfinite_skipped"] += 1
                 log(f"warning: skipped a batch with a non-finite loss/gradient at step {step}")
             else:
+                for group in optimizer.param_groups:  # step decay: a function of episodes seen only
+                    group["lr"] = learning_rate(t, step * batch)
                 optimizer.step()
                 state["acc_loss"] += loss_value
                 state["acc_steps"] += 1

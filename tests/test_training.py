@@ -117,3 +117,19 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     cfg.train.skip_nonfinite = True
     summary = run(cfg, tmp_path / "r", resume=True)
     assert summary["episodes_done"] == 32
+
+
+def test_learning_rate_decays_after_the_given_episodes(tmp_path):
+    from fewshot_mann.training import learning_rate
+    cfg = small_cfg(32)
+    cfg.train.lr_decay_at, cfg.train.lr_decay_factor = 16, 0.1
+    assert learning_rate(cfg.train, 15) == cfg.train.lr and learning_rate(cfg.train, 16) == cfg.train.lr * 0.1
+    run(cfg, tmp_path / "r")
+    ckpt = load_checkpoint(tmp_path / "r/checkpoint.pt")
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert ckpt["config"]["train"]["lr_decay_at"] == 16
+    # Extending a run may set the schedule; it is recorded in the checkpoint's config.
+    cfg2 = small_cfg(48)
+    cfg2.train.lr_decay_at = 40
+    run(cfg2, tmp_path / "r", resume=True)
+    assert load_checkpoint(tmp_path / "r/checkpoint.pt")["config"]["train"]["lr_decay_at"] == 40
