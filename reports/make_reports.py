@@ -20,6 +20,12 @@ sys.path.insert(0, str(HERE.parent))
 from fewshot_mann.evaluation import PAPER_INSTANCES, PAPER_ROWS  # noqa: E402
 from fewshot_mann.reporting import plot_by_instance, plot_learning_curves  # noqa: E402
 
+# Santoro et al. 2016, Table 2 (string labels), instances 1, 2, 3, 4, 5, 10.
+PAPER_TABLE2 = {
+    (5, "string"): {"MANN": (0.0, 69.5, 80.4, 87.9, 88.4, 93.1), "kNN (raw pixels)": (4.0, 36.7, 41.9, 45.7, 48.1, 57.0),
+                    "kNN (deep features)": (4.0, 51.9, 61.0, 66.3, 69.3, 77.5)},
+    (15, "string"): {"MANN": (0.1, 62.6, 79.3, 86.6, 88.7, 95.3), "kNN (raw pixels)": (0.5, 18.7, 23.3, 26.5, 29.1, 37.0)},
+}
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -56,6 +62,8 @@ def results_table(results: list[tuple[str, dict]], group: tuple[int, str]) -> st
     if (ways, labels) == (5, "onehot"):
         for name, row in PAPER_ROWS.items():
             lines.append(f"| paper: {name} | " + " | ".join(f"{v:.1f}" for v in row) + " | 100,000 | – | Santoro et al. 2016, Table 1 |")
+    for name, row in PAPER_TABLE2.get(group, {}).items():
+        lines.append(f"| paper: {name} | " + " | ".join(f"{v:.1f}" for v in row) + " | 100,000 | – | Santoro et al. 2016, Table 2 |")
     for name, res in results:
         if (res.get("ways"), res.get("labels")) != group:
             continue
