@@ -94,10 +94,17 @@ class CheckpointFeatures:
             return self.model.encoder(images)
         captured = []
         handle = self.output_layer.register_forward_hook(lambda mod, args, out: captured.append((args[0], out)))
+        # MANN's fast path feeds the output layer time-major and in chunks; the step-by-step
+        # path (same mathematics) calls it once, batch-major.
+        fast = getattr(self.model, "fast", None)
+        if fast is not None:
+            self.model.fast = False
         try:
             logits = self.model(images, label_inputs)
         finally:
             handle.remove()
+            if fast is not None:
+                self.model.fast = fast
         features, layer_out = captured[0]
         if layer_out.shape != logits.shape or not torch.equal(layer_out, logits):
             features = features.transpose(0, 1)  # a model that runs time-major inside (MANN's fast path)

@@ -84,6 +84,19 @@ def main() -> int:
              f"`python reports/make_reports.py` from `reports/results/*.json`.\n"]
     for group in groups:
         parts.append(f"### {group[0]}-way, {group[1]} labels\n\n{results_table(results, group)}\n")
+    kshot = sorted((HERE / "results-kshot").glob("*.json"))
+    if kshot:
+        parts.append("### Standard N-way K-shot accuracy (protocol: `fewshot_mann/kshot.py`)\n")
+        parts.append("| model | N-way K-shot | accuracy (%) ± 95% CI | episodes | command |\n|---|---|---|---|---|")
+        for path in kshot:
+            data = json.loads(path.read_text())
+            for row in data["results"]:
+                parts.append(f"| **{path.stem}** | {row['ways']}-way {row['shots']}-shot | "
+                             f"{100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f} | {row['episodes']} | "
+                             f"`{' '.join(data['command'])}` ({data.get('date', '?')}) |")
+        parts.append("\nFor reference (other methods' published numbers, 5-way 1-shot / 5-shot, 20-way 1-shot / 5-shot): "
+                     "Matching Networks 98.1 / 98.9 / 93.8 / 98.5, Prototypical Networks 98.8 / 99.7 / 96.0 / 98.9 "
+                     "(Lake split, 28x28 images with a conv encoder: not the same protocol as above).\n")
     text = "\n".join(parts)
     readme = HERE / "README.md"
     body = readme.read_text() if readme.exists() else f"# Results\n\n{START}\n{END}\n"
