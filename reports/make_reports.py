@@ -96,7 +96,7 @@ def main() -> int:
                              f"`{' '.join(data['command'])}` ({data.get('date', '?')}) |")
         parts.append("\nFor reference (other methods' published numbers, 5-way 1-shot / 5-shot, 20-way 1-shot / 5-shot): "
                      "Matching Networks 98.1 / 98.9 / 93.8 / 98.5, Prototypical Networks 98.8 / 99.7 / 96.0 / 98.9 "
-                     "(Lake split, 28x28 images with a conv encoder: not the same protocol as above).\n")
+                     "(as quoted in the issue; their own splits and protocols with convolutional encoders, not the same protocol as above).\n")
     text = "\n".join(parts)
     readme = HERE / "README.md"
     body = readme.read_text() if readme.exists() else f"# Results\n\n{START}\n{END}\n"
