@@ -45,7 +45,8 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per training measurement")
     p.add_argument("--models", default="mann",
                    help=f"comma list of models to time ({', '.join(MODELS)}; "
-                        "mann-autograd: MANN with MANN.fast = False)")
+                        "mann-autograd: MANN with MANN.fast = False; "
+                        "mann-compiled: MANN with --compile, training through torch.compile)")
     p.add_argument("--no-reference", action="store_true", help="skip the plain reference loop")
     p.add_argument("--key-strength", action="store_true", help="MANN with the key-strength extension")
     p.add_argument("--data-root", default=None, help="real Omniglot instead of synthetic images")
@@ -87,7 +88,7 @@ class TrainingLoop:
 
     def __init__(self, cfg: Config, bank: ClassBank, forward=None, fast: bool = True):
         from .episodes import Jitter
-        from .training import new_model
+        from .training import new_model, new_optimizer
 
         self.cfg, self.bank = cfg, bank
         self.model = new_model(cfg)
@@ -95,7 +96,7 @@ class TrainingLoop:
         if hasattr(self.model, "fast"):
             self.model.fast = fast
         self.forward = forward or self.model
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self.optimizer = new_optimizer(self.model, cfg.train.lr)
         self.jitter = Jitter(cfg.data.jitter_shift, cfg.data.jitter_rotate)
         self.use_jitter = cfg.data.jitter_shift > 0 or cfg.data.jitter_rotate > 0
         self.steps = 0
@@ -275,6 +276,9 @@ def format_report(res: dict) -> str:
         ratio = (f"{r['episodes_per_s'] / ref['episodes_per_s']:14.1f}"
                  f"{r['cpu_episodes_per_s'] / ref['cpu_episodes_per_s']:13.1f}" if ref else "")
         lines.append(f"{name:<22}{r['episodes_per_s']:11.1f}{r['cpu_episodes_per_s']:11.1f}{ratio}")
+    if res.get("compile_seconds") is not None:
+        lines.append(f"mann-compiled: first training step (compiling, or loading inductor's cache) "
+                     f"{res['compile_seconds']:.1f} s wall")
     lines += ["", "where a training step goes (CPU ms per step)",
               f"{'loop':<22}" + "".join(f"{p:>11}" for p in PHASES) + f"{'total':>11}"]
     for name, r in res["training"].items():
@@ -311,15 +315,22 @@ def _parse_list(text: str, what: str, cast=str) -> list:
 
 
 AUTOGRAD = "mann-autograd"  # MANN with MANN.fast = False: the step-by-step autograd path
+COMPILED = "mann-compiled"  # MANN with model.compile = True: training through compiled.py
+
+
+def _loop_config(args, name: str) -> Config:
+    cfg = _config(args, "mann" if name in (AUTOGRAD, COMPILED) else name)
+    cfg.model.compile = name == COMPILED
+    return cfg
 
 
 def _bench(argv) -> int:
     args = bench_parser().parse_args(argv)
     models = _parse_list(args.models, "--models")
-    unknown = [m for m in models if m not in MODELS and m != AUTOGRAD]
+    unknown = [m for m in models if m not in MODELS and m not in (AUTOGRAD, COMPILED)]
     if unknown:
         raise UserError(f"--models: unknown model(s) {', '.join(unknown)}; "
-                        f"choose from {', '.join(MODELS)} or {AUTOGRAD}")
+                        f"choose from {', '.join(MODELS)}, {AUTOGRAD} or {COMPILED}")
     eval_batches = _parse_list(args.eval_batch_sizes, "--eval-batch-sizes", int)
     if args.threads < 0 or args.batch_size < 1 or args.seconds <= 0 or args.rounds < 1 or args.rss_steps < 0 \
             or args.profile < 0 or min(eval_batches) < 1 or args.synthetic_classes < 5:
@@ -330,12 +341,19 @@ def _bench(argv) -> int:
     base = _config(args, "mann")
     bank = _load_bank(args, base)
     load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    loops = {name: TrainingLoop(_config(args, "mann" if name == AUTOGRAD else name), bank, fast=name != AUTOGRAD)
-             for name in models}
+    loops = {name: TrainingLoop(_loop_config(args, name), bank, fast=name != AUTOGRAD) for name in models}
+    compile_seconds = None
+    if COMPILED in loops:  # the first step compiles (or loads from inductor's cache) both graphs
+        print("compiling the MANN recurrence (first training step of mann-compiled) ...", file=sys.stderr)
+        wall0 = time.perf_counter()
+        loops[COMPILED].step()
+        compile_seconds = time.perf_counter() - wall0
     # The project's loops and evaluations run first, so the peak memory they need is
     # known before the reference (whose autograd graph is far larger) has run at all.
     evaluation = []
     for name in models:
+        if name == COMPILED:  # evaluation (no gradient) runs the eager fast path: the same as mann
+            continue
         for batch in eval_batches:
             print(f"timing evaluation of {name} at batch {batch} ...", file=sys.stderr)
             r = measure_evaluation(loops[name].model, loops[name].cfg, bank, batch, args.seconds / 2)
@@ -364,6 +382,7 @@ def _bench(argv) -> int:
                    f"{m.num_read_heads} read heads, {base.data.image_size}x{base.data.image_size} images, "
                    f"{'key strength, ' if m.key_strength else ''}{'Omniglot' if args.data_root else 'synthetic'} "
                    f"bank of {bank.num_classes} classes"),
+        "compile_seconds": compile_seconds,
         "training": training, "evaluation": evaluation, "profiles": profiles, "rss": rss,
         "peak_rss_project_mib": peak_project, "peak_rss_mib": _peak_rss_mib(),
     }

@@ -27,6 +27,7 @@ FIELDS = {
     "controller_size": ("model", "controller_size"), "memory_slots": ("model", "memory_slots"),
     "memory_width": ("model", "memory_width"), "read_heads": ("model", "num_read_heads"),
     "usage_decay": ("model", "usage_decay"), "key_strength": ("model", "key_strength"),
+    "compile": ("model", "compile"),
     "write_heads": ("model", "num_write_heads"), "shift_range": ("model", "shift_range"),
     "transformer_layers": ("model", "transformer_layers"), "transformer_heads": ("model", "transformer_heads"),
     "transformer_width": ("model", "transformer_width"),
@@ -133,6 +134,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--usage-decay", type=float, default=d.model.usage_decay)
     g.add_argument("--key-strength", action=argparse.BooleanOptionalAction, default=d.model.key_strength,
                    help="extension: learned sharpening of the read softmax (not in the paper)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.model.compile,
+                   help="mann: train the recurrence through torch.compile (needs a C++ compiler; minutes of "
+                        "compiling on first use, cached on disk; falls back to the eager fast path)")
     g.add_argument("--write-heads", type=int, default=d.model.num_write_heads, help="ntm: write heads (dnc: always 1)")
     g.add_argument("--shift-range", type=int, default=d.model.shift_range,
                    help="ntm: location shifts -S..+S of the previous weighting")

@@ -78,6 +78,7 @@ class ModelConfig:
     num_read_heads: int = 4
     usage_decay: float = 0.95
     key_strength: bool = False  # extension: learned sharpening of the read softmax
+    compile: bool = False  # mann: train the LRUA recurrence through torch.compile (same maths; compiled.py)
     num_write_heads: int = 1  # ntm (the dnc has exactly one write head)
     shift_range: int = 1  # ntm: location shifts -S..+S (the NTM paper's {-1, 0, +1})
     transformer_layers: int = 3

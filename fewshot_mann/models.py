@@ -80,6 +80,9 @@ class MANN(nn.Module):
         # LRUA runs through fast.lrua_sequence (same maths, hand-written BPTT); set
         # False for the step-by-step autograd path below (a second reference).
         self.fast = True
+        # Opt-in (--compile): training runs the recurrence through torch.compile'd
+        # whole-sequence graphs (compiled.py; same maths), falling back to fast.py.
+        self.compile = m.compile
 
     def lstm_cell(self, gates: torch.Tensor, c: torch.Tensor):
         i, f, g, o = gates.chunk(4, dim=-1)
@@ -119,10 +122,13 @@ class MANN(nn.Module):
         mem = self.memory
         gates_in = self.input_proj(torch.cat([feats.transpose(0, 1), label_inputs.transpose(0, 1)], dim=-1))
         layers = [mem.key, mem.gate] + ([mem.strength] if mem.strength is not None else [])
-        hr = lrua_sequence(gates_in, self.recurrent.weight, torch.cat([l.weight for l in layers]),
-                           torch.cat([l.bias for l in layers]), memory_slots=mem.memory_slots,
-                           num_read_heads=mem.num_read_heads, usage_decay=mem.usage_decay,
-                           key_strength=mem.strength is not None)  # (T,B,H+R*W)
+        run = lrua_sequence
+        if self.compile and needs_grad:
+            from .compiled import compiled_lrua_sequence as run
+        hr = run(gates_in, self.recurrent.weight, torch.cat([l.weight for l in layers]),
+                 torch.cat([l.bias for l in layers]), memory_slots=mem.memory_slots,
+                 num_read_heads=mem.num_read_heads, usage_decay=mem.usage_decay,
+                 key_strength=mem.strength is not None)  # (T,B,H+R*W)
         return self.output(hr).transpose(0, 1).contiguous()
 
 

