@@ -20,8 +20,8 @@ costs in eager mode at small batches, then disappears.
   fails, one warning, and the eager code runs instead (the same function uncompiled for
   a call already under way, then ``fast.lrua_sequence``).
 
-Backward stores every step's memory (T x B x W x N) instead of recomputing segments as
-the eager path does: inside one compiled graph the store is one fused write per step.
+As in fast.py, forward stores the memory only at the start of every SEGMENT steps and
+backward recomputes a segment's memories just before using them, so they stay in cache.
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .memory import COSINE_EPS, MEMORY_INIT
+
+SEGMENT = 5  # as fast.py: backward recomputes the memories of SEGMENT steps from one stored memory
 
 
 def _least_used(usage: torch.Tensor, slot_index: torch.Tensor, n: int) -> torch.Tensor:
@@ -69,7 +71,7 @@ def sequence_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, *, slots: int, heads: 
     usage = torch.zeros(B, N, **opts)
     w_read = torch.zeros(B, R, N, **opts)
     least = _least_used(usage, slot_index, R)
-    keep = {k: [] for k in ("acts", "cells", "tanh_c", "ctrl", "memories", "key_norm", "key_hat", "mem_norm",
+    keep = {k: [] for k in ("acts", "cells", "tanh_c", "ctrl", "checkpoints", "key_norm", "key_hat", "mem_norm",
                             "cos", "beta", "w_read", "w_write", "least")}
     outs = []
     for t in range(T):
@@ -88,6 +90,8 @@ def sequence_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, *, slots: int, heads: 
         keys = keys_flat.view(B, R, W)
         # Write (eqs. 7-8): zero the least-used slot, add the keys with the write weights.
         zero, w_lu = least[:, :1], least[:, 1:]
+        if store and t % SEGMENT == 0:
+            keep["checkpoints"].append(memory)
         w_write = torch.lerp(w_lu.expand(B, R, N), w_read, alpha.unsqueeze(-1))
         memory = memory - memory * zero + torch.bmm(keys.transpose(1, 2), w_write)
         # Read (eqs. 2-4): cosine similarity through the norms, softmax over slots.
@@ -110,7 +114,7 @@ def sequence_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, *, slots: int, heads: 
             for name, value in (("acts", torch.cat([sig[:, :2 * H], tanh_g, sig[:, 3 * H:]], -1)),
                                 ("cells", c_prev), ("tanh_c", tanh_c),
                                 ("ctrl", torch.cat([keys_flat, alpha, z[:, RW + R:]], -1)),
-                                ("memories", memory), ("key_norm", key_norm), ("key_hat", key_hat),
+                                ("key_norm", key_norm), ("key_hat", key_hat),
                                 ("mem_norm", mem_norm), ("cos", cos), ("w_read", w_read),
                                 ("w_write", w_write), ("least", least)):
                 keep[name].append(value)
@@ -126,9 +130,9 @@ def sequence_backward(grad_out, hr_all, saved, w_rec, w_ctrl, *, heads: int, str
     """Backpropagation through time, as ``fast._run_backward`` (same formulas, every
     step's memory stored). grad_out (T, B, H + R*W). Returns (d gates_in, d w_rec,
     d w_ctrl, d b_ctrl)."""
-    acts, cells, tanh_c, ctrl, memories, key_norm, key_hat, mem_norm, cos, beta, w_read, w_write, least = saved
+    acts, cells, tanh_c, ctrl, checkpoints, key_norm, key_hat, mem_norm, cos, beta, w_read, w_write, least = saved
     T, B, four_h = acts.shape
-    H, R, N = four_h // 4, heads, memories.shape[-1]
+    H, R, N = four_h // 4, heads, checkpoints.shape[-1]
     RW = hr_all.shape[-1] - H
     W = RW // R
     sig_i, sig_f, tanh_g, sig_o = acts.unflatten(-1, (4, H)).unbind(2)
@@ -148,13 +152,19 @@ def sequence_backward(grad_out, hr_all, saved, w_rec, w_ctrl, *, heads: int, str
     softplus_slope = torch.sigmoid(ctrl[:, :, RW + R:]) if strength else None
     keys3 = keys_all.unflatten(-1, (R, W))
 
-    d_mem = torch.zeros_like(memories[0])
+    d_mem = torch.zeros_like(checkpoints[0])
     d_read_carry = torch.zeros_like(w_read[0])
     d_cell = torch.zeros_like(cells[0])
     g = grad_out[T - 1]
     d_pre_steps, d_ctrl_steps = [None] * T, [None] * T
     for t in range(T - 1, -1, -1):
-        memory, w_r = memories[t], w_read[t]
+        if t == T - 1 or t % SEGMENT == SEGMENT - 1:  # recompute this segment's memories (stay in cache)
+            first = t - t % SEGMENT
+            memory, segment = checkpoints[first // SEGMENT], []
+            for u in range(first, t + 1):
+                memory = memory - memory * zero_all[u] + torch.bmm(keys3[u].transpose(1, 2), w_write[u])
+                segment.append(memory)
+        memory, w_r = segment[t % SEGMENT], w_read[t]
         g_h, g_reads = g[:, :H], g[:, H:].view(B, R, W)
         d_w_r = d_read_carry + torch.bmm(g_reads, memory)
         d_sim = w_r * (d_w_r - (d_w_r * w_r).sum(-1, keepdim=True))  # softmax backward
