@@ -56,9 +56,9 @@ def run_guarded(fn, argv) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
+        try:  # point stdout at /dev/null so the flush at exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
             pass
         return 0
     except MemoryError:
@@ -325,7 +325,10 @@ SUBCOMMANDS = {
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_guarded(_main, sys.argv[1:] if argv is None else list(argv))
+
+
+def _main(argv) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         print("usage: fewshot-mann {" + ",".join(SUBCOMMANDS) + "} [options]\n"
               "  train     meta-train a model on label-shifted episodes\n"
