@@ -253,7 +253,7 @@ def _evaluate(argv) -> int:
     from . import distributed
     from .config import MAX_THREADS
     from .evaluation import format_table
-    from .fileio import atomic_write_json
+    from .reporting import training_record, write_evaluation
     from .training import resolve_device
 
     args = evaluate_parser().parse_args(argv)
@@ -297,18 +297,10 @@ def _evaluate(argv) -> int:
     print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {args.split} classes"))
     out = {**res, "classes": bank.num_classes, "split": args.split, "checkpoint": str(args.checkpoint),
            "checkpoint_episodes": ckpt.get("episodes_done"),
-           "training": {"episodes": ckpt.get("episodes_done"), "command": ckpt.get("command"),
-                        "train_seconds": (ckpt.get("state") or {}).get("train_seconds")},
-           "config": cfg.to_dict(),
+           "training": training_record(ckpt), "config": cfg.to_dict(),
            "command": ["evaluate.py", *argv], "seconds": round(seconds, 3),
            "date": time.strftime("%Y-%m-%d"), "device": str(device)}
-    if args.json:
-        atomic_write_json(args.json, out)
-        print(f"wrote {args.json}")
-    if args.plot:
-        from .reporting import plot_by_instance
-        plot_by_instance([(f"{cfg.model.model} ({args.episodes} episodes, 95% CI)", res)], args.plot)
-        print(f"wrote {args.plot}")
+    write_evaluation(out, args.json, args.plot, cfg.model.model)
     return 0
 
 

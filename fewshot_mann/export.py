@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cli import run_guarded

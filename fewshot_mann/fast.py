@@ -218,7 +218,7 @@ def _run_backward(grad_out, hr, saved, w_rec, w_ctrl, s: _Sizes):
     loop runs only what the recurrence forces. Returns (d gates_in, d w_rec, d w_ctrl,
     d b_ctrl).
     """
-    T, B, H, R, N, W, RW = s.T, s.B, s.H, s.R, s.N, s.W, s.RW
+    T, B, H, R, W, RW = s.T, s.B, s.H, s.R, s.W, s.RW
     acts, cells, tanh_c, ctrl = saved["acts"], saved["cells"], saved["tanh_c"], saved["ctrl"]
     cos, beta, w_read, w_write = saved["cos"], saved["beta"], saved["w_read"], saved["w_write"]
     key_hat, least, checkpoints = saved["key_hat"], saved["least"], saved["checkpoints"]
@@ -262,7 +262,7 @@ def _run_backward(grad_out, hr, saved, w_rec, w_ctrl, s: _Sizes):
     keys_3d = keys_all.unflatten(-1, (R, W))
     keys_s, keys_t, alpha_s = keys_3d.unbind(0), keys_3d.transpose(-1, -2).unbind(0), alpha_all.unsqueeze(-1).unbind(0)
     zero_s, segment_s, segment_t = least[:, :, :1].unbind(0), segment.unbind(0), segment.transpose(-1, -2).unbind(0)
-    w_read_s, w_read_t, w_write_s = w_read.unbind(0), w_read.transpose(-1, -2).unbind(0), w_write.unbind(0)
+    w_read_s, w_write_s = w_read.unbind(0), w_write.unbind(0)
     cos_s, inv_mem_norm_s, row_scale_s = cos.unbind(0), inv_mem_norm.unbind(0), row_scale.unbind(0)
     key_hat_s, key_hat_t = key_hat.unbind(0), key_hat.transpose(-1, -2).unbind(0)
     key_hat_masked_s, inv_key_norm_s = key_hat_masked.unbind(0), inv_key_norm.unbind(0)

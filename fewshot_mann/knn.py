@@ -169,7 +169,7 @@ def _knn(argv) -> int:
     from .checkpoint import load_checkpoint, load_model_from_checkpoint
     from .episodes import check_bank
     from .evaluation import evaluate, format_table
-    from .fileio import atomic_write_json
+    from .reporting import training_record, write_evaluation
     from .training import resolve_device
 
     args = knn_parser().parse_args(argv)
@@ -213,16 +213,8 @@ def _knn(argv) -> int:
            "layer": None if ckpt is None else args.layer,
            "checkpoint": None if ckpt is None else str(args.features),
            "checkpoint_episodes": None if ckpt is None else ckpt.get("episodes_done"),
-           "training": None if ckpt is None else {
-               "episodes": ckpt.get("episodes_done"), "command": ckpt.get("command"),
-               "train_seconds": (ckpt.get("state") or {}).get("train_seconds")},
+           "training": training_record(ckpt),
            "config": cfg.to_dict(), "command": ["fewshot-mann", "knn", *argv], "seconds": round(seconds, 3),
            "date": time.strftime("%Y-%m-%d"), "device": str(device)}
-    if args.json:
-        atomic_write_json(args.json, out)
-        print(f"wrote {args.json}")
-    if args.plot:
-        from .reporting import plot_by_instance
-        plot_by_instance([(f"kNN, {what} ({args.episodes} episodes, 95% CI)", res)], args.plot)
-        print(f"wrote {args.plot}")
+    write_evaluation(out, args.json, args.plot, f"kNN, {what}")
     return 0

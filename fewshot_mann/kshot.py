@@ -35,7 +35,7 @@ def support_query_episodes(bank: ClassBank, cfg: EpisodeConfig, shots: int, seed
     Row e*ways + q is episode e's support sequence followed by the query of label q.
     """
     drawn = evaluation_episodes(bank, dataclasses.replace(cfg, instances=shots + 1), seed, start, count)
-    ways, steps = cfg.ways, cfg.ways * shots
+    steps = cfg.ways * shots
     images, labels, instance, digits, classes = [], [], [], [], []
     for e in range(count):
         support = np.flatnonzero(drawn.instance[e] < shots)

@@ -47,6 +47,25 @@ def plot_by_instance(results: list[tuple[str, dict]], path, paper_rows=("MANN", 
     plt.close(fig)
 
 
+def training_record(ckpt: dict | None) -> dict | None:
+    """What an evaluation JSON records about the checkpoint's training run."""
+    if ckpt is None:
+        return None
+    return {"episodes": ckpt.get("episodes_done"), "command": ckpt.get("command"),
+            "train_seconds": (ckpt.get("state") or {}).get("train_seconds")}
+
+
+def write_evaluation(out: dict, json_path, plot_path, label: str) -> None:
+    """Write an evaluation's JSON (``out``) and/or its accuracy-by-instance plot; say so."""
+    if json_path:
+        from .fileio import atomic_write_json
+        atomic_write_json(json_path, out)
+        print(f"wrote {json_path}")
+    if plot_path:
+        plot_by_instance([(f"{label} ({out['episodes']} episodes, 95% CI)", out)], plot_path)
+        print(f"wrote {plot_path}")
+
+
 def read_metrics(path) -> list[dict]:
     lines = []
     for raw in Path(path).read_text().splitlines():
