@@ -24,6 +24,7 @@ def export_checkpoint(src, dst) -> dict:
         "optimizer": None,
         "step": ckpt.get("step"),
         "episodes_done": ckpt.get("episodes_done"),
+        **({"init_from": ckpt["init_from"]} if isinstance(ckpt.get("init_from"), dict) else {}),
         "state": {"train_seconds": state.get("train_seconds"), "episodes_done": state.get("episodes_done"),
                   "last_eval": state.get("last_eval")},
     }

@@ -51,8 +51,14 @@ def training_record(ckpt: dict | None) -> dict | None:
     """What an evaluation JSON records about the checkpoint's training run."""
     if ckpt is None:
         return None
-    return {"episodes": ckpt.get("episodes_done"), "command": ckpt.get("command"),
-            "train_seconds": (ckpt.get("state") or {}).get("train_seconds")}
+    record = {"episodes": ckpt.get("episodes_done"), "command": ckpt.get("command"),
+              "train_seconds": (ckpt.get("state") or {}).get("train_seconds")}
+    origin = ckpt.get("init_from")
+    if isinstance(origin, dict):  # weights that started from another run (--init-from)
+        record["init_from"] = origin
+        if isinstance(record["episodes"], int) and isinstance(origin.get("episodes"), int):
+            record["episodes_including_init"] = record["episodes"] + origin["episodes"]
+    return record
 
 
 def write_evaluation(out: dict, json_path, plot_path, label: str) -> None:

@@ -83,15 +83,22 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
     return False
 
 
-def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config) -> None:
+def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config) -> dict:
     """Start from another checkpoint's weights: copied where names and shapes match, input
-    weights adapted to a new image size/channels, the rest re-initialised (``transfer.py``)."""
+    weights adapted to a new image size/channels, the rest re-initialised (``transfer.py``).
+
+    Returns the run's origin, ``{"checkpoint": path, "episodes": n}``, n counting every
+    episode behind those weights (the source's own and its origins'), for honest reports."""
     from .transfer import transfer_weights
 
     src = load_checkpoint(path)
     load_model_from_checkpoint(src)  # its weights must fit its own config, or the file is damaged
     for line in transfer_weights(model, cfg, src["model"], src["config_obj"], source=str(path)):
         log(line)
+    before = src.get("init_from") if isinstance(src.get("init_from"), dict) else {}
+    episodes = src.get("episodes_done") if isinstance(src.get("episodes_done"), int) else 0
+    prior = before.get("episodes") if isinstance(before.get("episodes"), int) else 0
+    return {"checkpoint": str(path), "episodes": episodes + prior}
 
 
 class _StopFlag:
@@ -264,14 +271,16 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
     model = new_model(cfg).to(device)
     optimizer = new_optimizer(model, t.lr)
     state = initial_state(cfg)
+    origin = None  # where the starting weights came from (--init-from), kept across resumes
     if ckpt is not None:
         restore(model, optimizer, state, ckpt, ckpt_path)
         if main and metrics_path.exists() and metrics_path.stat().st_size > state["metrics_bytes"]:
             with open(metrics_path, "r+b") as f:  # drop lines written after the checkpoint
                 f.truncate(state["metrics_bytes"])
         log(f"resuming {out} at {state['episodes_done']:,} episodes")
+        origin = ckpt.get("init_from") if isinstance(ckpt.get("init_from"), dict) else None
     elif init_from:
-        load_matching_weights(model, init_from, log, cfg)
+        origin = load_matching_weights(model, init_from, log, cfg)
     config_dict = cfg.to_dict()
     if main:
         atomic_write_json(out / "config.json", {"config": config_dict, "command": command})
@@ -293,6 +302,7 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
             "config": config_dict, "command": command, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "state": dict(state),
             "step": state["step"], "episodes_done": state["episodes_done"],
+            **({"init_from": origin} if origin else {}),
         })
 
     def run_eval():

@@ -68,7 +68,7 @@ def results_table(results: list[tuple[str, dict]], group: tuple[int, str]) -> st
         if (res.get("ways"), res.get("labels")) != group:
             continue
         training = res.get("training") or {}
-        eps = training.get("episodes")
+        eps = training.get("episodes_including_init", training.get("episodes"))
         cells = " | ".join(_cell(res, i) for i in PAPER_INSTANCES)
         cmd = " ".join(res.get("command") or [])
         lines.append(f"| **{name}** | {cells} | {eps:,} | {_hours(training.get('train_seconds'))} | "

@@ -133,3 +133,18 @@ def test_learning_rate_decays_after_the_given_episodes(tmp_path):
     cfg2.train.lr_decay_at = 40
     run(cfg2, tmp_path / "r", resume=True)
     assert load_checkpoint(tmp_path / "r/checkpoint.pt")["config"]["train"]["lr_decay_at"] == 40
+
+
+def test_init_from_records_the_episodes_behind_the_weights(tmp_path):
+    from fewshot_mann.reporting import training_record
+    run(small_cfg(16), tmp_path / "base")
+    run(small_cfg(8), tmp_path / "tuned", init_from=str(tmp_path / "base/checkpoint.pt"))
+    tuned = load_checkpoint(tmp_path / "tuned/checkpoint.pt")
+    assert tuned["init_from"]["episodes"] == 16
+    record = training_record(tuned)
+    assert record["episodes"] == 8 and record["episodes_including_init"] == 24
+    # kept across a resume, and chained through a second --init-from
+    run(small_cfg(12), tmp_path / "tuned", resume=True)
+    assert load_checkpoint(tmp_path / "tuned/checkpoint.pt")["init_from"]["episodes"] == 16
+    run(small_cfg(4), tmp_path / "again", init_from=str(tmp_path / "tuned/checkpoint.pt"))
+    assert load_checkpoint(tmp_path / "again/checkpoint.pt")["init_from"]["episodes"] == 28
