@@ -226,6 +226,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "train"), help="which classes: held-out (test) or training")
     p.add_argument("--instances", type=int, default=None,
                    help="images of each class per episode, instead of the checkpoint's (e.g. a folder with few per class)")
+    p.add_argument("--ways", type=int, default=None,
+                   help="classes per episode, instead of the checkpoint's (string-label checkpoints only: "
+                        "one-hot ones have one input and one output per trained way)")
     p.add_argument("--test-classes", default=None,
                    help="folder datasets: the classes to evaluate on instead of the checkpoint's split: "
                         "all (e.g. a --data-root of new classes), a fraction or a comma list")
@@ -279,8 +282,15 @@ def _evaluate(argv) -> int:
         cfg.data.test_classes = "all"  # cross-domain: every class of the folder is held out
     if args.test_classes is not None:
         cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
+    if args.ways is not None:
+        if cfg.episodes.labels == "onehot" and args.ways != cfg.episodes.ways:
+            raise UserError(f"--ways {args.ways}: this checkpoint reads and answers {cfg.episodes.ways}-way one-hot "
+                            f"labels, so it evaluates {cfg.episodes.ways}-way episodes only (string-label "
+                            "checkpoints answer any number of ways)")
+        cfg.episodes.ways = args.ways
     if args.instances is not None:
         cfg.episodes.instances = args.instances  # the models read episodes of any length
+    if args.ways is not None or args.instances is not None:
         cfg.validate()
     model = load_model_from_checkpoint(ckpt, device)
     train_bank, test_bank = load_banks(cfg, progress=not args.no_progress)

@@ -98,9 +98,9 @@ def _main(argv) -> int:
     _, test_bank = load_banks(cfg, progress=False)
     rows = []
     for ways in args.ways or [cfg.episodes.ways]:
-        if cfg.episodes.labels == "onehot" and ways > cfg.episodes.ways:
-            raise UserError(f"this checkpoint has {cfg.episodes.ways} one-hot outputs: it cannot answer {ways}-way "
-                            "(string-label checkpoints can)")
+        if cfg.episodes.labels == "onehot" and ways != cfg.episodes.ways:
+            raise UserError(f"--ways {ways}: this checkpoint reads and answers {cfg.episodes.ways}-way one-hot labels, "
+                            f"so it answers {cfg.episodes.ways}-way only (string-label checkpoints answer any number)")
         ep_cfg = dataclasses.replace(cfg.episodes, ways=ways)
         for shots in args.shots:
             check_bank(test_bank, dataclasses.replace(ep_cfg, instances=shots + 1), "held-out classes")

@@ -102,3 +102,23 @@ def test_console_entry_points_run_as_scripts():
         res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stderr
         assert "usage" in res.stdout.lower()
+
+
+def test_evaluate_other_ways_string_labels_only(omniglot_root, tmp_path, capsys):
+    """A string-label checkpoint answers any number of ways; a one-hot one only its own."""
+    runs = {}
+    for labels in ("string", "onehot"):
+        runs[labels] = tmp_path / labels
+        rc = train_script.main(["--data-root", str(omniglot_root), "--episodes", "4", "--eval-every", "0",
+                                "--labels", labels, "--ways", "3", "--instances", "4",
+                                "--out", str(runs[labels]), *TINY])
+        assert rc == 0
+    rc = evaluate_script.main(["--checkpoint", str(runs["string"] / "checkpoint.pt"), "--ways", "7",
+                               "--episodes", "6", "--json", str(tmp_path / "s.json"), "--no-progress"])
+    assert rc == 0
+    res = json.loads((tmp_path / "s.json").read_text())
+    assert res["ways"] == 7 and res["config"]["episodes"]["ways"] == 7 and len(res["accuracy_by_instance"]) == 4
+    capsys.readouterr()
+    rc = evaluate_script.main(["--checkpoint", str(runs["onehot"] / "checkpoint.pt"), "--ways", "2",
+                               "--no-progress"])
+    assert rc == 2 and "3-way one-hot" in _error_line(capsys)
