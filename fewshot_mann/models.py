@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .config import Config, ModelConfig
+from .deferred import DeferredWeight
 from .memory import LRUAMemory
 
 
@@ -101,10 +102,12 @@ class MANN(nn.Module):
         state = self.memory.initial_state(batch, device=images.device, dtype=gates_in.dtype)
         reads = state[-1]
         outs = []
+        # The recurrent weight's gradient: one matmul over all steps (deferred.py).
+        recurrent = DeferredWeight(self.recurrent.weight)
         # unbind, not gates_in[:, t]: indexing makes every step's backward allocate a
         # gradient the size of the whole sequence.
         for g_t in gates_in.unbind(1):
-            h, c = self.lstm_cell(g_t + self.recurrent(torch.cat([h, reads], dim=-1)), c)
+            h, c = self.lstm_cell(g_t + recurrent.linear(torch.cat([h, reads], dim=-1)), c)
             reads, state = self.memory.step(h, state)
             outs.append(torch.cat([h, reads], dim=-1))
         return self.output(torch.stack(outs, dim=1))

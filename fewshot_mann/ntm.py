@@ -54,25 +54,29 @@ def addressing_size(memory_width: int, shift_range: int) -> int:
 
 
 def cosine_similarity(keys: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """keys (B, heads, W), memory (B, N, W) -> (B, heads, N) cosine similarities."""
+    """keys (B, heads, W), memory (B, N, W) -> (B, heads, N) cosine similarities.
+
+    The rows' norms divide the (B, heads, N) products, not the (B, N, W) memory: the same
+    numbers (up to rounding) without building, or backpropagating through, ``M / |M|``.
+    """
     k_hat = keys / keys.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
-    m_hat = memory / memory.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
-    return torch.bmm(k_hat, m_hat.transpose(1, 2))
+    inv_norm = memory.norm(dim=-1).clamp_min(COSINE_EPS).reciprocal()  # (B, N)
+    return torch.bmm(k_hat, memory.transpose(1, 2)) * inv_norm.unsqueeze(1)
 
 
 def shift_index(memory_slots: int, shift_range: int, device=None) -> torch.Tensor:
-    """(2S+1, N) long: row d holds ``(i - shift) mod N`` for shift = d - S, slot i."""
+    """(2S+1, N) long: row d holds ``(i - shift) mod N`` for shift = d - S, slot i
+    (``gated[..., shift_index(N, S)]`` is every shifted copy: what ``circular_shift`` weights)."""
     shifts = torch.arange(-shift_range, shift_range + 1, device=device)
     slots = torch.arange(memory_slots, device=device)
     return (slots.unsqueeze(0) - shifts.unsqueeze(1)) % memory_slots
 
 
-def address(params: torch.Tensor, memory: torch.Tensor, w_prev: torch.Tensor,
-            shift_rows: torch.Tensor, memory_width: int) -> torch.Tensor:
+def address(params: torch.Tensor, memory: torch.Tensor, w_prev: torch.Tensor, memory_width: int) -> torch.Tensor:
     """NTM addressing (eqs. 5-9) of every head at once.
 
     params: (B, heads, W + 3 + 2S + 1) in the layout of the module docstring;
-    memory: (B, N, W); w_prev: (B, heads, N); shift_rows: ``shift_index(N, S)``.
+    memory: (B, N, W); w_prev: (B, heads, N).
     Returns the new weightings (B, heads, N), each summing to 1 over the slots.
     """
     w = memory_width
@@ -82,10 +86,43 @@ def address(params: torch.Tensor, memory: torch.Tensor, w_prev: torch.Tensor,
     shift = torch.softmax(params[..., w + 2:-1], dim=-1)  # (B, heads, 2S+1)
     gamma = 1.0 + F.softplus(params[..., -1:])
     content = torch.softmax(beta * cosine_similarity(key, memory), dim=-1)
-    gated = gate * content + (1.0 - gate) * w_prev
-    # gated[..., shift_rows] is (B, heads, 2S+1, N): row d is gated rolled by shift d - S.
-    shifted = (shift.unsqueeze(-1) * gated[..., shift_rows]).sum(dim=-2)
+    gated = torch.lerp(w_prev, content, gate)  # g * w_c + (1 - g) * w_prev
+    shifted = circular_shift(gated, shift)
     return torch.softmax(gamma * shifted.clamp_min(LOG_FLOOR).log(), dim=-1)
+
+
+def circular_shift(gated: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: ``out(i) = sum_{d=-S..S} s(d) * gated((i - d) mod N)``.
+
+    gated (B, heads, N), shift (B, heads, 2S+1) the weights of shifts -S..S -> (B, heads, N).
+    The circularly padded weighting ``[gated(N-S..N-1) | gated | gated(0..S-1)]`` seen
+    through ``unfold`` (a view, no copy) holds at [i, k] ``gated(i + k - S)``, the term of
+    shift d = S - k; so it is weighted by the shift weights in reverse order. (An index
+    gather ``gated[..., shift_index(N, S)]`` is the same, but its backward is a slow
+    scatter-add.)
+    """
+    s_range = (shift.shape[-1] - 1) // 2
+    if s_range == 0:
+        return gated * shift
+    padded = torch.cat([gated[..., -s_range:], gated, gated[..., :s_range]], dim=-1)
+    windows = padded.unfold(-1, 2 * s_range + 1, 1)  # (B, heads, N, 2S+1)
+    return (windows * shift.flip(-1).unsqueeze(-2)).sum(dim=-1)
+
+
+def erase_and_add(memory: torch.Tensor, w_write: torch.Tensor, erase: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    """Eqs. 3-4 for all write heads: memory (B, N, W), w_write (B, Hw, N), erase and add
+    (B, Hw, W) -> ``M * prod_h (1 - w_h e_h^T) + sum_h w_h a_h^T``.
+
+    One head (the usual case) as ``M + w (a - M e)``: two passes over the memory, and no
+    product over a head dimension of one (whose backward is many more).
+    """
+    if w_write.shape[1] == 1:
+        change = torch.addcmul(add, memory, erase, value=-1.0)  # a - M e, (B,N,W)
+        return torch.addcmul(memory, w_write.transpose(1, 2), change)
+    keep = 1.0 - w_write[:, 0].unsqueeze(-1) * erase[:, :1]
+    for head in range(1, w_write.shape[1]):
+        keep = keep * (1.0 - w_write[:, head].unsqueeze(-1) * erase[:, head:head + 1])
+    return torch.baddbmm(memory * keep, w_write.transpose(1, 2), add)
 
 
 class NTMMemory(nn.Module):
@@ -105,7 +142,6 @@ class NTMMemory(nn.Module):
         per_head = addressing_size(memory_width, shift_range)
         self.read_params = nn.Linear(controller_size, num_read_heads * per_head)
         self.write_params = nn.Linear(controller_size, num_write_heads * (per_head + 2 * memory_width))
-        self.register_buffer("shift_rows", shift_index(memory_slots, shift_range), persistent=False)
 
     @property
     def read_size(self) -> int:
@@ -126,14 +162,12 @@ class NTMMemory(nn.Module):
         """One NTM step. h: (B, controller_size). Returns (reads (B, R*W), new state)."""
         memory, w_read_prev, w_write_prev, _ = state
         batch, w = h.shape[0], self.memory_width
-        shift_rows = self.shift_rows.to(h.device)
         write = self.write_params(h).view(batch, self.num_write_heads, -1)
-        w_write = address(write[..., :-2 * w], memory, w_write_prev, shift_rows, w)  # (B,Hw,N)
+        w_write = address(write[..., :-2 * w], memory, w_write_prev, w)  # (B,Hw,N)
         erase = torch.sigmoid(write[..., -2 * w:-w])  # (B,Hw,W)
         add = torch.tanh(write[..., -w:])
-        keep = (1.0 - w_write.unsqueeze(-1) * erase.unsqueeze(2)).prod(dim=1)  # (B,N,W)
-        memory = memory * keep + torch.bmm(w_write.transpose(1, 2), add)
+        memory = erase_and_add(memory, w_write, erase, add)
         read = self.read_params(h).view(batch, self.num_read_heads, -1)
-        w_read = address(read, memory, w_read_prev, shift_rows, w)  # (B,R,N)
+        w_read = address(read, memory, w_read_prev, w)  # (B,R,N)
         reads = torch.bmm(w_read, memory).reshape(batch, -1)
         return reads, (memory, w_read, w_write, reads)

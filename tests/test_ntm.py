@@ -87,10 +87,10 @@ def test_shift_moves_the_focus_by_one_slot():
     params[..., w + 1] = -50.0  # g = sigmoid(-50) ~ 0
     params[..., w + 2:w + 2 + 3] = torch.tensor([-50.0, -50.0, 50.0])  # shifts -1, 0, +1
     params[..., -1] = 5.0  # gamma ~ 6
-    out = address(params, memory, w_prev, shift_index(n, s), w)
+    out = address(params, memory, w_prev, w)
     assert int(out.argmax()) == 0 and float(out[0, 0, 0]) > 0.999  # wrapped around
     params[..., w + 2:w + 2 + 3] = torch.tensor([50.0, -50.0, -50.0])
-    assert int(address(params, memory, w_prev, shift_index(n, s), w).argmax()) == n - 2
+    assert int(address(params, memory, w_prev, w).argmax()) == n - 2
 
 
 def test_strong_key_strength_focuses_on_the_matching_row():
@@ -101,7 +101,7 @@ def test_strong_key_strength_focuses_on_the_matching_row():
     params[..., w] = 200.0  # beta ~ 200
     params[..., w + 1] = 50.0  # g ~ 1: content only
     params[..., w + 3] = 50.0  # shift 0
-    out = address(params, memory, torch.full((1, 1, n), 1.0 / n), shift_index(n, 1), w)
+    out = address(params, memory, torch.full((1, 1, n), 1.0 / n), w)
     assert int(out.argmax()) == 3 and float(out[0, 0, 3]) > 0.99
 
 
