@@ -139,6 +139,9 @@ class NTMMemory(nn.Module):
         self.num_read_heads = num_read_heads
         self.num_write_heads = num_write_heads
         self.shift_range = shift_range
+        # One write head: the step runs as ntm_fast.NTMStep (same maths, hand-written
+        # backward); False for the autograd step below (a second reference).
+        self.fast = True
         per_head = addressing_size(memory_width, shift_range)
         self.read_params = nn.Linear(controller_size, num_read_heads * per_head)
         self.write_params = nn.Linear(controller_size, num_write_heads * (per_head + 2 * memory_width))
@@ -163,6 +166,11 @@ class NTMMemory(nn.Module):
         memory, w_read_prev, w_write_prev, _ = state
         batch, w = h.shape[0], self.memory_width
         write = self.write_params(h).view(batch, self.num_write_heads, -1)
+        if self.fast and self.num_write_heads == 1:
+            from .ntm_fast import ntm_step
+            read = self.read_params(h).view(batch, self.num_read_heads, -1)
+            memory, w_read, w_write, reads = ntm_step(write, read, memory, w_read_prev, w_write_prev, LOG_FLOOR)
+            return reads, (memory, w_read, w_write, reads)
         w_write = address(write[..., :-2 * w], memory, w_write_prev, w)  # (B,Hw,N)
         erase = torch.sigmoid(write[..., -2 * w:-w])  # (B,Hw,W)
         add = torch.tanh(write[..., -w:])

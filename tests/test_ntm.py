@@ -12,7 +12,7 @@ from conftest import tiny_config
 from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
 from fewshot_mann.models import MANN, build_model
-from fewshot_mann.ntm import NTMMemory, address, shift_index
+from fewshot_mann.ntm import NTMMemory, address, circular_shift, shift_index
 from fewshot_mann.reference_ntm import literal_ntm_step
 from lineage_helpers import (assert_close_lists, mann_forward_with_step, outputs_and_grads,
                              predict_from_checkpoint, train_and_evaluate, use_synthetic_banks)
@@ -35,7 +35,7 @@ def random_state(mem, batch, dtype, seed=1):
 
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("shift,write_heads", [(1, 2), (2, 1), (0, 1)])
+@pytest.mark.parametrize("shift,write_heads", [(1, 2), (1, 1), (2, 1), (0, 1)])
 def test_step_matches_literal_reference(dtype, atol, shift, write_heads):
     mem = make_memory(dtype, shift=shift, write_heads=write_heads)
     h = torch.randn(3, 7, generator=torch.Generator().manual_seed(2), dtype=dtype) * 2
@@ -48,8 +48,9 @@ def test_step_matches_literal_reference(dtype, atol, shift, write_heads):
             assert_close_lists(fast[i], slow[i], atol, what)
 
 
-def test_mann_with_ntm_matches_literal_over_an_episode():
-    cfg = tiny_config(model="ntm", num_write_heads=2)
+@pytest.mark.parametrize("write_heads", [1, 2])  # 1: ntm_fast.NTMStep; 2: the autograd step
+def test_mann_with_ntm_matches_literal_over_an_episode(write_heads):
+    cfg = tiny_config(model="ntm", num_write_heads=write_heads)
     torch.manual_seed(0)
     model = MANN(cfg).double()
     g = torch.Generator().manual_seed(3)
@@ -64,8 +65,10 @@ def test_mann_with_ntm_matches_literal_over_an_episode():
     assert float(fast[2][0].abs().sum()) > 0
 
 
-def test_gradcheck_step_float64():
-    mem = make_memory(torch.float64, controller=3, slots=4, width=2, read_heads=2, write_heads=2)
+@pytest.mark.parametrize("write_heads,shift", [(2, 1), (1, 1), (1, 0)])  # one write head: ntm_fast.NTMStep
+def test_gradcheck_step_float64(write_heads, shift):
+    mem = make_memory(torch.float64, controller=3, slots=4, width=2, read_heads=2, write_heads=write_heads,
+                      shift=shift)
     h = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     state = [s.requires_grad_(True) for s in random_state(mem, 2, torch.float64)[:3]]
 
@@ -74,6 +77,34 @@ def test_gradcheck_step_float64():
         return (reads, *new[:3])
 
     assert torch.autograd.gradcheck(step, (h, *state), eps=1e-6, atol=1e-6)
+
+
+def test_fast_step_matches_the_autograd_step_over_an_episode_at_larger_sizes():
+    """ntm_fast.NTMStep against NTMMemory.fast = False, float32 to 1e-5, 12 steps of a
+    (batch 4, 32 slots x 10, 3 read heads) memory, outputs and every gradient."""
+    cfg = tiny_config(model="ntm")
+    cfg.model.memory_slots, cfg.model.memory_width, cfg.model.num_read_heads = 32, 10, 3
+    torch.manual_seed(0)
+    model = MANN(cfg)
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(4, 12, 1, 6, 6, generator=g)
+    labels = torch.rand(4, 12, cfg.episodes.label_size, generator=g)
+    params = list(model.parameters())
+    fast = outputs_and_grads(lambda x, y: model(x, y), [images, labels], params)
+    model.memory.fast = False
+    slow = outputs_and_grads(lambda x, y: model(x, y), [images, labels], params)
+    for i, what in enumerate(("logits", "input grads", "parameter grads")):
+        assert_close_lists(fast[i], slow[i], 1e-5, what)
+    assert all(float(p.abs().sum()) > 0 for p in fast[2])
+
+
+def test_circular_shift_equals_the_index_gather():
+    g = torch.Generator().manual_seed(0)
+    for n, s in ((7, 1), (7, 3), (5, 2), (4, 0)):
+        gated = torch.rand(2, 3, n, generator=g, dtype=torch.float64)
+        shift = torch.softmax(torch.randn(2, 3, 2 * s + 1, generator=g, dtype=torch.float64), -1)
+        expected = (shift.unsqueeze(-1) * gated[..., shift_index(n, s)]).sum(dim=-2)
+        assert torch.allclose(circular_shift(gated, shift), expected, atol=1e-12)
 
 
 def test_shift_moves_the_focus_by_one_slot():
