@@ -188,3 +188,15 @@ def test_train_then_evaluate_and_predict_round_trip(tmp_path, monkeypatch):
     use_synthetic_banks(monkeypatch)
     train_and_evaluate("dnc", tmp_path)
     predict_from_checkpoint(tmp_path / "dnc" / "checkpoint.pt", tmp_path)
+
+
+def test_checkpoint_layout_is_unchanged_at_the_paper_sizes():
+    """Same names and shapes as before the hand-written link backward: old checkpoints load."""
+    cfg = Config()
+    cfg.model.model = "dnc"
+    shapes = {k: tuple(v.shape) for k, v in MANN(cfg).state_dict().items()}
+    assert shapes == {
+        "memory.interface.weight": (303, 200), "memory.interface.bias": (303,),
+        "input_proj.weight": (800, 405), "input_proj.bias": (800,), "recurrent.weight": (800, 360),
+        "output.weight": (5, 360), "output.bias": (5,),
+    }

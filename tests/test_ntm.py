@@ -190,3 +190,17 @@ def test_train_then_evaluate_and_predict_round_trip(tmp_path, monkeypatch):
     result = train_and_evaluate("ntm", tmp_path, extra=["--write-heads", "2", "--shift-range", "2"])
     assert result["config"]["model"]["num_write_heads"] == 2 and result["config"]["model"]["shift_range"] == 2
     predict_from_checkpoint(tmp_path / "ntm" / "checkpoint.pt", tmp_path)
+
+
+def test_checkpoint_layout_is_unchanged_at_the_paper_sizes():
+    """The fast step added no parameter or persistent buffer: a checkpoint written before
+    it (same names and shapes) loads, and runs in progress resume."""
+    cfg = Config()
+    cfg.model.model = "ntm"
+    shapes = {k: tuple(v.shape) for k, v in MANN(cfg).state_dict().items()}
+    assert shapes == {
+        "memory.read_params.weight": (184, 200), "memory.read_params.bias": (184,),
+        "memory.write_params.weight": (126, 200), "memory.write_params.bias": (126,),
+        "input_proj.weight": (800, 405), "input_proj.bias": (800,), "recurrent.weight": (800, 360),
+        "output.weight": (5, 360), "output.bias": (5,),
+    }
