@@ -45,6 +45,9 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per training measurement")
     p.add_argument("--models", default="mann",
                    help=f"comma list of models to time ({', '.join(MODELS)}; "
+                        "mann: the default path (the C++ kernel on CPU where it loads); "
+                        "mann-cpp: the C++ kernel (cpp.py), an error where it cannot load; "
+                        "mann-fast: the Python fast path (fast.py), the C++ kernel off; "
                         "mann-autograd: MANN with MANN.fast = False; "
                         "mann-compiled: MANN with --compile, training through torch.compile)")
     p.add_argument("--no-reference", action="store_true", help="skip the plain reference loop")
@@ -86,7 +89,7 @@ class TrainingLoop:
     """One model, its Adam optimiser and a step counter; ``step()`` is one training step
     exactly as ``training.train`` runs it, with a CPU-time counter per phase."""
 
-    def __init__(self, cfg: Config, bank: ClassBank, forward=None, fast: bool = True):
+    def __init__(self, cfg: Config, bank: ClassBank, forward=None, fast: bool = True, cpp: bool = True):
         from .episodes import Jitter
         from .training import new_model, new_optimizer
 
@@ -95,6 +98,7 @@ class TrainingLoop:
         self.model.train()
         if hasattr(self.model, "fast"):
             self.model.fast = fast
+            self.model.cpp = cpp
         self.forward = forward or self.model
         self.optimizer = new_optimizer(self.model, cfg.train.lr)
         self.jitter = Jitter(cfg.data.jitter_shift, cfg.data.jitter_rotate)
@@ -279,6 +283,10 @@ def format_report(res: dict) -> str:
     if res.get("compile_seconds") is not None:
         lines.append(f"mann-compiled: first training step (compiling, or loading inductor's cache) "
                      f"{res['compile_seconds']:.1f} s wall")
+    if res.get("cpp_load_seconds") is not None:
+        lines.append("C++ LRUA kernel: " + (f"unavailable ({res['cpp_unavailable']}); mann ran fast.py"
+                                             if res.get("cpp_unavailable") else
+                                             f"built or loaded in {res['cpp_load_seconds']:.1f} s wall"))
     lines += ["", "where a training step goes (CPU ms per step)",
               f"{'loop':<22}" + "".join(f"{p:>11}" for p in PHASES) + f"{'total':>11}"]
     for name, r in res["training"].items():
@@ -316,10 +324,13 @@ def _parse_list(text: str, what: str, cast=str) -> list:
 
 AUTOGRAD = "mann-autograd"  # MANN with MANN.fast = False: the step-by-step autograd path
 COMPILED = "mann-compiled"  # MANN with model.compile = True: training through compiled.py
+CPP = "mann-cpp"  # MANN through the C++ kernel (cpp.py), required to load
+FAST = "mann-fast"  # MANN with MANN.cpp = False: the Python fast path (fast.py)
+VARIANTS = (AUTOGRAD, COMPILED, CPP, FAST)
 
 
 def _loop_config(args, name: str) -> Config:
-    cfg = _config(args, "mann" if name in (AUTOGRAD, COMPILED) else name)
+    cfg = _config(args, "mann" if name in VARIANTS else name)
     cfg.model.compile = name == COMPILED
     return cfg
 
@@ -327,10 +338,10 @@ def _loop_config(args, name: str) -> Config:
 def _bench(argv) -> int:
     args = bench_parser().parse_args(argv)
     models = _parse_list(args.models, "--models")
-    unknown = [m for m in models if m not in MODELS and m not in (AUTOGRAD, COMPILED)]
+    unknown = [m for m in models if m not in MODELS and m not in VARIANTS]
     if unknown:
         raise UserError(f"--models: unknown model(s) {', '.join(unknown)}; "
-                        f"choose from {', '.join(MODELS)}, {AUTOGRAD} or {COMPILED}")
+                        f"choose from {', '.join(MODELS + VARIANTS)}")
     eval_batches = _parse_list(args.eval_batch_sizes, "--eval-batch-sizes", int)
     if args.threads < 0 or args.batch_size < 1 or args.seconds <= 0 or args.rounds < 1 or args.rss_steps < 0 \
             or args.profile < 0 or min(eval_batches) < 1 or args.synthetic_classes < 5:
@@ -341,7 +352,16 @@ def _bench(argv) -> int:
     base = _config(args, "mann")
     bank = _load_bank(args, base)
     load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    loops = {name: TrainingLoop(_loop_config(args, name), bank, fast=name != AUTOGRAD) for name in models}
+    cpp_seconds = cpp_reason = None
+    if any(name in ("mann", CPP) for name in models):  # build (first use) or load the C++ kernel
+        from . import cpp
+        wall0 = time.perf_counter()
+        cpp_reason = cpp.unavailable_reason()
+        cpp_seconds = time.perf_counter() - wall0
+        if cpp_reason is not None and CPP in models:
+            raise UserError(f"--models {CPP}: the C++ LRUA kernel is unavailable ({cpp_reason})")
+    loops = {name: TrainingLoop(_loop_config(args, name), bank, fast=name != AUTOGRAD, cpp=name != FAST)
+             for name in models}
     compile_seconds = None
     if COMPILED in loops:  # the first step compiles (or loads from inductor's cache) both graphs
         print("compiling the MANN recurrence (first training step of mann-compiled) ...", file=sys.stderr)
@@ -383,6 +403,7 @@ def _bench(argv) -> int:
                    f"{'key strength, ' if m.key_strength else ''}{'Omniglot' if args.data_root else 'synthetic'} "
                    f"bank of {bank.num_classes} classes"),
         "compile_seconds": compile_seconds,
+        "cpp_load_seconds": cpp_seconds, "cpp_unavailable": cpp_reason,
         "training": training, "evaluation": evaluation, "profiles": profiles, "rss": rss,
         "peak_rss_project_mib": peak_project, "peak_rss_mib": _peak_rss_mib(),
     }

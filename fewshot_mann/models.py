@@ -84,6 +84,10 @@ class MANN(nn.Module):
         # Opt-in (--compile): training runs the recurrence through torch.compile'd
         # whole-sequence graphs (compiled.py; same maths), falling back to fast.py.
         self.compile = m.compile
+        # On CPU the fast path runs the C++ kernel (cpp.py, csrc/lrua.cpp; same maths),
+        # built on first use; set False (or FEWSHOT_MANN_CPP=0) for fast.py. Where it
+        # cannot be built or loaded, one warning and fast.py.
+        self.cpp = True
 
     def lstm_cell(self, gates: torch.Tensor, c: torch.Tensor):
         i, f, g, o = gates.chunk(4, dim=-1)
@@ -113,7 +117,8 @@ class MANN(nn.Module):
         return self.output(torch.stack(outs, dim=1))
 
     def _forward_fast(self, feats: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
-        """feats (B,T,F), label_inputs (B,T,L) -> logits (B,T,L), through fast.lrua_sequence (time-major)."""
+        """feats (B,T,F), label_inputs (B,T,L) -> logits (B,T,L), through fast.lrua_sequence or its
+        C++ kernel (cpp.py), time-major."""
         from .fast import INFERENCE_CHUNK, lrua_sequence
 
         needs_grad = torch.is_grad_enabled() and (
@@ -128,6 +133,8 @@ class MANN(nn.Module):
         run = lrua_sequence
         if self.compile and needs_grad:
             from .compiled import compiled_lrua_sequence as run
+        elif self.cpp and gates_in.device.type == "cpu":
+            from .cpp import cpp_lrua_sequence as run  # fast.lrua_sequence where the kernel is off or unavailable
         hr = run(gates_in, self.recurrent.weight, torch.cat([l.weight for l in layers]),
                  torch.cat([l.bias for l in layers]), memory_slots=mem.memory_slots,
                  num_read_heads=mem.num_read_heads, usage_decay=mem.usage_decay,

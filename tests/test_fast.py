@@ -20,6 +20,12 @@ from fewshot_mann.reference import reference_forward
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
+@pytest.fixture(autouse=True)
+def _fast_py_not_the_cpp_kernel(monkeypatch):
+    """These tests are about fast.py: MANN's C++ kernel (tests/test_cpp.py) is turned off."""
+    monkeypatch.setenv("FEWSHOT_MANN_CPP", "0")
+
+
 def make(cfg: Config, dtype, seed=0):
     torch.manual_seed(seed)
     return MANN(cfg).to(dtype)
