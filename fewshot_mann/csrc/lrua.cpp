@@ -150,6 +150,49 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   at::addmm_out(C, C, A, B, beta, alpha);
 }
 
+// C (m x n, row stride ldc) = A (m x k) B (k x n) [+ C when accumulate], all row-major
+// with unit column stride: the per-step matmuls with the batch as m (16 at the paper's
+// sizes). For float on AVX-512 a register-blocked loop that reads B in place (16 rows of
+// A x 16 columns of B per block, accumulators in registers): MKL packs B at every call,
+// which at 16 rows costs about a quarter of its time. Else gemm().
+bool g_small_gemm = true;  // timing and tests: false sends these matmuls to gemm()
+
+template <typename T>
+void step_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, bool accumulate,
+               T* c, int64_t ldc) {
+  gemm<T>(false, false, m, n, k, T(1), a, lda, b, ldb, accumulate ? T(1) : T(0), c, ldc);
+}
+
+#if defined(__AVX512F__)
+template <int MB>
+inline void step_gemm_block(int64_t mb, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                            int64_t ldb, bool accumulate, float* c, int64_t ldc) {
+  const int64_t rows = MB > 0 ? MB : mb;
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 mask = n - j >= 16 ? __mmask16(0xFFFFu) : __mmask16((1u << (n - j)) - 1);
+    __m512 acc[16];
+    for (int64_t r = 0; r < rows; ++r)
+      acc[r] = accumulate ? _mm512_maskz_loadu_ps(mask, c + r * ldc + j) : _mm512_setzero_ps();
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const __m512 bv = _mm512_maskz_loadu_ps(mask, b + kk * ldb + j);
+      for (int64_t r = 0; r < rows; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r * lda + kk]), bv, acc[r]);
+    }
+    for (int64_t r = 0; r < rows; ++r) _mm512_mask_storeu_ps(c + r * ldc + j, mask, acc[r]);
+  }
+}
+
+void step_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+               bool accumulate, float* c, int64_t ldc) {
+  if (!g_small_gemm || g_force_aten_gemm) {
+    gemm<float>(false, false, m, n, k, 1.0f, a, lda, b, ldb, accumulate ? 1.0f : 0.0f, c, ldc);
+    return;
+  }
+  int64_t r0 = 0;
+  for (; r0 + 16 <= m; r0 += 16) step_gemm_block<16>(16, n, k, a + r0 * lda, lda, b, ldb, accumulate, c + r0 * ldc, ldc);
+  if (r0 < m) step_gemm_block<0>(m - r0, n, k, a + r0 * lda, lda, b, ldb, accumulate, c + r0 * ldc, ldc);
+}
+#endif
+
 // ---------------------------------------------------------------------------------------
 // Small helpers.
 
@@ -587,6 +630,8 @@ std::vector<Tensor> forward_impl(const Tensor& gates_in, const Tensor& w_rec, co
   const T *gates_p = gates_in.data_ptr<T>(), *w_rec_p = w_rec.data_ptr<T>(), *w_ctrl_p = w_ctrl.data_ptr<T>();
   const T* b_ctrl_p = b_ctrl.data_ptr<T>();
   const int64_t MEM = W * N;
+  const Tensor w_rec_t = w_rec.t().contiguous(), w_ctrl_t = w_ctrl.t().contiguous();  // (F, 4H), (H, C)
+  const T *w_rec_t_p = w_rec_t.data_ptr<T>(), *w_ctrl_t_p = w_ctrl_t.data_ptr<T>();
 
   {  // initial memory and the least-used slots of zero usage (slots 0..R-1)
     T* m0 = mem_p + MEM * B;  // mem[1]: the memory before step 0
@@ -604,7 +649,7 @@ std::vector<Tensor> forward_impl(const Tensor& gates_in, const Tensor& w_rec, co
     // Controller: pre = gates_in[t] + [h, r]_{t-1} w_rec^T, an LSTM cell, then
     // z = b_ctrl + h w_ctrl^T: keys tanh(z), write gate sigmoid(z), strength logit.
     std::memcpy(pre_p, gates_p + t * B * 4 * H, sizeof(T) * B * 4 * H);
-    gemm<T>(false, true, B, 4 * H, F, T(1), hr_prev, F, w_rec_p, F, T(1), pre_p, 4 * H);
+    step_gemm(B, 4 * H, F, hr_prev, F, w_rec_t_p, 4 * H, true, pre_p, 4 * H);
     for (int64_t b = 0; b < B; ++b) {
       const T* p = pre_p + b * 4 * H;
       T* a = act + b * 4 * H;
@@ -620,7 +665,7 @@ std::vector<Tensor> forward_impl(const Tensor& gates_in, const Tensor& w_rec, co
       for (int64_t j = 0; j < H; ++j) h[j] = a[3 * H + j] * tcb[j];
       std::memcpy(z_p + b * C, b_ctrl_p, sizeof(T) * C);
     }
-    gemm<T>(false, true, B, C, H, T(1), hr_t, F, w_ctrl_p, H, T(1), z_p, C);
+    step_gemm(B, C, H, static_cast<const T*>(hr_t), F, w_ctrl_t_p, C, true, z_p, C);
     T* mem_prev = mem_p + ((t + 1) % 2) * B * MEM;
     T* mem_t = mem_p + (t % 2) * B * MEM;
     if (store && t % segment == 0) std::memcpy(ckpt_p + (t / segment) * B * MEM, mem_prev, sizeof(T) * B * MEM);
@@ -840,7 +885,7 @@ std::vector<Tensor> backward_impl(const Tensor& grad_out, const Tensor& w_rec, c
     });
     // d h = g_h + d_ctrl w_ctrl, then the LSTM cell.
     for (int64_t b = 0; b < B; ++b) std::memcpy(d_h_p + b * H, g_p + b * F, sizeof(T) * H);
-    gemm<T>(false, false, B, H, C, T(1), d_ctrl_p + t * B * C, C, w_ctrl_p, H, T(1), d_h_p, H);
+    step_gemm(B, H, C, static_cast<const T*>(d_ctrl_p + t * B * C), C, w_ctrl_p, H, true, d_h_p, H);
     const T* act = acts_p + t * B * 4 * H;
     const T* tc = tanh_c_p + t * B * H;
     const T* c_prev = cells_p + t * B * H;
@@ -864,7 +909,7 @@ std::vector<Tensor> backward_impl(const Tensor& grad_out, const Tensor& w_rec, c
     }
     if (t > 0) {  // g = d [h, r]_{t-1} = grad_out[t-1] + d_pre w_rec
       std::memcpy(g_p, go_p + (t - 1) * B * F, sizeof(T) * B * F);
-      gemm<T>(false, false, B, F, 4 * H, T(1), dp, 4 * H, w_rec_p, F, T(1), g_p, F);
+      step_gemm(B, F, 4 * H, static_cast<const T*>(dp), 4 * H, w_rec_p, F, true, g_p, F);
     }
   }
   // Weight gradients: one matmul each over all (time * batch) rows.
@@ -925,6 +970,12 @@ bool set_aten_gemm(bool on) {  // tests: the at::addmm_out branch of gemm(); ret
   return old;
 }
 
+bool set_step_gemm(bool on) {  // timing and tests: the register-blocked per-step matmuls; returns the old value
+  const bool old = g_small_gemm;
+  g_small_gemm = on;
+  return old;
+}
+
 bool has_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
 }  // namespace
@@ -938,4 +989,5 @@ TORCH_LIBRARY(fewshot_mann_lrua, m) {
         &lrua_backward);
   m.def("set_aten_gemm(bool on) -> bool", &set_aten_gemm);
   m.def("has_blas() -> bool", &has_blas);
+  m.def("set_step_gemm(bool on) -> bool", &set_step_gemm);
 }
