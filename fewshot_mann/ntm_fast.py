@@ -129,7 +129,10 @@ class NTMStep(torch.autograd.Function):
         w_read, read_cache = _address(read_params, new_memory, inv_new, w_read_prev, floor)
         reads = torch.bmm(w_read, new_memory)
         ctx.floor = floor
-        ctx.caches = (write_cache, read_cache)
+        # The caches end with the weights, which are outputs: kept on ctx they would make a
+        # reference cycle (output -> grad_fn -> ctx -> output) that is never freed, leaking
+        # every step's tensors; the outputs go through save_for_backward instead.
+        ctx.caches = (write_cache[:-1], read_cache[:-1])
         ctx.save_for_backward(memory, new_memory, w_read_prev, w_write_prev, w_read, w_write, erase, add,
                               inv_prev, mask_prev, inv_new, mask_new)
         return new_memory, w_read, w_write, reads
@@ -139,7 +142,7 @@ class NTMStep(torch.autograd.Function):
     def backward(ctx, g_memory, g_w_read, g_w_write, g_reads):
         (memory, new_memory, w_read_prev, w_write_prev, w_read, w_write, erase, add,
          inv_prev, mask_prev, inv_new, mask_new) = ctx.saved_tensors
-        write_cache, read_cache = ctx.caches
+        write_cache, read_cache = (*ctx.caches[0], w_write), (*ctx.caches[1], w_read)
         floor = ctx.floor
         zeros = torch.zeros_like
         g_memory = zeros(new_memory) if g_memory is None else g_memory

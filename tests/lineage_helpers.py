@@ -102,3 +102,26 @@ def mann_forward_with_step(model, step, images, label_inputs):
         return model(images, label_inputs)
     finally:
         del memory.step
+
+
+def state_tensors_alive_after_backward(model, images, label_inputs) -> tuple[int, int]:
+    """Train-step the model once with weak references to every state tensor its memory's
+    ``step`` returns; returns (how many are still alive after backward, how many there were).
+    Nothing may outlive the step: a tensor kept alive by a reference cycle through an autograd
+    Function's ``ctx`` leaks every step's memory for the rest of the process."""
+    import weakref
+
+    memory = model.memory
+    step, refs = memory.step, []
+
+    def recording_step(h, state):
+        reads, new = step(h, state)
+        refs.extend(weakref.ref(t) for t in new if t is not None)
+        return reads, new
+
+    memory.step = recording_step
+    try:
+        model(images, label_inputs).square().sum().backward()
+    finally:
+        del memory.step
+    return sum(r() is not None for r in refs), len(refs)
