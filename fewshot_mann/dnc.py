@@ -134,6 +134,9 @@ class DNCMemory(nn.Module):
         self.memory_slots = memory_slots
         self.memory_width = memory_width
         self.num_read_heads = num_read_heads
+        # The step runs as dnc_fast.DNCStep (same maths, hand-written backward); False
+        # for the autograd step below (a second reference).
+        self.fast = True
         self.interface = nn.Linear(controller_size, interface_size(memory_width, num_read_heads))
 
     @property
@@ -171,6 +174,10 @@ class DNCMemory(nn.Module):
     def step(self, h: torch.Tensor, state):
         """One DNC step. h: (B, controller_size). Returns (reads (B, R*W), new state)."""
         memory, usage, links, precedence, w_read_prev, w_write_prev, _ = state
+        if self.fast:
+            from .dnc_fast import dnc_step
+            new_state = dnc_step(self.interface(h), memory, usage, links, precedence, w_read_prev, w_write_prev)
+            return new_state[-1], new_state
         batch = h.shape[0]
         x = self.split_interface(h)
         retention = (1.0 - x["free_gates"].unsqueeze(-1) * w_read_prev).prod(dim=1)  # (B,N)

@@ -1,4 +1,5 @@
-"""DNC memory: against the literal per-equation reference (outputs and gradients),
+"""DNC memory: the fast step (dnc_fast.DNCStep) and the autograd step (DNCMemory.fast =
+False) against the literal per-equation reference (outputs and gradients) and each other,
 gradcheck, allocation and temporal-link semantics, invariants of usage, allocation,
 write weighting and link matrix, per-episode reset, validation, train -> evaluate -> predict."""
 from __future__ import annotations
@@ -11,16 +12,20 @@ from hypothesis import strategies as st
 from conftest import tiny_config
 from fewshot_mann.config import Config
 from fewshot_mann.dnc import DNCMemory, allocation, interface_size
+from fewshot_mann.dnc_fast import _cumprod_backward
 from fewshot_mann.errors import UserError
 from fewshot_mann.models import MANN, build_model
 from fewshot_mann.reference_dnc import literal_dnc_step
 from lineage_helpers import (assert_close_lists, mann_forward_with_step, outputs_and_grads,
+                             state_tensors_alive_after_backward,
                              predict_from_checkpoint, train_and_evaluate, use_synthetic_banks)
 
 
-def make_memory(dtype=torch.float32, controller=7, slots=6, width=4, read_heads=3, seed=0):
+def make_memory(dtype=torch.float32, controller=7, slots=6, width=4, read_heads=3, seed=0, fast=True):
     torch.manual_seed(seed)
-    return DNCMemory(controller, slots, width, read_heads).to(dtype)
+    mem = DNCMemory(controller, slots, width, read_heads).to(dtype)
+    mem.fast = fast
+    return mem
 
 
 def random_state(mem, batch, dtype, seed=1):
@@ -39,9 +44,10 @@ def random_state(mem, batch, dtype, seed=1):
     return [memory, usage, links, precedence, w_read, w_write, reads]
 
 
+@pytest.mark.parametrize("fast", [True, False])  # dnc_fast.DNCStep; the autograd step
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_step_matches_literal_reference(dtype, atol):
-    mem = make_memory(dtype)
+def test_step_matches_literal_reference(dtype, atol, fast):
+    mem = make_memory(dtype, fast=fast)
     h = torch.randn(3, 7, generator=torch.Generator().manual_seed(2), dtype=dtype) * 2
     params = list(mem.parameters())
     for state in (random_state(mem, 3, dtype), list(mem.initial_state(3, dtype=dtype))):
@@ -67,16 +73,48 @@ def test_mann_with_dnc_matches_literal_over_an_episode():
         assert_close_lists(fast[i], slow[i], 1e-9, what)
 
 
-def test_gradcheck_step_float64():
-    mem = make_memory(torch.float64, controller=3, slots=4, width=2, read_heads=2)
+@pytest.mark.parametrize("fast", [True, False])
+def test_gradcheck_step_float64(fast):
+    mem = make_memory(torch.float64, controller=3, slots=4, width=2, read_heads=2, fast=fast)
     state = random_state(mem, 2, torch.float64)
     inputs = [torch.randn(2, 3, dtype=torch.float64)] + state[:6]
     inputs = [x.requires_grad_(True) for x in inputs]
 
     def step(h, *s):
-        return mem.step(h, (*s, None))[1][:6]
+        return mem.step(h, (*s, None))[1]  # the whole new state, reads included
 
     assert torch.autograd.gradcheck(step, tuple(inputs), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_fast_step_matches_the_autograd_step_over_an_episode_at_larger_sizes(dtype, atol):
+    """dnc_fast.DNCStep against DNCMemory.fast = False, 12 steps of a (batch 4, 32 slots x 10,
+    3 read heads) memory from the fresh (all-zero usage) state, outputs and every gradient."""
+    cfg = tiny_config(model="dnc")
+    cfg.model.memory_slots, cfg.model.memory_width, cfg.model.num_read_heads = 32, 10, 3
+    torch.manual_seed(0)
+    model = MANN(cfg).to(dtype)
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(4, 12, 1, 6, 6, generator=g, dtype=dtype)
+    labels = torch.rand(4, 12, cfg.episodes.label_size, generator=g, dtype=dtype)
+    params = list(model.parameters())
+    fast = outputs_and_grads(lambda x, y: model(x, y), [images, labels], params)
+    model.memory.fast = False
+    slow = outputs_and_grads(lambda x, y: model(x, y), [images, labels], params)
+    for i, what in enumerate(("logits", "input grads", "parameter grads")):
+        assert_close_lists(fast[i], slow[i], atol, what)
+    assert all(float(p.abs().sum()) > 0 for p in fast[2])
+
+
+@pytest.mark.parametrize("row", [[0.3, 0.7, 0.9, 0.5, 0.2], [1.0, 0.0, 0.0, 0.4, 0.0], [1.0, 0.6, 0.0, 0.8, 0.5],
+                                 [0.0, 0.5, 0.0, 0.2, 0.3], [1.0, 0.2, 0.3, 0.4, 0.0]])
+def test_cumprod_backward_matches_autograd_with_and_without_zeros(row):
+    """The allocation's cumulative product gradient, exact at a row's first zero and 0 after it."""
+    x = torch.tensor([row, [0.3, 0.7, 0.9, 0.5, 0.2]], dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = torch.cumprod(x, -1)
+    expected, = torch.autograd.grad(out, x, grad)
+    assert torch.allclose(_cumprod_backward(grad, x.detach(), out.detach()), expected, rtol=0, atol=1e-12)
 
 
 def test_allocation_known_values_and_ties():
@@ -200,3 +238,14 @@ def test_checkpoint_layout_is_unchanged_at_the_paper_sizes():
         "input_proj.weight": (800, 405), "input_proj.bias": (800,), "recurrent.weight": (800, 360),
         "output.weight": (5, 360), "output.bias": (5,),
     }
+
+
+def test_fast_step_frees_every_step_after_backward():
+    """dnc_fast.DNCStep keeps no output on its ctx (that cycle leaked a training run's memory)."""
+    cfg = tiny_config(model="dnc")
+    torch.manual_seed(0)
+    model = MANN(cfg)
+    assert model.memory.fast
+    alive, total = state_tensors_alive_after_backward(model, torch.rand(2, 5, 1, 6, 6),
+                                                      torch.rand(2, 5, cfg.episodes.label_size))
+    assert total > 0 and alive == 0, f"{alive} of {total} state tensors outlived backward"
