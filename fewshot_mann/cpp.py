@@ -7,8 +7,8 @@ backpropagation through time are one C++ call each, with fast.py's formulas, lay
 segment recomputation; the matmuls go to BLAS and the rest are plain loops over
 contiguous buffers, so the per-op dispatch that dominates fast.py at small batches is gone.
 
-- built on first use with ``torch.utils.cpp_extension.load`` (g++ and ninja; about a
-  minute on a busy 2-core machine) into torch's extension directory
+- built on first use with ``torch.utils.cpp_extension.load`` (g++ and ninja; 20-30 s
+  on a busy 2-core machine) into torch's extension directory
   (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); later processes
   load the built library directly (well under a second). The library's name carries a
   hash of the source, the compiler flags, torch's version and the CPU, so a change of
