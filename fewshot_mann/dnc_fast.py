@@ -146,16 +146,17 @@ class DNCStep(torch.autograd.Function):
         del change
 
         # Links L[i,j] = (1 - w[i] - w[j]) L_prev[i,j] + w[i] p_prev[j], zero diagonal; precedence.
-        pair = torch.add(w_write.unsqueeze(-1), w_write.unsqueeze(1))
-        links = torch.addcmul(links_prev, pair, links_prev, value=-1.0)
-        del pair
+        # (Two passes with one broadcast factor each: an addcmul with a (B, N, N) outer sum is
+        # several times slower on CPU.)
+        links = links_prev * (1.0 - w_write).unsqueeze(-1)
+        links.addcmul_(links_prev, w_write.unsqueeze(1), value=-1.0)
         links.baddbmm_(w_write.unsqueeze(-1), precedence_prev.unsqueeze(1))
         links.diagonal(dim1=1, dim2=2).zero_()
         write_total = w_write.sum(-1, keepdim=True)
         precedence = torch.addcmul(w_write, 1.0 - write_total, precedence_prev)
 
         # Read weightings: backward, content, forward; reads from the new memory.
-        forward_w = torch.bmm(w_read_prev, links.transpose(1, 2))  # f = L w^r_prev
+        forward_w = torch.bmm(links, w_read_prev.transpose(1, 2)).transpose(1, 2)  # f = L w^r_prev (no copy of L^T)
         backward_w = torch.bmm(w_read_prev, links)  # b = L^T w^r_prev
         inv_new, mask_new = _inv_norms(new_memory)
         read_k_hat, read_key_norm = _unit(read_keys.view(batch, heads, width))
@@ -222,15 +223,15 @@ class DNCStep(torch.autograd.Function):
         right = torch.cat([w_read_prev, g_backward_w], dim=1)
         grad = torch.baddbmm(g_links, left, right)
         grad.diagonal(dim1=1, dim2=2).zero_()
-        g_w_read_prev = torch.bmm(g_forward_w, links).baddbmm_(g_backward_w, links.transpose(1, 2))
+        g_w_read_prev = torch.bmm(g_forward_w, links) + torch.bmm(links, g_backward_w.transpose(1, 2)).transpose(1, 2)
         g_precedence_prev = torch.bmm(w_write.unsqueeze(1), grad).squeeze(1)
-        g_w_write = g_w_write + torch.bmm(grad, precedence_prev.unsqueeze(-1)).squeeze(-1)
+        g_w_write = g_w_write + (grad * precedence_prev.unsqueeze(1)).sum(-1)  # G p (a batched matvec is slower)
         weighted = grad * links_prev
         g_w_write -= weighted.sum(-1) + weighted.sum(-2)
         del weighted
-        pair = torch.add(w_write.unsqueeze(-1), w_write.unsqueeze(1))
-        g_links_prev = grad.addcmul_(grad, pair, value=-1.0)  # G (1 - w[i] - w[j])
-        del pair, grad
+        g_links_prev = grad * (1.0 - w_write).unsqueeze(-1)  # G (1 - w[i] - w[j])
+        g_links_prev.addcmul_(grad, w_write.unsqueeze(1), value=-1.0)
+        del grad
         # Precedence p = (1 - sum w) p_prev + w.
         g_precedence_prev.addcmul_(g_precedence, 1.0 - write_total)
         g_w_write += g_precedence - (g_precedence * precedence_prev).sum(-1, keepdim=True)
