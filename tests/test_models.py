@@ -47,3 +47,18 @@ def test_paper_sized_mann_parameter_count():
     # 405 inputs -> 4*200 gates, 360 recurrent -> 800, keys 200 -> 160, gates 200 -> 4, output 360 -> 5
     expected = 405 * 800 + 800 + 360 * 800 + 200 * 160 + 160 + 200 * 4 + 4 + 360 * 5 + 5
     assert count_parameters(model) == expected
+
+
+@pytest.mark.parametrize("model_name", ["ntm", "dnc"])
+def test_fast_memory_step_frees_every_step_after_backward(model_name):
+    """ntm_fast.NTMStep / dnc_fast.DNCStep keep no output on their ctx: such a reference cycle
+    kept every step's tensors alive and leaked a training run's memory (23 GB)."""
+    from lineage_helpers import state_tensors_alive_after_backward
+
+    cfg = tiny_config(model=model_name)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.memory.fast
+    alive, total = state_tensors_alive_after_backward(model, torch.rand(2, 5, 1, 6, 6),
+                                                      torch.rand(2, 5, cfg.episodes.label_size))
+    assert total > 0 and alive == 0, f"{alive} of {total} state tensors outlived backward"
