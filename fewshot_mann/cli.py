@@ -283,6 +283,8 @@ def _evaluate(argv) -> int:
     if args.test_classes is not None:
         cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
     if args.ways is not None:
+        if args.ways < 1:
+            raise UserError(f"--ways must be at least 1 (got {args.ways})")
         if cfg.episodes.labels == "onehot" and args.ways != cfg.episodes.ways:
             raise UserError(f"--ways {args.ways}: this checkpoint reads and answers {cfg.episodes.ways}-way one-hot "
                             f"labels, so it evaluates {cfg.episodes.ways}-way episodes only (string-label "

@@ -135,6 +135,8 @@ EVALUATE_BAD = [
     (["--threads", "100000"], "--threads must be in [0, 1024]"),
     (["--instances", "0"], "--instances must be at least 1"),
     (["--instances", "13"], "--instances 13 needs 13 images per class"),
+    (["--ways", "0"], "--ways must be at least 1"),
+    (["--ways", "5"], "answers 3-way one-hot labels"),
 ]
 
 
