@@ -67,10 +67,13 @@ def parameter_count(result: dict) -> int | None:
 
 def training_summary(result: dict, metrics: Path | None) -> dict:
     """Episodes, seconds in training steps, episodes/s, threads and command of the run behind
-    ``result``, from its metrics.jsonl (last training line) and config.json where present."""
+    ``result``, from its metrics.jsonl (the last training line up to the evaluated checkpoint:
+    a run that went on after it was evaluated does not change its row) and config.json."""
     info = dict(result.get("training") or {})
+    evaluated_at = info.get("episodes") or result.get("checkpoint_episodes")
     if metrics is not None and metrics.exists():
-        train_lines = [m for m in read_metrics(metrics) if m.get("kind") == "train"]
+        train_lines = [m for m in read_metrics(metrics) if m.get("kind") == "train"
+                       and (not evaluated_at or (m.get("episodes") or 0) <= evaluated_at)]
         if train_lines:
             info["episodes"] = train_lines[-1].get("episodes")
             info["train_seconds"] = train_lines[-1].get("train_seconds")

@@ -65,3 +65,15 @@ def test_no_inputs_or_a_bad_file_is_one_clear_line(tmp_path, capsys):
     assert "is not an evaluation JSON" in capsys.readouterr().err
     assert script.main(["--eval", "nameless", "--out-dir", str(tmp_path)]) == 2
     assert "--eval expects NAME=PATH" in capsys.readouterr().err
+
+
+def test_a_run_that_went_on_after_its_evaluation_keeps_its_row(tmp_path):
+    """Episodes and speed come from the training log up to the evaluated checkpoint."""
+    script = load_script()
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps({"kind": "train", "episodes": e, "train_seconds": e / 10})
+                                 for e in (100, 200, 300, 400)) + "\n")
+    info = script.training_summary({"training": {"episodes": 250}}, metrics)
+    assert info["episodes"] == 200 and info["train_seconds"] == 20.0
+    info = script.training_summary({}, metrics)  # nothing says where it was evaluated: the whole log
+    assert info["episodes"] == 400
