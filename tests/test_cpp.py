@@ -15,8 +15,8 @@ import torch
 from conftest import tiny_config
 from fewshot_mann import cpp, fast
 from fewshot_mann.config import Config
-from fewshot_mann.reference import reference_forward
-from test_fast import TOLERANCE, assert_same, episode_inputs, make, outputs_and_grads
+from test_fast import (TOLERANCE, assert_same, check_paths_agree, episode_inputs, make, outputs_and_grads,
+                       reference_path, with_attrs)
 
 
 @pytest.fixture
@@ -72,20 +72,10 @@ def test_kernel_matches_fast_path_on_random_inputs(kernel, size, key_strength, d
 
 
 def check_model_against_fast_and_reference(cfg, dtype, batch):
-    model = make(cfg, dtype)
-    inputs = episode_inputs(cfg, batch, dtype)
-    assert model.cpp
-    cpp_out, cpp_grads = outputs_and_grads(model, model, cfg, *inputs)
-    model.cpp = False
-    fast_out, fast_grads = outputs_and_grads(model, model, cfg, *inputs)
-    ref_out, ref_grads = outputs_and_grads(model, lambda x, y: reference_forward(model, x, y), cfg, *inputs)
-    tol = TOLERANCE[dtype]
-    assert_same(cpp_out, fast_out, tol, "logits vs fast path")
-    assert_same(cpp_out, ref_out, tol, "logits vs reference")
-    for name, g in cpp_grads.items():
-        assert g.abs().sum() > 0, f"{name}: zero gradient"
-        assert_same(g, fast_grads[name], tol, f"d {name} vs fast path")
-        assert_same(g, ref_grads[name], tol, f"d {name} vs reference")
+    assert make(cfg, dtype).cpp  # the kernel is MANN's default
+    check_paths_agree(cfg, dtype, batch, [("C++ kernel", with_attrs(cpp=True)),
+                                          ("fast path", with_attrs(cpp=False)),
+                                          ("reference", reference_path)])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -56,22 +56,40 @@ def assert_same(a, b, tol, what):
     assert err <= tol, f"{what}: max difference {err:.3g} > {tol:g}"
 
 
-def check_against_slow_paths(cfg, dtype, batch):
+def with_attrs(**attrs):
+    """A path of ``check_paths_agree``: set these attributes of the model, run it."""
+    def prepare(model):
+        for name, value in attrs.items():
+            setattr(model, name, value)
+        return model
+    return prepare
+
+
+def reference_path(model):
+    """The literal reference (reference.py) with the model's parameters."""
+    return lambda x, y: reference_forward(model, x, y)
+
+
+def check_paths_agree(cfg, dtype, batch, paths):
+    """``paths``: [(name, prepare(model) -> forward)], the first the path under test. Its logits
+    and the gradient of every parameter (each non-zero) equal every other path's to the
+    dtype's tolerance, on one model and one batch of episodes."""
     model = make(cfg, dtype)
-    images, label_inputs, targets = episode_inputs(cfg, batch, dtype)
-    model.fast = True
-    fast_out, fast_grads = outputs_and_grads(model, model, cfg, images, label_inputs, targets)
-    model.fast = False
-    auto_out, auto_grads = outputs_and_grads(model, model, cfg, images, label_inputs, targets)
-    ref_out, ref_grads = outputs_and_grads(
-        model, lambda x, y: reference_forward(model, x, y), cfg, images, label_inputs, targets)
-    tol = TOLERANCE[dtype]
-    assert_same(fast_out, auto_out, tol, "logits vs autograd path")
-    assert_same(fast_out, ref_out, tol, "logits vs reference")
-    for name, g in fast_grads.items():
+    inputs = episode_inputs(cfg, batch, dtype)
+    results = [(name, *outputs_and_grads(model, prepare(model), cfg, *inputs)) for name, prepare in paths]
+    (_, out, grads), tol = results[0], TOLERANCE[dtype]
+    for other, other_out, _ in results[1:]:
+        assert_same(out, other_out, tol, f"logits vs {other}")
+    for name, g in grads.items():
         assert g.abs().sum() > 0, f"{name}: zero gradient"
-        assert_same(g, auto_grads[name], tol, f"d {name} vs autograd path")
-        assert_same(g, ref_grads[name], tol, f"d {name} vs reference")
+        for other, _, other_grads in results[1:]:
+            assert_same(g, other_grads[name], tol, f"d {name} vs {other}")
+
+
+def check_against_slow_paths(cfg, dtype, batch):
+    check_paths_agree(cfg, dtype, batch, [("fast path", with_attrs(fast=True)),
+                                          ("autograd path", with_attrs(fast=False)),
+                                          ("reference", reference_path)])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
