@@ -252,7 +252,7 @@ def _evaluate(argv) -> int:
 
     from .checkpoint import load_checkpoint, load_model_from_checkpoint
     from .datasets import load_banks
-    from .episodes import check_bank
+    from .episodes import check_bank, with_ways
     from . import distributed
     from .config import MAX_THREADS
     from .evaluation import format_table
@@ -283,13 +283,7 @@ def _evaluate(argv) -> int:
     if args.test_classes is not None:
         cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
     if args.ways is not None:
-        if args.ways < 1:
-            raise UserError(f"--ways must be at least 1 (got {args.ways})")
-        if cfg.episodes.labels == "onehot" and args.ways != cfg.episodes.ways:
-            raise UserError(f"--ways {args.ways}: this checkpoint reads and answers {cfg.episodes.ways}-way one-hot "
-                            f"labels, so it evaluates {cfg.episodes.ways}-way episodes only (string-label "
-                            "checkpoints answer any number of ways)")
-        cfg.episodes.ways = args.ways
+        cfg.episodes = with_ways(cfg.episodes, args.ways)
     if args.instances is not None:
         cfg.episodes.instances = args.instances  # the models read episodes of any length
     if args.ways is not None or args.instances is not None:

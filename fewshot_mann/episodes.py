@@ -11,6 +11,7 @@ of (seed, step): ``batch_rng(seed, step)``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from .bank import ClassBank
 from .config import STRING_LENGTH, STRING_SYMBOLS, EpisodeConfig
-from .errors import DataError
+from .errors import DataError, UserError
 
 _STRING_CODES = STRING_SYMBOLS ** STRING_LENGTH
 _EVAL_STREAM, _TRAIN_STREAM = 1, 2
@@ -57,6 +58,18 @@ class Episodes:
     def concat(parts: list["Episodes"]) -> "Episodes":
         return Episodes(*(np.concatenate([getattr(p, f) for p in parts]) for f in
                           ("images", "labels", "instance", "label_digits", "classes")))
+
+
+def with_ways(cfg: EpisodeConfig, ways: int) -> EpisodeConfig:
+    """``cfg`` at ``ways`` classes per episode, for evaluating a trained checkpoint: string
+    labels answer any number of ways; one-hot checkpoints have one input and one output per
+    trained way, so only their own. One clear error otherwise."""
+    if ways < 1:
+        raise UserError(f"--ways must be at least 1 (got {ways})")
+    if cfg.labels == "onehot" and ways != cfg.ways:
+        raise UserError(f"--ways {ways}: this checkpoint reads and answers {cfg.ways}-way one-hot labels, so it "
+                        f"evaluates {cfg.ways}-way episodes only (string-label checkpoints answer any number of ways)")
+    return dataclasses.replace(cfg, ways=ways)
 
 
 def check_bank(bank: ClassBank, cfg: EpisodeConfig, what: str = "data") -> None:

@@ -23,7 +23,7 @@ import torch
 
 from .bank import ClassBank
 from .config import EpisodeConfig
-from .episodes import Episodes, check_bank, evaluation_episodes, to_tensors
+from .episodes import Episodes, check_bank, evaluation_episodes, to_tensors, with_ways
 from .errors import UserError
 from .evaluation import correct_steps, summarise
 
@@ -98,10 +98,7 @@ def _main(argv) -> int:
     _, test_bank = load_banks(cfg, progress=False)
     rows = []
     for ways in args.ways or [cfg.episodes.ways]:
-        if cfg.episodes.labels == "onehot" and ways != cfg.episodes.ways:
-            raise UserError(f"--ways {ways}: this checkpoint reads and answers {cfg.episodes.ways}-way one-hot labels, "
-                            f"so it answers {cfg.episodes.ways}-way only (string-label checkpoints answer any number)")
-        ep_cfg = dataclasses.replace(cfg.episodes, ways=ways)
+        ep_cfg = with_ways(cfg.episodes, ways)
         for shots in args.shots:
             check_bank(test_bank, dataclasses.replace(ep_cfg, instances=shots + 1), "held-out classes")
             t0 = time.perf_counter()
