@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from .memory import MEMORY_INIT
@@ -74,54 +73,6 @@ def allocation(usage: torch.Tensor) -> torch.Tensor:
 def content_weights(keys: torch.Tensor, strengths: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
     """C(M, k, beta): keys (B, heads, W), strengths (B, heads, 1), memory (B, N, W) -> (B, heads, N)."""
     return torch.softmax(strengths * cosine_similarity(keys, memory), dim=-1)
-
-
-class TemporalLinks(torch.autograd.Function):
-    """The link matrix update and the forward/backward read weightings, with a
-    hand-written backward (the (B, N, N) links are most of a DNC step's memory traffic;
-    autograd would make about twice as many passes over them).
-
-    forward(links_prev (B,N,N), w (B,N) the write weighting, p (B,N) the previous
-    precedence, r (B,R,N) the previous read weightings) ->
-    (links ``L[i,j] = (1 - w[i] - w[j]) L_prev[i,j] + w[i] p[j]``, zero diagonal;
-    forward ``f = r L^T`` (B,R,N); backward ``b = r L`` (B,R,N)).
-
-    backward, with G the whole gradient reaching L (its diagonal zeroed: the diagonal is
-    set, not computed): ``G = gL + gf^T r + r^T gb``; ``dr = gf L + gb L^T``;
-    ``dL_prev = G * (1 - w[i] - w[j])``; ``dw[k] = -sum_j (G * L_prev)[k,j]
-    - sum_i (G * L_prev)[i,k] + (G p)[k]``; ``dp = w^T G``.
-    """
-
-    @staticmethod
-    def forward(ctx, links_prev, w, p, r):
-        keep = torch.sub((1.0 - w).unsqueeze(-1), w.unsqueeze(1))  # 1 - w[i] - w[j]
-        links = torch.baddbmm(keep.mul_(links_prev), w.unsqueeze(-1), p.unsqueeze(1))
-        links.diagonal(dim1=1, dim2=2).zero_()
-        forward = torch.bmm(r, links.transpose(1, 2))
-        backward = torch.bmm(r, links)
-        ctx.save_for_backward(links_prev, w, p, r, links)
-        return links, forward, backward
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_links, g_forward, g_backward):
-        links_prev, w, p, r, links = ctx.saved_tensors
-        g_forward = torch.zeros_like(r) if g_forward is None else g_forward
-        g_backward = torch.zeros_like(r) if g_backward is None else g_backward
-        # Both read terms in one matmul: [gf^T | r^T] (B,N,2R) @ [r ; gb] (B,2R,N).
-        left = torch.cat([g_forward, r], dim=1).transpose(1, 2)
-        right = torch.cat([r, g_backward], dim=1)
-        grad = torch.bmm(left, right) if g_links is None else torch.baddbmm(g_links, left, right)
-        grad.diagonal(dim1=1, dim2=2).zero_()
-        g_r = torch.bmm(g_forward, links) + torch.bmm(g_backward, links.transpose(1, 2))
-        g_p = torch.bmm(w.unsqueeze(1), grad).squeeze(1)
-        g_w = torch.bmm(grad, p.unsqueeze(-1)).squeeze(-1)
-        weighted = grad * links_prev
-        g_w -= weighted.sum(-1) + weighted.sum(-2)
-        del weighted
-        keep = torch.sub((1.0 - w).unsqueeze(-1), w.unsqueeze(1))
-        g_links_prev = grad.mul_(keep)
-        return g_links_prev, g_w, g_p, g_r
 
 
 class DNCMemory(nn.Module):
@@ -188,7 +139,11 @@ class DNCMemory(nn.Module):
         # M (1 - w e^T) + w v^T as M + w (v - M e): two passes over the memory.
         change = torch.addcmul(x["write_vector"].unsqueeze(1), memory, x["erase"].unsqueeze(1), value=-1.0)
         memory = torch.addcmul(memory, w_write.unsqueeze(-1), change)
-        links, forward, backward = TemporalLinks.apply(links, w_write, precedence, w_read_prev)
+        links = torch.baddbmm((1.0 - w_write.unsqueeze(-1) - w_write.unsqueeze(1)) * links,
+                              w_write.unsqueeze(-1), precedence.unsqueeze(1))
+        links.diagonal(dim1=1, dim2=2).zero_()  # in place: nothing saved for backward reads it
+        forward = torch.bmm(w_read_prev, links.transpose(1, 2))  # (B,R,N): (L w)[i]
+        backward = torch.bmm(w_read_prev, links)  # (L^T w)[i]
         precedence = (1.0 - w_write.sum(-1, keepdim=True)) * precedence + w_write
         content = content_weights(x["read_keys"], x["read_strengths"], memory)
         modes = x["read_modes"]

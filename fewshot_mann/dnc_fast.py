@@ -19,8 +19,7 @@ them. Here forward is plain tensor code and backward is written out:
 - the memory enters the content weightings only through cosine similarities, whose
   gradient with respect to the memory is ``q^T k_hat`` minus a per-row multiple of the
   memory, added in one batched matmul with the read's term (as ``ntm_fast.py``);
-- the links' gradient ``G = gL + gf^T r + r^T gb`` is one batched matmul (as
-  ``dnc.TemporalLinks``), and the write's ``M_t = M + w (v - M e)`` gives its gradients
+- the links' gradient ``G = gL + gf^T r + r^T gb`` is one batched matmul, and the write's ``M_t = M + w (v - M e)`` gives its gradients
   in a few batched matmuls and elementwise passes.
 
 What backward needs of the (B, N, W) memories and (B, N, N) links is the step's inputs
