@@ -35,7 +35,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from .memory import COSINE_EPS
+from .ntm_fast import _inv_norms, _key_grad, _softmax_backward, _unit  # shared with the NTM step
 
 READ_MODES = 3  # backward, content, forward (as dnc.READ_MODES)
 
@@ -44,28 +44,6 @@ def _interface_sizes(width: int, heads: int) -> list[int]:
     """Field lengths of the interface vector, in dnc.py's layout; the last four fields
     before the read modes (free gates, allocation gate, write gate) are adjacent."""
     return [heads * width, heads, width, 1, width, width, heads + 2, READ_MODES * heads]
-
-
-def _inv_norms(x: torch.Tensor):
-    """x (..., W) -> (1 / max(|x|, eps) (...), mask |x| > eps (...))."""
-    norm = x.norm(dim=-1)
-    return norm.clamp_min(COSINE_EPS).reciprocal(), norm > COSINE_EPS
-
-
-def _unit(key: torch.Tensor):
-    """key (B, H, W) -> (key / max(|key|, eps), |key| (B, H, 1))."""
-    key_norm = key.norm(dim=-1, keepdim=True)
-    return key / key_norm.clamp_min(COSINE_EPS), key_norm
-
-
-def _key_grad(g_k_hat: torch.Tensor, k_hat: torch.Tensor, key_norm: torch.Tensor) -> torch.Tensor:
-    """Through k_hat = key / max(|key|, eps)."""
-    radial = (g_k_hat * k_hat).sum(-1, keepdim=True) * k_hat * (key_norm > COSINE_EPS)
-    return (g_k_hat - radial) / key_norm.clamp_min(COSINE_EPS)
-
-
-def _softmax_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    return out * (grad - (out * grad).sum(-1, keepdim=True))
 
 
 def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:

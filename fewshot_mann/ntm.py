@@ -104,9 +104,13 @@ def circular_shift(gated: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     s_range = (shift.shape[-1] - 1) // 2
     if s_range == 0:
         return gated * shift
-    padded = torch.cat([gated[..., -s_range:], gated, gated[..., :s_range]], dim=-1)
-    windows = padded.unfold(-1, 2 * s_range + 1, 1)  # (B, heads, N, 2S+1)
-    return (windows * shift.flip(-1).unsqueeze(-2)).sum(dim=-1)
+    return (shift_windows(gated, s_range) * shift.flip(-1).unsqueeze(-2)).sum(dim=-1)
+
+
+def shift_windows(x: torch.Tensor, s_range: int) -> torch.Tensor:
+    """x (B, heads, N) -> (B, heads, N, 2S+1) view of the circularly padded x: [i, k] = x((i + k - S) mod N)."""
+    padded = torch.cat([x[..., x.shape[-1] - s_range:], x, x[..., :s_range]], dim=-1)
+    return padded.unfold(-1, 2 * s_range + 1, 1)
 
 
 def erase_and_add(memory: torch.Tensor, w_write: torch.Tensor, erase: torch.Tensor, add: torch.Tensor) -> torch.Tensor:

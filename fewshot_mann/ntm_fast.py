@@ -27,6 +27,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from .memory import COSINE_EPS
+from .ntm import shift_windows
 
 
 def _inv_norms(memory: torch.Tensor):
@@ -35,10 +36,15 @@ def _inv_norms(memory: torch.Tensor):
     return norm.clamp_min(COSINE_EPS).reciprocal(), norm > COSINE_EPS
 
 
-def _shift_windows(x: torch.Tensor, s_range: int) -> torch.Tensor:
-    """x (B, H, N) -> (B, H, N, 2S+1) view: [i, k] = x((i + k - S) mod N)."""
-    padded = torch.cat([x[..., x.shape[-1] - s_range:], x, x[..., :s_range]], dim=-1)
-    return padded.unfold(-1, 2 * s_range + 1, 1)
+def _unit(key: torch.Tensor):
+    """key (B, H, W) -> (key / max(|key|, eps), |key| (B, H, 1))."""
+    key_norm = key.norm(dim=-1, keepdim=True)
+    return key / key_norm.clamp_min(COSINE_EPS), key_norm
+
+
+def _softmax_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Through out = softmax(z) over the last dimension: dL/dz."""
+    return out * (grad - (out * grad).sum(-1, keepdim=True))
 
 
 def _address(params: torch.Tensor, memory: torch.Tensor, inv_norm: torch.Tensor, w_prev: torch.Tensor,
@@ -51,13 +57,12 @@ def _address(params: torch.Tensor, memory: torch.Tensor, inv_norm: torch.Tensor,
     gate = torch.sigmoid(gate_raw)
     shift = torch.softmax(params[..., width + 2:-1], dim=-1)  # (B, H, 2S+1), shifts -S..S
     s_range = (shift.shape[-1] - 1) // 2
-    key_norm = key.norm(dim=-1, keepdim=True)
-    k_hat = key / key_norm.clamp_min(COSINE_EPS)
+    k_hat, key_norm = _unit(key)
     sim = torch.bmm(k_hat, memory.transpose(1, 2)).mul_(inv_norm.unsqueeze(1))  # (B, H, N)
     content = torch.softmax(beta * sim, dim=-1)
     gated = torch.lerp(w_prev, content, gate)
     if s_range:
-        windows = _shift_windows(gated, s_range)
+        windows = shift_windows(gated, s_range)
         shifted = (windows * shift.flip(-1).unsqueeze(-2)).sum(dim=-1)
     else:
         windows, shifted = None, gated * shift
@@ -77,23 +82,23 @@ def _address_backward(g_weights: torch.Tensor, w_prev: torch.Tensor, cache, floo
     width = k_hat.shape[-1]
     s_range = (shift.shape[-1] - 1) // 2
     # sharpening: weights = softmax(gamma * log(max(shifted, floor)))
-    g_u = weights * (g_weights - (weights * g_weights).sum(-1, keepdim=True))
+    g_u = _softmax_backward(g_weights, weights)
     g_gamma = (g_u * log_shifted).sum(-1, keepdim=True)
     g_shifted = (gamma * g_u / shifted.clamp_min(floor)) * (shifted >= floor)
     # circular shift
     if s_range:
-        g_gated = (_shift_windows(g_shifted, s_range) * shift.unsqueeze(-2)).sum(dim=-1)
+        g_gated = (shift_windows(g_shifted, s_range) * shift.unsqueeze(-2)).sum(dim=-1)
         g_shift = (windows * g_shifted.unsqueeze(-1)).sum(dim=-2).flip(-1)
     else:
         g_gated = g_shifted * shift
         g_shift = (g_shifted * gated).sum(-1, keepdim=True)
-    g_shift_raw = shift * (g_shift - (shift * g_shift).sum(-1, keepdim=True))
+    g_shift_raw = _softmax_backward(g_shift, shift)
     # interpolation: gated = w_prev + g (content - w_prev)
     g_content = gate * g_gated
     g_w_prev = g_gated - g_content
     g_gate = (g_gated * (content - w_prev)).sum(-1, keepdim=True)
     # content weighting: softmax(beta * sim)
-    g_z = content * (g_content - (content * g_content).sum(-1, keepdim=True))
+    g_z = _softmax_backward(g_content, content)
     g_beta = (g_z * sim).sum(-1, keepdim=True)
     g_sim = beta * g_z
     g_params = torch.empty_like(params)
