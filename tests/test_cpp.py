@@ -144,6 +144,38 @@ def test_other_matmul_branches_give_the_same_results(kernel, switch):
         assert_same(a, b, 1e-5, "gradients")
 
 
+@pytest.mark.parametrize("key_strength", [False, True])
+def test_threads_split_the_batch_without_changing_results(kernel, key_strength):
+    # Each thread runs the whole time loop for its own block of episodes (csrc/lrua.cpp).
+    # The tests otherwise run on one thread; here 2 and 3 threads split a batch of 19 into
+    # uneven blocks (10 + 9; 7 + 7 + 5: the 16-, 8- and odd-row matmul paths). Everything
+    # computed per episode is bit-identical; the weight gradients sum over all episodes in
+    # one BLAS call, whose own threading may reorder the sum, so they agree to float rounding.
+    args, grad_out = sequence_inputs(11, 19, 6, 3, 13, 4, key_strength, torch.float32)
+    old = torch.get_num_threads()
+    results = {}
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results[threads] = run_sequence(cpp.cpp_lrua_sequence, args, grad_out, 13, 3, key_strength)
+    finally:
+        torch.set_num_threads(old)
+    out, (d_gates, *d_weights) = results[1]
+    for threads in (2, 3):
+        other_out, (other_d_gates, *other_d_weights) = results[threads]
+        assert torch.equal(other_out, out), f"{threads} threads: outputs differ"
+        assert torch.equal(other_d_gates, d_gates), f"{threads} threads: d gates_in differs"
+        for a, b in zip(other_d_weights, d_weights):
+            assert_same(a, b, TOLERANCE[torch.float32], f"{threads} threads: weight gradients")
+    # and the split run is still fast.py's mathematics (gradients summed over 19 episodes
+    # reach ~100 here: compared relative to their size).
+    fast_out, fast_grads = run_sequence(fast.lrua_sequence, args, grad_out, 13, 3, key_strength)
+    assert_same(results[2][0], fast_out, TOLERANCE[torch.float32], "2 threads vs fast.py: outputs")
+    for a, b in zip(results[2][1], fast_grads):
+        scale = max(1.0, b.abs().max().item())
+        assert_same(a / scale, b / scale, TOLERANCE[torch.float32], "2 threads vs fast.py: gradients")
+
+
 def test_backward_twice_with_retain_graph(kernel):
     args, grad_out = sequence_inputs(6, 2, 4, 2, 6, 3, False, torch.float64)
     out = cpp.cpp_lrua_sequence(*args, memory_slots=6, num_read_heads=2, usage_decay=0.95, key_strength=False)

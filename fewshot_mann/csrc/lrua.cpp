@@ -8,8 +8,10 @@
 // how it runs: the controller and key/gate matmuls go to BLAS (MKL's sgemm_/dgemm_,
 // exported by libtorch_cpu; at::addmm_out where they are not), everything else is plain
 // loops over contiguous buffers, one episode at a time (its memory, 40 x 128 floats at
-// the paper's sizes, stays in the L1/L2 cache across a step's passes), episodes in
-// parallel with at::parallel_for. No per-op dispatch remains inside the time loops.
+// the paper's sizes, stays in the L1/L2 cache across a step's passes). Episodes never
+// interact, so one at::parallel_for splits the batch into a block per thread and each
+// thread runs the whole time loop (matmuls, LSTM cells, memory) for its block, with no
+// barrier inside the loop. No per-op dispatch remains inside the time loops.
 //
 // Registered as torch.ops.fewshot_mann_lrua.{forward,backward}; fewshot_mann/cpp.py
 // builds it with torch.utils.cpp_extension.load and wraps it in an autograd Function.
@@ -188,7 +190,10 @@ void step_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, con
     return;
   }
   int64_t r0 = 0;
-  for (; r0 + 16 <= m; r0 += 16) step_gemm_block<16>(16, n, k, a + r0 * lda, lda, b, ldb, accumulate, c + r0 * ldc, ldc);
+  for (; r0 + 16 <= m; r0 += 16)
+    step_gemm_block<16>(16, n, k, a + r0 * lda, lda, b, ldb, accumulate, c + r0 * ldc, ldc);
+  for (; r0 + 8 <= m; r0 += 8)  // a thread's block of a small batch
+    step_gemm_block<8>(8, n, k, a + r0 * lda, lda, b, ldb, accumulate, c + r0 * ldc, ldc);
   if (r0 < m) step_gemm_block<0>(m - r0, n, k, a + r0 * lda, lda, b, ldb, accumulate, c + r0 * ldc, ldc);
 }
 #endif
@@ -581,10 +586,6 @@ Sizes sizes_of(const Tensor& gates_in, const Tensor& w_ctrl, int64_t slots, int6
   return s;
 }
 
-int64_t grain(const Sizes& s) {  // episodes per task of at::parallel_for: about 64 K memory elements
-  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, s.W * s.N * s.R));
-}
-
 // ---------------------------------------------------------------------------------------
 // Forward.
 
@@ -638,123 +639,130 @@ std::vector<Tensor> forward_impl(const Tensor& gates_in, const Tensor& w_rec, co
     for (int64_t i = 0; i < B * MEM; ++i) m0[i] = T(init);
     for (int64_t b = 0; b < B; ++b) least_used(usage_p + b * N, N, R, lu_p + b * R);
   }
-  for (int64_t t = 0; t < T_; ++t) {
-    T* hr_prev = hr_p + t * B * F;
-    T* hr_t = hr_p + (t + 1) * B * F;
-    const T* c_prev = cells_p + at_step(t, 2) * B * H;
-    T* c_next = cells_p + at_step(t + 1, 2) * B * H;
-    T* act = acts_p + at_step(t, 1) * B * 4 * H;
-    T* tc = tanh_c_p + at_step(t, 1) * B * H;
-    T* ct = ctrl_p + at_step(t, 1) * B * C;
-    // Controller: pre = gates_in[t] + [h, r]_{t-1} w_rec^T, an LSTM cell, then
-    // z = b_ctrl + h w_ctrl^T: keys tanh(z), write gate sigmoid(z), strength logit.
-    std::memcpy(pre_p, gates_p + t * B * 4 * H, sizeof(T) * B * 4 * H);
-    step_gemm(B, 4 * H, F, hr_prev, F, w_rec_t_p, 4 * H, true, pre_p, 4 * H);
-    for (int64_t b = 0; b < B; ++b) {
-      const T* p = pre_p + b * 4 * H;
-      T* a = act + b * 4 * H;
-      const T* cp = c_prev + b * H;
-      T* cn = c_next + b * H;
-      T* tcb = tc + b * H;
-      T* h = hr_t + b * F;
-      apply<Fn::Sigmoid>(p, a, 2 * H);
-      apply<Fn::Tanh>(p + 2 * H, a + 2 * H, H);
-      apply<Fn::Sigmoid>(p + 3 * H, a + 3 * H, H);
-      for (int64_t j = 0; j < H; ++j) cn[j] = a[H + j] * cp[j] + a[j] * a[2 * H + j];
-      apply<Fn::Tanh>(cn, tcb, H);
-      for (int64_t j = 0; j < H; ++j) h[j] = a[3 * H + j] * tcb[j];
-      std::memcpy(z_p + b * C, b_ctrl_p, sizeof(T) * C);
-    }
-    step_gemm(B, C, H, static_cast<const T*>(hr_t), F, w_ctrl_t_p, C, true, z_p, C);
-    T* mem_prev = mem_p + ((t + 1) % 2) * B * MEM;
-    T* mem_t = mem_p + (t % 2) * B * MEM;
-    if (store && t % segment == 0) std::memcpy(ckpt_p + (t / segment) * B * MEM, mem_prev, sizeof(T) * B * MEM);
-    const int32_t* lu_t = lu_p + at_step(t, 2) * B * R;
-    int32_t* lu_next = lu_p + at_step(t + 1, 2) * B * R;
-    const T* wr_prev = t > 0 ? w_read_p + at_step(t - 1, 2) * B * R * N : nullptr;
-    T* wr_t = w_read_p + at_step(t, 2) * B * R * N;
-    T* ww_t = w_write_p + at_step(t, 1) * B * R * N;
-    T* kn_t = key_norm_p + at_step(t, 1) * B * R;
-    T* kh_t = key_hat_p + at_step(t, 1) * B * R * W;
-    T* mn_t = mem_norm_p + at_step(t, 1) * B * N;
-    T* cos_t = cos_p + at_step(t, 1) * B * R * N;
-    T* beta_t = s.strength ? beta_p + at_step(t, 1) * B * R : nullptr;
-    at::parallel_for(0, B, grain(s), [&](int64_t b0, int64_t b1) {
-      std::vector<T> wlu_buf(2 * N);
-      T* wlu = wlu_buf.data();
+  // Episodes never interact, so each thread runs the whole time loop for its own block
+  // of episodes (rows b0..b1 of every buffer): no barrier inside the loop, and the
+  // per-step matmuls and LSTM cells run on every thread, not only the memory part.
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t nb = b1 - b0;
+    std::vector<T> wlu_buf(2 * N);
+    T* wlu = wlu_buf.data();
+    for (int64_t t = 0; t < T_; ++t) {
+      T* hr_prev = hr_p + t * B * F;
+      T* hr_t = hr_p + (t + 1) * B * F;
+      const T* c_prev = cells_p + at_step(t, 2) * B * H;
+      T* c_next = cells_p + at_step(t + 1, 2) * B * H;
+      T* act = acts_p + at_step(t, 1) * B * 4 * H;
+      T* tc = tanh_c_p + at_step(t, 1) * B * H;
+      T* ct = ctrl_p + at_step(t, 1) * B * C;
+      // Controller: pre = gates_in[t] + [h, r]_{t-1} w_rec^T, an LSTM cell, then
+      // z = b_ctrl + h w_ctrl^T: keys tanh(z), write gate sigmoid(z), strength logit.
+      std::memcpy(pre_p + b0 * 4 * H, gates_p + (t * B + b0) * 4 * H, sizeof(T) * nb * 4 * H);
+      step_gemm(nb, 4 * H, F, hr_prev + b0 * F, F, w_rec_t_p, 4 * H, true, pre_p + b0 * 4 * H, 4 * H);
       for (int64_t b = b0; b < b1; ++b) {
-        const T* zb = z_p + b * C;
-        T* cb = ct + b * C;
-        apply<Fn::Tanh>(zb, cb, RW);
-        apply<Fn::Sigmoid>(zb + RW, cb + RW, R);
-        for (int64_t j = RW + R; j < C; ++j) cb[j] = zb[j];
-        const T* keys = cb;
-        const T* alpha = cb + RW;
-        const int32_t* lub = lu_t + b * R;
-        // Write weights (eq. 7): ww = lerp(w_lu, w_r(t-1), alpha).
-        std::fill(wlu, wlu + N, T(0));
-        for (int64_t r = 0; r < R; ++r) wlu[lub[r]] = T(1);
-        T* ww = ww_t + b * R * N;
-        for (int64_t r = 0; r < R; ++r) {
-          const T a = alpha[r];
-          T* wwr = ww + r * N;
-          if (wr_prev) {
-            const T* prev = wr_prev + b * R * N + r * N;
-            if (a < T(0.5)) {  // torch.lerp's two formulas
-              for (int64_t i = 0; i < N; ++i) wwr[i] = wlu[i] + a * (prev[i] - wlu[i]);
-            } else {
-              for (int64_t i = 0; i < N; ++i) wwr[i] = prev[i] - (prev[i] - wlu[i]) * (T(1) - a);
-            }
-          } else {
-            for (int64_t i = 0; i < N; ++i) wwr[i] = lerp(wlu[i], T(0), a);
-          }
-        }
-        // Keys normalised once: k_hat = k / max(|k|, eps).
-        T* kn = kn_t + b * R;
-        T* kh = kh_t + b * R * W;
-        for (int64_t r = 0; r < R; ++r) {
-          const T norm = std::max(std::sqrt(dot(keys + r * W, keys + r * W, W)), eps);
-          kn[r] = norm;
-          for (int64_t w = 0; w < W; ++w) kh[r * W + w] = keys[r * W + w] / norm;
-        }
-        // Write (eq. 8), and in the same pass the slot norms and cosine numerators.
-        const T* mp = mem_prev + b * MEM;
-        T* m = mem_t + b * MEM;
-        T* mn = mn_t + b * N;
-        T* cs = cos_t + b * R * N;
-        mem_write(mp, m, keys, ww, int64_t(lub[0]), R, W, N, kh, mn, cs);
-        // Read (eqs. 2-4): cosine similarity, softmax over slots, reads.
-        T* inv_mn = wlu + N;  // scratch
-        for (int64_t i = 0; i < N; ++i) {
-          mn[i] = std::max(std::sqrt(mn[i]), eps);
-          inv_mn[i] = T(1) / mn[i];
-        }
-        T* wr = wr_t + b * R * N;
-        for (int64_t r = 0; r < R; ++r) {
-          T scale = T(1);
-          if (beta_t) {
-            scale = softplus(cb[RW + R + r]) + T(1);
-            beta_t[b * R + r] = scale;
-          }
-          cosine_softmax(cs + r * N, inv_mn, scale, wr + r * N, N);
-        }
-        mem_reads(wr, m, hr_t + b * F + H, R, W, N);
-        // Usage (eq. 5) and the least-used slots of the next step (eq. 6); no gradient.
-        T* u = usage_p + b * N;
-        T* sr = wlu;  // w_lu is no longer needed
-        T* sw = wlu + N;
-        std::memcpy(sr, wr, sizeof(T) * N);
-        std::memcpy(sw, ww, sizeof(T) * N);
-        for (int64_t r = 1; r < R; ++r)
-          for (int64_t i = 0; i < N; ++i) {
-            sr[i] += wr[r * N + i];
-            sw[i] += ww[r * N + i];
-          }
-        for (int64_t i = 0; i < N; ++i) u[i] = (sr[i] + decay * u[i]) + sw[i];
-        least_used(u, N, R, lu_next + b * R);
+        const T* p = pre_p + b * 4 * H;
+        T* a = act + b * 4 * H;
+        const T* cp = c_prev + b * H;
+        T* cn = c_next + b * H;
+        T* tcb = tc + b * H;
+        T* h = hr_t + b * F;
+        apply<Fn::Sigmoid>(p, a, 2 * H);
+        apply<Fn::Tanh>(p + 2 * H, a + 2 * H, H);
+        apply<Fn::Sigmoid>(p + 3 * H, a + 3 * H, H);
+        for (int64_t j = 0; j < H; ++j) cn[j] = a[H + j] * cp[j] + a[j] * a[2 * H + j];
+        apply<Fn::Tanh>(cn, tcb, H);
+        for (int64_t j = 0; j < H; ++j) h[j] = a[3 * H + j] * tcb[j];
+        std::memcpy(z_p + b * C, b_ctrl_p, sizeof(T) * C);
       }
-    });
-  }
+      step_gemm(nb, C, H, static_cast<const T*>(hr_t + b0 * F), F, w_ctrl_t_p, C, true, z_p + b0 * C, C);
+      T* mem_prev = mem_p + ((t + 1) % 2) * B * MEM;
+      T* mem_t = mem_p + (t % 2) * B * MEM;
+      if (store && t % segment == 0)
+        std::memcpy(ckpt_p + ((t / segment) * B + b0) * MEM, mem_prev + b0 * MEM, sizeof(T) * nb * MEM);
+      const int32_t* lu_t = lu_p + at_step(t, 2) * B * R;
+      int32_t* lu_next = lu_p + at_step(t + 1, 2) * B * R;
+      const T* wr_prev = t > 0 ? w_read_p + at_step(t - 1, 2) * B * R * N : nullptr;
+      T* wr_t = w_read_p + at_step(t, 2) * B * R * N;
+      T* ww_t = w_write_p + at_step(t, 1) * B * R * N;
+      T* kn_t = key_norm_p + at_step(t, 1) * B * R;
+      T* kh_t = key_hat_p + at_step(t, 1) * B * R * W;
+      T* mn_t = mem_norm_p + at_step(t, 1) * B * N;
+      T* cos_t = cos_p + at_step(t, 1) * B * R * N;
+      T* beta_t = s.strength ? beta_p + at_step(t, 1) * B * R : nullptr;
+      {
+        for (int64_t b = b0; b < b1; ++b) {
+          const T* zb = z_p + b * C;
+          T* cb = ct + b * C;
+          apply<Fn::Tanh>(zb, cb, RW);
+          apply<Fn::Sigmoid>(zb + RW, cb + RW, R);
+          for (int64_t j = RW + R; j < C; ++j) cb[j] = zb[j];
+          const T* keys = cb;
+          const T* alpha = cb + RW;
+          const int32_t* lub = lu_t + b * R;
+          // Write weights (eq. 7): ww = lerp(w_lu, w_r(t-1), alpha).
+          std::fill(wlu, wlu + N, T(0));
+          for (int64_t r = 0; r < R; ++r) wlu[lub[r]] = T(1);
+          T* ww = ww_t + b * R * N;
+          for (int64_t r = 0; r < R; ++r) {
+            const T a = alpha[r];
+            T* wwr = ww + r * N;
+            if (wr_prev) {
+              const T* prev = wr_prev + b * R * N + r * N;
+              if (a < T(0.5)) {  // torch.lerp's two formulas
+                for (int64_t i = 0; i < N; ++i) wwr[i] = wlu[i] + a * (prev[i] - wlu[i]);
+              } else {
+                for (int64_t i = 0; i < N; ++i) wwr[i] = prev[i] - (prev[i] - wlu[i]) * (T(1) - a);
+              }
+            } else {
+              for (int64_t i = 0; i < N; ++i) wwr[i] = lerp(wlu[i], T(0), a);
+            }
+          }
+          // Keys normalised once: k_hat = k / max(|k|, eps).
+          T* kn = kn_t + b * R;
+          T* kh = kh_t + b * R * W;
+          for (int64_t r = 0; r < R; ++r) {
+            const T norm = std::max(std::sqrt(dot(keys + r * W, keys + r * W, W)), eps);
+            kn[r] = norm;
+            for (int64_t w = 0; w < W; ++w) kh[r * W + w] = keys[r * W + w] / norm;
+          }
+          // Write (eq. 8), and in the same pass the slot norms and cosine numerators.
+          const T* mp = mem_prev + b * MEM;
+          T* m = mem_t + b * MEM;
+          T* mn = mn_t + b * N;
+          T* cs = cos_t + b * R * N;
+          mem_write(mp, m, keys, ww, int64_t(lub[0]), R, W, N, kh, mn, cs);
+          // Read (eqs. 2-4): cosine similarity, softmax over slots, reads.
+          T* inv_mn = wlu + N;  // scratch
+          for (int64_t i = 0; i < N; ++i) {
+            mn[i] = std::max(std::sqrt(mn[i]), eps);
+            inv_mn[i] = T(1) / mn[i];
+          }
+          T* wr = wr_t + b * R * N;
+          for (int64_t r = 0; r < R; ++r) {
+            T scale = T(1);
+            if (beta_t) {
+              scale = softplus(cb[RW + R + r]) + T(1);
+              beta_t[b * R + r] = scale;
+            }
+            cosine_softmax(cs + r * N, inv_mn, scale, wr + r * N, N);
+          }
+          mem_reads(wr, m, hr_t + b * F + H, R, W, N);
+          // Usage (eq. 5) and the least-used slots of the next step (eq. 6); no gradient.
+          T* u = usage_p + b * N;
+          T* sr = wlu;  // w_lu is no longer needed
+          T* sw = wlu + N;
+          std::memcpy(sr, wr, sizeof(T) * N);
+          std::memcpy(sw, ww, sizeof(T) * N);
+          for (int64_t r = 1; r < R; ++r)
+            for (int64_t i = 0; i < N; ++i) {
+              sr[i] += wr[r * N + i];
+              sw[i] += ww[r * N + i];
+            }
+          for (int64_t i = 0; i < N; ++i) u[i] = (sr[i] + decay * u[i]) + sw[i];
+          least_used(u, N, R, lu_next + b * R);
+        }
+      }
+    }
+  });
   if (!store) return {hr};
   return {hr, cells, acts, tanh_c, ctrl, checkpoints, key_norm, key_hat, mem_norm, cos, beta, w_read, w_write, lu};
 }
@@ -785,133 +793,137 @@ std::vector<Tensor> backward_impl(const Tensor& grad_out, const Tensor& w_rec, c
   T *d_pre_p = d_pre.data_ptr<T>(), *d_ctrl_p = d_ctrl.data_ptr<T>(), *seg_p = segment_mem.data_ptr<T>();
   T *d_mem_p = d_mem.data_ptr<T>(), *d_carry_p = d_carry.data_ptr<T>(), *d_cell_p = d_cell.data_ptr<T>();
   T *g_p = g.data_ptr<T>(), *d_h_p = d_h.data_ptr<T>();
-  std::memcpy(g_p, go_p + (T_ - 1) * B * F, sizeof(T) * B * F);
 
-  for (int64_t t = T_ - 1; t >= 0; --t) {
-    if (t == T_ - 1 || t % segment == segment - 1) {  // recompute this segment's memories
-      const int64_t first = t - t % segment;
-      at::parallel_for(0, B, grain(s), [&](int64_t b0, int64_t b1) {
+  // As in forward: each thread runs the whole backward loop for its block of episodes.
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t nb = b1 - b0;
+    std::vector<T> scratch(3 * R * N + 3 * R * W + N);
+    std::memcpy(g_p + b0 * F, go_p + ((T_ - 1) * B + b0) * F, sizeof(T) * nb * F);
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+      if (t == T_ - 1 || t % segment == segment - 1) {  // recompute this segment's memories
+        const int64_t first = t - t % segment;
+        {
+          for (int64_t b = b0; b < b1; ++b) {
+            const T* prev = ckpt_p + ((first / segment) * B + b) * MEM;
+            for (int64_t u = first; u <= t; ++u) {
+              T* out = seg_p + ((u - first) * B + b) * MEM;
+              mem_write(prev, out, ctrl_p + (u * B + b) * C, w_write_p + (u * B + b) * R * N,
+                        int64_t(lu_p[(u * B + b) * R]), R, W, N, static_cast<const T*>(nullptr),
+                        static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+              prev = out;
+            }
+          }
+        }
+      }
+      const T* seg_t = seg_p + (t % segment) * B * MEM;
+      {
+        T* d_sim = scratch.data();         // (R, N): d w_r, then d sim, then d cos / |M_n|
+        T* d_ww = d_sim + R * N;           // (R, N)
+        T* gspan = d_ww + R * N;           // (R, N): w_r(t-1) - w_lu(t)
+        T* d_k_hat = gspan + R * N;        // (R, W)
+        T* d_keys = d_k_hat + R * W;       // (R, W)
+        T* d_keys_ww = d_keys + R * W;     // (R, W)
+        T* row_coef = d_keys_ww + R * W;   // (N)
         for (int64_t b = b0; b < b1; ++b) {
-          const T* prev = ckpt_p + ((first / segment) * B + b) * MEM;
-          for (int64_t u = first; u <= t; ++u) {
-            T* out = seg_p + ((u - first) * B + b) * MEM;
-            mem_write(prev, out, ctrl_p + (u * B + b) * C, w_write_p + (u * B + b) * R * N,
-                      int64_t(lu_p[(u * B + b) * R]), R, W, N, static_cast<const T*>(nullptr),
-                      static_cast<T*>(nullptr), static_cast<T*>(nullptr));
-            prev = out;
+          const int64_t tb = t * B + b;
+          const T* m = seg_t + b * MEM;
+          const T* wr = w_read_p + tb * R * N;
+          const T* cs = cos_p + tb * R * N;
+          const T* mn = mem_norm_p + tb * N;
+          const T* kh = key_hat_p + tb * R * W;
+          const T* kn = key_norm_p + tb * R;
+          const T* ww = w_write_p + tb * R * N;
+          const T* keys = ctrl_p + tb * C;
+          const T* alpha = keys + RW;
+          const int32_t* lub = lu_p + tb * R;
+          const T* g_reads = g_p + b * F + H;
+          T* dm = d_mem_p + b * MEM;
+          T* carry = d_carry_p + b * R * N;
+          T* dc = d_ctrl_p + tb * C;
+          // d w_r = carry + g_reads M (R, N).
+          mem_d_read_weights(carry, g_reads, m, d_sim, R, W, N);
+          // Softmax backward, key strength, and d cos / |M_n|.
+          for (int64_t r = 0; r < R; ++r) {
+            T* dr = d_sim + r * N;
+            const T* wrr = wr + r * N;
+            const T sdot = dot(dr, wrr, N);
+            for (int64_t i = 0; i < N; ++i) dr[i] = wrr[i] * (dr[i] - sdot);
+            if (s.strength) {
+              const T d_beta = dot(dr, cs + r * N, N);
+              dc[RW + R + r] = d_beta * sigmoid(keys[RW + R + r]);
+              const T bt = beta_p[tb * R + r];
+              for (int64_t i = 0; i < N; ++i) dr[i] *= bt;
+            }
+            for (int64_t i = 0; i < N; ++i) dr[i] *= T(1) / mn[i];
           }
+          // Through cos = (k_hat . M_n) / |M_n|: the norm's term per slot.
+          std::fill(row_coef, row_coef + N, T(0));
+          for (int64_t r = 0; r < R; ++r)
+            for (int64_t i = 0; i < N; ++i) row_coef[i] += d_sim[r * N + i] * cs[r * N + i];
+          for (int64_t i = 0; i < N; ++i) row_coef[i] *= mn[i] > eps ? -(T(1) / mn[i]) : T(0);
+          // d k_hat, d M (the read at t), then through the write: d keys (ww part), d ww.
+          mem_backward(m, dm, d_sim, row_coef, kh, g_reads, wr, ww, keys, d_k_hat, d_keys_ww, d_ww, R, W, N);
+          // Key normalisation k_hat = k / |k| (no projection where the clamp was active).
+          for (int64_t r = 0; r < R; ++r) {
+            const T* dk = d_k_hat + r * W;
+            const T* khr = kh + r * W;
+            const T proj = kn[r] > eps ? dot(dk, khr, W) : T(0);
+            const T inv = T(1) / kn[r];
+            for (int64_t w = 0; w < W; ++w)
+              d_keys[r * W + w] = (dk[w] - khr[w] * proj) * inv + d_keys_ww[r * W + w];
+          }
+          // ww = w_lu + alpha (w_r(t-1) - w_lu): d alpha, and d w_r(t-1) carried to step t-1.
+          const T* wr_prev = t > 0 ? w_read_p + ((t - 1) * B + b) * R * N : nullptr;
+          for (int64_t r = 0; r < R; ++r) {
+            T* span = gspan + r * N;
+            if (wr_prev)
+              std::memcpy(span, wr_prev + r * N, sizeof(T) * N);
+            else
+              std::fill(span, span + N, T(0));
+            for (int64_t j = 0; j < R; ++j) span[lub[j]] -= T(1);
+            const T* dwr = d_ww + r * N;
+            const T d_alpha = dot(dwr, span, N);
+            T* cr = carry + r * N;
+            for (int64_t i = 0; i < N; ++i) cr[i] = dwr[i] * alpha[r];
+            dc[RW + r] = d_alpha * (alpha[r] * (T(1) - alpha[r]));
+          }
+          if (t > 0) {  // the zeroed slot passes no gradient to M_{t-1}
+            const int64_t zero = lub[0];
+            for (int64_t w = 0; w < W; ++w) dm[w * N + zero] -= dm[w * N + zero];
+          }
+          for (int64_t j = 0; j < RW; ++j) dc[j] = d_keys[j] * (T(1) - keys[j] * keys[j]);
         }
-      });
-    }
-    const T* seg_t = seg_p + (t % segment) * B * MEM;
-    at::parallel_for(0, B, grain(s), [&](int64_t b0, int64_t b1) {
-      std::vector<T> scratch(3 * R * N + 3 * R * W + N);
-      T* d_sim = scratch.data();         // (R, N): d w_r, then d sim, then d cos / |M_n|
-      T* d_ww = d_sim + R * N;           // (R, N)
-      T* gspan = d_ww + R * N;           // (R, N): w_r(t-1) - w_lu(t)
-      T* d_k_hat = gspan + R * N;        // (R, W)
-      T* d_keys = d_k_hat + R * W;       // (R, W)
-      T* d_keys_ww = d_keys + R * W;     // (R, W)
-      T* row_coef = d_keys_ww + R * W;   // (N)
+      }
+      // d h = g_h + d_ctrl w_ctrl, then the LSTM cell.
+      for (int64_t b = b0; b < b1; ++b) std::memcpy(d_h_p + b * H, g_p + b * F, sizeof(T) * H);
+      step_gemm(nb, H, C, static_cast<const T*>(d_ctrl_p + (t * B + b0) * C), C, w_ctrl_p, H, true, d_h_p + b0 * H, H);
+      const T* act = acts_p + t * B * 4 * H;
+      const T* tc = tanh_c_p + t * B * H;
+      const T* c_prev = cells_p + t * B * H;
+      T* dp = d_pre_p + t * B * 4 * H;
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t tb = t * B + b;
-        const T* m = seg_t + b * MEM;
-        const T* wr = w_read_p + tb * R * N;
-        const T* cs = cos_p + tb * R * N;
-        const T* mn = mem_norm_p + tb * N;
-        const T* kh = key_hat_p + tb * R * W;
-        const T* kn = key_norm_p + tb * R;
-        const T* ww = w_write_p + tb * R * N;
-        const T* keys = ctrl_p + tb * C;
-        const T* alpha = keys + RW;
-        const int32_t* lub = lu_p + tb * R;
-        const T* g_reads = g_p + b * F + H;
-        T* dm = d_mem_p + b * MEM;
-        T* carry = d_carry_p + b * R * N;
-        T* dc = d_ctrl_p + tb * C;
-        // d w_r = carry + g_reads M (R, N).
-        mem_d_read_weights(carry, g_reads, m, d_sim, R, W, N);
-        // Softmax backward, key strength, and d cos / |M_n|.
-        for (int64_t r = 0; r < R; ++r) {
-          T* dr = d_sim + r * N;
-          const T* wrr = wr + r * N;
-          const T sdot = dot(dr, wrr, N);
-          for (int64_t i = 0; i < N; ++i) dr[i] = wrr[i] * (dr[i] - sdot);
-          if (s.strength) {
-            const T d_beta = dot(dr, cs + r * N, N);
-            dc[RW + R + r] = d_beta * sigmoid(keys[RW + R + r]);
-            const T bt = beta_p[tb * R + r];
-            for (int64_t i = 0; i < N; ++i) dr[i] *= bt;
-          }
-          for (int64_t i = 0; i < N; ++i) dr[i] *= T(1) / mn[i];
+        const T* a = act + b * 4 * H;
+        const T* tcb = tc + b * H;
+        const T* cp = c_prev + b * H;
+        const T* dh = d_h_p + b * H;
+        T* dcell = d_cell_p + b * H;
+        T* d = dp + b * 4 * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const T si = a[j], sf = a[H + j], tg = a[2 * H + j], so = a[3 * H + j], th = tcb[j];
+          const T dcj = dcell[j] + dh[j] * (so * (T(1) - th * th));
+          d[j] = dcj * (tg * (si * (T(1) - si)));
+          d[H + j] = dcj * (cp[j] * (sf * (T(1) - sf)));
+          d[2 * H + j] = dcj * (si * (T(1) - tg * tg));
+          d[3 * H + j] = dh[j] * (th * (so * (T(1) - so)));
+          dcell[j] = dcj * sf;
         }
-        // Through cos = (k_hat . M_n) / |M_n|: the norm's term per slot.
-        std::fill(row_coef, row_coef + N, T(0));
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t i = 0; i < N; ++i) row_coef[i] += d_sim[r * N + i] * cs[r * N + i];
-        for (int64_t i = 0; i < N; ++i) row_coef[i] *= mn[i] > eps ? -(T(1) / mn[i]) : T(0);
-        // d k_hat, d M (the read at t), then through the write: d keys (ww part), d ww.
-        mem_backward(m, dm, d_sim, row_coef, kh, g_reads, wr, ww, keys, d_k_hat, d_keys_ww, d_ww, R, W, N);
-        // Key normalisation k_hat = k / |k| (no projection where the clamp was active).
-        for (int64_t r = 0; r < R; ++r) {
-          const T* dk = d_k_hat + r * W;
-          const T* khr = kh + r * W;
-          const T proj = kn[r] > eps ? dot(dk, khr, W) : T(0);
-          const T inv = T(1) / kn[r];
-          for (int64_t w = 0; w < W; ++w)
-            d_keys[r * W + w] = (dk[w] - khr[w] * proj) * inv + d_keys_ww[r * W + w];
-        }
-        // ww = w_lu + alpha (w_r(t-1) - w_lu): d alpha, and d w_r(t-1) carried to step t-1.
-        const T* wr_prev = t > 0 ? w_read_p + ((t - 1) * B + b) * R * N : nullptr;
-        for (int64_t r = 0; r < R; ++r) {
-          T* span = gspan + r * N;
-          if (wr_prev)
-            std::memcpy(span, wr_prev + r * N, sizeof(T) * N);
-          else
-            std::fill(span, span + N, T(0));
-          for (int64_t j = 0; j < R; ++j) span[lub[j]] -= T(1);
-          const T* dwr = d_ww + r * N;
-          const T d_alpha = dot(dwr, span, N);
-          T* cr = carry + r * N;
-          for (int64_t i = 0; i < N; ++i) cr[i] = dwr[i] * alpha[r];
-          dc[RW + r] = d_alpha * (alpha[r] * (T(1) - alpha[r]));
-        }
-        if (t > 0) {  // the zeroed slot passes no gradient to M_{t-1}
-          const int64_t zero = lub[0];
-          for (int64_t w = 0; w < W; ++w) dm[w * N + zero] -= dm[w * N + zero];
-        }
-        for (int64_t j = 0; j < RW; ++j) dc[j] = d_keys[j] * (T(1) - keys[j] * keys[j]);
       }
-    });
-    // d h = g_h + d_ctrl w_ctrl, then the LSTM cell.
-    for (int64_t b = 0; b < B; ++b) std::memcpy(d_h_p + b * H, g_p + b * F, sizeof(T) * H);
-    step_gemm(B, H, C, static_cast<const T*>(d_ctrl_p + t * B * C), C, w_ctrl_p, H, true, d_h_p, H);
-    const T* act = acts_p + t * B * 4 * H;
-    const T* tc = tanh_c_p + t * B * H;
-    const T* c_prev = cells_p + t * B * H;
-    T* dp = d_pre_p + t * B * 4 * H;
-    for (int64_t b = 0; b < B; ++b) {
-      const T* a = act + b * 4 * H;
-      const T* tcb = tc + b * H;
-      const T* cp = c_prev + b * H;
-      const T* dh = d_h_p + b * H;
-      T* dcell = d_cell_p + b * H;
-      T* d = dp + b * 4 * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const T si = a[j], sf = a[H + j], tg = a[2 * H + j], so = a[3 * H + j], th = tcb[j];
-        const T dcj = dcell[j] + dh[j] * (so * (T(1) - th * th));
-        d[j] = dcj * (tg * (si * (T(1) - si)));
-        d[H + j] = dcj * (cp[j] * (sf * (T(1) - sf)));
-        d[2 * H + j] = dcj * (si * (T(1) - tg * tg));
-        d[3 * H + j] = dh[j] * (th * (so * (T(1) - so)));
-        dcell[j] = dcj * sf;
+      if (t > 0) {  // g = d [h, r]_{t-1} = grad_out[t-1] + d_pre w_rec
+        std::memcpy(g_p + b0 * F, go_p + ((t - 1) * B + b0) * F, sizeof(T) * nb * F);
+        step_gemm(nb, F, 4 * H, static_cast<const T*>(dp + b0 * 4 * H), 4 * H, w_rec_p, F, true, g_p + b0 * F, F);
       }
     }
-    if (t > 0) {  // g = d [h, r]_{t-1} = grad_out[t-1] + d_pre w_rec
-      std::memcpy(g_p, go_p + (t - 1) * B * F, sizeof(T) * B * F);
-      step_gemm(B, F, 4 * H, static_cast<const T*>(dp), 4 * H, w_rec_p, F, true, g_p, F);
-    }
-  }
+  });
   // Weight gradients: one matmul each over all (time * batch) rows.
   const int64_t rows = T_ * B;
   Tensor d_w_rec = at::empty({4 * H, F}, opts), d_w_ctrl = at::empty({C, H}, opts);
