@@ -688,78 +688,76 @@ std::vector<Tensor> forward_impl(const Tensor& gates_in, const Tensor& w_rec, co
       T* mn_t = mem_norm_p + at_step(t, 1) * B * N;
       T* cos_t = cos_p + at_step(t, 1) * B * R * N;
       T* beta_t = s.strength ? beta_p + at_step(t, 1) * B * R : nullptr;
-      {
-        for (int64_t b = b0; b < b1; ++b) {
-          const T* zb = z_p + b * C;
-          T* cb = ct + b * C;
-          apply<Fn::Tanh>(zb, cb, RW);
-          apply<Fn::Sigmoid>(zb + RW, cb + RW, R);
-          for (int64_t j = RW + R; j < C; ++j) cb[j] = zb[j];
-          const T* keys = cb;
-          const T* alpha = cb + RW;
-          const int32_t* lub = lu_t + b * R;
-          // Write weights (eq. 7): ww = lerp(w_lu, w_r(t-1), alpha).
-          std::fill(wlu, wlu + N, T(0));
-          for (int64_t r = 0; r < R; ++r) wlu[lub[r]] = T(1);
-          T* ww = ww_t + b * R * N;
-          for (int64_t r = 0; r < R; ++r) {
-            const T a = alpha[r];
-            T* wwr = ww + r * N;
-            if (wr_prev) {
-              const T* prev = wr_prev + b * R * N + r * N;
-              if (a < T(0.5)) {  // torch.lerp's two formulas
-                for (int64_t i = 0; i < N; ++i) wwr[i] = wlu[i] + a * (prev[i] - wlu[i]);
-              } else {
-                for (int64_t i = 0; i < N; ++i) wwr[i] = prev[i] - (prev[i] - wlu[i]) * (T(1) - a);
-              }
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* zb = z_p + b * C;
+        T* cb = ct + b * C;
+        apply<Fn::Tanh>(zb, cb, RW);
+        apply<Fn::Sigmoid>(zb + RW, cb + RW, R);
+        for (int64_t j = RW + R; j < C; ++j) cb[j] = zb[j];
+        const T* keys = cb;
+        const T* alpha = cb + RW;
+        const int32_t* lub = lu_t + b * R;
+        // Write weights (eq. 7): ww = lerp(w_lu, w_r(t-1), alpha).
+        std::fill(wlu, wlu + N, T(0));
+        for (int64_t r = 0; r < R; ++r) wlu[lub[r]] = T(1);
+        T* ww = ww_t + b * R * N;
+        for (int64_t r = 0; r < R; ++r) {
+          const T a = alpha[r];
+          T* wwr = ww + r * N;
+          if (wr_prev) {
+            const T* prev = wr_prev + b * R * N + r * N;
+            if (a < T(0.5)) {  // torch.lerp's two formulas
+              for (int64_t i = 0; i < N; ++i) wwr[i] = wlu[i] + a * (prev[i] - wlu[i]);
             } else {
-              for (int64_t i = 0; i < N; ++i) wwr[i] = lerp(wlu[i], T(0), a);
+              for (int64_t i = 0; i < N; ++i) wwr[i] = prev[i] - (prev[i] - wlu[i]) * (T(1) - a);
             }
+          } else {
+            for (int64_t i = 0; i < N; ++i) wwr[i] = lerp(wlu[i], T(0), a);
           }
-          // Keys normalised once: k_hat = k / max(|k|, eps).
-          T* kn = kn_t + b * R;
-          T* kh = kh_t + b * R * W;
-          for (int64_t r = 0; r < R; ++r) {
-            const T norm = std::max(std::sqrt(dot(keys + r * W, keys + r * W, W)), eps);
-            kn[r] = norm;
-            for (int64_t w = 0; w < W; ++w) kh[r * W + w] = keys[r * W + w] / norm;
-          }
-          // Write (eq. 8), and in the same pass the slot norms and cosine numerators.
-          const T* mp = mem_prev + b * MEM;
-          T* m = mem_t + b * MEM;
-          T* mn = mn_t + b * N;
-          T* cs = cos_t + b * R * N;
-          mem_write(mp, m, keys, ww, int64_t(lub[0]), R, W, N, kh, mn, cs);
-          // Read (eqs. 2-4): cosine similarity, softmax over slots, reads.
-          T* inv_mn = wlu + N;  // scratch
-          for (int64_t i = 0; i < N; ++i) {
-            mn[i] = std::max(std::sqrt(mn[i]), eps);
-            inv_mn[i] = T(1) / mn[i];
-          }
-          T* wr = wr_t + b * R * N;
-          for (int64_t r = 0; r < R; ++r) {
-            T scale = T(1);
-            if (beta_t) {
-              scale = softplus(cb[RW + R + r]) + T(1);
-              beta_t[b * R + r] = scale;
-            }
-            cosine_softmax(cs + r * N, inv_mn, scale, wr + r * N, N);
-          }
-          mem_reads(wr, m, hr_t + b * F + H, R, W, N);
-          // Usage (eq. 5) and the least-used slots of the next step (eq. 6); no gradient.
-          T* u = usage_p + b * N;
-          T* sr = wlu;  // w_lu is no longer needed
-          T* sw = wlu + N;
-          std::memcpy(sr, wr, sizeof(T) * N);
-          std::memcpy(sw, ww, sizeof(T) * N);
-          for (int64_t r = 1; r < R; ++r)
-            for (int64_t i = 0; i < N; ++i) {
-              sr[i] += wr[r * N + i];
-              sw[i] += ww[r * N + i];
-            }
-          for (int64_t i = 0; i < N; ++i) u[i] = (sr[i] + decay * u[i]) + sw[i];
-          least_used(u, N, R, lu_next + b * R);
         }
+        // Keys normalised once: k_hat = k / max(|k|, eps).
+        T* kn = kn_t + b * R;
+        T* kh = kh_t + b * R * W;
+        for (int64_t r = 0; r < R; ++r) {
+          const T norm = std::max(std::sqrt(dot(keys + r * W, keys + r * W, W)), eps);
+          kn[r] = norm;
+          for (int64_t w = 0; w < W; ++w) kh[r * W + w] = keys[r * W + w] / norm;
+        }
+        // Write (eq. 8), and in the same pass the slot norms and cosine numerators.
+        const T* mp = mem_prev + b * MEM;
+        T* m = mem_t + b * MEM;
+        T* mn = mn_t + b * N;
+        T* cs = cos_t + b * R * N;
+        mem_write(mp, m, keys, ww, int64_t(lub[0]), R, W, N, kh, mn, cs);
+        // Read (eqs. 2-4): cosine similarity, softmax over slots, reads.
+        T* inv_mn = wlu + N;  // scratch
+        for (int64_t i = 0; i < N; ++i) {
+          mn[i] = std::max(std::sqrt(mn[i]), eps);
+          inv_mn[i] = T(1) / mn[i];
+        }
+        T* wr = wr_t + b * R * N;
+        for (int64_t r = 0; r < R; ++r) {
+          T scale = T(1);
+          if (beta_t) {
+            scale = softplus(cb[RW + R + r]) + T(1);
+            beta_t[b * R + r] = scale;
+          }
+          cosine_softmax(cs + r * N, inv_mn, scale, wr + r * N, N);
+        }
+        mem_reads(wr, m, hr_t + b * F + H, R, W, N);
+        // Usage (eq. 5) and the least-used slots of the next step (eq. 6); no gradient.
+        T* u = usage_p + b * N;
+        T* sr = wlu;  // w_lu is no longer needed
+        T* sw = wlu + N;
+        std::memcpy(sr, wr, sizeof(T) * N);
+        std::memcpy(sw, ww, sizeof(T) * N);
+        for (int64_t r = 1; r < R; ++r)
+          for (int64_t i = 0; i < N; ++i) {
+            sr[i] += wr[r * N + i];
+            sw[i] += ww[r * N + i];
+          }
+        for (int64_t i = 0; i < N; ++i) u[i] = (sr[i] + decay * u[i]) + sw[i];
+        least_used(u, N, R, lu_next + b * R);
       }
     }
   });
@@ -798,101 +796,97 @@ std::vector<Tensor> backward_impl(const Tensor& grad_out, const Tensor& w_rec, c
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     const int64_t nb = b1 - b0;
     std::vector<T> scratch(3 * R * N + 3 * R * W + N);
+    T* d_sim = scratch.data();         // (R, N): d w_r, then d sim, then d cos / |M_n|
+    T* d_ww = d_sim + R * N;           // (R, N)
+    T* gspan = d_ww + R * N;           // (R, N): w_r(t-1) - w_lu(t)
+    T* d_k_hat = gspan + R * N;        // (R, W)
+    T* d_keys = d_k_hat + R * W;       // (R, W)
+    T* d_keys_ww = d_keys + R * W;     // (R, W)
+    T* row_coef = d_keys_ww + R * W;   // (N)
     std::memcpy(g_p + b0 * F, go_p + ((T_ - 1) * B + b0) * F, sizeof(T) * nb * F);
     for (int64_t t = T_ - 1; t >= 0; --t) {
       if (t == T_ - 1 || t % segment == segment - 1) {  // recompute this segment's memories
         const int64_t first = t - t % segment;
-        {
-          for (int64_t b = b0; b < b1; ++b) {
-            const T* prev = ckpt_p + ((first / segment) * B + b) * MEM;
-            for (int64_t u = first; u <= t; ++u) {
-              T* out = seg_p + ((u - first) * B + b) * MEM;
-              mem_write(prev, out, ctrl_p + (u * B + b) * C, w_write_p + (u * B + b) * R * N,
-                        int64_t(lu_p[(u * B + b) * R]), R, W, N, static_cast<const T*>(nullptr),
-                        static_cast<T*>(nullptr), static_cast<T*>(nullptr));
-              prev = out;
-            }
+        for (int64_t b = b0; b < b1; ++b) {
+          const T* prev = ckpt_p + ((first / segment) * B + b) * MEM;
+          for (int64_t u = first; u <= t; ++u) {
+            T* out = seg_p + ((u - first) * B + b) * MEM;
+            mem_write(prev, out, ctrl_p + (u * B + b) * C, w_write_p + (u * B + b) * R * N,
+                      int64_t(lu_p[(u * B + b) * R]), R, W, N, static_cast<const T*>(nullptr),
+                      static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+            prev = out;
           }
         }
       }
       const T* seg_t = seg_p + (t % segment) * B * MEM;
-      {
-        T* d_sim = scratch.data();         // (R, N): d w_r, then d sim, then d cos / |M_n|
-        T* d_ww = d_sim + R * N;           // (R, N)
-        T* gspan = d_ww + R * N;           // (R, N): w_r(t-1) - w_lu(t)
-        T* d_k_hat = gspan + R * N;        // (R, W)
-        T* d_keys = d_k_hat + R * W;       // (R, W)
-        T* d_keys_ww = d_keys + R * W;     // (R, W)
-        T* row_coef = d_keys_ww + R * W;   // (N)
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t tb = t * B + b;
-          const T* m = seg_t + b * MEM;
-          const T* wr = w_read_p + tb * R * N;
-          const T* cs = cos_p + tb * R * N;
-          const T* mn = mem_norm_p + tb * N;
-          const T* kh = key_hat_p + tb * R * W;
-          const T* kn = key_norm_p + tb * R;
-          const T* ww = w_write_p + tb * R * N;
-          const T* keys = ctrl_p + tb * C;
-          const T* alpha = keys + RW;
-          const int32_t* lub = lu_p + tb * R;
-          const T* g_reads = g_p + b * F + H;
-          T* dm = d_mem_p + b * MEM;
-          T* carry = d_carry_p + b * R * N;
-          T* dc = d_ctrl_p + tb * C;
-          // d w_r = carry + g_reads M (R, N).
-          mem_d_read_weights(carry, g_reads, m, d_sim, R, W, N);
-          // Softmax backward, key strength, and d cos / |M_n|.
-          for (int64_t r = 0; r < R; ++r) {
-            T* dr = d_sim + r * N;
-            const T* wrr = wr + r * N;
-            const T sdot = dot(dr, wrr, N);
-            for (int64_t i = 0; i < N; ++i) dr[i] = wrr[i] * (dr[i] - sdot);
-            if (s.strength) {
-              const T d_beta = dot(dr, cs + r * N, N);
-              dc[RW + R + r] = d_beta * sigmoid(keys[RW + R + r]);
-              const T bt = beta_p[tb * R + r];
-              for (int64_t i = 0; i < N; ++i) dr[i] *= bt;
-            }
-            for (int64_t i = 0; i < N; ++i) dr[i] *= T(1) / mn[i];
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t tb = t * B + b;
+        const T* m = seg_t + b * MEM;
+        const T* wr = w_read_p + tb * R * N;
+        const T* cs = cos_p + tb * R * N;
+        const T* mn = mem_norm_p + tb * N;
+        const T* kh = key_hat_p + tb * R * W;
+        const T* kn = key_norm_p + tb * R;
+        const T* ww = w_write_p + tb * R * N;
+        const T* keys = ctrl_p + tb * C;
+        const T* alpha = keys + RW;
+        const int32_t* lub = lu_p + tb * R;
+        const T* g_reads = g_p + b * F + H;
+        T* dm = d_mem_p + b * MEM;
+        T* carry = d_carry_p + b * R * N;
+        T* dc = d_ctrl_p + tb * C;
+        // d w_r = carry + g_reads M (R, N).
+        mem_d_read_weights(carry, g_reads, m, d_sim, R, W, N);
+        // Softmax backward, key strength, and d cos / |M_n|.
+        for (int64_t r = 0; r < R; ++r) {
+          T* dr = d_sim + r * N;
+          const T* wrr = wr + r * N;
+          const T sdot = dot(dr, wrr, N);
+          for (int64_t i = 0; i < N; ++i) dr[i] = wrr[i] * (dr[i] - sdot);
+          if (s.strength) {
+            const T d_beta = dot(dr, cs + r * N, N);
+            dc[RW + R + r] = d_beta * sigmoid(keys[RW + R + r]);
+            const T bt = beta_p[tb * R + r];
+            for (int64_t i = 0; i < N; ++i) dr[i] *= bt;
           }
-          // Through cos = (k_hat . M_n) / |M_n|: the norm's term per slot.
-          std::fill(row_coef, row_coef + N, T(0));
-          for (int64_t r = 0; r < R; ++r)
-            for (int64_t i = 0; i < N; ++i) row_coef[i] += d_sim[r * N + i] * cs[r * N + i];
-          for (int64_t i = 0; i < N; ++i) row_coef[i] *= mn[i] > eps ? -(T(1) / mn[i]) : T(0);
-          // d k_hat, d M (the read at t), then through the write: d keys (ww part), d ww.
-          mem_backward(m, dm, d_sim, row_coef, kh, g_reads, wr, ww, keys, d_k_hat, d_keys_ww, d_ww, R, W, N);
-          // Key normalisation k_hat = k / |k| (no projection where the clamp was active).
-          for (int64_t r = 0; r < R; ++r) {
-            const T* dk = d_k_hat + r * W;
-            const T* khr = kh + r * W;
-            const T proj = kn[r] > eps ? dot(dk, khr, W) : T(0);
-            const T inv = T(1) / kn[r];
-            for (int64_t w = 0; w < W; ++w)
-              d_keys[r * W + w] = (dk[w] - khr[w] * proj) * inv + d_keys_ww[r * W + w];
-          }
-          // ww = w_lu + alpha (w_r(t-1) - w_lu): d alpha, and d w_r(t-1) carried to step t-1.
-          const T* wr_prev = t > 0 ? w_read_p + ((t - 1) * B + b) * R * N : nullptr;
-          for (int64_t r = 0; r < R; ++r) {
-            T* span = gspan + r * N;
-            if (wr_prev)
-              std::memcpy(span, wr_prev + r * N, sizeof(T) * N);
-            else
-              std::fill(span, span + N, T(0));
-            for (int64_t j = 0; j < R; ++j) span[lub[j]] -= T(1);
-            const T* dwr = d_ww + r * N;
-            const T d_alpha = dot(dwr, span, N);
-            T* cr = carry + r * N;
-            for (int64_t i = 0; i < N; ++i) cr[i] = dwr[i] * alpha[r];
-            dc[RW + r] = d_alpha * (alpha[r] * (T(1) - alpha[r]));
-          }
-          if (t > 0) {  // the zeroed slot passes no gradient to M_{t-1}
-            const int64_t zero = lub[0];
-            for (int64_t w = 0; w < W; ++w) dm[w * N + zero] -= dm[w * N + zero];
-          }
-          for (int64_t j = 0; j < RW; ++j) dc[j] = d_keys[j] * (T(1) - keys[j] * keys[j]);
+          for (int64_t i = 0; i < N; ++i) dr[i] *= T(1) / mn[i];
         }
+        // Through cos = (k_hat . M_n) / |M_n|: the norm's term per slot.
+        std::fill(row_coef, row_coef + N, T(0));
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t i = 0; i < N; ++i) row_coef[i] += d_sim[r * N + i] * cs[r * N + i];
+        for (int64_t i = 0; i < N; ++i) row_coef[i] *= mn[i] > eps ? -(T(1) / mn[i]) : T(0);
+        // d k_hat, d M (the read at t), then through the write: d keys (ww part), d ww.
+        mem_backward(m, dm, d_sim, row_coef, kh, g_reads, wr, ww, keys, d_k_hat, d_keys_ww, d_ww, R, W, N);
+        // Key normalisation k_hat = k / |k| (no projection where the clamp was active).
+        for (int64_t r = 0; r < R; ++r) {
+          const T* dk = d_k_hat + r * W;
+          const T* khr = kh + r * W;
+          const T proj = kn[r] > eps ? dot(dk, khr, W) : T(0);
+          const T inv = T(1) / kn[r];
+          for (int64_t w = 0; w < W; ++w)
+            d_keys[r * W + w] = (dk[w] - khr[w] * proj) * inv + d_keys_ww[r * W + w];
+        }
+        // ww = w_lu + alpha (w_r(t-1) - w_lu): d alpha, and d w_r(t-1) carried to step t-1.
+        const T* wr_prev = t > 0 ? w_read_p + ((t - 1) * B + b) * R * N : nullptr;
+        for (int64_t r = 0; r < R; ++r) {
+          T* span = gspan + r * N;
+          if (wr_prev)
+            std::memcpy(span, wr_prev + r * N, sizeof(T) * N);
+          else
+            std::fill(span, span + N, T(0));
+          for (int64_t j = 0; j < R; ++j) span[lub[j]] -= T(1);
+          const T* dwr = d_ww + r * N;
+          const T d_alpha = dot(dwr, span, N);
+          T* cr = carry + r * N;
+          for (int64_t i = 0; i < N; ++i) cr[i] = dwr[i] * alpha[r];
+          dc[RW + r] = d_alpha * (alpha[r] * (T(1) - alpha[r]));
+        }
+        if (t > 0) {  // the zeroed slot passes no gradient to M_{t-1}
+          const int64_t zero = lub[0];
+          for (int64_t w = 0; w < W; ++w) dm[w * N + zero] -= dm[w * N + zero];
+        }
+        for (int64_t j = 0; j < RW; ++j) dc[j] = d_keys[j] * (T(1) - keys[j] * keys[j]);
       }
       // d h = g_h + d_ctrl w_ctrl, then the LSTM cell.
       for (int64_t b = b0; b < b1; ++b) std::memcpy(d_h_p + b * H, g_p + b * F, sizeof(T) * H);
