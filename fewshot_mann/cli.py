@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DATASETS, ENCODERS, LABEL_ENCODINGS, MODELS, RESIZE_POLICIES, Config
+from .config import DATASETS, DECODES, ENCODERS, LABEL_ENCODINGS, MODELS, RESIZE_POLICIES, Config
 from .errors import UserError
 
 # dest -> (config section, field). These flags become the Config.
@@ -234,6 +234,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         "all (e.g. a --data-root of new classes), a fraction or a comma list")
     p.add_argument("--episodes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decode", choices=DECODES, default="free",
+                   help="free: the paper's protocol (the argmax of each output group; any label may be answered); "
+                        "seen: the answer restricted to the labels given so far in the episode, as predict does "
+                        "(a class's 1st presentation is then always wrong)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
@@ -294,7 +298,8 @@ def _evaluate(argv) -> int:
     check_bank(bank, cfg.episodes, f"{args.split} classes")
     t0 = time.perf_counter()
     res = distributed.evaluate_sharded(model, bank, cfg.episodes, ctx, episodes=args.episodes, seed=args.seed,
-                                       batch_size=args.batch_size, device=device, progress=not args.no_progress)
+                                       batch_size=args.batch_size, device=device, progress=not args.no_progress,
+                                       decode=args.decode)
     seconds = time.perf_counter() - t0
     distributed.close(ctx)
     if not ctx.is_main:

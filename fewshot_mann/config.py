@@ -17,6 +17,7 @@ from .errors import UserError
 # NTM / DNC memory; lstm, ff = the paper's baselines; transformer = causal self-attention.
 MODELS = ("mann", "ntm", "dnc", "lstm", "ff", "transformer")
 LABEL_ENCODINGS = ("onehot", "string")
+DECODES = ("free", "seen")  # evaluation: any label may be answered / only labels given so far
 DATASETS = ("omniglot", "folder")
 ENCODERS = ("linear", "conv")
 RESIZE_POLICIES = ("pad", "crop", "stretch")  # folder datasets: how any aspect becomes a square

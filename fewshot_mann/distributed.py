@@ -170,21 +170,21 @@ def sum_values(values: list[float], ctx: Context, device) -> list[float]:
 
 
 def evaluate_sharded(model, bank, cfg, ctx: Context, *, episodes: int, seed: int, device,
-                     batch_size: int = 250, progress: bool = False) -> dict:
+                     batch_size: int = 250, progress: bool = False, decode: str = "free") -> dict:
     """``evaluation.evaluate`` with the episodes split over ranks; every rank gets the numbers
     one process would have computed (per-episode results gathered in episode order)."""
     from .evaluation import evaluate, summarise
 
     if not ctx.enabled:
         return evaluate(model, bank, cfg, episodes=episodes, seed=seed, batch_size=batch_size,
-                        device=device, progress=progress)
+                        device=device, progress=progress, decode=decode)
     import torch.distributed as dist
 
     start, stop = shard(episodes, ctx.rank, ctx.world)
     local = None
     if stop > start:
         local = evaluate(model, bank, cfg, episodes=stop - start, seed=seed, batch_size=batch_size,
-                         device=device, progress=progress and ctx.is_main, start=start)
+                         device=device, progress=progress and ctx.is_main, start=start, decode=decode)
     parts = [None] * ctx.world
     dist.all_gather_object(parts, local)
     present = [p for p in parts if p is not None]

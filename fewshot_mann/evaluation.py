@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .bank import ClassBank
-from .config import EpisodeConfig
+from .config import DECODES, EpisodeConfig
 from .episodes import evaluation_episodes, to_tensors
 
 # Santoro et al. 2016, Table 1 (5-way one-hot, accuracy at instance 1, 2, 3, 4, 5, 10).
@@ -32,6 +32,29 @@ def correct_steps(logits: torch.Tensor, targets: torch.Tensor, cfg: EpisodeConfi
     return (pred == targets).all(-1)
 
 
+def correct_steps_seen(logits: torch.Tensor, targets: torch.Tensor, cfg: EpisodeConfig) -> torch.Tensor:
+    """(B,T) bool: the answer restricted to the labels given so far in the episode is right.
+
+    At step t the candidates are the labels of steps 0..t-1 (given as input up to step t);
+    each is scored by the sum over label groups of its symbols' log-probabilities (for string
+    labels: the log of the product of the per-character probabilities), and the best one is
+    the answer, the same restriction ``predict`` applies to the support labels. A step whose
+    class has not been shown yet is therefore always wrong (except step 0, which has no
+    candidate and keeps the free answer). logits (B,T,G*S), targets (B,T,G).
+    """
+    b, t, g = targets.shape
+    s = cfg.group_size
+    logp = logits.reshape(b, t, g, s).log_softmax(-1).reshape(b, t, g * s)
+    onehot = torch.nn.functional.one_hot(targets, s).reshape(b, t, g * s).to(logp.dtype)
+    scores = logp @ onehot.transpose(1, 2)                        # (B, t, u): step t's score of step u's label
+    earlier = torch.ones(t, t, dtype=torch.bool, device=logits.device).tril(-1)
+    best = scores.masked_fill(~earlier, float("-inf")).argmax(-1)  # (B, T); ties -> first occurrence
+    pred = targets.gather(1, best.unsqueeze(-1).expand(b, t, g))
+    correct = (pred == targets).all(-1)
+    correct[:, 0] = correct_steps(logits[:, :1], targets[:, :1], cfg)[:, 0]
+    return correct
+
+
 def per_episode_instance_accuracy(correct: torch.Tensor, instance: torch.Tensor, instances: int) -> torch.Tensor:
     """(B, instances) accuracy of each episode at each presentation index."""
     b = correct.shape[0]
@@ -53,13 +76,19 @@ def summarise(acc: np.ndarray) -> tuple[list[float], list[float]]:
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, episodes: int = 1000,
              seed: int = 0, batch_size: int = 250, device="cpu", progress: bool = False,
-             start: int = 0) -> dict:
+             start: int = 0, decode: str = "free") -> dict:
     """Evaluate on episodes start..start+episodes-1 of ``bank`` (each fixed by (seed, index)).
+
+    ``decode``: "free" (the paper's protocol: the argmax of every label group, any label may be
+    answered) or "seen" (the answer restricted to labels given so far, ``correct_steps_seen``).
 
     Returns ``accuracy_by_instance`` and ``ci95`` (lists, element 0 = 1st instance),
     ``accuracy`` (all steps), ``episodes``, ``ways``, ``instances``, ``seed``, and the raw
     ``per_episode`` array (episodes, instances) under ``_per_episode`` for aggregation.
     """
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES} (got {decode!r})")
+    score = correct_steps if decode == "free" else correct_steps_seen
     was_training = model.training
     model.eval()
     chunks = []
@@ -72,7 +101,7 @@ def evaluate(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, episod
             count = min(batch_size, start + episodes - first)
             batch = to_tensors(evaluation_episodes(bank, cfg, seed, first, count), cfg, device)
             logits = model(batch.images, batch.label_inputs)
-            correct = correct_steps(logits, batch.targets, cfg)
+            correct = score(logits, batch.targets, cfg)
             chunks.append(per_episode_instance_accuracy(correct, batch.instance, cfg.instances).cpu().numpy())
             if bar is not None:
                 bar.update(count)
@@ -91,6 +120,7 @@ def evaluate(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, episod
         "instances": cfg.instances,
         "labels": cfg.labels,
         "seed": int(seed),
+        "decode": decode,
         "_per_episode": acc,
     }
 
@@ -101,6 +131,8 @@ def format_table(result: dict, title: str = "accuracy by instance") -> str:
     header = "instance " + " ".join(f"{i + 1:>7}" for i in range(len(acc)))
     row = "accuracy " + " ".join(f"{100 * a:7.1f}" for a in acc)
     row_ci = "  ±95%CI " + " ".join(f"{100 * c:7.1f}" for c in ci)
+    decode = result.get("decode", "free")
     lines = [f"{title} ({result['ways']}-way, {result['labels']} labels, {result['episodes']} episodes, "
-             f"seed {result['seed']})", header, row, row_ci]
+             f"seed {result['seed']}" + (", answers restricted to labels seen so far" if decode == "seen" else "") + ")",
+             header, row, row_ci]
     return "\n".join(lines)

@@ -70,6 +70,8 @@ def results_table(results: list[tuple[str, dict]], group: tuple[int, str]) -> st
         training = res.get("training") or {}
         eps = training.get("episodes_including_init", training.get("episodes"))
         cells = " | ".join(_cell(res, i) for i in PAPER_INSTANCES)
+        if res.get("decode", "free") != "free":  # not the paper's protocol: say so in the row
+            name = f"{name} (answers restricted to the labels shown so far)"
         cmd = " ".join(res.get("command") or [])
         lines.append(f"| **{name}** | {cells} | {eps:,} | {_hours(training.get('train_seconds'))} | "
                      f"`{cmd}` ({res.get('episodes')} episodes, {res.get('date', '?')}) |" if eps else
@@ -104,7 +106,8 @@ def main() -> int:
         body = body.split(START)[0] + START + "\n" + text + "\n" + END + body.split(END, 1)[1]
         readme.write_text(body)
     for group in groups:
-        chosen = [(n, r) for n, r in results if (r.get("ways"), r.get("labels")) == group]
+        chosen = [(n, r) for n, r in results
+                  if (r.get("ways"), r.get("labels")) == group and r.get("decode", "free") == "free"]
         plot_by_instance(chosen, HERE / f"accuracy_by_instance_{group[0]}way_{group[1]}.png",
                          paper_rows=("MANN", "Human") if group == (5, "onehot") else (),
                          title=f"Held-out accuracy by instance, {group[0]}-way {group[1]} (95% CI)")
