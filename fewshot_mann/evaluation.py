@@ -136,3 +136,50 @@ def format_table(result: dict, title: str = "accuracy by instance") -> str:
              f"seed {result['seed']}" + (", answers restricted to labels seen so far" if decode == "seen" else "") + ")",
              header, row, row_ci]
     return "\n".join(lines)
+
+
+@torch.inference_mode()
+def instance_breakdown(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, instance: int = 2,
+                       episodes: int = 500, seed: int = 0, batch_size: int = 250, device="cpu",
+                       decode: str = "free") -> dict:
+    """Where the ``instance``-th presentations of classes are answered right or wrong.
+
+    On ``evaluate``'s episodes, every step that shows a class for the ``instance``-th time
+    (instance >= 2) is recorded with its step index and its gap (steps since the same class's
+    previous presentation). Returns ``{"step": array, "gap": array, "correct": bool array,
+    "free_answer_is_episode_label": bool array}`` (one entry per such step, episode order); the
+    last says whether the free answer was a label given earlier in the episode (right or wrong).
+    Every episode holds exactly ``ways`` such steps, so ``correct.mean()`` equals ``evaluate``'s
+    accuracy at that instance.
+    """
+    if instance < 2:
+        raise ValueError("instance must be at least 2 (the first presentation has no gap)")
+    score = correct_steps if decode == "free" else correct_steps_seen
+    was_training = model.training
+    model.eval()
+    steps, gaps, oks, known = [], [], [], []
+    try:
+        for first in range(0, episodes, batch_size):
+            count = min(batch_size, episodes - first)
+            batch = to_tensors(evaluation_episodes(bank, cfg, seed, first, count), cfg, device)
+            logits = model(batch.images, batch.label_inputs)
+            ok = score(logits, batch.targets, cfg)
+            targets = batch.targets
+            b, t, g = targets.shape
+            same = (targets.unsqueeze(2) == targets.unsqueeze(1)).all(-1)           # (B, t, u)
+            earlier = torch.ones(t, t, dtype=torch.bool, device=targets.device).tril(-1)
+            free = logits.reshape(b, t, g, cfg.group_size).argmax(-1)
+            is_label = ((free.unsqueeze(2) == targets.unsqueeze(1)).all(-1) & earlier).any(-1)
+            # the previous presentation: the last earlier step of the same class
+            idx = torch.arange(t, device=targets.device)
+            prev = torch.where(same & earlier, idx, -1).amax(-1)                      # (B, t)
+            hit = batch.instance == instance - 1
+            rows, cols = hit.nonzero(as_tuple=True)
+            steps.append(cols.cpu().numpy())
+            gaps.append((cols - prev[rows, cols]).cpu().numpy())
+            oks.append(ok[rows, cols].cpu().numpy())
+            known.append(is_label[rows, cols].cpu().numpy())
+    finally:
+        model.train(was_training)
+    return {"step": np.concatenate(steps), "gap": np.concatenate(gaps), "correct": np.concatenate(oks),
+            "free_answer_is_episode_label": np.concatenate(known)}

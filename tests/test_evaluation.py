@@ -95,3 +95,32 @@ def test_cli_decode_seen_writes_it_in_the_json(tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     assert result["decode"] == "seen" and "--decode" in result["command"]
     assert len(result["accuracy_by_instance"]) == 4
+
+
+@pytest.mark.parametrize("decode", ["free", "seen"])
+def test_instance_breakdown_adds_up_to_evaluate(decode):
+    from fewshot_mann.evaluation import instance_breakdown
+
+    cfg = tiny_config()
+    cfg.episodes.labels = "string"
+    cfg.episodes.ways, cfg.episodes.instances = 3, 4
+    model = build_model(cfg)
+    bank = synthetic_bank(classes=8, per_class=4)
+    res = evaluate(model, bank, cfg.episodes, episodes=9, seed=2, batch_size=4, decode=decode)
+    for instance in (2, 4):
+        got = instance_breakdown(model, bank, cfg.episodes, instance=instance, episodes=9, seed=2, batch_size=4,
+                                 decode=decode)
+        assert len(got["step"]) == 9 * 3  # one such step per class and episode
+        assert got["correct"].mean() == pytest.approx(res["accuracy_by_instance"][instance - 1])
+        assert np.all(got["gap"] >= 1) and np.all(got["step"] >= got["gap"])
+        assert np.all(got["step"] >= instance - 1)
+    # the literal definition of gap, on the episodes themselves
+    ep = to_tensors(evaluation_episodes(bank, cfg.episodes, 2, 0, 4), cfg.episodes)
+    got = instance_breakdown(model, bank, cfg.episodes, instance=2, episodes=4, seed=2, batch_size=4)
+    expected = []
+    for i in range(4):
+        labels = [tuple(x) for x in ep.targets[i].tolist()]
+        for step, label in enumerate(labels):
+            if labels[:step].count(label) == 1:
+                expected.append((step, step - labels.index(label)))
+    assert list(zip(got["step"].tolist(), got["gap"].tolist())) == expected
