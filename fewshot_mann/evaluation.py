@@ -154,6 +154,8 @@ def instance_breakdown(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConf
     """
     if instance < 2:
         raise ValueError("instance must be at least 2 (the first presentation has no gap)")
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES} (got {decode!r})")
     score = correct_steps if decode == "free" else correct_steps_seen
     was_training = model.training
     model.eval()
