@@ -1,6 +1,7 @@
 """Accuracy by instance position with 95% confidence intervals, on fixed episodes."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -73,6 +74,30 @@ def summarise(acc: np.ndarray) -> tuple[list[float], list[float]]:
     return [float(x) for x in mean], [float(1.96 * s / math.sqrt(n)) for s in sd]
 
 
+def scored_batches(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, *, seed: int, start: int,
+                   episodes: int, batch_size: int, device, decode: str):
+    """Yield ``(batch, logits, correct)`` for episodes start..start+episodes-1 of ``bank`` (each
+    fixed by (seed, index)) in batches, with ``model`` in eval mode until the loop ends.
+    ``correct`` (B,T) is scored by ``decode`` (checked here, before the first batch)."""
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES} (got {decode!r})")
+    score = correct_steps if decode == "free" else correct_steps_seen
+
+    def run():
+        was_training = model.training
+        model.eval()
+        try:
+            for first in range(start, start + episodes, batch_size):
+                count = min(batch_size, start + episodes - first)
+                batch = to_tensors(evaluation_episodes(bank, cfg, seed, first, count), cfg, device)
+                logits = model(batch.images, batch.label_inputs)
+                yield batch, logits, score(logits, batch.targets, cfg)
+        finally:
+            model.train(was_training)
+
+    return run()
+
+
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, episodes: int = 1000,
              seed: int = 0, batch_size: int = 250, device="cpu", progress: bool = False,
@@ -86,29 +111,22 @@ def evaluate(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, episod
     ``accuracy`` (all steps), ``episodes``, ``ways``, ``instances``, ``seed``, and the raw
     ``per_episode`` array (episodes, instances) under ``_per_episode`` for aggregation.
     """
-    if decode not in DECODES:
-        raise ValueError(f"decode must be one of {DECODES} (got {decode!r})")
-    score = correct_steps if decode == "free" else correct_steps_seen
-    was_training = model.training
-    model.eval()
+    batches = scored_batches(model, bank, cfg, seed=seed, start=start, episodes=episodes,
+                             batch_size=batch_size, device=device, decode=decode)
     chunks = []
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=episodes, desc="evaluating", unit="ep", leave=False)
     try:
-        for first in range(start, start + episodes, batch_size):
-            count = min(batch_size, start + episodes - first)
-            batch = to_tensors(evaluation_episodes(bank, cfg, seed, first, count), cfg, device)
-            logits = model(batch.images, batch.label_inputs)
-            correct = score(logits, batch.targets, cfg)
+        for batch, _, correct in batches:
             chunks.append(per_episode_instance_accuracy(correct, batch.instance, cfg.instances).cpu().numpy())
             if bar is not None:
-                bar.update(count)
+                bar.update(correct.shape[0])
     finally:
+        batches.close()  # restores the model's mode now, also when the loop stopped early
         if bar is not None:
             bar.close()
-        model.train(was_training)
     acc = np.concatenate(chunks, axis=0)
     mean, ci = summarise(acc)
     return {
@@ -154,18 +172,11 @@ def instance_breakdown(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConf
     """
     if instance < 2:
         raise ValueError("instance must be at least 2 (the first presentation has no gap)")
-    if decode not in DECODES:
-        raise ValueError(f"decode must be one of {DECODES} (got {decode!r})")
-    score = correct_steps if decode == "free" else correct_steps_seen
-    was_training = model.training
-    model.eval()
     steps, gaps, oks, known = [], [], [], []
-    try:
-        for first in range(0, episodes, batch_size):
-            count = min(batch_size, episodes - first)
-            batch = to_tensors(evaluation_episodes(bank, cfg, seed, first, count), cfg, device)
-            logits = model(batch.images, batch.label_inputs)
-            ok = score(logits, batch.targets, cfg)
+    batches = scored_batches(model, bank, cfg, seed=seed, start=0, episodes=episodes, batch_size=batch_size,
+                             device=device, decode=decode)
+    with contextlib.closing(batches):  # the model's mode is restored however the loop ends
+        for batch, logits, ok in batches:
             targets = batch.targets
             b, t, g = targets.shape
             same = (targets.unsqueeze(2) == targets.unsqueeze(1)).all(-1)           # (B, t, u)
@@ -175,13 +186,10 @@ def instance_breakdown(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConf
             # the previous presentation: the last earlier step of the same class
             idx = torch.arange(t, device=targets.device)
             prev = torch.where(same & earlier, idx, -1).amax(-1)                      # (B, t)
-            hit = batch.instance == instance - 1
-            rows, cols = hit.nonzero(as_tuple=True)
+            rows, cols = (batch.instance == instance - 1).nonzero(as_tuple=True)
             steps.append(cols.cpu().numpy())
             gaps.append((cols - prev[rows, cols]).cpu().numpy())
             oks.append(ok[rows, cols].cpu().numpy())
             known.append(is_label[rows, cols].cpu().numpy())
-    finally:
-        model.train(was_training)
     return {"step": np.concatenate(steps), "gap": np.concatenate(gaps), "correct": np.concatenate(oks),
             "free_answer_is_episode_label": np.concatenate(known)}
