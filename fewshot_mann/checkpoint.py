@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,14 @@ def migrate(ckpt: dict) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load and validate a checkpoint; never executes code from the file."""
-    path = Path(path)
+    """Load and validate a checkpoint; never executes code from the file.
+
+    ``path`` may name a bundled model (``bundled.py``); an existing path wins over a name."""
+    from .bundled import names_hint, resolve_checkpoint
+
+    path = resolve_checkpoint(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist{names_hint()}")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; pass the .pt file (e.g. {path / 'checkpoint.pt'})")
     if path.stat().st_size == 0:
@@ -78,7 +83,20 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         ckpt["config_obj"] = Config.from_dict(ckpt["config"])
     except (UserError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid config: {exc}") from exc
+    _forget_absent_omniglot_root(ckpt["config_obj"])
     return ckpt
+
+
+def _forget_absent_omniglot_root(cfg: Config) -> None:
+    """An Omniglot data root recorded on another machine (or a moved copy) is not an error:
+    the images are the same everywhere, so fall back to the default (FEWSHOT_MANN_DATA, the
+    download location, or the embedded copy) and say so. Folder data roots stay as recorded."""
+    root = cfg.data.data_root
+    if cfg.data.dataset == "omniglot" and root and not Path(root).expanduser().exists():
+        print(f"note: the checkpoint's Omniglot data root {root} is not on this machine; "
+              "using the default (--data-root, FEWSHOT_MANN_DATA, the download location or the embedded copy)",
+              file=sys.stderr)
+        cfg.data.data_root = None
 
 
 def check_structure(ckpt: dict, path) -> None:

@@ -167,6 +167,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--init-from", default=None, metavar="CHECKPOINT", help="start from a trained checkpoint's weights")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--final-eval", type=int, default=1000, metavar="EPISODES",
+                   help="at the end, score this many held-out (test-class) episodes as evaluate.py does and print "
+                        "the table (0 = skip)")
     return p
 
 
@@ -211,10 +214,36 @@ def _train(argv) -> int:
         return 0
     print(f"trained {summary['episodes_done']:,} episodes in {summary['train_seconds']:.0f} s; "
           f"checkpoint: {Path(args.out) / 'checkpoint.pt'}")
-    if summary["last_eval"]:
+    if summary["last_eval"] and not args.final_eval:
         acc = " ".join(f"{100 * a:.1f}" for a in summary["last_eval"]["accuracy_by_instance"])
         print(f"held-out accuracy by instance (%): {acc}")
+    if args.final_eval:
+        final_evaluation(Path(args.out) / "checkpoint.pt", args.final_eval, progress=not args.no_progress)
     return 0
+
+
+def final_evaluation(checkpoint: Path, episodes: int, progress: bool) -> dict:
+    """The end of ``train``: the held-out table of ``evaluate.py --checkpoint C --episodes N``
+    (seed 0), printed, and written to ``RUN/final_eval.json``."""
+    from .checkpoint import load_checkpoint, load_model_from_checkpoint
+    from .datasets import load_banks
+    from .evaluation import evaluate, format_table
+    from .fileio import atomic_write_json
+    from .training import resolve_device
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt["config_obj"]
+    device = resolve_device(cfg.train.device)
+    model = load_model_from_checkpoint(ckpt, device)
+    _, test_bank = load_banks(cfg, progress=False)
+    res = evaluate(model, test_bank, cfg.episodes, episodes=episodes, seed=0, device=device, progress=progress)
+    res.pop("_per_episode", None)
+    print(format_table(res, f"{cfg.model.model} on {test_bank.num_classes} held-out (test) classes"))
+    atomic_write_json(checkpoint.parent / "final_eval.json",
+                      {**res, "classes": test_bank.num_classes, "split": "test", "checkpoint": str(checkpoint),
+                       "checkpoint_episodes": ckpt.get("episodes_done"), "date": time.strftime("%Y-%m-%d")})
+    print(f"checkpoint: {checkpoint}  (evaluate again: python evaluate.py --checkpoint {checkpoint})")
+    return res
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -324,6 +353,7 @@ SUBCOMMANDS = {
     "knn": "knn_main",
     "export": "export_main",
     "kshot": "kshot_main",
+    "models": "models_main",
 }
 
 
@@ -341,7 +371,8 @@ def _main(argv) -> int:
               "  bench     speed benchmark against the plain reference loop\n"
               "  knn       nearest-neighbour baseline on the evaluation episodes\n"
               "  export    a small weights-only copy of a checkpoint\n"
-              "  kshot     standard N-way K-shot accuracy (1-shot, 5-shot)",
+              "  kshot     standard N-way K-shot accuracy (1-shot, 5-shot)\n"
+              "  models    the models bundled with fewshot-mann (usable as --checkpoint NAME)",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             return fail(f"unknown command {argv[0]!r}")
@@ -351,7 +382,8 @@ def _main(argv) -> int:
         return globals()[name](argv[1:])
     import importlib
     module = {"inspect_main": ".inspect", "predict_main": ".predict", "bench_main": ".bench",
-              "knn_main": ".knn", "export_main": ".export", "kshot_main": ".kshot"}[name]
+              "knn_main": ".knn", "export_main": ".export", "kshot_main": ".kshot",
+              "models_main": ".bundled"}[name]
     try:
         mod = importlib.import_module(module, __package__)
     except ImportError:

@@ -7,8 +7,11 @@ A data root holds ``images_background`` and ``images_evaluation``, each as a fol
 
 Characters are named ``background/<Alphabet>/<characterNN>`` or
 ``evaluation/<Alphabet>/<characterNN>``. Splits are JSON files under the repository's
-``data/`` folder: ``santoro`` (1,200 / 423 characters drawn from all 1,623 with a fixed
-seed) and ``lake`` (the official background 964 / evaluation 659).
+``splits/`` package folder: ``santoro`` (1,200 / 423 characters drawn from all 1,623 with a
+fixed seed) and ``lake`` (the official background 964 / evaluation 659).
+
+With no data root given, no ``FEWSHOT_MANN_DATA`` and no downloaded copy, Omniglot at the
+paper's 20 x 20 comes from the copy embedded in the package (``embedded.py``).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from .fileio import atomic_write
 
 PARTS = ("background", "evaluation")
 SPLITS = ("santoro", "lake")
-SPLIT_DIR = Path(__file__).resolve().parents[1] / "data"
+SPLIT_DIR = Path(__file__).resolve().parent / "splits"
 DRAWERS = 20
 # Omniglot drawings are 105 x 105 PNGs of a few hundred bytes; files far beyond these limits
 # are hostile or not Omniglot, and are refused before they are read or decoded.
@@ -39,6 +43,9 @@ GET_DATA_HINT = (
     "--data-root / FEWSHOT_MANN_DATA at a folder holding images_background(.zip) and "
     "images_evaluation(.zip)"
 )
+_NOTICE_SHOWN = False  # the embedded-data line is said once per process
+EMBEDDED_NOTICE = ("using the Omniglot embedded in fewshot-mann (1,623 characters x 20 drawers at 20x20; "
+                   "no --data-root, FEWSHOT_MANN_DATA or downloaded copy found)")
 
 
 def default_data_root() -> Path:
@@ -144,6 +151,15 @@ def find_sources(root: str | os.PathLike) -> list[_Source]:
     return sources
 
 
+def has_sources(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds both Omniglot parts (as folders or zips)."""
+    try:
+        find_sources(root)
+    except DataError:
+        return False
+    return True
+
+
 def decode_png(data: bytes, image_size: int, where: str) -> np.ndarray:
     """PNG bytes -> (image_size, image_size) uint8 with strokes bright (255) on black."""
     try:
@@ -161,7 +177,20 @@ def decode_png(data: bytes, image_size: int, where: str) -> np.ndarray:
 
 
 def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress: bool = True) -> ClassBank:
-    """All 1,623 characters at ``image_size``, decoded once and cached (uint8)."""
+    """All 1,623 characters at ``image_size``, decoded once and cached (uint8).
+
+    ``root=None`` means ``$FEWSHOT_MANN_DATA``, else the download location, else (at 20 px)
+    the embedded copy, announced in one line on stderr."""
+    if root is None and not os.environ.get("FEWSHOT_MANN_DATA") and not has_sources(default_data_root()):
+        from . import embedded
+        if image_size != embedded.IMAGE_SIZE:
+            raise DataError(f"Omniglot at {image_size}x{image_size} needs the original images (the copy embedded "
+                            f"in fewshot-mann is {embedded.IMAGE_SIZE}x{embedded.IMAGE_SIZE} only); {GET_DATA_HINT}")
+        global _NOTICE_SHOWN
+        if not _NOTICE_SHOWN:
+            print(EMBEDDED_NOTICE, file=sys.stderr)
+            _NOTICE_SHOWN = True
+        return embedded.load_embedded()
     root = Path(root).expanduser() if root else default_data_root()
     sources = find_sources(root)
     key = hashlib.sha1("|".join(s.fingerprint() for s in sources).encode()).hexdigest()[:16]
@@ -198,7 +227,7 @@ def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress
 
 
 def load_split(name: str) -> dict:
-    """A class split: ``santoro`` / ``lake`` (the committed ``data/omniglot_<name>.json``) or the
+    """A class split: ``santoro`` / ``lake`` (package data ``splits/omniglot_<name>.json``) or the
     path of a JSON file of the same form, ``{"train": [names], "test": [names]}``."""
     if name in SPLITS:
         path = SPLIT_DIR / f"omniglot_{name}.json"

@@ -15,18 +15,18 @@ from fewshot_mann import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--controller-size", "16", "--memory-slots", "12", "--memory-width", "6", "--read-heads", "2",
-        "--image-size", "10", "--batch-size", "4", "--eval-episodes", "8", "--no-progress"]
+        "--image-size", "20", "--batch-size", "4", "--eval-episodes", "8", "--no-progress"]
 
 
-def test_train_then_evaluate_round_trip(omniglot_root, tmp_path, capsys):
+def test_train_then_evaluate_round_trip(omniglot_args, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = train_script.main(["--data-root", str(omniglot_root), "--episodes", "8", "--eval-every", "8",
+    rc = train_script.main([*omniglot_args, "--episodes", "8", "--eval-every", "8",
                             "--out", str(out), *TINY])
     assert rc == 0
     assert (out / "checkpoint.pt").exists() and (out / "config.json").exists()
     evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
     assert len(evals) == 1 and len(evals[0]["accuracy_by_instance"]) == 10
-    rc = evaluate_script.main(["--checkpoint", str(out / "checkpoint.pt"), "--data-root", str(omniglot_root),
+    rc = evaluate_script.main(["--checkpoint", str(out / "checkpoint.pt"), *omniglot_args,
                                "--episodes", "20", "--json", str(tmp_path / "e.json"),
                                "--plot", str(tmp_path / "e.png"), "--no-progress"])
     assert rc == 0
@@ -38,7 +38,7 @@ def test_train_then_evaluate_round_trip(omniglot_root, tmp_path, capsys):
     assert (tmp_path / "e.png").stat().st_size > 1000
     assert "accuracy" in capsys.readouterr().out
     # resume extends the same run
-    rc = train_script.main(["--data-root", str(omniglot_root), "--episodes", "16", "--eval-every", "8",
+    rc = train_script.main([*omniglot_args, "--episodes", "16", "--eval-every", "8",
                             "--out", str(out), "--resume", *TINY])
     assert rc == 0
     assert torch.load(out / "checkpoint.pt", weights_only=True)["episodes_done"] == 16
@@ -72,11 +72,11 @@ def test_train_bad_input_is_one_clear_line(argv, needle, tmp_path, capsys):
     assert needle in _error_line(capsys)
 
 
-def test_ways_and_instances_beyond_data(omniglot_root, tmp_path, capsys):
-    rc = train_script.main(["--data-root", str(omniglot_root), "--instances", "21", "--out", str(tmp_path / "r"),
+def test_ways_and_instances_beyond_data(omniglot_args, tmp_path, capsys):
+    rc = train_script.main([*omniglot_args, "--instances", "21", "--out", str(tmp_path / "r"),
                             "--no-progress", *TINY[:8]])
     assert rc == 2 and "--instances 21" in _error_line(capsys)
-    rc = train_script.main(["--data-root", str(omniglot_root), "--ways", "500", "--out", str(tmp_path / "r2"),
+    rc = train_script.main([*omniglot_args, "--ways", "500", "--out", str(tmp_path / "r2"),
                             "--no-progress", *TINY[:8]])
     assert rc == 2 and "--ways 500" in _error_line(capsys)
 
@@ -104,12 +104,12 @@ def test_console_entry_points_run_as_scripts():
         assert "usage" in res.stdout.lower()
 
 
-def test_evaluate_other_ways_string_labels_only(omniglot_root, tmp_path, capsys):
+def test_evaluate_other_ways_string_labels_only(omniglot_args, tmp_path, capsys):
     """A string-label checkpoint answers any number of ways; a one-hot one only its own."""
     runs = {}
     for labels in ("string", "onehot"):
         runs[labels] = tmp_path / labels
-        rc = train_script.main(["--data-root", str(omniglot_root), "--episodes", "4", "--eval-every", "0",
+        rc = train_script.main([*omniglot_args, "--episodes", "4", "--eval-every", "0",
                                 "--labels", labels, "--ways", "3", "--instances", "4",
                                 "--out", str(runs[labels]), *TINY])
         assert rc == 0
