@@ -48,3 +48,27 @@ class ClassBank:
                 groups.append(rotated[self.offsets[i]:self.offsets[i] + self.counts[i]])
                 names.append(name if k == 0 else f"{name}@rot{90 * k}")
         return ClassBank.from_groups(groups, names)
+
+
+@dataclass
+class SplitBanks:
+    """A dataset's classes split three ways (pairwise disjoint), before training rotations.
+
+    digests: folder datasets only: class name -> SHA-256 of each of its image files, so a
+    checkpoint can record which images it trained on (never the images or file names)."""
+
+    train: ClassBank
+    validation: ClassBank
+    test: ClassBank
+    digests: dict[str, list[str]] | None = None
+
+    def part(self, name: str) -> ClassBank:
+        return {"train": self.train, "training": self.train, "validation": self.validation, "test": self.test}[name]
+
+    def class_names(self) -> dict[str, list[str]]:
+        return {"train": list(self.train.names), "validation": list(self.validation.names),
+                "test": list(self.test.names)}
+
+
+def empty_bank(channels: int, size: int) -> ClassBank:
+    return ClassBank(np.zeros((0, channels, size, size), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), [])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import DATASETS, DECODES, ENCODERS, LABEL_ENCODINGS, MODELS, RESIZE_POLICIES, Config
 from .errors import UserError
+from .heldout import CLASS_CHOICES
 
 # dest -> (config section, field). These flags become the Config.
 FIELDS = {
@@ -22,6 +23,7 @@ FIELDS = {
     "rotations": ("data", "rotations"), "jitter_shift": ("data", "jitter_shift"),
     "jitter_rotate": ("data", "jitter_rotate"), "test_root": ("data", "test_root"),
     "test_classes": ("data", "test_classes"), "resize": ("data", "resize"),
+    "validation_classes": ("data", "validation_classes"),
     "ways": ("episodes", "ways"), "instances": ("episodes", "instances"), "labels": ("episodes", "labels"),
     "model": ("model", "model"), "encoder": ("model", "encoder"),
     "controller_size": ("model", "controller_size"), "memory_slots": ("model", "memory_slots"),
@@ -118,6 +120,10 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-root", default=None, help="folder datasets: a separate folder of held-out classes")
     g.add_argument("--test-classes", default=None,
                    help="folder datasets: held-out fraction (default 0.3, seeded by --seed) or comma list of classes")
+    g.add_argument("--validation-classes", default=None,
+                   help="folder datasets: validation classes (every in-training check and choice) drawn from the "
+                        "non-test classes: a fraction of all classes (default 0.2, seeded by --seed), a comma list, "
+                        "or none; Omniglot splits name theirs")
     g.add_argument("--resize", choices=RESIZE_POLICIES, default=d.data.resize,
                    help="folder datasets: pad (whole image, letterboxed), crop (centre square) or stretch")
     g = p.add_argument_group("episodes")
@@ -199,6 +205,8 @@ def _train(argv) -> int:
     from .training import train
 
     args = parse_train_args(argv)
+    if args.final_eval < 0:
+        raise UserError(f"--final-eval must be >= 0 episodes (got {args.final_eval}; 0 = skip)")
     cfg = config_from_args(args)
     if args.download:
         from .omniglot import default_data_root, download_omniglot
@@ -216,7 +224,7 @@ def _train(argv) -> int:
           f"checkpoint: {Path(args.out) / 'checkpoint.pt'}")
     if summary["last_eval"] and not args.final_eval:
         acc = " ".join(f"{100 * a:.1f}" for a in summary["last_eval"]["accuracy_by_instance"])
-        print(f"held-out accuracy by instance (%): {acc}")
+        print(f"validation accuracy by instance (%): {acc}")
     if args.final_eval:
         final_evaluation(Path(args.out) / "checkpoint.pt", args.final_eval, progress=not args.no_progress)
     return 0
@@ -240,7 +248,8 @@ def final_evaluation(checkpoint: Path, episodes: int, progress: bool) -> dict:
     res.pop("_per_episode", None)
     print(format_table(res, f"{cfg.model.model} on {test_bank.num_classes} held-out (test) classes"))
     atomic_write_json(checkpoint.parent / "final_eval.json",
-                      {**res, "classes": test_bank.num_classes, "split": "test", "checkpoint": str(checkpoint),
+                      {**res, "classes": "test", "class_names": list(test_bank.names),
+                       "num_classes": test_bank.num_classes, "checkpoint": str(checkpoint),
                        "checkpoint_episodes": ckpt.get("episodes_done"), "date": time.strftime("%Y-%m-%d")})
     print(f"checkpoint: {checkpoint}  (evaluate again: python evaluate.py --checkpoint {checkpoint})")
     return res
@@ -252,7 +261,11 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by train.py")
     p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="override the dataset (e.g. folder for cross-domain)")
-    p.add_argument("--split", default="test", choices=("test", "train"), help="which classes: held-out (test) or training")
+    p.add_argument("--classes", default=None, choices=CLASS_CHOICES,
+                   help="which classes to score: test (= held-out; the default), validation, or training")
+    p.add_argument("--split", default=None, choices=("test", "train"), help=argparse.SUPPRESS)  # deprecated: --classes
+    p.add_argument("--allow-trained-classes", action="store_true",
+                   help="score test classes even where the checkpoint records training on some of them (or their images)")
     p.add_argument("--instances", type=int, default=None,
                    help="images of each class per episode, instead of the checkpoint's (e.g. a folder with few per class)")
     p.add_argument("--ways", type=int, default=None,
@@ -276,6 +289,19 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
+def classes_option(args) -> str:
+    """``--classes`` (or the deprecated ``--split``, with a one-line notice) -> test, validation or training."""
+    from .heldout import normalise
+    if args.split is not None:
+        if args.classes is not None:
+            raise UserError("give --classes only (--split is its deprecated spelling)")
+        print(f"note: --split {args.split} is deprecated here; use --classes "
+              f"{'test' if args.split == 'test' else 'training'} (--split names the class split in train)",
+              file=sys.stderr)
+        return normalise(args.split)
+    return normalise(args.classes or "test")
+
+
 def evaluate_main(argv=None) -> int:
     return run_guarded(_evaluate, sys.argv[1:] if argv is None else argv)
 
@@ -284,8 +310,9 @@ def _evaluate(argv) -> int:
     import torch
 
     from .checkpoint import load_checkpoint, load_model_from_checkpoint
-    from .datasets import load_banks
+    from .datasets import load_split_banks
     from .episodes import check_bank, with_ways
+    from .heldout import bank_digests, check_scored, recorded_classes
     from . import distributed
     from .config import MAX_THREADS
     from .evaluation import format_table
@@ -293,6 +320,7 @@ def _evaluate(argv) -> int:
     from .training import resolve_device
 
     args = evaluate_parser().parse_args(argv)
+    kind = classes_option(args)
     if args.episodes < 1:
         raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
     if args.batch_size < 1:
@@ -307,6 +335,8 @@ def _evaluate(argv) -> int:
     ctx, device = distributed.init_from_env(resolve_device(args.device))
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt["config_obj"]
+    # the classes the checkpoint recorded, unless the data or its class split is overridden here
+    recorded = None if (args.data_root or args.dataset or args.test_classes is not None) else recorded_classes(ckpt)
     if args.data_root:
         cfg.data.data_root = args.data_root
     if args.dataset and args.dataset != cfg.data.dataset:
@@ -322,9 +352,10 @@ def _evaluate(argv) -> int:
     if args.ways is not None or args.instances is not None:
         cfg.validate()
     model = load_model_from_checkpoint(ckpt, device)
-    train_bank, test_bank = load_banks(cfg, progress=not args.no_progress)
-    bank = test_bank if args.split == "test" else train_bank
-    check_bank(bank, cfg.episodes, f"{args.split} classes")
+    parts = load_split_banks(cfg, progress=not args.no_progress, recorded=recorded)
+    bank = parts.part(kind)
+    check_bank(bank, cfg.episodes, f"{kind} classes")
+    check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
     t0 = time.perf_counter()
     res = distributed.evaluate_sharded(model, bank, cfg.episodes, ctx, episodes=args.episodes, seed=args.seed,
                                        batch_size=args.batch_size, device=device, progress=not args.no_progress,
@@ -334,8 +365,9 @@ def _evaluate(argv) -> int:
     if not ctx.is_main:
         return 0
     res.pop("_per_episode")
-    print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {args.split} classes"))
-    out = {**res, "classes": bank.num_classes, "split": args.split, "checkpoint": str(args.checkpoint),
+    print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {kind} classes"))
+    out = {**res, "classes": kind, "class_names": list(bank.names), "num_classes": bank.num_classes,
+           "checkpoint": str(args.checkpoint),
            "checkpoint_episodes": ckpt.get("episodes_done"),
            "training": training_record(ckpt), "config": cfg.to_dict(),
            "command": ["evaluate.py", *argv], "seconds": round(seconds, 3),

@@ -41,6 +41,7 @@ class DataConfig:
     jitter_rotate: float = 0.0  # max random rotation (degrees) per training sample
     test_root: str | None = None
     test_classes: str | None = None
+    validation_classes: str | None = None  # folder datasets: fraction (default 0.2), comma list or none
     resize: str = "pad"  # folder datasets: pad (keep all, letterbox), crop (centre) or stretch
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .bank import ClassBank
 from .errors import DataError
+from .fileio import atomic_write
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 ARRAY = ASSETS / "omniglot-20px.npy.xz"
@@ -86,7 +87,7 @@ def write_embedded(bank: ClassBank, provenance: dict, assets: Path = ASSETS) -> 
         "names": list(bank.names),
         "counts": [int(c) for c in bank.counts],
     }
-    assets.mkdir(parents=True, exist_ok=True)
-    (assets / ARRAY.name).write_bytes(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME))
-    (assets / META.name).write_text(json.dumps(meta, indent=1) + "\n")
+    packed = lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
+    atomic_write(assets / ARRAY.name, lambda f: f.write(packed))
+    atomic_write(assets / META.name, lambda f: f.write((json.dumps(meta, indent=1) + "\n").encode()))
     return meta

@@ -66,12 +66,27 @@ def per_episode_instance_accuracy(correct: torch.Tensor, instance: torch.Tensor,
     return sums / counts.clamp_min(1)
 
 
+def wilson_half_width(p: float, n: int, z: float = 1.96) -> float:
+    """The larger distance from ``p`` to a bound of the Wilson score interval for n trials.
+
+    Unlike the normal interval it does not collapse at p = 0 or 1: there it is z^2 / (n + z^2)."""
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(p - (centre - half), centre + half - p))
+
+
 def summarise(acc: np.ndarray) -> tuple[list[float], list[float]]:
-    """Mean and 95% CI half-width (normal approximation over episodes) per instance."""
+    """Mean and 95% CI half-width per instance: the normal approximation over episodes, or,
+    where every episode scored the same (the normal interval collapses to 0, e.g. 0% at a string
+    model's 1st instance), the Wilson interval counting each episode as one trial (conservative:
+    an episode holds several answers)."""
     n = acc.shape[0]
     mean = acc.mean(0)
     sd = acc.std(0, ddof=1) if n > 1 else np.zeros_like(mean)
-    return [float(x) for x in mean], [float(1.96 * s / math.sqrt(n)) for s in sd]
+    ci = [float(1.96 * s / math.sqrt(n)) if s > 0 else wilson_half_width(float(min(1.0, max(0.0, m))), n)
+          for m, s in zip(mean, sd)]
+    return [float(x) for x in mean], ci
 
 
 def scored_batches(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, *, seed: int, start: int,

@@ -25,6 +25,7 @@ def export_checkpoint(src, dst) -> dict:
         "step": ckpt.get("step"),
         "episodes_done": ckpt.get("episodes_done"),
         **({"init_from": ckpt["init_from"]} if isinstance(ckpt.get("init_from"), dict) else {}),
+        **{k: ckpt[k] for k in ("classes", "train_digests") if k in ckpt},
         "state": {"train_seconds": state.get("train_seconds"), "episodes_done": state.get("episodes_done"),
                   "last_eval": state.get("last_eval")},
     }

@@ -31,13 +31,17 @@ Duplicates (same SHA-256 of the file bytes): copies inside one class keep the fi
 a file found in two or more classes is label leakage (one picture, two answers), so every
 copy is skipped. The same holds across ``--data-root`` and ``--test-root``.
 
-Class split (``load_folder_banks``): either a separate ``--test-root`` folder of held-out
-classes, or ``--test-classes`` as a fraction (default ``DEFAULT_TEST_FRACTION``) or a
-comma-separated list of class names, or ``all`` (cross-domain evaluation: every class is
-held out). A fraction ranks classes by SHA-256 of ``"<seed>/<class name>"`` (seed =
-``cfg.train.seed``) and holds out the first ``round(fraction * classes)``: the split is a
-pure function of the config and the class names, so evaluation rebuilds it from the
-checkpoint alone, and adding a class moves at most one other across the boundary.
+Class split (``load_folder_parts``): test classes come from a separate ``--test-root`` folder,
+or ``--test-classes`` as a fraction (default ``DEFAULT_TEST_FRACTION``) or a comma-separated
+list of class names, or ``all`` (cross-domain evaluation: every class is held out). A
+fraction ranks classes by SHA-256 of ``"<seed>/<class name>"`` (seed = ``cfg.train.seed``)
+and holds out the first ``round(fraction * classes)``. Validation classes (for every
+in-training check and choice) come from the remaining classes the same way, ranked by
+``"validation/<seed>/<class name>"`` (``--validation-classes``, default
+``DEFAULT_VALIDATION_FRACTION`` of all classes, or names, or ``none``). The split is a pure
+function of the config and the class names; the checkpoint also records the three class
+lists and the training images' digests, so evaluation scores the recorded test classes even
+after classes were added to the folder, and refuses to call a trained class held out.
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .bank import ClassBank
+from .bank import ClassBank, SplitBanks, empty_bank
 from .config import RESIZE_POLICIES, Config
 from .errors import DataError, UserError
 from .fileio import atomic_write, atomic_write_json
@@ -64,6 +68,7 @@ IMAGE_EXTENSIONS = tuple(IMG_EXTENSIONS)
 MAX_PIXELS = 50_000_000  # refuse images declaring more (a 50 MP RGBA decode is already 200 MB)
 MAX_FILE_BYTES = 256 * 2**20
 DEFAULT_TEST_FRACTION = 0.3
+DEFAULT_VALIDATION_FRACTION = 0.2
 CACHE_VERSION = 2
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
@@ -528,9 +533,61 @@ def report_problems(data: FolderData, option: str, report=warn) -> None:
         report(f"skipped {option} {p.describe()}")
 
 
-def load_folder_banks(cfg: Config, progress: bool = True, report=warn) -> tuple[ClassBank, ClassBank]:
-    """(meta-training bank, held-out bank) of a folder dataset, classes disjoint.
+def parse_validation_classes(spec) -> tuple[str, object] | None:
+    """``--validation-classes`` -> None (the default fraction), ("none", None), ("fraction", f) or ("names", [...])."""
+    if spec is not None and str(spec).strip().lower() in ("none", "0", "0.0"):
+        return ("none", None)
+    parsed = parse_test_classes(spec)
+    if parsed is not None and parsed[0] == "all":
+        raise UserError("--validation-classes all would leave nothing to train on; give a fraction, names or none")
+    return parsed
 
+
+def choose_validation_classes(names: list[str], spec, seed: int, test: set[str], where: str) -> list[str]:
+    """Validation class names (sorted), drawn from the classes that are not test classes."""
+    parsed = parse_validation_classes(spec)
+    kind, value = parsed if parsed is not None else ("fraction", DEFAULT_VALIDATION_FRACTION)
+    rest = [n for n in names if n not in test]
+    if kind == "none":
+        return []
+    if kind == "names":
+        bad = [n for n in value if n not in rest]
+        if bad:
+            why = "a test class" if bad[0] in test else f"not a usable class of {where}"
+            raise DataError(f"--validation-classes names {bad[0]!r}, which is {why}")
+        chosen = sorted(set(value))
+    else:
+        count = min(len(rest) - 1, int(value * len(names) + 0.5))
+        ranked = sorted(rest, key=lambda n: hashlib.sha256(
+            f"validation/{seed}/{n}".encode("utf-8", "surrogateescape")).hexdigest())
+        chosen = sorted(ranked[:max(0, count)])
+    if len(chosen) >= len(rest):
+        raise DataError(f"--validation-classes leaves no class of {where} to train on")
+    return chosen
+
+
+def _digests_by_class(data: FolderData) -> dict[str, list[str]]:
+    b = data.bank
+    return {n: data.digests[b.offsets[c]:b.offsets[c] + b.counts[c]].tolist() for c, n in enumerate(b.names)}
+
+
+def _subset_names(bank: ClassBank, names) -> ClassBank:
+    names = set(names)
+    return bank.subset([i for i, n in enumerate(bank.names) if n in names])
+
+
+def load_folder_banks(cfg: Config, progress: bool = True, report=warn) -> tuple[ClassBank, ClassBank]:
+    """(meta-training bank, held-out test bank) of a folder dataset, classes disjoint."""
+    parts = load_folder_parts(cfg, progress, report)
+    return parts.train, parts.test
+
+
+def load_folder_parts(cfg: Config, progress: bool = True, report=warn, recorded: dict | None = None) -> SplitBanks:
+    """Training, validation and test banks of a folder dataset, classes pairwise disjoint.
+
+    ``recorded``: the class lists a checkpoint trained with (``{"train", "validation", "test"}``);
+    given, the test and validation classes are those, whatever the folder holds now (classes
+    added since then never move a trained class into the held-out set).
     Skippable problems are reported through ``report`` (one line per file or class);
     unskippable ones raise ``DataError``/``UserError`` with one line saying what to do.
     """
@@ -543,6 +600,7 @@ def load_folder_banks(cfg: Config, progress: bool = True, report=warn) -> tuple[
     kw = dict(image_size=d.image_size, channels=d.channels, resize=d.resize, progress=progress)
     data = load_folder(d.data_root, option="--data-root", **kw)
     report_problems(data, "--data-root", report)
+    digests = _digests_by_class(data)
     if d.test_root:
         held = load_folder(d.test_root, option="--test-root", **kw)
         report_problems(held, "--test-root", report)
@@ -554,16 +612,35 @@ def load_folder_banks(cfg: Config, progress: bool = True, report=warn) -> tuple[
         if shared:
             report(f"{len(shared)} file(s) appear in both --data-root and --test-root (label leakage); skipped "
                    "from both (run `fewshot-mann inspect` on each folder to list them)")
-        train_bank, test_bank = drop_digests(data, shared), drop_digests(held, shared)
+        pool, test_bank = drop_digests(data, shared), drop_digests(held, shared)
+        digests = {n: [x for x in v if x not in shared] for n, v in digests.items()}
         where = f"--test-root {d.test_root}"
+        test_names: set[str] = set()
     else:
-        held_names = set(choose_test_classes(data.bank.names, spec, cfg.train.seed, f"--data-root {d.data_root}"))
-        bank = data.bank
-        train_bank = bank.subset([i for i, n in enumerate(bank.names) if n not in held_names])
-        test_bank = bank.subset([i for i, n in enumerate(bank.names) if n in held_names])
-        how = d.test_classes if spec is not None else f"{DEFAULT_TEST_FRACTION} (the default)"
-        where = f"--test-classes {how} of the {bank.num_classes} classes in {d.data_root}"
-    train_bank = drop_small_classes(train_bank, e.instances, "--data-root", report)
+        pool = data.bank
+        if recorded is not None:
+            test_names = set(recorded.get("test", [])) & set(pool.names)
+            gone = len(set(recorded.get("test", []))) - len(test_names)
+            if gone:
+                report(f"{gone} of the checkpoint's {len(recorded['test'])} test classes are no longer in "
+                       f"{d.data_root}; scoring the other {len(test_names)}")
+            how = "the checkpoint's recorded test classes"
+        else:
+            test_names = set(choose_test_classes(pool.names, spec, cfg.train.seed, f"--data-root {d.data_root}"))
+            how = f"--test-classes {d.test_classes if spec is not None else f'{DEFAULT_TEST_FRACTION} (the default)'}"
+        test_bank = _subset_names(pool, test_names)
+        where = f"{how} of the {pool.num_classes} classes in {d.data_root}"
+    if recorded is not None:
+        val_names = set(recorded.get("validation", [])) & set(pool.names) - test_names
+        train_names = set(recorded.get("train", [])) & set(pool.names)
+    elif len(test_names) == pool.num_classes:  # --test-classes all: nothing is trained on
+        val_names, train_names = set(), set()
+    else:
+        val_names = set(choose_validation_classes(pool.names, d.validation_classes, cfg.train.seed, test_names,
+                                                  f"--data-root {d.data_root}"))
+        train_names = set(pool.names) - test_names - val_names
+    train_bank = drop_small_classes(_subset_names(pool, train_names), e.instances, "--data-root", report)
+    val_bank = drop_small_classes(_subset_names(pool, val_names), e.instances, "validation", report)
     held_before = test_bank.num_classes
     test_bank = drop_small_classes(test_bank, e.instances, "held-out", report)
     if test_bank.num_classes < e.ways:
@@ -574,10 +651,12 @@ def load_folder_banks(cfg: Config, progress: bool = True, report=warn) -> tuple[
             + (f" ({small} more have fewer than {e.instances} images)" if small else "")
             + "; hold out more classes, lower --ways or --instances, or add images "
             "(`fewshot-mann inspect DIR` lists what is usable)")
-    return train_bank, test_bank
+    if val_bank.num_classes == 0:
+        val_bank = empty_bank(d.channels, d.image_size)
+    return SplitBanks(train_bank, val_bank, test_bank, digests)
 
 
-def split_record(cfg: Config, train_bank: ClassBank, test_bank: ClassBank) -> dict:
+def split_record(cfg: Config, train_bank: ClassBank, test_bank: ClassBank, val_bank: ClassBank | None = None) -> dict:
     """The class split as JSON-ready data: class names and image counts only, never file names."""
     d = cfg.data
     return {
@@ -589,10 +668,14 @@ def split_record(cfg: Config, train_bank: ClassBank, test_bank: ClassBank) -> di
         "image_size": d.image_size,
         "channels": d.channels,
         "resize": d.resize,
+        "validation_classes": d.validation_classes if d.validation_classes is not None
+        else DEFAULT_VALIDATION_FRACTION,
         "train": {n: int(c) for n, c in zip(train_bank.names, train_bank.counts)},
+        "validation": {n: int(c) for n, c in zip(val_bank.names, val_bank.counts)} if val_bank is not None else {},
         "test": {n: int(c) for n, c in zip(test_bank.names, test_bank.counts)},
     }
 
 
-def write_split(path: str | os.PathLike, cfg: Config, train_bank: ClassBank, test_bank: ClassBank) -> None:
-    atomic_write_json(path, split_record(cfg, train_bank, test_bank))
+def write_split(path: str | os.PathLike, cfg: Config, train_bank: ClassBank, test_bank: ClassBank,
+                val_bank: ClassBank | None = None) -> None:
+    atomic_write_json(path, split_record(cfg, train_bank, test_bank, val_bank))

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .heldout import CLASS_CHOICES
 from .config import DATASETS, LABEL_ENCODINGS, MAX_THREADS, RESIZE_POLICIES, Config
 from .errors import UserError
 
@@ -133,7 +134,14 @@ def knn_parser() -> argparse.ArgumentParser:
     p.add_argument("--ways", type=int, default=None, help=f"default: {d.episodes.ways} or the checkpoint's")
     p.add_argument("--instances", type=int, default=None, help=f"default: {d.episodes.instances} or the checkpoint's")
     p.add_argument("--labels", choices=LABEL_ENCODINGS, default=None, help="default: onehot or the checkpoint's")
-    p.add_argument("--split", default="test", choices=("test", "train"), help="which classes: held-out or training")
+    p.add_argument("--classes", default=None, choices=CLASS_CHOICES,
+                   help="which classes to score: test (= held-out; the default), validation, or training")
+    p.add_argument("--split", default=None, choices=("test", "train"), help=argparse.SUPPRESS)  # deprecated: --classes
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="--features raw on a folder: the seed that chose the held-out classes (use the --seed the "
+                        "model you compare with was trained with; default: the checkpoint's, else --seed)")
+    p.add_argument("--allow-trained-classes", action="store_true",
+                   help="score test classes even where the checkpoint records training on some of them")
     p.add_argument("--episodes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="episode seed (evaluate.py's --seed)")
     p.add_argument("--batch-size", type=int, default=250)
@@ -168,7 +176,9 @@ def _knn(argv) -> int:
     from . import datasets
     from .checkpoint import load_checkpoint, load_model_from_checkpoint
     from .episodes import check_bank
+    from .cli import classes_option
     from .evaluation import evaluate, format_table
+    from .heldout import bank_digests, check_scored, recorded_classes
     from .reporting import training_record, write_evaluation
     from .training import resolve_device
 
@@ -184,8 +194,10 @@ def _knn(argv) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     ckpt = None
+    kind = classes_option(args)
     if args.features == "raw":
         cfg = _apply_overrides(Config(), args)
+        cfg.train.seed = args.seed if args.split_seed is None else args.split_seed  # the folder's class split
         embed, what = raw_pixels, "raw pixels"
     else:
         ckpt = load_checkpoint(args.features)
@@ -199,16 +211,22 @@ def _knn(argv) -> int:
                             f"{trained_episodes[1]} labels; drop --ways/--labels or use --layer encoder")
         embed = CheckpointFeatures(load_model_from_checkpoint(ckpt, device), args.layer)
         what = f"{args.layer} features of {args.features}"
-    train_bank, test_bank = datasets.load_banks(cfg, progress=not args.no_progress)
-    bank = test_bank if args.split == "test" else train_bank
-    check_bank(bank, cfg.episodes, f"{args.split} classes")
+    if ckpt is not None and args.split_seed is not None:
+        cfg.train.seed = args.split_seed
+    recorded = recorded_classes(ckpt) if ckpt is not None and not (args.data_root or args.dataset
+                                                                    or args.test_classes) else None
+    parts = datasets.load_split_banks(cfg, progress=not args.no_progress, recorded=recorded)
+    bank = parts.part(kind)
+    check_bank(bank, cfg.episodes, f"{kind} classes")
+    if ckpt is not None:
+        check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
     t0 = time.perf_counter()
     res = evaluate(KNNClassifier(embed), bank, cfg.episodes, episodes=args.episodes, seed=args.seed,
                    batch_size=args.batch_size, device=device, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     res.pop("_per_episode")
-    print(format_table(res, f"kNN ({what}) on {bank.num_classes} {args.split} classes"))
-    out = {**res, "classes": bank.num_classes, "split": args.split, "method": "knn",
+    print(format_table(res, f"kNN ({what}) on {bank.num_classes} {kind} classes"))
+    out = {**res, "classes": kind, "class_names": list(bank.names), "num_classes": bank.num_classes, "method": "knn",
            "features": "raw" if ckpt is None else str(args.features),
            "layer": None if ckpt is None else args.layer,
            "checkpoint": None if ckpt is None else str(args.features),

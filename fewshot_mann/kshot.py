@@ -73,8 +73,9 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
 
 def _main(argv) -> int:
     from .checkpoint import load_checkpoint, load_model_from_checkpoint
-    from .datasets import load_banks
+    from .datasets import load_split_banks
     from .fileio import atomic_write_json
+    from .heldout import bank_digests, check_scored, recorded_classes
     from .training import resolve_device
 
     p = argparse.ArgumentParser(prog="fewshot-mann kshot", description="Standard N-way K-shot accuracy (see module doc).")
@@ -86,6 +87,8 @@ def _main(argv) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None)
+    p.add_argument("--allow-trained-classes", action="store_true",
+                   help="score the test classes even where the checkpoint records training on some of them")
     args = p.parse_args(argv)
     if args.episodes < 1 or min(args.shots) < 1:
         raise UserError("--episodes and --shots must be at least 1")
@@ -95,7 +98,10 @@ def _main(argv) -> int:
         cfg.data.data_root = args.data_root
     device = resolve_device(args.device)
     model = load_model_from_checkpoint(ckpt, device)
-    _, test_bank = load_banks(cfg, progress=False)
+    recorded = None if args.data_root else recorded_classes(ckpt)
+    parts = load_split_banks(cfg, progress=False, recorded=recorded)
+    test_bank = parts.test
+    check_scored(ckpt, test_bank, "test", allow=args.allow_trained_classes, digests=bank_digests(parts, test_bank))
     rows = []
     for ways in args.ways or [cfg.episodes.ways]:
         ep_cfg = with_ways(cfg.episodes, ways)
@@ -108,7 +114,8 @@ def _main(argv) -> int:
             print(f"{ways}-way {shots}-shot: {100 * res['accuracy']:.1f} ± {100 * res['ci95']:.1f} % "
                   f"({args.episodes} episodes, seed {args.seed})")
     if args.json:
-        atomic_write_json(args.json, {"results": rows, "checkpoint": args.checkpoint,
+        atomic_write_json(args.json, {"results": rows, "classes": "test", "class_names": list(test_bank.names),
+                                      "checkpoint": args.checkpoint,
                                       "command": ["fewshot-mann", "kshot", *argv], "config": cfg.to_dict(),
                                       "training": {"episodes": ckpt.get("episodes_done")},
                                       "date": time.strftime("%Y-%m-%d")})

@@ -226,51 +226,75 @@ def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress
     return bank
 
 
+PARTS_OF_SPLIT = ("train", "validation", "test")
+
+
 def load_split(name: str) -> dict:
     """A class split: ``santoro`` / ``lake`` (package data ``splits/omniglot_<name>.json``) or the
-    path of a JSON file of the same form, ``{"train": [names], "test": [names]}``."""
+    path of a JSON file of the same form, ``{"train": [names], "validation": [names], "test": [names]}``
+    (pairwise disjoint; ``validation`` may be absent in a user's file: then no validation classes)."""
     if name in SPLITS:
         path = SPLIT_DIR / f"omniglot_{name}.json"
     elif name.endswith(".json"):
         path = Path(name).expanduser()
     else:
         raise UserError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}, "
-                        "or give a .json file with \"train\" and \"test\" lists of character names")
+                        "or give a .json file with \"train\", \"validation\" and \"test\" lists of character names")
     try:
         spec = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read split file {path}: {exc}") from exc
-    parts = [spec.get(part) if isinstance(spec, dict) else None for part in ("train", "test")]
-    if not all(isinstance(p, list) and p and all(isinstance(n, str) for n in p) for p in parts):
-        raise DataError(f"split file {path} must hold non-empty \"train\" and \"test\" lists of character names")
-    both = sorted(set(parts[0]) & set(parts[1]))
-    if both:
-        raise DataError(f"split file {path} puts {len(both)} character(s) in both train and test (e.g. {both[0]})")
+    if not isinstance(spec, dict):
+        raise DataError(f"split file {path} must hold a JSON object with \"train\" and \"test\" lists")
+    spec = dict(spec)
+    spec.setdefault("validation", [])
+    for part in PARTS_OF_SPLIT:
+        names = spec.get(part)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or (
+                part != "validation" and not names):
+            raise DataError(f"split file {path} must hold non-empty \"train\" and \"test\" lists of character names"
+                            " (and optionally a \"validation\" list)")
+    for a, b in (("train", "test"), ("train", "validation"), ("validation", "test")):
+        both = sorted(set(spec[a]) & set(spec[b]))
+        if both:
+            raise DataError(f"split file {path} puts {len(both)} character(s) in both {a} and {b} (e.g. {both[0]})")
     return spec
 
 
-def split_banks(bank: ClassBank, split: str) -> tuple[ClassBank, ClassBank]:
-    """(train, test) banks for a named split; their characters are disjoint."""
+def split_parts(bank: ClassBank, split: str) -> dict[str, ClassBank]:
+    """``{"train", "validation", "test"}`` -> bank, for a named split; classes pairwise disjoint."""
     spec = load_split(split)
     index = {n: i for i, n in enumerate(bank.names)}
-    out = []
-    for part in ("train", "test"):
+    out = {}
+    for part in PARTS_OF_SPLIT:
         missing = [n for n in spec[part] if n not in index]
         if missing:
             raise DataError(
                 f"split {split!r} names {len(missing)} characters not in the data (e.g. {missing[0]}); "
                 "is the data root a complete Omniglot?")
-        out.append(bank.subset([index[n] for n in spec[part]]))
-    return out[0], out[1]
+        out[part] = bank.subset([index[n] for n in spec[part]])
+    return out
 
 
-def make_santoro_split(names: list[str], seed: int = 2016, train: int = 1200) -> dict:
-    """Draw 1,200 train / 423 test characters from all of them with a fixed seed."""
+def split_banks(bank: ClassBank, split: str) -> tuple[ClassBank, ClassBank]:
+    """(train, test) banks for a named split; their characters are disjoint."""
+    parts = split_parts(bank, split)
+    return parts["train"], parts["test"]
+
+
+def make_santoro_split(names: list[str], seed: int = 2016, train: int = 1200, validation: int = 100,
+                       validation_seed: int = 2017) -> dict:
+    """Draw 1,200 train / 423 test characters from all of them with a fixed seed, then hold out
+    ``validation`` of the 1,200 as validation classes with a second seed (the test set stays
+    the paper protocol's 423)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(names))
+    trained = sorted(names[i] for i in order[:train])
+    pick = np.random.default_rng(validation_seed).permutation(len(trained))
     return {
-        "description": "Santoro et al. 2016: 1,200 training / 423 test characters drawn from all 1,623",
         "seed": seed,
-        "train": sorted(names[i] for i in order[:train]),
+        "validation_seed": validation_seed,
+        "train": sorted(trained[i] for i in pick[validation:]),
+        "validation": sorted(trained[i] for i in pick[:validation]),
         "test": sorted(names[i] for i in order[train:]),
     }

@@ -22,7 +22,7 @@ import torch
 from . import distributed
 from .checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
 from .config import Config
-from .datasets import load_banks
+from .datasets import load_split_banks
 from .episodes import Jitter, batch_rng, check_bank, sample_episodes, to_tensors
 from .errors import CheckpointError, UserError
 from .evaluation import correct_steps, loss_fn, per_episode_instance_accuracy
@@ -259,14 +259,22 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
         raise UserError(f"--batch-size {t.batch_size} is smaller than the number of processes ({ctx.world}); "
                         "every process needs at least one episode per step")
 
-    train_bank, test_bank = load_banks(cfg, progress=progress)
-    if main and cfg.data.dataset == "folder":  # class names and counts only: rebuilt from the config by evaluate
+    parts = load_split_banks(cfg, progress=progress)
+    train_bank, val_bank = parts.train, parts.validation
+    if main and cfg.data.dataset == "folder":  # class names and counts only (the checkpoint records them too)
         from .folder import write_split
-        write_split(out / "split.json", cfg, train_bank, test_bank)
+        write_split(out / "split.json", cfg, parts.train, parts.test, parts.validation)
+    classes_record = parts.class_names()  # which classes this model trains on, is checked on and is tested on
+    train_digests = sorted({x for n in parts.train.names for x in parts.digests.get(n, [])}) if parts.digests else None
     if cfg.data.rotations:
         train_bank = train_bank.with_rotations()
     check_bank(train_bank, cfg.episodes, "training classes")
-    check_bank(test_bank, cfg.episodes, "held-out classes")
+    check_bank(parts.test, cfg.episodes, "held-out classes")  # a model that evaluate could never score is refused
+    checks_on = bool(t.eval_every)
+    if checks_on and (val_bank.num_classes < cfg.episodes.ways or val_bank.min_count < cfg.episodes.instances):
+        log(f"warning: {val_bank.num_classes} validation class(es) cannot make a {cfg.episodes.ways}-way episode "
+            f"with {cfg.episodes.instances} instances; in-training checks are off (give more --validation-classes)")
+        checks_on = False
 
     model = new_model(cfg).to(device)
     optimizer = new_optimizer(model, t.lr)
@@ -289,7 +297,7 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
     first, stop_at = distributed.shard(batch, ctx.rank, ctx.world)  # this rank's episodes of each batch
     total_steps = math.ceil(t.episodes / batch)
     steps_per_log = max(1, math.ceil(LOG_EVERY_EPISODES / batch))
-    steps_per_eval = max(1, math.ceil(t.eval_every / batch)) if t.eval_every else 0
+    steps_per_eval = max(1, math.ceil(t.eval_every / batch)) if checks_on else 0
     steps_per_ckpt = max(1, math.ceil(t.checkpoint_every / batch))
     jitter = Jitter(cfg.data.jitter_shift, cfg.data.jitter_rotate)
     use_jitter = cfg.data.jitter_shift > 0 or cfg.data.jitter_rotate > 0
@@ -303,24 +311,27 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
             "optimizer": optimizer.state_dict(), "state": dict(state),
             "step": state["step"], "episodes_done": state["episodes_done"],
             **({"init_from": origin} if origin else {}),
+            "classes": classes_record, **({"train_digests": train_digests} if train_digests is not None else {}),
         })
 
-    def run_eval():
-        res = distributed.evaluate_sharded(model, test_bank, cfg.episodes, ctx, episodes=t.eval_episodes,
+    def run_eval():  # validation classes only: the test classes are for evaluate / kshot / knn
+        res = distributed.evaluate_sharded(model, val_bank, cfg.episodes, ctx, episodes=t.eval_episodes,
                                            seed=t.seed, device=device)
         res.pop("_per_episode")
-        entry = {"kind": "eval", **res, "episodes": state["episodes_done"], "eval_episodes": res["episodes"],
-                 "train_seconds": round(state["train_seconds"], 3)}
+        entry = {"kind": "eval", "classes": "validation", **res, "episodes": state["episodes_done"],
+                 "eval_episodes": res["episodes"], "train_seconds": round(state["train_seconds"], 3)}
         if main:
             append_line(metrics_path, json.dumps(entry))
-        state["last_eval"] = {"episodes": state["episodes_done"], "accuracy_by_instance": res["accuracy_by_instance"]}
+        state["last_eval"] = {"episodes": state["episodes_done"], "classes": "validation",
+                              "accuracy_by_instance": res["accuracy_by_instance"]}
         return res
 
     if ckpt is None:
         log(f"training {cfg.model.model} ({count_parameters(model):,} parameters) on {device}"
             + (f" x {ctx.world} processes" if ctx.enabled else "") + ": "
             f"{cfg.episodes.ways}-way, {cfg.episodes.instances} instances, {cfg.episodes.labels} labels, "
-            f"{train_bank.num_classes:,} training / {test_bank.num_classes:,} held-out classes")
+            f"{train_bank.num_classes:,} training / {val_bank.num_classes:,} validation classes "
+            f"({parts.test.num_classes:,} test classes kept for evaluate)")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -403,7 +414,7 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
                 res = run_eval()
                 msg = " ".join(f"{100 * a:.1f}" for a in res["accuracy_by_instance"])
                 (bar.write if bar is not None else log)(
-                    f"[{state['episodes_done']:,} episodes] held-out accuracy by instance (%): {msg}")
+                    f"[{state['episodes_done']:,} episodes] validation accuracy by instance (%): {msg}")
             if done % steps_per_ckpt == 0 or done == total_steps:
                 save()
             if not ctx.enabled:

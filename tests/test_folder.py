@@ -32,8 +32,10 @@ def clean(tmp_path_factory):
 
 
 def folder_cfg(root, **data):
+    """A tiny folder config; no validation classes unless a test asks (the two-way split tests)."""
     cfg = tiny_config()
     cfg.data.dataset, cfg.data.image_size, cfg.data.channels = "folder", 8, 3
+    cfg.data.validation_classes = "none"
     cfg.data.data_root = None if root is None else str(root)
     cfg.episodes.ways, cfg.episodes.instances = 2, 4
     for k, v in data.items():

@@ -21,6 +21,7 @@ from fewshot_mann import checkpoint, datasets, omniglot, training
 from fewshot_mann.checkpoint import load_checkpoint, load_model_from_checkpoint
 from fewshot_mann.errors import CheckpointError, DataError, UserError
 from test_omniglot import _png, make_fake_omniglot
+from helpers import as_split
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fewshot_mann"
 BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
@@ -32,8 +33,8 @@ TINY_FLAGS = ["--image-size", "6", "--controller-size", "16", "--memory-slots", 
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
     fake = lambda cfg, progress=True: BANKS  # noqa: E731
-    monkeypatch.setattr(training, "load_banks", fake)
-    monkeypatch.setattr(datasets, "load_banks", fake)
+    monkeypatch.setattr(training, "load_split_banks", as_split(fake))
+    monkeypatch.setattr(datasets, "load_split_banks", as_split(fake))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def valid(tmp_path_factory):
     out = tmp_path_factory.mktemp("valid")
     paths = {}
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(training, "load_banks", lambda cfg, progress=True: BANKS)
+        m.setattr(training, "load_split_banks", as_split(lambda cfg, progress=True: BANKS))
         for name in ("mann", "lstm"):
             cfg = tiny_config(model=name)
             cfg.episodes.ways, cfg.episodes.instances = 3, 4

@@ -41,7 +41,7 @@ def test_no_data_root_uses_the_embedded_set_and_says_so(fresh_embedded, capsys):
     omniglot.load_omniglot(None, 20, progress=False)
     assert capsys.readouterr().err == ""  # said once per process
     train, test = omniglot.split_banks(bank, "santoro")
-    assert (train.num_classes, test.num_classes) == (1200, 423)
+    assert (train.num_classes, test.num_classes) == (1100, 423)
 
 
 def test_other_sizes_need_the_original_images(fresh_embedded):

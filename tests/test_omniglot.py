@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -12,20 +13,46 @@ from fewshot_mann import omniglot
 from fewshot_mann.errors import DataError, UserError
 
 
-@pytest.mark.parametrize("name,train,test", [("santoro", 1200, 423), ("lake", 964, 659)])
-def test_committed_splits_are_disjoint_and_cover_all(name, train, test):
+@pytest.mark.parametrize("name,train,validation,test", [("santoro", 1100, 100, 423), ("lake", 834, 130, 659)])
+def test_committed_splits_are_disjoint_and_cover_all(name, train, validation, test):
     spec = omniglot.load_split(name)
-    assert len(spec["train"]) == train and len(spec["test"]) == test
+    assert (len(spec["train"]), len(spec["validation"]), len(spec["test"])) == (train, validation, test)
     assert not set(spec["train"]) & set(spec["test"])
-    assert len(set(spec["train"]) | set(spec["test"])) == 1623
+    assert not set(spec["train"]) & set(spec["validation"])
+    assert not set(spec["validation"]) & set(spec["test"])
+    assert len(set(spec["train"]) | set(spec["validation"]) | set(spec["test"])) == 1623
+
+
+def test_santoro_test_characters_are_the_paper_protocols_423():
+    """Validation came out of the 1,200 training characters: the 423 test characters did not move."""
+    spec = omniglot.load_split("santoro")
+    names = sorted(spec["train"] + spec["validation"] + spec["test"])
+    first_draw = np.random.default_rng(2016).permutation(len(names))
+    assert spec["test"] == sorted(names[i] for i in first_draw[1200:])
+
+
+def test_lake_validation_is_whole_background_alphabets():
+    spec = omniglot.load_split("lake")
+    alphabets = {n.split("/")[1] for n in spec["validation"]}
+    assert len(alphabets) == 4 and all(n.startswith("background/") for n in spec["validation"])
+    assert not alphabets & {n.split("/")[1] for n in spec["train"]}
+
+
+def test_a_split_file_with_overlapping_validation_is_refused(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"train": ["a", "b"], "validation": ["b"], "test": ["c"]}))
+    with pytest.raises(DataError, match="both train and validation"):
+        omniglot.load_split(str(path))
+    path.write_text(json.dumps({"train": ["a", "b"], "test": ["c"]}))
+    assert omniglot.load_split(str(path))["validation"] == []
 
 
 def test_santoro_split_is_reproducible_from_its_seed():
     spec = omniglot.load_split("santoro")
-    names = sorted(spec["train"] + spec["test"])
-    # The committed file is exactly what the seeded draw gives.
-    remade = omniglot.make_santoro_split(names, seed=spec["seed"])
-    assert remade["train"] == spec["train"] and remade["test"] == spec["test"]
+    names = sorted(spec["train"] + spec["validation"] + spec["test"])
+    # The committed file is exactly what the seeded draws give.
+    remade = omniglot.make_santoro_split(names, seed=spec["seed"], validation_seed=spec["validation_seed"])
+    assert all(remade[part] == spec[part] for part in ("train", "validation", "test"))
 
 
 def test_lake_split_follows_official_parts():
@@ -101,9 +128,10 @@ def test_omniglot_santoro_split(omniglot_source):
     bank = omniglot.load_omniglot(omniglot_source, 20, progress=False)
     assert bank.images.shape == (32460, 1, 20, 20) and bank.images.dtype == np.uint8
     assert set(bank.counts.tolist()) == {20}
-    train, test = omniglot.split_banks(bank, "santoro")
-    assert (train.num_classes, test.num_classes) == (1200, 423)
-    assert not set(train.names) & set(test.names)
+    parts = omniglot.split_parts(bank, "santoro")
+    train, val, test = parts["train"], parts["validation"], parts["test"]
+    assert (train.num_classes, val.num_classes, test.num_classes) == (1100, 100, 423)
+    assert not set(train.names) & set(test.names) and not set(val.names) & (set(train.names) | set(test.names))
     rotated = train.with_rotations()
-    assert rotated.num_classes == 4800
-    assert np.array_equal(rotated.images[rotated.offsets[1200]], np.rot90(train.images[0], 1, axes=(1, 2)))
+    assert rotated.num_classes == 4400
+    assert np.array_equal(rotated.images[rotated.offsets[1100]], np.rot90(train.images[0], 1, axes=(1, 2)))

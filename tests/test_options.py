@@ -15,6 +15,7 @@ from conftest import synthetic_bank, tiny_config
 from fewshot_mann import cli, datasets, training
 from fewshot_mann.checkpoint import load_checkpoint, load_model_from_checkpoint
 from fewshot_mann.evaluation import evaluate
+from helpers import as_split
 
 BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
 
@@ -22,8 +23,8 @@ BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classe
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
     fake = lambda cfg, progress=True: BANKS  # noqa: E731
-    monkeypatch.setattr(training, "load_banks", fake)
-    monkeypatch.setattr(datasets, "load_banks", fake)
+    monkeypatch.setattr(training, "load_split_banks", as_split(fake))
+    monkeypatch.setattr(datasets, "load_split_banks", as_split(fake))
 
 
 def error_line(capsys) -> str:
@@ -37,6 +38,7 @@ def error_line(capsys) -> str:
 # (flags, what the one error line says). The default --image-size is 20; the synthetic data
 # has 10 training classes (40 with rotations), 6 held-out ones, 12 images each.
 TRAIN_BAD = [
+    (["--final-eval", "-1"], "--final-eval must be >= 0"),
     (["--image-size", "3"], "--image-size must be at least 4"),
     (["--image-size", "5000"], "--image-size must be at most 1024"),
     (["--image-size", "twenty"], "argument --image-size: invalid int value: 'twenty'"),
@@ -121,7 +123,7 @@ def checkpoint_path(tmp_path_factory):
     cfg.data.rotations = False
     cfg.train.episodes, cfg.train.batch_size, cfg.train.eval_every = 8, 4, 0
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(training, "load_banks", lambda cfg, progress=True: BANKS)
+        m.setattr(training, "load_split_banks", as_split(lambda cfg, progress=True: BANKS))
         training.train(cfg, out, progress=False, log=lambda msg: None)
     return out / "checkpoint.pt"
 

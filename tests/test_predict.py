@@ -171,12 +171,15 @@ def workflow(tmp_path_factory):
 
 def test_folder_run_writes_its_split_and_evaluate_rebuilds_it(workflow, tmp_path, capsys):
     split = json.loads((workflow["run"] / "split.json").read_text())
-    assert len(split["test"]) == 2 and len(split["train"]) == 4 and not set(split["train"]) & set(split["test"])
+    assert len(split["test"]) == 2 and len(split["train"]) + len(split["validation"]) == 4
+    assert len(split["validation"]) == 1  # round(0.2 * 6) of the non-test classes
+    assert not set(split["train"]) & set(split["test"]) and not set(split["validation"]) & set(split["test"])
     out = tmp_path / "eval.json"
     assert cli.evaluate_main(["--checkpoint", str(workflow["run"] / "checkpoint.pt"), "--episodes", "12",
                               "--json", str(out), "--no-progress"]) == 0
     res = json.loads(out.read_text())
-    assert res["classes"] == 2 and len(res["accuracy_by_instance"]) == 4 and len(res["ci95"]) == 4
+    assert res["num_classes"] == 2 and len(res["accuracy_by_instance"]) == 4 and len(res["ci95"]) == 4
+    assert res["classes"] == "test" and res["class_names"] == sorted(split["test"])
     assert res["config"]["data"]["test_classes"] == "0.34"
     capsys.readouterr()
 
@@ -188,7 +191,7 @@ def test_a_folder_checkpoint_evaluates_on_a_new_folder_of_classes(workflow, tmp_
                               "--test-classes", "all", "--instances", "3", "--episodes", "6", "--json", str(out),
                               "--no-progress"]) == 0
     res = json.loads(out.read_text())
-    assert res["classes"] == 3 and len(res["accuracy_by_instance"]) == 3
+    assert res["num_classes"] == 3 and len(res["accuracy_by_instance"]) == 3
     capsys.readouterr()
 
 
@@ -221,7 +224,7 @@ def test_an_omniglot_style_checkpoint_evaluates_on_a_folder_it_never_saw(tmp_pat
                               "--instances", "3", "--episodes", "10", "--json", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     res = json.loads(out.read_text())
-    assert res["classes"] == 4 and len(res["accuracy_by_instance"]) == 3  # every class held out
+    assert res["num_classes"] == 4 and len(res["accuracy_by_instance"]) == 3  # every class held out
     assert res["config"]["data"]["image_size"] == 10 and res["config"]["data"]["channels"] == 1
 
 

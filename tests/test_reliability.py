@@ -26,6 +26,7 @@ from fewshot_mann.checkpoint import load_checkpoint
 from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
 from test_omniglot import make_fake_omniglot
+from helpers import as_split
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fewshot_mann"
@@ -34,13 +35,14 @@ EPISODES = 800
 
 @pytest.fixture(scope="module")
 def fake_data(tmp_path_factory):
-    """A fake Omniglot (6 background / 4 evaluation characters) and a split file naming them."""
+    """A fake Omniglot (6 background / 4 evaluation characters) and a split file naming them (3 / 3 / 4)."""
     root = tmp_path_factory.mktemp("omniglot")
     make_fake_omniglot(root, as_zip=False)
     names = sorted("/".join((p.parts[-3].removeprefix("images_"), p.parts[-2], p.parts[-1]))
                    for p in root.glob("images_*/*/*"))
     split = root / "split.json"
-    split.write_text(json.dumps({"train": [n for n in names if n.startswith("background/")],
+    background = [n for n in names if n.startswith("background/")]
+    split.write_text(json.dumps({"train": background[:3], "validation": background[3:],
                                  "test": [n for n in names if n.startswith("evaluation/")]}))
     return root, split
 
@@ -169,7 +171,7 @@ def test_kill_inside_a_save_keeps_the_previous_checkpoint(fake_data, reference_r
 @pytest.fixture
 def synthetic(monkeypatch):
     banks = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
-    monkeypatch.setattr(training, "load_banks", lambda cfg, progress=True: banks)
+    monkeypatch.setattr(training, "load_split_banks", as_split(lambda cfg, progress=True: banks))
     return banks
 
 

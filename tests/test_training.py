@@ -11,12 +11,13 @@ from conftest import synthetic_bank, tiny_config
 from fewshot_mann import training
 from fewshot_mann.checkpoint import load_checkpoint
 from fewshot_mann.errors import UserError
+from helpers import as_split
 
 
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
     banks = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
-    monkeypatch.setattr(training, "load_banks", lambda cfg, progress=True: banks)
+    monkeypatch.setattr(training, "load_split_banks", as_split(lambda cfg, progress=True: banks))
 
 
 def small_cfg(episodes=48):

@@ -1,0 +1,20 @@
+"""Test helpers shared by several test files (not fixtures: those live in conftest.py)."""
+from __future__ import annotations
+
+import dataclasses
+
+from fewshot_mann.bank import SplitBanks
+
+
+def as_split(load):
+    """A fake ``load_banks(cfg, progress)`` -> (train, held-out) as a fake ``load_split_banks``:
+    the held-out bank serves as both the validation classes (in-training checks) and the test
+    classes (evaluate), as the one held-out bank did before validation classes existed. Synthetic
+    banks reuse names (class00, ...), so held-out classes that share a training class's name are
+    renamed: they are other classes, and the held-out check compares names."""
+    def load_split(cfg, progress=True, recorded=None):
+        train, held = load(cfg, progress)
+        if set(train.names) & set(held.names):
+            held = dataclasses.replace(held, names=[f"held-out/{n}" for n in held.names])
+        return SplitBanks(train, held, held)
+    return load_split
