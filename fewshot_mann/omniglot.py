@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,12 @@ from PIL import Image
 
 from .bank import ClassBank
 from .errors import DataError, UserError
-from .fileio import atomic_write
+from .fileio import InputError, atomic_write, read_json_file, read_regular_file
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 PARTS = ("background", "evaluation")
 SPLITS = ("santoro", "lake")
@@ -119,8 +124,16 @@ class _Source:
             raise DataError(f"{self.path}: {name} is {size:,} bytes, more than any Omniglot drawing "
                             f"({MAX_PNG_BYTES:,} at most); refusing to read it")
         if self.is_zip:
-            return self._zip.read(handle)
-        return Path(handle).read_bytes()
+            try:
+                return self._zip.read(handle)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError,
+                    ValueError) as exc:  # bad CRC, truncated, encrypted, unsupported compression
+                raise DataError(f"{self.path}: member {handle.filename} cannot be read ({_reason(exc)}); "
+                                f"the archive is damaged or not the official one; {GET_DATA_HINT}") from exc
+        try:
+            return read_regular_file(handle, MAX_PNG_BYTES, "Omniglot file")
+        except InputError as exc:
+            raise DataError(str(exc)) from exc
 
 
 def find_sources(root: str | os.PathLike) -> list[_Source]:
@@ -208,9 +221,9 @@ def load_split(name: str) -> dict:
         raise UserError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}, "
                         "or give a .json file with \"train\" and \"test\" lists of character names")
     try:
-        spec = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read split file {path}: {exc}") from exc
+        spec = read_json_file(path, "split file")
+    except InputError as exc:
+        raise DataError(str(exc)) from exc
     parts = [spec.get(part) if isinstance(spec, dict) else None for part in ("train", "test")]
     if not all(isinstance(p, list) and p and all(isinstance(n, str) for n in p) for p in parts):
         raise DataError(f"split file {path} must hold non-empty \"train\" and \"test\" lists of character names")
