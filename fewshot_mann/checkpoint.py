@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ VERSION = 1
 # as a walk would meet them: a list shared a million times counts a million times (a "billion
 # laughs" file is small on disk because the unpickler shares references). A real checkpoint has
 # a few thousand nodes and a depth of 5.
+MAX_CHECKPOINT_BYTES = 4 * 2**30
 MAX_NODES = 200_000
 MAX_DEPTH = 32
 MAX_COMMAND_ITEMS = 10_000
@@ -64,8 +66,14 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; pass the .pt file (e.g. {path / 'checkpoint.pt'})")
-    if path.stat().st_size == 0:
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):  # /dev/zero, a FIFO: never opened
+        raise CheckpointError(f"checkpoint {path} is not a regular file (a device, FIFO or socket)")
+    if st.st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
+    if st.st_size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"checkpoint {path} is {st.st_size:,} bytes, over the {MAX_CHECKPOINT_BYTES:,}-byte "
+                              "limit (a fewshot-mann checkpoint is a few MB); not read")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,

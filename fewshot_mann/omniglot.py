@@ -82,11 +82,21 @@ class _Source:
         self.is_zip = path.suffix == ".zip"
 
     def fingerprint(self) -> str:
+        """What the decode cache is keyed on: a zip's SHA-256 (a re-made archive of the same size
+        and time is another archive); for a folder, every PNG's path, size, mtime and ctime in ns
+        (re-creating or moving a file changes its ctime, which no tool can set back)."""
         if self.is_zip:
-            st = self.path.stat()
-            return f"{self.path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
-        files = sorted(self.path.rglob("*.png"))
-        return f"{self.path.resolve()}:{len(files)}:{int(max((f.stat().st_mtime for f in files), default=0))}"
+            digest = hashlib.sha256()
+            with open(self.path, "rb") as f:
+                for block in iter(lambda: f.read(2**20), b""):
+                    digest.update(block)
+            return f"{self.path.resolve()}:{digest.hexdigest()}"
+        digest = hashlib.sha256()
+        for f in sorted(self.path.glob("*/*/*.png")):
+            st = f.stat()
+            digest.update(f"{f.relative_to(self.path)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n"
+                          .encode("utf-8", "surrogateescape"))
+        return f"{self.path.resolve()}:{digest.hexdigest()}"
 
     def members(self) -> dict[str, list[tuple[str, object]]]:
         """Character name -> sorted list of (file name, handle) of its PNGs."""
@@ -177,7 +187,10 @@ def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress
     """All 1,623 characters at ``image_size``, decoded once and cached (uint8)."""
     root = Path(root).expanduser() if root else default_data_root()
     sources = find_sources(root)
-    key = hashlib.sha1("|".join(s.fingerprint() for s in sources).encode()).hexdigest()[:16]
+    try:
+        key = hashlib.sha1("|".join(s.fingerprint() for s in sources).encode()).hexdigest()[:16]
+    except OSError as exc:
+        raise DataError(f"cannot read the Omniglot data under {root}: {exc.strerror or exc}") from exc
     cache = cache_dir() / f"omniglot-{image_size}px-{key}.npz"
     if cache.exists():
         try:

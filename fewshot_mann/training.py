@@ -296,6 +296,7 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
     if distributed.on_main(ctx, lambda: prepare_run_dir(out, resume, overwrite, lock if main else None, init_from)):
         ckpt = load_checkpoint(ckpt_path)
         check_weights_fit(ckpt["config_obj"], ckpt["model"], f"cannot resume from {ckpt_path}")
+        refuse_nonfinite(ckpt, ckpt_path)  # it would stop at once, calling a NaN checkpoint "good"
         saved = ckpt["config_obj"]
         ignored = ignored_on_resume(cfg, saved, asked)
         if ignored:

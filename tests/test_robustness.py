@@ -378,6 +378,11 @@ def test_checkpoint_that_expands_when_walked_is_refused_quickly(run_dir, tmp_pat
     assert checkpoint.structure_problem(torch.load(run_dir / "checkpoint.pt", weights_only=True)) is None
 
 
+def test_a_checkpoint_that_is_a_device_is_never_opened(capsys):
+    assert evaluate_script.main(["--checkpoint", "/dev/zero", "--no-progress"]) == 2
+    assert "is not a regular file" in one_line(capsys)
+
+
 # --------------------------------------------------------- 4. runs never destroy their work (cause 1)
 
 def test_overwrite_never_deletes_the_source_of_init_from(run_dir, tmp_path, capsys):
@@ -452,6 +457,14 @@ def test_nan_weights_are_refused_by_predict_and_init_from_and_flagged_by_evaluat
     assert "non-finite" in result["warning"]
 
 
+def test_resume_from_a_nan_checkpoint_is_refused(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    nan_checkpoint(run_dir, tmp_path).rename(run / "checkpoint.pt")
+    assert train_script.main([*TINY, "--episodes", "12", "--out", str(run), "--resume"]) == 2
+    assert "non-finite weights" in one_line(capsys)
+
+
 def test_non_finite_stop_names_a_checkpoint_only_when_there_is_one(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "loss_fn", lambda *a: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(UserError) as info:
@@ -504,6 +517,28 @@ def test_a_transient_decode_failure_is_never_cached(tmp_path, monkeypatch):
     assert [p.kind for p in first.problems] == ["unreadable"] and "out of memory" in first.problems[0].message
     second = folder.load_folder(root, 8, 1, progress=False)
     assert not second.from_cache and not second.problems and second.bank.images.shape[0] == 4
+
+
+def test_the_omniglot_cache_keys_on_the_archive_content(tmp_path, monkeypatch):
+    from fewshot_mann import omniglot
+
+    monkeypatch.setattr(omniglot, "cache_dir", lambda: tmp_path / "cache")
+
+    def archive(part: str, value: int) -> Path:
+        png, path = tmp_path / "x.png", tmp_path / f"images_{part}.zip"
+        Image.new("L", (105, 105), value).save(png, compress_level=0)  # size independent of the pixels
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+            z.write(png, f"images_{part}/Alphabet/character01/0101_01.png")
+        os.utime(path, ns=(10**18, 10**18))
+        return path
+
+    archive("evaluation", 0)
+    first_zip = archive("background", 255)
+    first = omniglot.load_omniglot(tmp_path, 20, progress=False)
+    size = first_zip.stat().st_size
+    assert archive("background", 0).stat().st_size == size  # same size, same time: only the content differs
+    second = omniglot.load_omniglot(tmp_path, 20, progress=False)
+    assert int(first.images[0].max()) == 0 and int(second.images[0].max()) == 255  # strokes are inverted
 
 
 # ------------------------------------------------------------------ 7. messages (cause 7)
