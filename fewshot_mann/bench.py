@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .bank import ClassBank
+from .cli import add_shared_flags
 from .config import MODELS, Config
 from .errors import UserError
 
@@ -38,7 +39,7 @@ PHASES = ("sample", "to_tensors", "forward", "backward", "optimiser")
 def bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewshot-mann bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    add_shared_flags(p, "threads")
     p.add_argument("--batch-size", type=int, default=16, help="training batch (episodes per step)")
     p.add_argument("--eval-batch-sizes", default="250,1000", help="comma list of evaluation batch sizes")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per measurement (split into --rounds)")
@@ -60,7 +61,7 @@ def bench_parser() -> argparse.ArgumentParser:
                    help="also profile this many training steps of every loop with torch.profiler (top ops)")
     p.add_argument("--rss-steps", type=int, default=0,
                    help="also run this many project MANN training steps, sampling the resident memory")
-    p.add_argument("--seed", type=int, default=0)
+    add_shared_flags(p, "seed")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     return p
 
@@ -336,7 +337,9 @@ def _loop_config(args, name: str) -> Config:
 
 
 def _bench(argv) -> int:
-    args = bench_parser().parse_args(argv)
+    from .cli import parse_checked, set_threads
+
+    args = parse_checked(bench_parser(), argv)
     models = _parse_list(args.models, "--models")
     unknown = [m for m in models if m not in MODELS and m not in VARIANTS]
     if unknown:
@@ -347,8 +350,7 @@ def _bench(argv) -> int:
             or args.profile < 0 or min(eval_batches) < 1 or args.synthetic_classes < 5:
         raise UserError("--threads >= 0, --batch-size >= 1, --seconds > 0, --rounds >= 1, --rss-steps >= 0, "
                         "--profile >= 0, --eval-batch-sizes >= 1 and --synthetic-classes >= 5 are required")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     base = _config(args, "mann")
     bank = _load_bank(args, base)
     load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -6,14 +6,15 @@ User errors print one line (``error: ...``) and exit with status 2, never a trac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from .config import DATASETS, DECODES, ENCODERS, LABEL_ENCODINGS, MODELS, RESIZE_POLICIES, Config
+from .config import (DATASETS, DECODES, ENCODERS, LABEL_ENCODINGS, MODELS, RESIZE_POLICIES, Config, check_type,
+                     device_problem, image_size_problem, seed_problem, threads_problem)
 from .errors import UserError
+from .fileio import check_output_path, read_json_file
 from .heldout import CLASS_CHOICES
 
 # dest -> (config section, field). These flags become the Config.
@@ -50,6 +51,11 @@ def fail(message: str, code: int = 2) -> int:
 
 def run_guarded(fn, argv) -> int:
     """Run a sub-command; user errors become one line and exit status 2."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \udcXX, never fails
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
     try:
         return int(fn(argv) or 0)
     except UserError as exc:
@@ -66,20 +72,103 @@ def run_guarded(fn, argv) -> int:
     except MemoryError:
         return fail("out of memory; try a smaller --batch-size or --image-size")
     except RuntimeError as exc:  # torch reports a failed allocation as a RuntimeError
-        text = str(exc)
-        if "out of memory" in text.lower() or "can't allocate memory" in text:
-            return fail(f"out of memory ({text.strip().splitlines()[0][:120]}); "
-                        "try a smaller --batch-size, --image-size or model")
+        if is_allocation_error(exc):  # the whole first line: the size asked for is the useful part
+            return fail(f"out of memory ({first_line(exc)}); try a smaller --batch-size, --image-size or model")
         raise
 
 
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_allocation_error(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+
+
+# ------------------------------------------------------------------ flags shared by every command
+
+def _at_least_one(flag: str):
+    def problem(value) -> str | None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"{flag} must be at least 1 (got {value!r:.40})"
+        return None
+    return problem
+
+
+# dest -> the rule every command applies to it (one definition; Config.validate uses the same
+# functions for train, config files and checkpoints). A list value (kshot --ways 5 20) is
+# checked item by item; None means "not given" (the checkpoint's value is used).
+SHARED_RULES = {
+    "device": device_problem, "threads": threads_problem, "seed": seed_problem,
+    "image_size": image_size_problem, "batch_size": _at_least_one("--batch-size"),
+    "ways": _at_least_one("--ways"), "instances": _at_least_one("--instances"),
+    "shots": _at_least_one("--shots"), "orders": _at_least_one("--orders"),
+}
+# dest -> (flag, allowed suffixes): output files, checked before any work starts
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+SHARED_OUTPUTS = {"json": ("--json", None), "csv": ("--csv", None), "plot": ("--plot", PLOT_SUFFIXES)}
+
+
+# one definition of each shared flag: (help, argparse keywords); defaults may be given per command
+SHARED_FLAGS = {
+    "device": ("auto, cpu, cuda or cuda:N", {"default": "auto"}),
+    "threads": ("torch threads (0 = torch default)", {"type": int, "default": 0}),
+    "seed": ("seed in [0, 2**63)", {"type": int, "default": 0}),
+}
+
+
+def add_shared_flags(parser, *names: str, **defaults) -> None:
+    """Add the shared flags ``names`` (``SHARED_FLAGS``) to ``parser`` or an argument group."""
+    for name in names:
+        help_text, kwargs = SHARED_FLAGS[name]
+        kwargs = {**kwargs, **({"default": defaults[name]} if name in defaults else {})}
+        parser.add_argument(f"--{name.replace('_', '-')}", help=defaults.get(f"{name}_help", help_text), **kwargs)
+
+
+def check_shared_flags(args, skip: tuple[str, ...] = ()) -> None:
+    """Apply ``SHARED_RULES`` and the output-path check to every shared flag ``args`` has."""
+    for dest, rule in SHARED_RULES.items():
+        if dest in skip or getattr(args, dest, None) is None:
+            continue
+        value = getattr(args, dest)
+        for item in value if isinstance(value, list) else [value]:
+            problem = rule(item)
+            if problem:
+                raise UserError(problem)
+    for dest, (flag, suffixes) in SHARED_OUTPUTS.items():
+        if dest not in skip and getattr(args, dest, None) is not None:
+            check_output_path(getattr(args, dest), flag, suffixes)
+
+
+def parse_checked(parser: argparse.ArgumentParser, argv, skip: tuple[str, ...] = ()):
+    """``parser.parse_args(argv)``, then the shared flags' rules and output checks (one line)."""
+    args = parser.parse_args(argv)
+    check_shared_flags(args, skip)
+    return args
+
+
+def set_threads(threads: int) -> None:
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The dests given on the command line itself (not defaults)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    known, _ = parser.parse_known_args(argv)
+    return set(vars(known))
+
+
 def _flatten_config_file(path: str) -> dict:
-    try:
-        raw = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise UserError(f"config file {path} is not valid JSON: {exc}") from exc
+    """A ``-c`` JSON file as flag defaults, every value type-checked (``config.check_type``)."""
+    raw = read_json_file(path, "config file")
     if isinstance(raw, dict) and "config" in raw and isinstance(raw["config"], dict):
         raw = raw["config"]
     if not isinstance(raw, dict):
@@ -89,13 +178,18 @@ def _flatten_config_file(path: str) -> dict:
         if isinstance(value, dict):  # nested: {"model": {"memory_slots": 128}}
             for sub, v in value.items():
                 if (key, sub) not in reverse:
-                    raise UserError(f"config file {path}: unknown key {key}.{sub}")
-                flat[reverse[(key, sub)]] = v
+                    raise UserError(f"config file {path}: unknown key {key}.{sub:.60}")
+                flat[reverse[(key, sub)]] = check_type(key, sub, v, f"config file {path}")
         else:
             dest = key.replace("-", "_").lstrip("_")
             if dest not in FIELDS and dest not in ("out",):
-                raise UserError(f"config file {path}: unknown key {key!r}")
-            flat[dest] = value
+                raise UserError(f"config file {path}: unknown key {key!r:.60}")
+            if dest == "out":
+                if not isinstance(value, str):
+                    raise UserError(f"config file {path}: out must be a string (got {value!r:.60})")
+                flat[dest] = value
+            else:
+                flat[dest] = check_type(*FIELDS[dest], value, f"config file {path}")
     return flat
 
 
@@ -159,12 +253,11 @@ def train_parser() -> argparse.ArgumentParser:
                    help="episodes after which the learning rate is multiplied by --lr-decay-factor (0 = never)")
     g.add_argument("--lr-decay-factor", type=float, default=d.train.lr_decay_factor)
     g.add_argument("--grad-clip", type=float, default=d.train.grad_clip, help="gradient-norm clip (0 = off)")
-    g.add_argument("--seed", type=int, default=d.train.seed)
+    add_shared_flags(g, "seed", seed=d.train.seed)
     g.add_argument("--eval-every", type=int, default=d.train.eval_every, help="episodes between held-out evaluations (0 = never)")
     g.add_argument("--eval-episodes", type=int, default=d.train.eval_episodes)
     g.add_argument("--checkpoint-every", type=int, default=d.train.checkpoint_every, help="episodes between checkpoints")
-    g.add_argument("--device", default=d.train.device, help="auto, cpu or cuda")
-    g.add_argument("--threads", type=int, default=d.train.threads, help="torch threads (0 = default)")
+    add_shared_flags(g, "device", "threads", device=d.train.device, threads=d.train.threads)
     g.add_argument("--skip-nonfinite", action="store_true", default=d.train.skip_nonfinite,
                    help="skip batches with a NaN/inf loss instead of stopping")
     g = p.add_argument_group("run")
@@ -184,9 +277,12 @@ def parse_train_args(argv):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-c", "--config")
     known, _ = pre.parse_known_args(argv)
-    if known.config:
-        p.set_defaults(**_flatten_config_file(known.config))
-    return p.parse_args(argv)
+    from_file = _flatten_config_file(known.config) if known.config else {}
+    p.set_defaults(**from_file)
+    args = parse_checked(p, argv)
+    # what the user asked for (command line or config file), for --resume to name what it ignores
+    args.explicit = (explicit_flags(train_parser(), argv) | set(from_file)) & set(FIELDS)
+    return args
 
 
 def config_from_args(args) -> Config:
@@ -214,8 +310,9 @@ def _train(argv) -> int:
         download_omniglot(root)
         cfg.data.data_root = str(root)
     command = ["train.py", *argv]
+    asked = {FIELDS[dest]: f"--{dest.replace('_', '-')}" for dest in args.explicit}
     summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, command=command,
-                    progress=not args.no_progress, init_from=args.init_from)
+                    progress=not args.no_progress, init_from=args.init_from, asked=asked)
     if summary["interrupted"] is not None:
         return 130
     if summary.get("rank"):  # under torchrun, rank 0 reports
@@ -275,14 +372,13 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    help="folder datasets: the classes to evaluate on instead of the checkpoint's split: "
                         "all (e.g. a --data-root of new classes), a fraction or a comma list")
     p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    add_shared_flags(p, "seed")
     p.add_argument("--decode", choices=DECODES, default="free",
                    help="free: the paper's protocol (the argmax of each output group; any label may be answered); "
                         "seen: the answer restricted to the labels given so far in the episode, as predict does "
                         "(a class's 1st presentation is then always wrong)")
     p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    add_shared_flags(p, "device", "threads")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG of accuracy by instance")
     p.add_argument("--no-progress", action="store_true")
@@ -307,30 +403,20 @@ def evaluate_main(argv=None) -> int:
 
 
 def _evaluate(argv) -> int:
-    import torch
-
-    from .checkpoint import load_checkpoint, load_model_from_checkpoint
+    from .checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
     from .datasets import load_split_banks
     from .episodes import check_bank, with_ways
     from .heldout import bank_digests, check_scored, recorded_classes
     from . import distributed
-    from .config import MAX_THREADS
     from .evaluation import format_table
     from .reporting import training_record, write_evaluation
     from .training import resolve_device
 
-    args = evaluate_parser().parse_args(argv)
+    args = parse_checked(evaluate_parser(), argv)
     kind = classes_option(args)
     if args.episodes < 1:
         raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if not 0 <= args.threads <= MAX_THREADS:
-        raise UserError(f"--threads must be in [0, {MAX_THREADS}] (got {args.threads}; 0 = torch default)")
-    if not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed must be in [0, 2**63) (got {args.seed})")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     # under torchrun the episodes are shared out over the processes; rank 0 reports
     ctx, device = distributed.init_from_env(resolve_device(args.device))
     ckpt = load_checkpoint(args.checkpoint)
@@ -352,6 +438,7 @@ def _evaluate(argv) -> int:
     if args.ways is not None or args.instances is not None:
         cfg.validate()
     model = load_model_from_checkpoint(ckpt, device)
+    nonfinite = warn_nonfinite(ckpt, args.checkpoint) if ctx.is_main else False
     parts = load_split_banks(cfg, progress=not args.no_progress, recorded=recorded)
     bank = parts.part(kind)
     check_bank(bank, cfg.episodes, f"{kind} classes")
@@ -371,7 +458,8 @@ def _evaluate(argv) -> int:
            "checkpoint_episodes": ckpt.get("episodes_done"),
            "training": training_record(ckpt), "config": cfg.to_dict(),
            "command": ["evaluate.py", *argv], "seconds": round(seconds, 3),
-           "date": time.strftime("%Y-%m-%d"), "device": str(device)}
+           "date": time.strftime("%Y-%m-%d"), "device": str(device),
+           **({"warning": "non-finite weights: the numbers are not a measurement"} if nonfinite else {})}
     write_evaluation(out, args.json, args.plot, cfg.model.model)
     return 0
 

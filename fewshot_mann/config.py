@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,83 @@ STRING_LENGTH = 5
 STRING_SYMBOLS = 5
 MAX_IMAGE_SIZE = 1024  # pixels a side; beyond this a bank of images would not fit in memory
 MAX_THREADS = 1024  # torch.set_num_threads crashes the process on absurd counts
+MAX_SEED = 2**63  # seeds are in [0, 2**63): numpy and torch generators take them
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")  # mps, meta, xla, ...: not supported here
+MAX_TEXT = 4096  # characters of any text field (a path, a class list)
+
+
+# ----------------------------------------------------------------- options shared by every command
+# One definition of each shared option's rule, used by Config.validate (train, a config file,
+# a checkpoint) and by cli.check_shared_flags (evaluate, predict, kshot, knn, bench, inspect).
+
+def device_problem(device) -> str | None:
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        return f"--device must be auto, cpu, cuda or cuda:N (got {device!r:.40})"
+    return None
+
+
+def threads_problem(threads) -> str | None:
+    if not _is_int(threads) or not 0 <= threads <= MAX_THREADS:
+        return f"--threads must be in [0, {MAX_THREADS}] (got {threads!r:.40}; 0 = torch default)"
+    return None
+
+
+def seed_problem(seed) -> str | None:
+    if not _is_int(seed) or not 0 <= seed < MAX_SEED:
+        return f"--seed must be in [0, 2**63) (got {seed!r:.40})"
+    return None
+
+
+def image_size_problem(size) -> str | None:
+    if not _is_int(size) or size < 4:
+        return f"--image-size must be at least 4 (got {size!r:.40})"
+    if size > MAX_IMAGE_SIZE:
+        return f"--image-size must be at most {MAX_IMAGE_SIZE} (got {size})"
+    return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ----------------------------------------------------------------------- types of config values
+
+def _kind_of(annotation) -> tuple[type, bool]:
+    """(bool | int | float | str, optional) of a dataclass field annotation."""
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), annotation) if args else annotation
+    return base, optional
+
+
+def check_type(section: str, name: str, value, where: str = "config"):
+    """``value`` if it has the type of field ``section.name`` (an int is accepted where a
+    float goes, and returned as a float); ``UserError`` naming the field otherwise. A bool
+    is never an int, a float is never an int, a string never a bool."""
+    cls = SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    if name not in hints:
+        raise UserError(f"{where}: unknown key {section}.{name}")
+    base, optional = _kind_of(hints[name])
+    if value is None and optional:
+        return None
+    label = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = _is_int(value)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    else:
+        ok = isinstance(value, str) and len(value) <= MAX_TEXT
+        label += f" of at most {MAX_TEXT} characters"
+    if not ok:
+        shown = type(value).__name__ if not isinstance(value, (bool, int, float, str, type(None))) else repr(value)
+        raise UserError(f"{where}: {section}.{name} must be {label}{' or null' if optional else ''} "
+                        f"(got {shown:.60})")
+    return value
 
 
 @dataclass
@@ -116,30 +195,42 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check_types(self, where: str = "config") -> None:
+        """``UserError`` for the first field whose value has the wrong type (see ``check_type``)."""
+        for section in SECTIONS:
+            part = getattr(self, section)
+            if not isinstance(part, SECTIONS[section]):
+                raise UserError(f"{where}: section {section!r} is not a mapping")
+            for f in dataclasses.fields(part):
+                setattr(part, f.name, check_type(section, f.name, getattr(part, f.name), where))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
         if not isinstance(d, dict):
             raise UserError("config is not a mapping")
         parts = {}
         for f in dataclasses.fields(cls):
-            sub = d.get(f.name, {}) or {}
+            sub = d.get(f.name, {})
+            if sub is None:
+                sub = {}
             if not isinstance(sub, dict):
                 raise UserError(f"config section {f.name!r} is not a mapping")
             sub_cls = f.default_factory  # type: ignore[misc]
             names = {g.name for g in dataclasses.fields(sub_cls)}
             unknown = set(sub) - names
             if unknown:
-                raise UserError(f"unknown config keys in {f.name!r}: {sorted(unknown)}")
+                raise UserError(f"unknown config keys in {f.name!r}: {sorted(map(str, unknown))[:10]}")
             parts[f.name] = sub_cls(**sub)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise UserError(f"unknown config sections: {sorted(unknown)}")
+            raise UserError(f"unknown config sections: {sorted(map(str, unknown))[:10]}")
         cfg = cls(**parts)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        """Raise ``UserError`` with one clear line for any invalid value."""
+        """Raise ``UserError`` with one clear line for any invalid value (types first)."""
+        self.check_types()
         d, e, m, t = self.data, self.episodes, self.model, self.train
         checks = [
             (d.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)} (got {d.dataset!r})"),
@@ -188,11 +279,13 @@ class Config:
             (t.eval_every >= 0, f"--eval-every must be >= 0 (got {t.eval_every}; 0 = never)"),
             (t.eval_episodes >= 1, f"--eval-episodes must be at least 1 (got {t.eval_episodes})"),
             (t.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {t.checkpoint_every})"),
-            (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
-             f"--device must be auto, cpu or cuda (got {t.device!r})"),
-            (0 <= t.threads <= MAX_THREADS, f"--threads must be in [0, {MAX_THREADS}] (got {t.threads}; 0 = torch default)"),
-            (0 <= t.seed < 2**63, f"--seed must be in [0, 2**63) (got {t.seed})"),
+            (device_problem(t.device) is None, device_problem(t.device)),
+            (threads_problem(t.threads) is None, threads_problem(t.threads)),
+            (seed_problem(t.seed) is None, seed_problem(t.seed)),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+
+
+SECTIONS = {"data": DataConfig, "episodes": EpisodeConfig, "model": ModelConfig, "train": TrainConfig}

@@ -93,10 +93,21 @@ def init_from_env(device: torch.device) -> tuple[Context, torch.device]:
 
 
 def close(ctx: Context) -> None:
+    """End the process group this module started, while the interpreter is fully alive.
+
+    ``destroy_process_group`` drops the group from torch's registry, but the C++ group (and
+    its Gloo worker threads) goes only with the last reference to it; one held by a finished
+    ``Work`` or a reference cycle would leave that to interpreter shutdown, where a joinable
+    ``std::thread`` aborts the process ("terminate called without an active exception").
+    Collecting garbage here ends it now. This is the likely cause of issue 21's rare abort,
+    not a proven one: measure with ``scripts/stress_torchrun.py``."""
     if ctx.owns_group:
+        import gc
+
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
+        gc.collect()
 
 
 def shard(n: int, rank: int, world: int) -> tuple[int, int]:

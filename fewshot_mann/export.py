@@ -7,14 +7,21 @@ optimiser state (two thirds of a training checkpoint). The result loads with
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-
 from .checkpoint import load_checkpoint, save_checkpoint
-from .cli import run_guarded
+from .cli import parse_checked, run_guarded
+from .errors import UserError
+from .fileio import check_output_path, same_file
+from .training import valid_last_eval
 
 
 def export_checkpoint(src, dst) -> dict:
+    if same_file(src, dst):  # also a symbolic or hard link to it
+        raise UserError(f"export {src} {dst}: the output is the checkpoint itself; a weights-only copy would "
+                        "replace the resumable checkpoint; name another output file")
+    check_output_path(dst, "export output")
     ckpt = load_checkpoint(src)
     state = ckpt.get("state") or {}
     small = {
@@ -27,7 +34,7 @@ def export_checkpoint(src, dst) -> dict:
         **({"init_from": ckpt["init_from"]} if isinstance(ckpt.get("init_from"), dict) else {}),
         **{k: ckpt[k] for k in ("classes", "train_digests") if k in ckpt},
         "state": {"train_seconds": state.get("train_seconds"), "episodes_done": state.get("episodes_done"),
-                  "last_eval": state.get("last_eval")},
+                  "last_eval": state.get("last_eval") if valid_last_eval(state.get("last_eval")) else None},
     }
     save_checkpoint(dst, small)
     return small
@@ -37,9 +44,9 @@ def _main(argv) -> int:
     p = argparse.ArgumentParser(prog="fewshot-mann export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
     p.add_argument("out")
-    args = p.parse_args(argv)
+    args = parse_checked(p, argv)
     export_checkpoint(args.checkpoint, args.out)
-    size = __import__("os").path.getsize(args.out)
+    size = os.path.getsize(args.out)
     print(f"wrote {args.out} ({size / 1e6:.1f} MB, weights only)")
     return 0
 

@@ -17,8 +17,12 @@ image_size)`` uint8:
   (scaled to a square, aspect not kept). Area averaging when shrinking, bicubic when enlarging.
 
 Decoded once into a cache (``omniglot.cache_dir()``) keyed by the folder's image file list
-with sizes and mtimes, plus image size, channels and resize policy: a re-run loads in
-seconds and a changed folder is decoded again (the stale cache file is removed).
+with the SHA-256 of every file's bytes (not sizes and times, which can stay the same while
+pixels or classes change), plus image size, channels and resize policy: a re-run reads the
+files but decodes nothing, and a changed folder is decoded again (the stale cache file is
+removed). A failure that says nothing about the file (out of memory, an I/O error) is never
+cached. Class folders nested deeper than ``MAX_FOLDER_DEPTH`` are reported, not walked; a
+class folder that links to another class is reported as such.
 
 Problems are found, never fatal on their own: every file that cannot be used is skipped
 and reported as a ``Problem`` naming it (corrupt/unreadable, not an image, too large to
@@ -45,10 +49,12 @@ after classes were added to the folder, and refuses to call a trained class held
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import stat
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -61,7 +67,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from .bank import ClassBank, SplitBanks, empty_bank
 from .config import RESIZE_POLICIES, Config
 from .errors import DataError, UserError
-from .fileio import atomic_write, atomic_write_json
+from .fileio import InputError, atomic_write, atomic_write_json, read_regular_file
 from .omniglot import cache_dir
 
 IMAGE_EXTENSIONS = tuple(IMG_EXTENSIONS)
@@ -69,7 +75,9 @@ MAX_PIXELS = 50_000_000  # refuse images declaring more (a 50 MP RGBA decode is 
 MAX_FILE_BYTES = 256 * 2**20
 DEFAULT_TEST_FRACTION = 0.3
 DEFAULT_VALIDATION_FRACTION = 0.2
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: keyed on file contents
+MAX_FOLDER_DEPTH = 32  # folder levels inside a class folder that are walked; deeper ones are reported
+TRANSIENT_ERRNOS = {errno.EIO, errno.ENOMEM, errno.EINTR, errno.EAGAIN, errno.ENFILE, errno.EMFILE, errno.ETIMEDOUT}
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 # kind -> what it means for the person reading the report
@@ -84,6 +92,8 @@ PROBLEM_KINDS = {
     "duplicate-in-class": "same file twice in one class (extra copies skipped)",
     "too-few-images": "fewer images than an episode needs (class skipped)",
     "too-few-classes": "fewer classes than an episode needs (cannot train or evaluate)",
+    "linked-class": "class folder that is a link to another class folder (skipped; the other is used)",
+    "too-deep": f"folder nested more than {MAX_FOLDER_DEPTH} levels inside its class (not read)",
 }
 
 
@@ -120,11 +130,14 @@ class FolderData:
 
 
 class BadImage(DataError):
-    """One image file that cannot be used; ``kind`` is a ``PROBLEM_KINDS`` key."""
+    """One image file that cannot be used; ``kind`` is a ``PROBLEM_KINDS`` key. ``transient``:
+    the failure says nothing about the file (out of memory, an I/O hiccup), so it is never
+    cached: the next run tries the file again."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, transient: bool = False):
         super().__init__(message)
         self.kind = kind
+        self.transient = transient
 
 
 def warn(message: str) -> None:
@@ -183,6 +196,9 @@ def decode_image(data: bytes, image_size: int, channels: int, resize: str = "pad
         warnings.simplefilter("ignore")
         try:
             im = Image.open(io.BytesIO(data))
+        except MemoryError as exc:
+            raise BadImage("unreadable", "out of memory while decoding (not cached; tried again next run)",
+                           transient=True) from exc
         except Image.UnidentifiedImageError as exc:
             raise BadImage("unreadable", "not an image format PIL can read (unknown or damaged header)") from exc
         except Image.DecompressionBombError as exc:
@@ -209,6 +225,9 @@ def decode_image(data: bytes, image_size: int, channels: int, resize: str = "pad
             arr = np.asarray(im, dtype=np.uint8)
         except BadImage:
             raise
+        except MemoryError as exc:  # the machine's state, not the file's: never cached as corrupt
+            raise BadImage("unreadable", "out of memory while decoding (not cached; tried again next run)",
+                           transient=True) from exc
         except Exception as exc:
             raise BadImage("unreadable", f"corrupt or truncated image ({_short(exc)})") from exc
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -219,16 +238,26 @@ def decode_image(data: bytes, image_size: int, channels: int, resize: str = "pad
 
 def read_image_file(path: Path, image_size: int, channels: int, resize: str,
                     max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, dict, str]:
-    """(image, info, sha256 hex) of one file; ``BadImage`` if unusable."""
+    """(image, info, sha256 hex) of one file; ``BadImage`` if unusable. Only a regular file of
+    at most ``MAX_FILE_BYTES`` is read (a device such as /dev/zero or a FIFO is refused unopened)."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise BadImage("too-large", f"file is {size / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB limit; not read")
-        data = path.read_bytes()
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise BadImage("unreadable", "not a regular file (a device, FIFO or socket); not read")
+        if st.st_size > MAX_FILE_BYTES:
+            raise BadImage("too-large", f"file is {st.st_size / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB "
+                           "limit; not read")
+        data = read_regular_file(path, MAX_FILE_BYTES, "image")
     except BadImage:
         raise
+    except InputError as exc:
+        raise BadImage("unreadable", str(exc)) from exc
     except OSError as exc:
-        raise BadImage("unreadable", f"cannot read file ({exc.strerror or _short(exc)})") from exc
+        raise BadImage("unreadable", f"cannot read file ({exc.strerror or _short(exc)})",
+                       transient=exc.errno in TRANSIENT_ERRNOS) from exc
+    except MemoryError as exc:
+        raise BadImage("unreadable", "out of memory while reading (not cached; tried again next run)",
+                       transient=True) from exc
     if not data:
         raise BadImage("unreadable", "empty file")
     image, info = decode_image(data, image_size, channels, resize, max_pixels)
@@ -251,8 +280,12 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def walk_images(folder: Path, root: Path, problems: list[Problem], visited: set) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted), not following links out of ``root``."""
+def walk_images(folder: Path, root: Path, problems: list[Problem], visited: set, depth: int = 0) -> list[Path]:
+    """Image files under ``folder`` (recursively, sorted), not following links out of ``root``,
+    at most ``MAX_FOLDER_DEPTH`` folder levels deep (a deeper folder is a ``too-deep`` problem)."""
+    if depth > MAX_FOLDER_DEPTH:
+        problems.append(Problem("too-deep", _rel(folder, root), PROBLEM_KINDS["too-deep"]))
+        return []
     try:
         real = folder.resolve()
         if real in visited:  # a link looping back into an already-walked folder
@@ -275,7 +308,7 @@ def walk_images(folder: Path, root: Path, problems: list[Problem], visited: set)
         except OSError:
             is_dir = is_file = False
         if is_dir:
-            files += walk_images(path, root, problems, visited)
+            files += walk_images(path, root, problems, visited, depth + 1)
         elif is_file and is_image_name(entry.name):
             files.append(path)
         elif is_file:
@@ -301,6 +334,25 @@ def scan_folder(root: str | os.PathLike, option: str = "--data-root") -> tuple[P
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as exc:
         raise DataError(f"{option} {given}: cannot list the folder ({exc.strerror or _short(exc)})") from exc
+    # A class folder that is a link to another class folder: the real folder keeps its images
+    # (whatever the names' order), the link is reported as such.
+    owner: dict[Path, str] = {}
+    for entry in entries:
+        if not entry.name.startswith(".") and not entry.is_symlink():
+            try:
+                if entry.is_dir():
+                    owner[Path(entry.path).resolve()] = entry.name
+            except OSError:
+                pass
+    for entry in entries:
+        if entry.is_symlink() and not entry.name.startswith("."):
+            try:
+                real = Path(entry.path).resolve()
+            except (OSError, RuntimeError):
+                continue
+            if real in owner and owner[real] != entry.name:
+                continue
+            owner.setdefault(real, entry.name)
     for entry in entries:
         if entry.name.startswith("."):
             continue
@@ -315,6 +367,15 @@ def scan_folder(root: str | os.PathLike, option: str = "--data-root") -> tuple[P
         if not is_dir:
             problems.append(Problem("stray-file", entry.name, "file outside any class folder (each class is a sub-folder)"))
             continue
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError):
+            real = None
+        if real is not None and owner.get(real, entry.name) != entry.name:
+            problems.append(Problem("linked-class", entry.name + "/",
+                                    f"link to the class folder {owner[real]}/ (the same images); skipped, "
+                                    f"its images count for {owner[real]}"))
+            continue
         files = walk_images(path, root, problems, visited)
         if files:
             classes[entry.name] = files
@@ -328,16 +389,23 @@ def scan_folder(root: str | os.PathLike, option: str = "--data-root") -> tuple[P
 
 def _cache_paths(root: Path, classes: dict[str, list[Path]], image_size: int, channels: int,
                  resize: str, max_pixels: int) -> tuple[Path, str]:
-    """(cache file, prefix shared by every cache of this folder and settings)."""
+    """(cache file, prefix shared by every cache of this folder and settings).
+
+    The key holds every file's class, path and SHA-256 of its bytes: sizes and times can stay
+    the same while pixels change (fixed-size BMP/PGM/TIFF re-created with the same times) or
+    files move between classes (``mv`` keeps both), so only the content is trusted."""
     settings = json.dumps([CACHE_VERSION, str(root), image_size, channels, resize, max_pixels])
     listing = hashlib.sha256()
     for name, files in classes.items():
         for f in files:
             try:
-                st = f.stat()
-                stamp = f"{st.st_size}:{st.st_mtime_ns}"
-            except OSError:
-                stamp = "missing"
+                stamp = hashlib.sha256(read_regular_file(f, MAX_FILE_BYTES, "image")).hexdigest()
+            except (InputError, OSError, MemoryError):  # unreadable now: its problem is found when decoding
+                try:
+                    st = f.stat()
+                    stamp = f"unread:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+                except OSError:
+                    stamp = "missing"
             listing.update(f"{name}\0{_rel(f, root)}\0{stamp}\n".encode("utf-8", "surrogateescape"))
     prefix = "folder-" + hashlib.sha256(settings.encode("utf-8", "surrogateescape")).hexdigest()[:12]
     return cache_dir() / f"{prefix}-{listing.hexdigest()[:16]}.npz", prefix
@@ -396,12 +464,14 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
         iterator = tqdm(jobs, desc=f"decoding {root.name} at {image_size}px (once)", unit="img", leave=False)
     decoded: dict[str, list[tuple[str, np.ndarray, str]]] = {name: [] for name in classes}
     stats: dict[str, dict] = {}
+    transient = False  # a failure that says nothing about the file: this result is not cached
     for name, path in iterator:
         rel = _rel(path, root)
         try:
             image, info, digest = read_image_file(path, image_size, channels, resize, max_pixels)
         except BadImage as exc:
             decode_problems.append(Problem(exc.kind, rel, str(exc)))
+            transient = transient or exc.transient
             continue
         decoded[name].append((rel, image, digest))
         s = stats.setdefault(name, {"size_min": info["size"], "size_max": info["size"], "modes": [], "formats": []})
@@ -449,7 +519,7 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
         ClassBank(np.zeros((0, channels, image_size, image_size), np.uint8), np.zeros(0, np.int64),
                   np.zeros(0, np.int64), [])
     digests_arr = np.asarray(digests, dtype="<U64")
-    if cache:
+    if cache and not transient:
         _save_cache(cache_path, prefix, bank, digests_arr, decode_problems, stats)
     return FolderData(root, bank, digests_arr, problems + decode_problems, stats, class_folders, False)
 

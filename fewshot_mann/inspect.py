@@ -130,9 +130,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _main(argv) -> int:
-    args = parser().parse_args(argv)
-    if args.image_size < 4:
-        raise UserError(f"--image-size must be at least 4 (got {args.image_size})")
+    from .cli import parse_checked
+
+    args = parse_checked(parser(), argv)
     report = inspect_folder(args.folder, ways=args.ways, instances=args.instances, image_size=args.image_size,
                             channels=args.channels, resize=args.resize, test_classes=args.test_classes, seed=args.seed,
                             progress=not args.no_progress)

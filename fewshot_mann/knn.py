@@ -37,8 +37,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .cli import add_shared_flags
+from .config import DATASETS, LABEL_ENCODINGS, RESIZE_POLICIES, Config
 from .heldout import CLASS_CHOICES
-from .config import DATASETS, LABEL_ENCODINGS, MAX_THREADS, RESIZE_POLICIES, Config
 from .errors import UserError
 
 LAYERS = ("encoder", "controller")
@@ -143,10 +144,8 @@ def knn_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-trained-classes", action="store_true",
                    help="score test classes even where the checkpoint records training on some of them")
     p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0, help="episode seed (evaluate.py's --seed)")
     p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    add_shared_flags(p, "seed", "device", "threads", seed_help="episode seed (evaluate.py's --seed)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON (evaluate.py's keys)")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG of accuracy by instance")
     p.add_argument("--no-progress", action="store_true")
@@ -174,7 +173,8 @@ def main(argv=None) -> int:
 
 def _knn(argv) -> int:
     from . import datasets
-    from .checkpoint import load_checkpoint, load_model_from_checkpoint
+    from .checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
+    from .cli import parse_checked, set_threads
     from .episodes import check_bank
     from .cli import classes_option
     from .evaluation import evaluate, format_table
@@ -182,16 +182,10 @@ def _knn(argv) -> int:
     from .reporting import training_record, write_evaluation
     from .training import resolve_device
 
-    args = knn_parser().parse_args(argv)
-    for name in ("episodes", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
-    if not 0 <= args.threads <= MAX_THREADS:
-        raise UserError(f"--threads must be in [0, {MAX_THREADS}] (got {args.threads}; 0 = torch default)")
-    if not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed must be in [0, 2**63) (got {args.seed})")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_checked(knn_parser(), argv)
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
+    set_threads(args.threads)
     device = resolve_device(args.device)
     ckpt = None
     kind = classes_option(args)
@@ -210,6 +204,7 @@ def _knn(argv) -> int:
             raise UserError(f"--layer controller runs the trained model, which reads {trained_episodes[0]}-way "
                             f"{trained_episodes[1]} labels; drop --ways/--labels or use --layer encoder")
         embed = CheckpointFeatures(load_model_from_checkpoint(ckpt, device), args.layer)
+        warn_nonfinite(ckpt, args.features)
         what = f"{args.layer} features of {args.features}"
     if ckpt is not None and args.split_seed is not None:
         cfg.train.seed = args.split_seed

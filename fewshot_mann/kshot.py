@@ -72,7 +72,8 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
 
 
 def _main(argv) -> int:
-    from .checkpoint import load_checkpoint, load_model_from_checkpoint
+    from .checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
+    from .cli import add_shared_flags, parse_checked, set_threads
     from .datasets import load_split_banks
     from .fileio import atomic_write_json
     from .heldout import bank_digests, check_scored, recorded_classes
@@ -84,20 +85,23 @@ def _main(argv) -> int:
     p.add_argument("--ways", type=int, nargs="+", default=None, help="default: the checkpoint's ways")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_shared_flags(p, "seed", "device", "threads")
     p.add_argument("--json", default=None)
     p.add_argument("--allow-trained-classes", action="store_true",
                    help="score the test classes even where the checkpoint records training on some of them")
-    args = p.parse_args(argv)
-    if args.episodes < 1 or min(args.shots) < 1:
-        raise UserError("--episodes and --shots must be at least 1")
+    args = parse_checked(p, argv)
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
+    if min(args.shots) < 1:
+        raise UserError(f"--shots must be at least 1 (got {min(args.shots)})")
+    set_threads(args.threads)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt["config_obj"]
     if args.data_root:
         cfg.data.data_root = args.data_root
     device = resolve_device(args.device)
     model = load_model_from_checkpoint(ckpt, device)
+    warn_nonfinite(ckpt, args.checkpoint)
     recorded = None if args.data_root else recorded_classes(ckpt)
     parts = load_split_banks(cfg, progress=False, recorded=recorded)
     test_bank = parts.test

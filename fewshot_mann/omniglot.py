@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,12 @@ from PIL import Image
 
 from .bank import ClassBank
 from .errors import DataError, UserError
-from .fileio import atomic_write
+from .fileio import InputError, atomic_write, read_json_file, read_regular_file
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 PARTS = ("background", "evaluation")
 SPLITS = ("santoro", "lake")
@@ -84,11 +89,21 @@ class _Source:
         self.is_zip = path.suffix == ".zip"
 
     def fingerprint(self) -> str:
+        """What the decode cache is keyed on: a zip's SHA-256 (a re-made archive of the same size
+        and time is another archive); for a folder, every PNG's path, size, mtime and ctime in ns
+        (re-creating or moving a file changes its ctime, which no tool can set back)."""
         if self.is_zip:
-            st = self.path.stat()
-            return f"{self.path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
-        files = sorted(self.path.rglob("*.png"))
-        return f"{self.path.resolve()}:{len(files)}:{int(max((f.stat().st_mtime for f in files), default=0))}"
+            digest = hashlib.sha256()
+            with open(self.path, "rb") as f:
+                for block in iter(lambda: f.read(2**20), b""):
+                    digest.update(block)
+            return f"{self.path.resolve()}:{digest.hexdigest()}"
+        digest = hashlib.sha256()
+        for f in sorted(self.path.glob("*/*/*.png")):
+            st = f.stat()
+            digest.update(f"{f.relative_to(self.path)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n"
+                          .encode("utf-8", "surrogateescape"))
+        return f"{self.path.resolve()}:{digest.hexdigest()}"
 
     def members(self) -> dict[str, list[tuple[str, object]]]:
         """Character name -> sorted list of (file name, handle) of its PNGs."""
@@ -126,8 +141,16 @@ class _Source:
             raise DataError(f"{self.path}: {name} is {size:,} bytes, more than any Omniglot drawing "
                             f"({MAX_PNG_BYTES:,} at most); refusing to read it")
         if self.is_zip:
-            return self._zip.read(handle)
-        return Path(handle).read_bytes()
+            try:
+                return self._zip.read(handle)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError,
+                    ValueError) as exc:  # bad CRC, truncated, encrypted, unsupported compression
+                raise DataError(f"{self.path}: member {handle.filename} cannot be read ({_reason(exc)}); "
+                                f"the archive is damaged or not the official one; {GET_DATA_HINT}") from exc
+        try:
+            return read_regular_file(handle, MAX_PNG_BYTES, "Omniglot file")
+        except InputError as exc:
+            raise DataError(str(exc)) from exc
 
 
 def find_sources(root: str | os.PathLike) -> list[_Source]:
@@ -193,7 +216,10 @@ def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress
         return embedded.load_embedded()
     root = Path(root).expanduser() if root else default_data_root()
     sources = find_sources(root)
-    key = hashlib.sha1("|".join(s.fingerprint() for s in sources).encode()).hexdigest()[:16]
+    try:
+        key = hashlib.sha1("|".join(s.fingerprint() for s in sources).encode()).hexdigest()[:16]
+    except OSError as exc:
+        raise DataError(f"cannot read the Omniglot data under {root}: {exc.strerror or exc}") from exc
     cache = cache_dir() / f"omniglot-{image_size}px-{key}.npz"
     if cache.exists():
         try:
@@ -241,9 +267,9 @@ def load_split(name: str) -> dict:
         raise UserError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}, "
                         "or give a .json file with \"train\", \"validation\" and \"test\" lists of character names")
     try:
-        spec = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read split file {path}: {exc}") from exc
+        spec = read_json_file(path, "split file")
+    except InputError as exc:
+        raise DataError(str(exc)) from exc
     if not isinstance(spec, dict):
         raise DataError(f"split file {path} must hold a JSON object with \"train\" and \"test\" lists")
     spec = dict(spec)

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from .bank import ClassBank
+from .cli import add_shared_flags
 from .config import STRING_LENGTH, STRING_SYMBOLS, Config
 from .errors import DataError, UserError
 from .fileio import atomic_write_json, atomic_write_text
@@ -209,12 +210,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", type=int, default=8, help="shuffled support orders / label assignments to average over")
     p.add_argument("--threshold", type=float, default=None,
                    help="flag predictions whose probability is below this (default: (1 + 1/classes) / 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the support orders and label assignments")
+    add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as a JSON list")
     p.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
     p.add_argument("--batch-size", type=int, default=256, help="sequences per forward pass")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    add_shared_flags(p, "device", "threads")
     return p
 
 
@@ -222,17 +222,17 @@ def _main(argv) -> int:
     from .checkpoint import load_checkpoint, load_model_from_checkpoint
     from .training import resolve_device
 
-    args = parser().parse_args(argv)
+    from .cli import parse_checked, set_threads
+    from .checkpoint import refuse_nonfinite
+
+    args = parse_checked(parser(), argv)
     if args.orders < 1:
         raise UserError(f"--orders must be at least 1 (got {args.orders})")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold must be between 0 and 1 (got {args.threshold})")
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 0 (got {args.threads})")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     for q in args.query:  # a typo fails before any loading
         if not Path(q).expanduser().exists():
             raise DataError(f"--query {q} does not exist")
@@ -240,6 +240,7 @@ def _main(argv) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     cfg, e = ckpt["config_obj"], ckpt["config_obj"].episodes
     model = load_model_from_checkpoint(ckpt, device)
+    refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
     d = cfg.data
 
     # The support set is never cached: patient images stay where the user keeps them.

@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
+from .checkpoint import (check_weights_fit, load_checkpoint, load_model_from_checkpoint, refuse_nonfinite,
+                         save_checkpoint)
 from .config import Config
 from .datasets import load_split_banks
 from .episodes import Jitter, batch_rng, check_bank, sample_episodes, to_tensors
 from .errors import CheckpointError, UserError
 from .evaluation import correct_steps, loss_fn, per_episode_instance_accuracy
-from .fileio import append_line, atomic_write_json
+from .fileio import RunLock, append_line, atomic_write_json, check_output_path, same_file
 from .models import build_model, count_parameters
 
 LOG_EVERY_EPISODES = 1000
@@ -57,12 +58,19 @@ def new_model(cfg: Config) -> torch.nn.Module:
 RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl")
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
+# settings a resumed run takes from the new command line; every other one is the run's own
+RESUME_OVERRIDES = {("train", "episodes"), ("train", "device"), ("train", "threads"), ("train", "skip_nonfinite"),
+                    ("train", "lr_decay_at"), ("train", "lr_decay_factor"), ("data", "data_root")}
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool, lock: RunLock | None = None,
+                    init_from: str | None = None) -> bool:
     """Make ``out`` ready for a run; returns True if there is a checkpoint to resume from.
 
     A run that is not resumed starts from nothing: with --overwrite, or with --resume of a
     run killed before its first checkpoint, the old log and config go (else the new log
-    would continue the dead run's lines).
+    would continue the dead run's lines). ``lock`` (held until the run ends) is taken before
+    anything is deleted; a file of the run that ``--init-from`` names is never deleted.
     """
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; name a folder for the run")
@@ -70,6 +78,9 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the run folder {out}: {exc.strerror or exc}") from exc
+    check_output_path(out / "config.json", "--out")  # a read-only or full folder fails now, not after the work
+    if lock is not None:
+        lock.acquire(out)
     for stale in out.glob(".checkpoint.pt.*.tmp"):  # a save killed halfway; checkpoint.pt itself is whole
         stale.unlink(missing_ok=True)
     ckpt = out / "checkpoint.pt"
@@ -78,12 +89,26 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     if resume and ckpt.exists():
         return True
+    if init_from:
+        for name in RUN_FILES:
+            if same_file(init_from, out / name):
+                raise UserError(f"--init-from {init_from} is this run's own {name}, which starting the run in "
+                                f"{out} would delete; copy it elsewhere first, or train into another --out")
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
     return False
 
 
-def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config) -> dict:
+def load_init_source(path: str) -> dict:
+    """The ``--init-from`` checkpoint, read and checked whole (weights fit their own config and
+    are finite) before the run folder is touched."""
+    src = load_checkpoint(path)
+    load_model_from_checkpoint(src)  # its weights must fit its own config, or the file is damaged
+    refuse_nonfinite(src, path)
+    return src
+
+
+def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config, src: dict | None = None) -> dict:
     """Start from another checkpoint's weights: copied where names and shapes match, input
     weights adapted to a new image size/channels, the rest re-initialised (``transfer.py``).
 
@@ -91,8 +116,8 @@ def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config) -
     episode behind those weights (the source's own and its origins'), for honest reports."""
     from .transfer import transfer_weights
 
-    src = load_checkpoint(path)
-    load_model_from_checkpoint(src)  # its weights must fit its own config, or the file is damaged
+    if src is None:
+        src = load_init_source(path)
     for line in transfer_weights(model, cfg, src["model"], src["config_obj"], source=str(path)):
         log(line)
     before = src.get("init_from") if isinstance(src.get("init_from"), dict) else {}
@@ -178,6 +203,17 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, fresh_groups: list[dict])
                     raise ValueError(f"optimiser {name} has shape {tuple(state[name].shape)}, weight {tuple(p.shape)}")
 
 
+def valid_last_eval(value) -> bool:
+    """None, or ``{"episodes": count, "accuracy_by_instance": [numbers]}`` as ``run_eval`` saves it."""
+    if value is None:
+        return True
+    if not isinstance(value, dict):
+        return False
+    episodes, acc = value.get("episodes"), value.get("accuracy_by_instance")
+    return (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 0
+            and isinstance(acc, list) and 0 < len(acc) <= 10_000 and all(_is_number(a) for a in acc))
+
+
 def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, ckpt: dict, path) -> None:
     """Load a checkpoint's weights, optimiser and loop state; CheckpointError if any part
     does not fit this run (a hand-edited, exported or foreign file)."""
@@ -194,7 +230,7 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dic
     for key, default in state.items():
         value = saved[key]
         if key == "last_eval":
-            ok = value is None or isinstance(value, dict)
+            ok = valid_last_eval(value)
         elif isinstance(default, list):
             ok = all(_is_number(x) for x in value)
         elif isinstance(default, int):
@@ -218,30 +254,53 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dic
 
 def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
           command: list[str] | None = None, progress: bool = True, log=None,
-          init_from: str | None = None) -> dict:
+          init_from: str | None = None, asked: dict | None = None) -> dict:
     """Train ``cfg`` into ``out_dir``. Returns a summary dict (episodes, seconds, last eval, ...).
 
+    ``asked``: {(section, field): flag} of the settings the user gave explicitly; a resumed run
+    names each of them that it ignores (the run keeps its own config).
     Under torchrun (``WORLD_SIZE`` set) every process runs this; see ``distributed``.
     """
     ctx, device = distributed.init_from_env(resolve_device(cfg.train.device))
+    lock = RunLock()
     try:
         return _train(cfg, Path(out_dir), ctx, device, resume=resume, overwrite=overwrite, command=command,
-                      progress=progress, log=log, init_from=init_from)
+                      progress=progress, log=log, init_from=init_from, asked=asked or {}, lock=lock)
     finally:
+        lock.release()
         distributed.close(ctx)
 
 
+def ignored_on_resume(new: Config, saved: Config, asked: dict) -> list[str]:
+    """``"--flag new (the run has old)"`` for each explicitly given setting a resume ignores."""
+    ignored = []
+    for (section, name), flag in sorted(asked.items(), key=lambda kv: kv[1]):
+        if (section, name) in RESUME_OVERRIDES:
+            continue
+        value, own = getattr(getattr(new, section), name), getattr(getattr(saved, section), name)
+        if value != own:
+            ignored.append(f"{flag} {value} (the run has {own})")
+    return ignored
+
+
 def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.device, *, resume, overwrite,
-           command, progress, log, init_from) -> dict:
+           command, progress, log, init_from, asked, lock) -> dict:
     main = ctx.is_main
     if not main:
         log, progress = (lambda msg: None), False
     log = log or (lambda msg: print(msg, file=sys.stderr))
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
     ckpt = None
-    if distributed.on_main(ctx, lambda: prepare_run_dir(out, resume, overwrite)):
+    # read everything the run starts from before the run folder is touched (--overwrite deletes)
+    source = load_init_source(init_from) if init_from and not (resume and ckpt_path.exists()) else None
+    if distributed.on_main(ctx, lambda: prepare_run_dir(out, resume, overwrite, lock if main else None, init_from)):
         ckpt = load_checkpoint(ckpt_path)
+        check_weights_fit(ckpt["config_obj"], ckpt["model"], f"cannot resume from {ckpt_path}")
+        refuse_nonfinite(ckpt, ckpt_path)  # it would stop at once, calling a NaN checkpoint "good"
         saved = ckpt["config_obj"]
+        ignored = ignored_on_resume(cfg, saved, asked)
+        if ignored:
+            log(f"warning: --resume continues {out} with its own settings; ignored: {', '.join(ignored)}")
         # A resumed run keeps its own config; only the budget and machine-specific
         # settings come from the new command line.
         saved.train.episodes = cfg.train.episodes
@@ -288,7 +347,7 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
         log(f"resuming {out} at {state['episodes_done']:,} episodes")
         origin = ckpt.get("init_from") if isinstance(ckpt.get("init_from"), dict) else None
     elif init_from:
-        origin = load_matching_weights(model, init_from, log, cfg)
+        origin = load_matching_weights(model, init_from, log, cfg, src=source)
     config_dict = cfg.to_dict()
     if main:
         atomic_write_json(out / "config.json", {"config": config_dict, "command": command})
@@ -376,10 +435,12 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
                 if not t.skip_nonfinite:
                     if bar is not None:
                         bar.close()
+                    kept = (f"the last good checkpoint is kept at {ckpt_path} (resume with --resume, or pass "
+                            "--skip-nonfinite to skip such batches)") if main and ckpt_path.exists() else \
+                        "no checkpoint was written yet (pass --skip-nonfinite to skip such batches)"
                     raise UserError(
                         f"non-finite loss or gradient at step {step} ({state['episodes_done']:,} episodes); "
-                        f"stopped without updating; the last good checkpoint is kept at {ckpt_path} "
-                        "(resume with --resume, or pass --skip-nonfinite to skip such batches)")
+                        f"stopped without updating; {kept}")
                 optimizer.zero_grad(set_to_none=True)
                 state["nonfinite_skipped"] += 1
                 log(f"warning: skipped a batch with a non-finite loss/gradient at step {step}")
