@@ -421,8 +421,8 @@ def _evaluate(argv) -> int:
     ctx, device = distributed.init_from_env(resolve_device(args.device))
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt["config_obj"]
-    # the classes the checkpoint recorded, unless the data or its class split is overridden here
-    recorded = None if (args.data_root or args.dataset or args.test_classes is not None) else recorded_classes(ckpt)
+    # the classes the checkpoint recorded (wherever its folder is now), unless the dataset or class split is overridden
+    recorded = None if (args.dataset or args.test_classes is not None) else recorded_classes(ckpt)
     if args.data_root:
         cfg.data.data_root = args.data_root
     if args.dataset and args.dataset != cfg.data.dataset:

@@ -208,8 +208,7 @@ def _knn(argv) -> int:
         what = f"{args.layer} features of {args.features}"
     if ckpt is not None and args.split_seed is not None:
         cfg.train.seed = args.split_seed
-    recorded = recorded_classes(ckpt) if ckpt is not None and not (args.data_root or args.dataset
-                                                                    or args.test_classes) else None
+    recorded = recorded_classes(ckpt) if ckpt is not None and not (args.dataset or args.test_classes) else None
     parts = datasets.load_split_banks(cfg, progress=not args.no_progress, recorded=recorded)
     bank = parts.part(kind)
     check_bank(bank, cfg.episodes, f"{kind} classes")

@@ -102,7 +102,7 @@ def _main(argv) -> int:
     device = resolve_device(args.device)
     model = load_model_from_checkpoint(ckpt, device)
     warn_nonfinite(ckpt, args.checkpoint)
-    recorded = None if args.data_root else recorded_classes(ckpt)
+    recorded = recorded_classes(ckpt)
     parts = load_split_banks(cfg, progress=False, recorded=recorded)
     test_bank = parts.test
     check_scored(ckpt, test_bank, "test", allow=args.allow_trained_classes, digests=bank_digests(parts, test_bank))
