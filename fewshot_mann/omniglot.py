@@ -227,7 +227,7 @@ def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress
                 images, counts, names = z["images"], z["counts"], [str(n) for n in z["names"]]
             offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
             return ClassBank(images, offsets, counts.astype(np.int64), names)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any damage to the cache file
             pass  # a damaged cache is rebuilt below
     groups, names = [], []
     members = [(s, name, files) for s in sources for name, files in s.members().items()]
