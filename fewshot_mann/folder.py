@@ -219,7 +219,7 @@ def decode_image(data: bytes, image_size: int, channels: int, resize: str = "pad
             im.load()
             try:
                 im = ImageOps.exif_transpose(im)
-            except Exception:  # a broken EXIF block only loses the orientation
+            except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
                 pass
             im = _resize(_to_mode(im, channels), image_size, resize)
             arr = np.asarray(im, dtype=np.uint8)
@@ -422,7 +422,7 @@ def _load_cache(path: Path):
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         problems = [Problem(**p) for p in meta["problems"]]
         return ClassBank(images, offsets, counts, names), digests, problems, meta["stats"]
-    except Exception:  # a damaged or foreign cache is rebuilt
+    except Exception:  # noqa: BLE001 - a damaged or foreign cache is rebuilt
         return None
 
 
@@ -490,7 +490,7 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
         for rel, _, digest in items:
             where.setdefault(digest, []).append((name, rel))
     drop: set[str] = set()
-    for digest, places in where.items():
+    for places in where.values():
         if len(places) < 2:
             continue
         owners = sorted({n for n, _ in places})
@@ -569,7 +569,7 @@ def parse_test_classes(spec) -> tuple[str, object] | None:
     except ValueError:
         names = [n.strip() for n in text.split(",") if n.strip()]
         if not names:
-            raise UserError(f"--test-classes {text!r} names no classes")
+            raise UserError(f"--test-classes {text!r} names no classes") from None
         return ("names", names)
     if not 0.0 < fraction < 1.0:
         raise UserError(f"--test-classes {text}: a fraction must be between 0 and 1 (e.g. 0.3), "
