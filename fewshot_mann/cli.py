@@ -376,7 +376,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", choices=DECODES, default="free",
                    help="free: the paper's protocol (the argmax of each output group; any label may be answered); "
                         "seen: the answer restricted to the labels given so far in the episode, as predict does "
-                        "(a class's 1st presentation is then always wrong)")
+                        "(a class's 1st presentation is then wrong, except at the episode's first step, "
+                        "where no label has been given and the free answer is kept)")
     p.add_argument("--batch-size", type=int, default=250)
     add_shared_flags(p, "device", "threads")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")

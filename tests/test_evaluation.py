@@ -124,3 +124,98 @@ def test_instance_breakdown_adds_up_to_evaluate(decode):
             if labels[:step].count(label) == 1:
                 expected.append((step, step - labels.index(label)))
     assert list(zip(got["step"].tolist(), got["gap"].tolist())) == expected
+
+
+# ----------------------------------------------------------------------------- hand-computed arithmetic
+
+def test_per_episode_instance_accuracy_by_hand():
+    from fewshot_mann.evaluation import per_episode_instance_accuracy
+
+    correct = torch.tensor([[1, 0, 1, 1, 0, 1], [0, 0, 0, 1, 1, 1]], dtype=torch.bool)
+    instance = torch.tensor([[0, 0, 1, 1, 2, 2], [0, 1, 2, 0, 1, 2]])
+    got = per_episode_instance_accuracy(correct, instance, 4)
+    # episode 0: instance 0 -> 1 of 2, instance 1 -> 2 of 2, instance 2 -> 1 of 2; instance 3 never shown -> 0
+    # episode 1: instance 0 -> steps 0, 3 -> 1 of 2; instance 1 -> steps 1, 4; instance 2 -> steps 2, 5
+    assert got.tolist() == [[0.5, 1.0, 0.5, 0.0], [0.5, 0.5, 0.5, 0.0]]
+
+
+def test_summarise_normal_interval_and_wilson_where_every_episode_scored_the_same():
+    from fewshot_mann.evaluation import summarise, wilson_half_width
+
+    acc = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.5, 0.0, 1.0], [0.5, 0.0, 1.0]])
+    mean, ci = summarise(acc)
+    assert mean == [0.5, 0.0, 1.0]
+    # column 0: sd (ddof=1) = sqrt((0.25 + 0.25 + 0 + 0) / 3) = 0.4082483; 1.96 * sd / sqrt(4) = 0.4000833
+    assert ci[0] == pytest.approx(0.4000833, abs=1e-6)
+    # columns 1, 2: every episode the same -> Wilson at p = 0 / 1, n = 4: 1.96^2 / (4 + 1.96^2) = 0.4899000
+    assert ci[1] == pytest.approx(0.4899000, abs=1e-6) and ci[2] == pytest.approx(0.4899000, abs=1e-6)
+    # p = 0, n = 1000: 3.8416 / 1003.8416 = 0.0038269
+    assert wilson_half_width(0.0, 1000) == pytest.approx(0.0038269, abs=1e-7)
+    assert summarise(np.zeros((1000, 1)))[1] == [pytest.approx(0.0038269, abs=1e-7)]
+    # p = 0.5, n = 5: centre 0.5, half = 1.96 * sqrt(0.05 + 0.038416) / 1.76832 = 0.3295798
+    assert wilson_half_width(0.5, 5) == pytest.approx(0.3295798, abs=1e-6)
+
+
+def test_correct_steps_needs_every_label_group_right():
+    cfg = EpisodeConfig(ways=3, instances=1, labels="onehot")
+    logits = torch.tensor([[[0.1, 2.0, 0.3], [5.0, 1.0, 1.0], [0.0, 0.0, 9.0]]])
+    targets = torch.tensor([[[1], [1], [2]]])
+    assert correct_steps(logits, targets, cfg).tolist() == [[True, False, True]]
+    s = EpisodeConfig(ways=2, instances=1, labels="string")  # 5 groups of 5 symbols
+    logits = torch.zeros(1, 2, 25)
+    code = [0, 1, 2, 3, 4]
+    for g, symbol in enumerate(code):
+        logits[0, :, 5 * g + symbol] = 1.0
+    logits[0, 1, 5 * 4 + 0] = 2.0  # step 1: the last character's argmax is 0, not 4
+    targets = torch.tensor([[code, code]])
+    assert correct_steps(logits, targets, s).tolist() == [[True, False]]
+
+
+def test_seen_decoding_keeps_the_free_answer_at_step_0_only():
+    """Step 0 has no earlier label: the free answer is kept (right or wrong); a later first
+    presentation is wrong even where the free answer is right."""
+    cfg = EpisodeConfig(ways=3, instances=1, labels="onehot")
+    targets = torch.tensor([[[2], [0], [2]], [[1], [0], [1]]])
+    logits = torch.tensor([[[0.0, 0.0, 3.0], [4.0, 0.0, 1.0], [0.0, 0.0, 5.0]],   # free: right, right, right
+                           [[3.0, 0.0, 0.0], [4.0, 0.0, 1.0], [0.0, 2.0, 0.0]]])  # free: wrong, right, right
+    assert correct_steps(logits, targets, cfg).tolist() == [[True, True, True], [False, True, True]]
+    assert correct_steps_seen(logits, targets, cfg).tolist() == [[True, False, True], [False, False, True]]
+
+
+class RecallStub(torch.nn.Module):
+    """Answers the label given after the first earlier step showing the same image, else label 0
+    (images of a class are identical, so every class's later presentations are answered right)."""
+
+    def __init__(self, ways):
+        super().__init__()
+        self.ways = ways
+
+    def forward(self, images, label_inputs):
+        b, t = images.shape[:2]
+        flat = images.reshape(b, t, -1)
+        out = torch.zeros(b, t, self.ways)
+        for i in range(b):
+            for step in range(t):
+                answer = 0
+                for u in range(step):
+                    if torch.equal(flat[i, u], flat[i, step]):
+                        answer = int(label_inputs[i, u + 1].argmax())
+                        break
+                out[i, step, answer] = 10.0
+        return out
+
+
+def test_evaluate_pooled_numbers_on_a_stub_model():
+    from fewshot_mann.bank import ClassBank
+
+    cfg = EpisodeConfig(ways=2, instances=3, labels="onehot")
+    groups = [np.full((3, 1, 4, 4), 10 * (c + 1), np.uint8) for c in range(4)]
+    bank = ClassBank.from_groups(groups, [f"c{c}" for c in range(4)])
+    res = evaluate(RecallStub(2), bank, cfg, episodes=5, seed=0, batch_size=2)
+    # 1st instance: exactly one of the 2 classes has label 0 -> 0.5 in every episode; later: 1.0
+    assert res["accuracy_by_instance"] == [0.5, 1.0, 1.0]
+    assert res["accuracy"] == pytest.approx(2.5 / 3, abs=1e-12)
+    # every episode the same -> Wilson, n = 5: p = 0.5 -> 0.3295798; p = 1 -> 3.8416 / 8.8416 = 0.4344915
+    assert res["ci95"] == [pytest.approx(0.3295798, abs=1e-6), pytest.approx(0.4344915, abs=1e-6),
+                           pytest.approx(0.4344915, abs=1e-6)]
+    assert res["_per_episode"].shape == (5, 3) and res["episodes"] == 5

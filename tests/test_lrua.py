@@ -46,28 +46,64 @@ def module_forward(model, images, label_inputs, feed_back=True):
 
 
 class MutantLRUA(LRUAMemory):
-    """LRUA with one known bug switched on."""
+    """LRUA with one known bug switched on.
+
+    - most_used: the write goes to the most-used slots.
+    - no_zeroing: the least-used slot is never cleared before the write.
+    - double_softmax: the read weights pass through a second softmax.
+    - never_written: memory never changes.
+    - lu_from_current_usage: the least-used slots (and the slot zeroed) are picked from this
+      step's usage w_u(t) (the step's accesses counted) instead of w_u(t-1): the step is run
+      once to get w_u(t), then again with the least-used slots of that usage.
+    - zero_after_write: the least-used slot is zeroed after the write, not before (wiping
+      what was just written there).
+    - write_with_current_reads: eq. 7 uses w_r(t) (the current key read against the memory
+      before this write) instead of w_r(t-1).
+    - usage_without_writes: eq. 5 without w_w: usage counts reads only.
+    """
 
     bug = None
 
-    def step(self, h, state):
-        memory, w_read_prev, usage, w_lu_prev, zero_prev, _ = state
-        b, r, w = h.shape[0], self.num_read_heads, self.memory_width
-        keys = torch.tanh(self.key(h)).view(b, r, w)
-        alpha = torch.sigmoid(self.gate(h)).unsqueeze(-1)
-        w_write = alpha * w_read_prev + (1 - alpha) * w_lu_prev.unsqueeze(1)
-        if self.bug != "no_zeroing":
-            memory = memory * (1 - zero_prev).unsqueeze(-1)
-        if self.bug != "never_written":
-            memory = memory + torch.bmm(w_write.transpose(1, 2), keys)
+    def _read(self, keys, memory):
         k_hat = keys / keys.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
         m_hat = memory / memory.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
         w_read = torch.softmax(torch.bmm(k_hat, m_hat.transpose(1, 2)), -1)
         if self.bug == "double_softmax":
             w_read = torch.softmax(w_read, -1)
-        reads = torch.bmm(w_read, memory).reshape(b, r * w)
+        return w_read
+
+    def _access(self, memory, keys, alpha, w_read_prev, w_lu_prev, zero_prev):
+        """(memory after the write, read weights, write weights) of one step."""
+        if self.bug == "write_with_current_reads":
+            w_read_prev = self._read(keys, memory * (1 - zero_prev).unsqueeze(-1))
+        w_write = alpha * w_read_prev + (1 - alpha) * w_lu_prev.unsqueeze(1)
+        if self.bug not in ("no_zeroing", "zero_after_write"):
+            memory = memory * (1 - zero_prev).unsqueeze(-1)
+        if self.bug != "never_written":
+            memory = memory + torch.bmm(w_write.transpose(1, 2), keys)
+        if self.bug == "zero_after_write":
+            memory = memory * (1 - zero_prev).unsqueeze(-1)
+        return memory, self._read(keys, memory), w_write
+
+    def _usage(self, usage, w_read, w_write):
         with torch.no_grad():
-            usage = self.usage_decay * usage + w_read.sum(1) + w_write.sum(1)
+            if self.bug == "usage_without_writes":
+                return self.usage_decay * usage + w_read.sum(1)
+            return self.usage_decay * usage + w_read.sum(1) + w_write.sum(1)
+
+    def step(self, h, state):
+        memory_prev, w_read_prev, usage, w_lu_prev, zero_prev, _ = state
+        b, r, w = h.shape[0], self.num_read_heads, self.memory_width
+        keys = torch.tanh(self.key(h)).view(b, r, w)
+        alpha = torch.sigmoid(self.gate(h)).unsqueeze(-1)
+        memory, w_read, w_write = self._access(memory_prev, keys, alpha, w_read_prev, w_lu_prev, zero_prev)
+        if self.bug == "lu_from_current_usage":
+            with torch.no_grad():
+                w_lu_now, zero_now = least_used(self._usage(usage, w_read, w_write), r)
+            memory, w_read, w_write = self._access(memory_prev, keys, alpha, w_read_prev, w_lu_now, zero_now)
+        reads = torch.bmm(w_read, memory).reshape(b, r * w)
+        usage = self._usage(usage, w_read, w_write)
+        with torch.no_grad():
             if self.bug == "most_used":
                 w_lu, zero = least_used(-usage, r)
             else:
@@ -104,7 +140,11 @@ def test_module_path_matches_reference_in_float32():
     assert torch.allclose(module_forward(model, images, labels), reference_forward(model, images, labels), atol=1e-5)
 
 
-@pytest.mark.parametrize("bug", ["most_used", "no_zeroing", "double_softmax", "never_written"])
+BUGS = ["most_used", "no_zeroing", "double_softmax", "never_written", "lu_from_current_usage", "zero_after_write",
+        "write_with_current_reads", "usage_without_writes"]
+
+
+@pytest.mark.parametrize("bug", BUGS)
 def test_reference_catches_memory_bug(bug):
     model, cfg = make_model()
     images, labels = random_inputs(cfg)

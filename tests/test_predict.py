@@ -19,7 +19,7 @@ from fewshot_mann import cli
 from fewshot_mann.checkpoint import save_checkpoint
 from fewshot_mann.config import MODELS, STRING_LENGTH, STRING_SYMBOLS
 from fewshot_mann.folder import load_folder
-from fewshot_mann.predict import class_probabilities, predict_probabilities, support_sequence
+from fewshot_mann.predict import class_probabilities, predict_probabilities
 from fewshot_mann.training import new_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +68,33 @@ def test_class_probabilities_match_a_literal_product_of_characters():
     assert torch.allclose(onehot[0], full[0, [4, 1]] / full[0, [4, 1]].sum(), atol=1e-6)
 
 
+def literal_support_sequence(bank, cfg, rng):
+    """support_sequence written out again: per class (in order) a random ``instances - 1`` of
+    its images if it has more, in file order; then one shuffle of all; then the labels."""
+    cap = cfg.episodes.instances - 1
+    picks = []
+    for c in range(bank.num_classes):
+        n = int(bank.counts[c])
+        chosen = sorted(rng.permutation(n)[:cap]) if n > cap else list(range(n))
+        picks += [(int(bank.offsets[c]) + int(i), c) for i in chosen]
+    order = rng.permutation(len(picks))
+    images = bank.images[[picks[i][0] for i in order]]
+    step_class = [picks[i][1] for i in order]
+    if cfg.episodes.labels == "onehot":
+        codes = [[int(x)] for x in rng.permutation(cfg.episodes.ways)[:bank.num_classes]]
+    else:  # a distinct 5-character code of 5 symbols, least significant character first
+        codes = [[int(v) // 5 ** k % 5 for k in range(5)] for v in rng.choice(5 ** 5, size=bank.num_classes,
+                                                                               replace=False)]
+    return images, step_class, codes
+
+
+def literal_class_probabilities(last, codes, group_size):
+    """Each class: the product over label groups of its symbol's softmax probability, renormalised."""
+    p = torch.softmax(last.double().view(-1, group_size), -1)
+    scores = np.array([float(np.prod([p[g, symbol].item() for g, symbol in enumerate(code)])) for code in codes])
+    return scores / scores.sum()
+
+
 @pytest.mark.parametrize("labels", ["onehot", "string"])
 def test_batched_prediction_equals_one_sequence_at_a_time(support, labels):
     cfg = support_cfg(labels=labels)
@@ -76,9 +103,11 @@ def test_batched_prediction_equals_one_sequence_at_a_time(support, labels):
     queries = load_folder(support[1]["root"], 8, 3, progress=False, cache=False).bank.images  # (6,3,8,8)
     probs = predict_probabilities(model, cfg, bank, queries, orders=3, seed=5, batch_size=4)
     assert probs.shape == (3, 6, 3) and np.allclose(probs.sum(-1), 1, atol=1e-5)
-    # Literal: build order 1's sequence by hand, one query at a time, and read the last step.
-    images, step_class, codes = support_sequence(bank, cfg, np.random.default_rng([3, 5, 1]))
+    # Literal: build order 1's sequence by hand (its generator is seeded [stream 3, seed 5, order 1]),
+    # one query at a time, and read the last step; no production function of predict is used.
+    images, step_class, codes = literal_support_sequence(bank, cfg, np.random.default_rng([3, 5, 1]))
     assert len(images) == 9  # 3 classes x min(4, instances - 1 = 3)
+    assert sorted(step_class) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     for q in (0, 4):
         seq = torch.from_numpy(np.concatenate([images, queries[q:q + 1]])).float().div(255)[None]
         labels_in = torch.zeros(1, len(seq[0]), cfg.episodes.label_size)
@@ -86,9 +115,52 @@ def test_batched_prediction_equals_one_sequence_at_a_time(support, labels):
             for g, symbol in enumerate(codes[step_class[t - 1]]):
                 labels_in[0, t, g * cfg.episodes.group_size + symbol] = 1
         with torch.no_grad():
-            last = model(seq, labels_in)[:, -1]
-        expect = class_probabilities(last, torch.from_numpy(codes).long()[None], cfg.episodes.group_size)
-        assert np.allclose(probs[1, q], expect[0].numpy(), atol=1e-5)
+            last = model(seq, labels_in)[0, -1]
+        expect = literal_class_probabilities(last, codes, cfg.episodes.group_size)
+        assert np.allclose(probs[1, q], expect, atol=1e-5)
+
+
+# the (orders=4, queries=3, classes=2) probabilities of one prediction, written out; binary
+# fractions, so means are exact
+PROBS_2 = np.array([
+    [[1.0, 0.0], [0.875, 0.125], [0.4375, 0.5625]],
+    [[0.25, 0.75], [0.625, 0.375], [0.4375, 0.5625]],
+    [[0.875, 0.125], [0.75, 0.25], [0.4375, 0.5625]],
+    [[0.875, 0.125], [0.75, 0.25], [1.0, 0.0]],
+])
+
+
+def test_summarise_averages_over_orders_and_counts_agreeing_orders():
+    from fewshot_mann.predict import summarise
+
+    rows = summarise(["cat", "dog"], PROBS_2, None, ["q0", "q1", "q2"])
+    assert [r["query"] for r in rows] == ["q0", "q1", "q2"]
+    # q0: mean (1 + .25 + .875 + .875) / 4 = 0.75; order 1 votes dog -> 3 of 4 agree
+    assert rows[0]["probabilities"] == {"cat": 0.75, "dog": 0.25}
+    assert (rows[0]["prediction"], rows[0]["confidence"], rows[0]["order_agreement"]) == ("cat", 0.75, 0.75)
+    assert rows[1]["probabilities"] == {"cat": 0.75, "dog": 0.25} and rows[1]["order_agreement"] == 1.0
+    # q2: 3 orders vote dog (0.5625) but the mean favours cat: (3 * .4375 + 1) / 4 = 0.578125
+    assert rows[2]["prediction"] == "cat" and rows[2]["confidence"] == 0.578125
+    assert rows[2]["probabilities"]["dog"] == 0.421875 and rows[2]["order_agreement"] == 0.25
+
+
+def test_low_confidence_flips_exactly_at_the_threshold():
+    from fewshot_mann.predict import summarise
+
+    # default with 2 classes: (1 + 1/2) / 2 = 0.75; a top probability of 0.75 is not below it
+    low = [r["low_confidence"] for r in summarise(["cat", "dog"], PROBS_2, None, ["q0", "q1", "q2"])]
+    assert low == [False, False, True]
+    assert [r["low_confidence"] for r in summarise(["cat", "dog"], PROBS_2, 0.75, ["a", "b", "c"])] == \
+        [False, False, True]
+    assert [r["low_confidence"] for r in summarise(["cat", "dog"], PROBS_2, 0.7500001, ["a", "b", "c"])] == \
+        [True, True, True]
+    assert [r["low_confidence"] for r in summarise(["cat", "dog"], PROBS_2, 0.578125, ["a", "b", "c"])] == \
+        [False, False, False]
+    # 3 classes: the default cut is (1 + 1/3) / 2 = 0.6667, not the 2-class 0.75
+    three = np.array([[[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]], [[0.9, 0.05, 0.05], [0.75, 0.125, 0.125]]])
+    rows = summarise(["a", "b", "c"], three, None, ["q0", "q1"])
+    assert [r["confidence"] for r in rows] == [0.7, 0.625]  # (0.5 + 0.9) / 2, (0.5 + 0.75) / 2
+    assert [r["low_confidence"] for r in rows] == [False, True]
 
 
 def test_a_query_never_sees_the_others(support):

@@ -149,3 +149,52 @@ def test_init_from_records_the_episodes_behind_the_weights(tmp_path):
     assert load_checkpoint(tmp_path / "tuned/checkpoint.pt")["init_from"]["episodes"] == 16
     run(small_cfg(4), tmp_path / "again", init_from=str(tmp_path / "tuned/checkpoint.pt"))
     assert load_checkpoint(tmp_path / "again/checkpoint.pt")["init_from"]["episodes"] == 28
+
+
+def test_training_draws_and_rotates_training_classes_only(tmp_path, monkeypatch):
+    """Banks told apart by pixel value and name: training batches hold training classes (and
+    their rotations) only, only the training bank is rotated, and the in-training checks run on
+    the validation classes, unrotated."""
+    import numpy as np
+
+    from fewshot_mann.bank import ClassBank, SplitBanks
+
+    def bank(prefix, value, classes):
+        pattern = np.arange(36, dtype=np.uint8).reshape(1, 1, 6, 6) % 3  # not rotation-invariant
+        groups = [np.repeat(pattern + value, 6, axis=0) for _ in range(classes)]
+        return ClassBank.from_groups(groups, [f"{prefix}{c}" for c in range(classes)])
+
+    train, validation, test = bank("train", 10, 5), bank("validation", 20, 4), bank("test", 30, 4)
+    monkeypatch.setattr(training, "load_split_banks", lambda cfg, progress=True: SplitBanks(train, validation, test))
+    rotated, drawn, checked = [], [], []
+    real_rotations = ClassBank.with_rotations
+
+    def with_rotations(self):
+        rotated.append(list(self.names))
+        return real_rotations(self)
+    monkeypatch.setattr(ClassBank, "with_rotations", with_rotations)
+    real_sample = training.sample_episodes
+
+    def sample(b, cfg, rng, n):
+        episodes = real_sample(b, cfg, rng, n)
+        drawn.append(({b.names[c] for c in episodes.classes.ravel()}, set(np.unique(episodes.images // 10))))
+        return episodes
+    monkeypatch.setattr(training, "sample_episodes", sample)
+    real_eval = training.distributed.evaluate_sharded
+
+    def evaluate_sharded(model, b, *args, **kw):
+        checked.append((list(b.names), set(np.unique(b.images // 10))))
+        return real_eval(model, b, *args, **kw)
+    monkeypatch.setattr(training.distributed, "evaluate_sharded", evaluate_sharded)
+
+    cfg = small_cfg(48)
+    cfg.data.rotations = True
+    run(cfg, tmp_path / "r")
+    assert rotated == [["train0", "train1", "train2", "train3", "train4"]]
+    allowed = {f"train{c}{r}" for c in range(5) for r in ("", "@rot90", "@rot180", "@rot270")}
+    names = set().union(*(n for n, _ in drawn))
+    assert len(drawn) == 12 and names <= allowed, names - allowed
+    assert any("@rot" in n for n in names)  # rotations are on and drawn
+    assert all(values == {1} for _, values in drawn)  # pixel values 10..12: training images only
+    assert checked and all(c == (["validation0", "validation1", "validation2", "validation3"], {2})
+                           for c in checked)
