@@ -117,7 +117,9 @@ def _load_state(model: nn.Module, state: dict, where: str, by_order: bool = Fals
         if len(target) != len(state) or any(a.shape != b.shape for a, b in zip(target.values(), state.values())):
             raise UserError(f"{where} does not fit this architecture (different tensors)")
         state = dict(zip(target.keys(), state.values()))
-    state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "fc.", "head.fc."))}
+    own = set(model.state_dict())
+    head = ("classifier.", "fc.", "head.fc.")  # an ImageNet head the features-only model lacks
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(head)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("classifier.", "fc.", "head.fc."))]
     if missing or unexpected:

@@ -26,6 +26,7 @@ FIELDS = {
     "polarity": ("data", "polarity"), "augment_invert": ("data", "augment_invert"),
     "augment_contrast": ("data", "augment_contrast"), "augment_brightness": ("data", "augment_brightness"),
     "encoder_weights": ("model", "encoder_weights"), "feature_norm": ("model", "feature_norm"),
+    "feature_proj": ("model", "feature_proj"),
     "ways": ("episodes", "ways"), "instances": ("episodes", "instances"), "labels": ("episodes", "labels"),
     "model": ("model", "model"), "encoder": ("model", "encoder"),
     "controller_size": ("model", "controller_size"), "memory_slots": ("model", "memory_slots"),
@@ -147,6 +148,9 @@ def train_parser() -> argparse.ArgumentParser:
                         "extra), none (random, tests) or PATH of a state-dict file")
     g.add_argument("--feature-norm", choices=FEATURE_NORMS, default=d.model.feature_norm,
                    help="backbone features: centred on the episode mean and unit length, unit length, or as they are")
+    g.add_argument("--feature-proj", type=int, default=d.model.feature_proj,
+                   help="backbone features: learned linear map to this width first (0 = none; 400 lets "
+                        "--init-from a 20x20 Omniglot model reuse its memory model)")
     g.add_argument("--no-feature-cache", action="store_true",
                    help="backbone features: neither read nor write the feature cache (privacy)")
     g.add_argument("--controller-size", type=int, default=d.model.controller_size)

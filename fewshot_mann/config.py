@@ -15,7 +15,8 @@ from .errors import UserError
 
 # mann = LSTM controller + LRUA memory (the paper); ntm, dnc = the same controller with the
 # NTM / DNC memory; lstm, ff = the paper's baselines; transformer = causal self-attention.
-MODELS = ("mann", "ntm", "dnc", "lstm", "ff", "transformer")
+# keyed = a label-keyed memory read by cosine similarity (keyed.py; photos over backbone features).
+MODELS = ("mann", "ntm", "dnc", "lstm", "ff", "transformer", "keyed")
 LABEL_ENCODINGS = ("onehot", "string")
 DECODES = ("free", "seen")  # evaluation: any label may be answered / only labels given so far
 DATASETS = ("omniglot", "folder")
@@ -114,6 +115,9 @@ class ModelConfig:
     weights_hash: str = ""  # sha256 of the backbone weights the features came from (set at training)
     feature_dim: int = 0  # backbone feature width (set at training)
     feature_norm: str = "center-l2"  # FEATURE_NORMS
+    # > 0: a learned linear map of the normalised features to this width (e.g. 400, the input
+    # width of the 20x20 Omniglot models, so --init-from one of them reuses its whole memory model)
+    feature_proj: int = 0
     compile: bool = False  # mann: train the LRUA recurrence through torch.compile (same maths; compiled.py)
     num_write_heads: int = 1  # ntm (the dnc has exactly one write head)
     shift_range: int = 1  # ntm: location shifts -S..+S (the NTM paper's {-1, 0, +1})
@@ -200,9 +204,11 @@ class Config:
              f"--encoder must be one of {', '.join(ENCODERS)} or LIBRARY:NAME with LIBRARY one of "
              f"{', '.join(BACKBONE_LIBRARIES)}, e.g. timm:tf_efficientnet_lite0 (got {m.encoder!r})"),
             (bool(m.encoder_weights), "--encoder-weights must be imagenet, none or the path of a weights file"),
+            (m.feature_proj >= 0, f"--feature-proj must be >= 0 (got {m.feature_proj}; 0 = none)"),
             (m.feature_dim >= 0, f"feature_dim must be >= 0 (got {m.feature_dim})"),
             (m.feature_norm in FEATURE_NORMS,
              f"--feature-norm must be one of {', '.join(FEATURE_NORMS)} (got {m.feature_norm!r})"),
+            (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
             (m.controller_size >= 1, f"--controller-size must be at least 1 (got {m.controller_size})"),
             (m.memory_slots >= 1, f"--memory-slots must be at least 1 (got {m.memory_slots})"),
             (m.memory_width >= 1, f"--memory-width must be at least 1 (got {m.memory_width})"),

@@ -56,20 +56,23 @@ class FeatureEncoder(nn.Module):
       centring, computed per episode so it follows the domain), then unit length;
     - ``l2``: unit length; ``none``: as they are.
 
-    Then scaled by sqrt(D), so each component is of order 1, like pixels.
+    Then scaled by sqrt(D), so each component is of order 1, like pixels; with ``project`` > 0,
+    a learned linear map to ``project`` values.
     """
 
-    def __init__(self, feature_dim: int, norm: str = "center-l2"):
+    def __init__(self, feature_dim: int, norm: str = "center-l2", project: int = 0):
         super().__init__()
-        self.out_features, self.norm = feature_dim, norm
+        self.feature_dim, self.norm = feature_dim, norm
+        self.proj = nn.Linear(feature_dim, project) if project else None
+        self.out_features = project or feature_dim
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         x = feats.flatten(2)
-        if self.norm == "none":
-            return x
-        if self.norm == "center-l2":
-            x = x - x.mean(dim=1, keepdim=True)
-        return torch.nn.functional.normalize(x, dim=-1) * self.out_features ** 0.5
+        if self.norm != "none":
+            if self.norm == "center-l2":
+                x = x - x.mean(dim=1, keepdim=True)
+            x = torch.nn.functional.normalize(x, dim=-1) * self.feature_dim ** 0.5
+        return self.proj(x) if self.proj is not None else x
 
 
 def build_encoder(cfg: Config) -> nn.Module:
@@ -77,7 +80,7 @@ def build_encoder(cfg: Config) -> nn.Module:
     if is_backbone(cfg.model.encoder):
         if cfg.model.feature_dim < 1:
             raise UserError(f"--encoder {cfg.model.encoder}: the feature width is not known yet (set at training)")
-        return FeatureEncoder(cfg.model.feature_dim, cfg.model.feature_norm)
+        return FeatureEncoder(cfg.model.feature_dim, cfg.model.feature_norm, cfg.model.feature_proj)
     if cfg.model.encoder == "conv":
         return ConvEncoder(d.channels, d.image_size)
     return LinearEncoder(d.channels, d.image_size)
@@ -222,9 +225,14 @@ def _transformer(cfg: Config) -> nn.Module:
     return TransformerBaseline(cfg)
 
 
+def _keyed(cfg: Config) -> nn.Module:
+    from .keyed import KeyedMemory
+    return KeyedMemory(cfg)
+
+
 # ntm and dnc are the MANN controller with another memory (build_memory picks it).
 MODEL_CLASSES = {"mann": MANN, "ntm": MANN, "dnc": MANN, "lstm": LSTMBaseline, "ff": FeedForward,
-                 "transformer": _transformer}
+                 "transformer": _transformer, "keyed": _keyed}
 
 
 def build_model(cfg: Config) -> nn.Module:
