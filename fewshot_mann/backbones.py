@@ -21,7 +21,7 @@ Weights (``--encoder-weights``):
   architecture (same tensors in the same order; outputs identical to that project's own
   model). Any other name downloads through the library (internet needed once).
 - ``none``: random weights, seeded (tests and benchmarks only).
-- ``PATH``: a local state-dict file (``torch.save(model.state_dict())`` of the same
+- ``PATH``: a local state-dict file (a saved ``model.state_dict()`` of the same
   architecture), for machines without internet.
 """
 from __future__ import annotations

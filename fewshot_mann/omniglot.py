@@ -263,6 +263,7 @@ def write_png_folder(root: str | os.PathLike | None, out: str | os.PathLike, cha
             folder = out / name.split("/", 1)[1].replace("/", "__")
             folder.mkdir(parents=True, exist_ok=True)
             for file_name, handle in files:
-                (folder / file_name).write_bytes(source.read(handle))
+                data = source.read(handle)
+                atomic_write(folder / file_name, lambda f: f.write(data))
                 written += 1
     return written

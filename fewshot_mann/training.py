@@ -259,7 +259,7 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
         raise UserError(f"--batch-size {t.batch_size} is smaller than the number of processes ({ctx.world}); "
                         "every process needs at least one episode per step")
 
-    train_bank, test_bank = load_banks(cfg, progress=progress, feature_cache=feature_cache)
+    train_bank, test_bank = load_banks(cfg, progress=progress, **({} if feature_cache else {"feature_cache": False}))
     if train_bank.images.dtype != "uint8" and not ckpt:  # backbone features: the checkpoint names them
         from .features import weights_id
         cfg.model.weights_hash = weights_id(cfg.model) or ""
