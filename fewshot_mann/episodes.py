@@ -144,7 +144,11 @@ def to_tensors(ep: Episodes, cfg: EpisodeConfig, device="cpu", augment=None,
                generator: torch.Generator | None = None) -> TensorBatch:
     """Convert (and optionally augment) a batch of episodes."""
     batch, steps = ep.labels.shape
-    images = torch.from_numpy(ep.images).to(device=device, dtype=torch.float32).div_(255.0)
+    images = torch.from_numpy(ep.images).to(device=device, dtype=torch.float32)
+    if ep.images.dtype == np.uint8:  # pixels; backbone features (float) are used as they are
+        images = images.div_(255.0)
+    elif augment is not None:
+        augment = None  # pixel augmentations do not apply to features
     if augment is not None:
         images = augment(images, generator)
     targets_np = np.take_along_axis(ep.label_digits, ep.labels[..., None].repeat(ep.label_digits.shape[-1], -1), axis=1)
@@ -154,6 +158,44 @@ def to_tensors(ep: Episodes, cfg: EpisodeConfig, device="cpu", augment=None,
     label_inputs[:, 1:] = onehot[:, :-1]
     return TensorBatch(images, label_inputs, targets,
                        torch.from_numpy(ep.labels).to(device), torch.from_numpy(ep.instance).to(device))
+
+
+class Photometric:
+    """Training augmentation for raw pixels: each episode inverted (1 - x) with probability
+    ``invert``; each image's contrast scaled by 1 +- ``contrast`` and brightness shifted by
+    +- ``brightness`` (uniform), clipped to [0, 1]. So a model meets dark-on-light, faint and
+    washed-out inputs in training."""
+
+    def __init__(self, invert: float, contrast: float, brightness: float):
+        self.invert, self.contrast, self.brightness = float(invert), float(contrast), float(brightness)
+
+    def active(self) -> bool:
+        return self.invert > 0 or self.contrast > 0 or self.brightness > 0
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """images: (B, T, C, H, W) in [0, 1]."""
+        if not self.active():
+            return images
+        b, t = images.shape[:2]
+        u = torch.rand(b, t, 3, generator=generator).to(images.device)
+        flip = (torch.rand(b, 1, generator=generator).to(images.device) < self.invert).float()  # per episode
+        shape = (b, t) + (1,) * (images.dim() - 2)
+        gain = (1 + (u[..., 0] * 2 - 1) * self.contrast).view(shape)
+        shift = ((u[..., 1] * 2 - 1) * self.brightness).view(shape)
+        mean = images.mean(dim=tuple(range(2, images.dim())), keepdim=True)
+        out = ((images - mean) * gain + mean + shift).clamp_(0, 1)
+        flip = flip.view((b, 1) + (1,) * (images.dim() - 2))
+        return flip * (1 - out) + (1 - flip) * out
+
+
+class Compose:
+    def __init__(self, *parts):
+        self.parts = parts
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        for part in self.parts:
+            images = part(images, generator)
+        return images
 
 
 class Jitter:

@@ -181,8 +181,26 @@ def _resize(im: Image.Image, size: int, policy: str) -> Image.Image:
     return ImageOps.pad(im, (size, size), method=method, color=0)
 
 
+def light_background(im: Image.Image) -> bool:
+    """True when the image's border (its outer 5% on every side) is mostly light: ink on
+    paper, a scan, a drawing on white. Judged on luma, median over the border pixels."""
+    luma = np.asarray(im.convert("L"), dtype=np.uint8)
+    h, w = luma.shape
+    bh, bw = max(1, h // 20), max(1, w // 20)
+    border = np.concatenate([luma[:bh].ravel(), luma[-bh:].ravel(), luma[:, :bw].ravel(), luma[:, -bw:].ravel()])
+    return float(np.median(border)) > 127.5
+
+
+def apply_polarity(im: Image.Image, polarity: str) -> Image.Image:
+    """``keep``: as is; ``invert``: 255 - pixels; ``auto``: inverted when its background is light,
+    so that strokes/objects are bright on dark, as the Omniglot reader gives (``decode_png``)."""
+    if polarity == "invert" or (polarity == "auto" and light_background(im)):
+        return ImageOps.invert(im)
+    return im
+
+
 def decode_image(data: bytes, image_size: int, channels: int, resize: str = "pad",
-                 max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, dict]:
+                 max_pixels: int = MAX_PIXELS, polarity: str = "keep") -> tuple[np.ndarray, dict]:
     """Image file bytes -> ((channels, image_size, image_size) uint8, info).
 
     info: {"size": [w, h] as stored, "mode": PIL mode, "format": PIL format}. Raises
@@ -221,7 +239,8 @@ def decode_image(data: bytes, image_size: int, channels: int, resize: str = "pad
                 im = ImageOps.exif_transpose(im)
             except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
                 pass
-            im = _resize(_to_mode(im, channels), image_size, resize)
+            # polarity before the resize, so letterbox padding is always black
+            im = _resize(apply_polarity(_to_mode(im, channels), polarity), image_size, resize)
             arr = np.asarray(im, dtype=np.uint8)
         except BadImage:
             raise
@@ -237,7 +256,7 @@ def decode_image(data: bytes, image_size: int, channels: int, resize: str = "pad
 
 
 def read_image_file(path: Path, image_size: int, channels: int, resize: str,
-                    max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, dict, str]:
+                    max_pixels: int = MAX_PIXELS, polarity: str = "keep") -> tuple[np.ndarray, dict, str]:
     """(image, info, sha256 hex) of one file; ``BadImage`` if unusable. Only a regular file of
     at most ``MAX_FILE_BYTES`` is read (a device such as /dev/zero or a FIFO is refused unopened)."""
     try:
@@ -260,7 +279,7 @@ def read_image_file(path: Path, image_size: int, channels: int, resize: str,
                        transient=True) from exc
     if not data:
         raise BadImage("unreadable", "empty file")
-    image, info = decode_image(data, image_size, channels, resize, max_pixels)
+    image, info = decode_image(data, image_size, channels, resize, max_pixels, polarity)
     return image, info, hashlib.sha256(data).hexdigest()
 
 
@@ -388,13 +407,14 @@ def scan_folder(root: str | os.PathLike, option: str = "--data-root") -> tuple[P
 
 
 def _cache_paths(root: Path, classes: dict[str, list[Path]], image_size: int, channels: int,
-                 resize: str, max_pixels: int) -> tuple[Path, str]:
+                 resize: str, max_pixels: int, polarity: str = "keep") -> tuple[Path, str]:
     """(cache file, prefix shared by every cache of this folder and settings).
 
     The key holds every file's class, path and SHA-256 of its bytes: sizes and times can stay
     the same while pixels change (fixed-size BMP/PGM/TIFF re-created with the same times) or
     files move between classes (``mv`` keeps both), so only the content is trusted."""
-    settings = json.dumps([CACHE_VERSION, str(root), image_size, channels, resize, max_pixels])
+    settings = json.dumps([CACHE_VERSION, str(root), image_size, channels, resize, max_pixels]
+                          + ([] if polarity == "keep" else [polarity]))
     listing = hashlib.sha256()
     for name, files in classes.items():
         for f in files:
@@ -443,13 +463,13 @@ def _save_cache(path: Path, prefix: str, bank: ClassBank, digests, problems, sta
 
 def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1, resize: str = "pad", *,
                 progress: bool = True, cache: bool = True, option: str = "--data-root",
-                max_pixels: int = MAX_PIXELS) -> FolderData:
+                max_pixels: int = MAX_PIXELS, polarity: str = "keep") -> FolderData:
     """Decode (or load from the cache) every usable image of a class-per-folder dataset."""
     if resize not in RESIZE_POLICIES:
         raise UserError(f"--resize must be one of {', '.join(RESIZE_POLICIES)} (got {resize!r})")
     root, classes, problems = scan_folder(root, option)
     class_folders = sorted(set(classes) | {p.path.rstrip("/") for p in problems if p.kind == "empty-class"})
-    cache_path, prefix = _cache_paths(root, classes, image_size, channels, resize, max_pixels)
+    cache_path, prefix = _cache_paths(root, classes, image_size, channels, resize, max_pixels, polarity)
     if cache:
         cached = _load_cache(cache_path) if cache_path.exists() else None
         if cached is not None:
@@ -468,7 +488,7 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
     for name, path in iterator:
         rel = _rel(path, root)
         try:
-            image, info, digest = read_image_file(path, image_size, channels, resize, max_pixels)
+            image, info, digest = read_image_file(path, image_size, channels, resize, max_pixels, polarity)
         except BadImage as exc:
             decode_problems.append(Problem(exc.kind, rel, str(exc)))
             transient = transient or exc.transient
@@ -667,7 +687,10 @@ def load_folder_parts(cfg: Config, progress: bool = True, report=warn, recorded:
     spec = parse_test_classes(d.test_classes)
     if d.test_root and spec is not None:
         raise UserError("give held-out classes either as a --test-root folder or with --test-classes, not both")
-    kw = dict(image_size=d.image_size, channels=d.channels, resize=d.resize, progress=progress)
+    from .config import is_backbone
+    from .datasets import reader_settings
+    # a backbone's inputs are large and only feed the (cached) features: not cached themselves
+    kw = dict(**reader_settings(cfg), progress=progress, cache=not is_backbone(cfg.model.encoder))
     data = load_folder(d.data_root, option="--data-root", **kw)
     report_problems(data, "--data-root", report)
     digests = _digests_by_class(data)

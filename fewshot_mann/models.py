@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import Config, ModelConfig
+from .config import Config, ModelConfig, is_backbone
+from .errors import UserError
 from .deferred import DeferredWeight
 from .memory import LRUAMemory
 
@@ -47,8 +48,39 @@ class ConvEncoder(nn.Module):
         return self.net(images.flatten(0, 1)).view(b, t, -1)
 
 
+class FeatureEncoder(nn.Module):
+    """Backbone features (B,T,D) -> (B,T,D), normalised so that a cosine read compares
+    directions that tell the episode's classes apart:
+
+    - ``center-l2``: minus the episode's mean feature (over its T steps; SimpleShot's
+      centring, computed per episode so it follows the domain), then unit length;
+    - ``l2``: unit length; ``none``: as they are.
+
+    Then scaled by sqrt(D), so each component is of order 1, like pixels; with ``project`` > 0,
+    a learned linear map to ``project`` values.
+    """
+
+    def __init__(self, feature_dim: int, norm: str = "center-l2", project: int = 0):
+        super().__init__()
+        self.feature_dim, self.norm = feature_dim, norm
+        self.proj = nn.Linear(feature_dim, project) if project else None
+        self.out_features = project or feature_dim
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = feats.flatten(2)
+        if self.norm != "none":
+            if self.norm == "center-l2":
+                x = x - x.mean(dim=1, keepdim=True)
+            x = torch.nn.functional.normalize(x, dim=-1) * self.feature_dim ** 0.5
+        return self.proj(x) if self.proj is not None else x
+
+
 def build_encoder(cfg: Config) -> nn.Module:
     d = cfg.data
+    if is_backbone(cfg.model.encoder):
+        if cfg.model.feature_dim < 1:
+            raise UserError(f"--encoder {cfg.model.encoder}: the feature width is not known yet (set at training)")
+        return FeatureEncoder(cfg.model.feature_dim, cfg.model.feature_norm, cfg.model.feature_proj)
     if cfg.model.encoder == "conv":
         return ConvEncoder(d.channels, d.image_size)
     return LinearEncoder(d.channels, d.image_size)
@@ -193,9 +225,14 @@ def _transformer(cfg: Config) -> nn.Module:
     return TransformerBaseline(cfg)
 
 
+def _keyed(cfg: Config) -> nn.Module:
+    from .keyed import KeyedMemory
+    return KeyedMemory(cfg)
+
+
 # ntm and dnc are the MANN controller with another memory (build_memory picks it).
 MODEL_CLASSES = {"mann": MANN, "ntm": MANN, "dnc": MANN, "lstm": LSTMBaseline, "ff": FeedForward,
-                 "transformer": _transformer}
+                 "transformer": _transformer, "keyed": _keyed}
 
 
 def build_model(cfg: Config) -> nn.Module:

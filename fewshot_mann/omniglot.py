@@ -324,3 +324,25 @@ def make_santoro_split(names: list[str], seed: int = 2016, train: int = 1200, va
         "validation": sorted(trained[i] for i in pick[:validation]),
         "test": sorted(names[i] for i in order[train:]),
     }
+
+
+def write_png_folder(root: str | os.PathLike | None, out: str | os.PathLike, characters: list[str]) -> int:
+    """Copy the original drawings (dark ink on white, 105 x 105 PNG) of ``characters`` into
+    ``out/<alphabet>__<character>/<file>.png``, a class-per-folder dataset as a user would have.
+    Returns the number of files written. For tests, docs and meta-training a backbone model on
+    Omniglot (``--dataset folder``)."""
+    root = Path(root).expanduser() if root else default_data_root()
+    out = Path(out)
+    wanted = set(characters)
+    written = 0
+    for source in find_sources(root):
+        for name, files in source.members().items():
+            if name not in wanted:
+                continue
+            folder = out / name.split("/", 1)[1].replace("/", "__")
+            folder.mkdir(parents=True, exist_ok=True)
+            for file_name, handle in files:
+                data = source.read(handle)
+                atomic_write(folder / file_name, lambda f, data=data: f.write(data))
+                written += 1
+    return written

@@ -134,7 +134,10 @@ def predict_probabilities(model: torch.nn.Module, cfg: Config, support: ClassBan
         o_idx = torch.tensor([o for o, _ in chunk])
         q_idx = torch.tensor([q for _, q in chunk])
         images = torch.cat([sup_images[o_idx], query_images[q_idx].unsqueeze(1)], dim=1)  # (b,S+1,C,H,W)
-        images = images.to(device=device, dtype=torch.float32).div_(255.0)
+        pixels = images.dtype == torch.uint8
+        images = images.to(device=device, dtype=torch.float32)
+        if pixels:  # backbone features are used as they are
+            images = images.div_(255.0)
         logits = model(images, sup_labels[o_idx].to(device))
         probs = class_probabilities(logits[:, -1], codes[o_idx].to(device), cfg.episodes.group_size)
         out[o_idx, q_idx] = probs.cpu()
@@ -244,8 +247,15 @@ def _main(argv) -> int:
     d = cfg.data
 
     # The support set is never cached: patient images stay where the user keeps them.
-    support = load_folder(args.support, d.image_size, d.channels, d.resize, progress=False, cache=False,
-                          option="--support")
+    from .config import is_backbone
+    from .datasets import reader_settings
+    rs = reader_settings(cfg)
+    backbone = is_backbone(cfg.model.encoder)
+    if backbone:
+        from .features import embed_bank, embed_images, resolve_weights
+        digest = resolve_weights(cfg.model, trained=True)
+    support = load_folder(args.support, rs["image_size"], rs["channels"], d.resize, progress=False, cache=False,
+                          option="--support", polarity=rs["polarity"])
     report_problems(support, "--support")
     bank = support.bank
     if bank.num_classes < 2:
@@ -267,7 +277,8 @@ def _main(argv) -> int:
     images, names_in, digests = [], [], []
     for path in expand_queries(args.query):
         try:
-            image, _, digest = read_image_file(path, d.image_size, d.channels, d.resize)
+            image, _, digest = read_image_file(path, rs["image_size"], rs["channels"], d.resize,
+                                               polarity=rs["polarity"])
         except BadImage as exc:
             warn(f"skipped --query {path}: {exc}")
             continue
@@ -282,7 +293,21 @@ def _main(argv) -> int:
             warn(f"--query {query} is the same file as a support image of class "
                  f"{bank.names[support_digests[digest]]!r}")
 
-    probs = predict_probabilities(model, cfg, bank, np.stack(images), orders=args.orders, seed=args.seed,
+    queries = np.stack(images)
+    from .datasets import shrink
+    from .kshot import loo_accuracy
+    raw = shrink(bank)
+    labels = np.repeat(np.arange(bank.num_classes), bank.counts)
+    if backbone:  # support and queries are the user's images: features never cached here
+        bank = embed_bank(bank, cfg.model, digest=digest, cache=False, progress=False)
+        queries = embed_images(queries, cfg.model, digest=digest, cache=False, progress=False)
+    loo = loo_accuracy(bank.images, labels, "center-l2" if backbone else "pixels")
+    loo_raw = loo_accuracy(raw.images, labels, "pixels")
+    if loo is not None and (loo <= 1.0 / bank.num_classes or (backbone and loo_raw is not None and loo < loo_raw)):
+        warn(f"the support set's leave-one-out nearest-centroid accuracy is {100 * loo:.0f} % "
+             f"(raw pixels {100 * (loo_raw or 0):.0f} %, chance {100 / bank.num_classes:.0f} %): these classes are "
+             "hard to tell apart from these examples; expect unreliable answers")
+    probs = predict_probabilities(model, cfg, bank, queries, orders=args.orders, seed=args.seed,
                                   batch_size=args.batch_size, device=device)
     results = summarise(bank.names, probs, args.threshold, names_in)
     cut = (1 + 1 / bank.num_classes) / 2 if args.threshold is None else args.threshold

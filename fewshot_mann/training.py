@@ -24,7 +24,7 @@ from .checkpoint import (check_weights_fit, load_checkpoint, load_model_from_che
                          save_checkpoint)
 from .config import Config
 from .datasets import load_split_banks
-from .episodes import Jitter, batch_rng, check_bank, sample_episodes, to_tensors
+from .episodes import Compose, Jitter, Photometric, batch_rng, check_bank, sample_episodes, to_tensors
 from .errors import CheckpointError, UserError
 from .evaluation import correct_steps, loss_fn, per_episode_instance_accuracy
 from .fileio import RunLock, append_line, atomic_write_json, check_output_path, same_file
@@ -254,7 +254,7 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dic
 
 def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
           command: list[str] | None = None, progress: bool = True, log=None,
-          init_from: str | None = None, asked: dict | None = None) -> dict:
+          init_from: str | None = None, asked: dict | None = None, feature_cache: bool = True) -> dict:
     """Train ``cfg`` into ``out_dir``. Returns a summary dict (episodes, seconds, last eval, ...).
 
     ``asked``: {(section, field): flag} of the settings the user gave explicitly; a resumed run
@@ -265,7 +265,8 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
     lock = RunLock()
     try:
         return _train(cfg, Path(out_dir), ctx, device, resume=resume, overwrite=overwrite, command=command,
-                      progress=progress, log=log, init_from=init_from, asked=asked or {}, lock=lock)
+                      progress=progress, log=log, init_from=init_from, asked=asked or {}, lock=lock,
+                      feature_cache=feature_cache)
     finally:
         lock.release()
         distributed.close(ctx)
@@ -284,7 +285,7 @@ def ignored_on_resume(new: Config, saved: Config, asked: dict) -> list[str]:
 
 
 def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.device, *, resume, overwrite,
-           command, progress, log, init_from, asked, lock) -> dict:
+           command, progress, log, init_from, asked, lock, feature_cache=True) -> dict:
     main = ctx.is_main
     if not main:
         log, progress = (lambda msg: None), False
@@ -318,8 +319,13 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
         raise UserError(f"--batch-size {t.batch_size} is smaller than the number of processes ({ctx.world}); "
                         "every process needs at least one episode per step")
 
-    parts = load_split_banks(cfg, progress=progress)
+    parts = load_split_banks(cfg, progress=progress, **({} if feature_cache else {"feature_cache": False}))
     train_bank, val_bank = parts.train, parts.validation
+    if train_bank.images.dtype != "uint8" and not ckpt:  # backbone features: the checkpoint names them
+        from .features import weights_id
+        cfg.model.weights_hash = weights_id(cfg.model) or ""
+        cfg.model.feature_dim = int(parts.test.images.shape[1])
+        cfg.data.rotations = False  # rotating a feature vector means nothing
     if main and cfg.data.dataset == "folder":  # class names and counts only (the checkpoint records them too)
         from .folder import write_split
         write_split(out / "split.json", cfg, parts.train, parts.test, parts.validation)
@@ -358,8 +364,10 @@ def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.devic
     steps_per_log = max(1, math.ceil(LOG_EVERY_EPISODES / batch))
     steps_per_eval = max(1, math.ceil(t.eval_every / batch)) if checks_on else 0
     steps_per_ckpt = max(1, math.ceil(t.checkpoint_every / batch))
-    jitter = Jitter(cfg.data.jitter_shift, cfg.data.jitter_rotate)
-    use_jitter = cfg.data.jitter_shift > 0 or cfg.data.jitter_rotate > 0
+    photometric = Photometric(cfg.data.augment_invert, cfg.data.augment_contrast, cfg.data.augment_brightness)
+    jitter = Compose(Jitter(cfg.data.jitter_shift, cfg.data.jitter_rotate), photometric)
+    use_jitter = (cfg.data.jitter_shift > 0 or cfg.data.jitter_rotate > 0 or photometric.active()) \
+        and train_bank.images.dtype == "uint8"
 
     def save():
         if not main:

@@ -39,6 +39,10 @@ def error_line(capsys) -> str:
 # has 10 training classes (40 with rotations), 6 held-out ones, 12 images each.
 TRAIN_BAD = [
     (["--final-eval", "-1"], "--final-eval must be >= 0"),
+    (["--augment-invert", "1.5"], "--augment-invert must be a probability"),
+    (["--augment-contrast", "-0.1"], "--augment-contrast must be in [0, 1)"),
+    (["--augment-brightness", "2"], "--augment-brightness must be in [0, 1]"),
+    (["--feature-proj", "-1"], "--feature-proj must be >= 0"),
     (["--image-size", "3"], "--image-size must be at least 4"),
     (["--image-size", "5000"], "--image-size must be at most 1024"),
     (["--image-size", "twenty"], "argument --image-size: invalid int value: 'twenty'"),

@@ -12,9 +12,10 @@ def as_split(load):
     classes (evaluate), as the one held-out bank did before validation classes existed. Synthetic
     banks reuse names (class00, ...), so held-out classes that share a training class's name are
     renamed: they are other classes, and the held-out check compares names."""
-    def load_split(cfg, progress=True, recorded=None):
+    def load_split(cfg, progress=True, recorded=None, *, feature_cache=True, with_pixels=False):
         train, held = load(cfg, progress)
         if set(train.names) & set(held.names):
             held = dataclasses.replace(held, names=[f"held-out/{n}" for n in held.names])
-        return SplitBanks(train, held, held)
+        parts = SplitBanks(train, held, held)
+        return (parts, parts) if with_pixels else parts
     return load_split
