@@ -467,7 +467,7 @@ def _evaluate(argv) -> int:
         cfg.validate()
     model = load_model_from_checkpoint(ckpt, device)
     nonfinite = warn_nonfinite(ckpt, args.checkpoint) if ctx.is_main else False
-    parts = load_split_banks(cfg, progress=not args.no_progress, recorded=recorded)
+    parts, pixel_parts = load_split_banks(cfg, progress=not args.no_progress, recorded=recorded, with_pixels=True)
     bank = parts.part(kind)
     check_bank(bank, cfg.episodes, f"{kind} classes")
     check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
@@ -481,7 +481,15 @@ def _evaluate(argv) -> int:
         return 0
     res.pop("_per_episode")
     print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {kind} classes"))
+    baselines = []
+    if cfg.data.dataset == "folder":  # is the memory helping? the same episodes, nearest centroid
+        from .knn import folder_baselines
+        baselines = folder_baselines(cfg, bank, pixel_parts.part(kind), episodes=args.episodes, seed=args.seed,
+                                     batch_size=args.batch_size, device=device)
+        for base in baselines:
+            print(f"{base['name']:<28} " + " ".join(f"{100 * a:7.1f}" for a in base["accuracy_by_instance"]))
     out = {**res, "classes": kind, "class_names": list(bank.names), "num_classes": bank.num_classes,
+           **({"baselines": baselines} if baselines else {}),
            "checkpoint": str(args.checkpoint),
            "checkpoint_episodes": ckpt.get("episodes_done"),
            "training": training_record(ckpt), "config": cfg.to_dict(),

@@ -76,6 +76,52 @@ class KNNClassifier(nn.Module):
         return labels
 
 
+class CentroidClassifier(nn.Module):
+    """Cosine nearest centroid over the earlier steps of each episode (one-hot labels).
+
+    At step t each label seen so far has the mean of its earlier steps' unit-length features
+    as centroid; the answer is the label whose centroid is nearest by cosine (labels not yet
+    seen never win; at step 0 nothing is stored). ``embed`` as for ``KNNClassifier``.
+    Returns "logits" (B, T, L)."""
+
+    def __init__(self, embed):
+        super().__init__()
+        self.embed = embed
+
+    def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+        feats = F.normalize(self.embed(images, label_inputs).float(), dim=-1, eps=COSINE_EPS)  # (B, T, D)
+        b, steps, labels = label_inputs.shape
+        stored = torch.zeros_like(label_inputs, dtype=feats.dtype)
+        stored[:, :-1] = label_inputs[:, 1:].to(feats.dtype)  # the label of step s is the input of step s + 1
+        # sums[:, t] = sum over s < t of label_s (outer) feature_s: (B, T, L, D)
+        outer = stored.unsqueeze(-1) * feats.unsqueeze(2)
+        sums = torch.cumsum(outer, dim=1) - outer
+        counts = torch.cumsum(stored, dim=1) - stored  # (B, T, L)
+        centroids = F.normalize(sums, dim=-1, eps=COSINE_EPS)
+        scores = (centroids * feats.unsqueeze(2)).sum(-1)  # (B, T, L)
+        return scores.masked_fill(counts == 0, -1e4)
+
+
+def folder_baselines(cfg, bank, pixel_bank, *, episodes: int, seed: int, batch_size: int, device) -> list[dict]:
+    """Nearest centroid on the same episodes as ``evaluate`` (same seed, same class order):
+    on raw pixels, and on the backbone's features for a backbone model (one-hot labels only)."""
+    from .config import is_backbone
+    from .evaluation import evaluate
+
+    if cfg.episodes.labels != "onehot":
+        return []
+    runs = [("nearest-centroid-raw-pixels", pixel_bank)]
+    if is_backbone(cfg.model.encoder):
+        runs.append(("nearest-centroid-features", bank))
+    out = []
+    for name, b in runs:
+        res = evaluate(CentroidClassifier(raw_pixels), b, cfg.episodes, episodes=episodes, seed=seed,
+                       batch_size=batch_size, device=device)
+        out.append({"name": name, "accuracy_by_instance": res["accuracy_by_instance"], "ci95": res["ci95"],
+                    "accuracy": res["accuracy"], "episodes": res["episodes"]})
+    return out
+
+
 class CheckpointFeatures:
     """Features of a trained model (see the module docstring for the two layers)."""
 

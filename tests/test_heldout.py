@@ -111,3 +111,16 @@ def test_an_old_checkpoint_without_records_is_scored_with_a_note(folder_run, tmp
     torch.save(old, tmp_path / "old.pt")
     assert cli.evaluate_main(["--checkpoint", str(tmp_path / "old.pt"), "--episodes", "4", "--no-progress"]) == 0
     assert "predates class records" in capsys.readouterr().err
+
+
+def test_evaluate_on_a_folder_reports_nearest_centroid_on_the_same_episodes(folder_run, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert cli.evaluate_main(["--checkpoint", str(folder_run["run"] / "checkpoint.pt"), "--episodes", "20",
+                              "--json", str(out), "--no-progress"]) == 0
+    res = json.loads(out.read_text())
+    (base,) = res["baselines"]  # a raw-pixel model: the raw-pixel baseline only
+    assert base["name"] == "nearest-centroid-raw-pixels" and base["episodes"] == 20
+    assert len(base["accuracy_by_instance"]) == len(res["accuracy_by_instance"]) == 4
+    assert base["accuracy_by_instance"][0] <= 0.5 + 1e-9  # 2-way: nothing stored at a class's 1st presentation
+    assert base["accuracy_by_instance"][3] > 0.5  # synthetic shapes: centroids of raw pixels separate them
+    assert "nearest-centroid-raw-pixels" in capsys.readouterr().out

@@ -124,3 +124,24 @@ def test_cli_bad_input_is_one_clear_line(argv, needle, capsys):
     assert cli.main(["knn", *argv, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
+
+
+def test_centroid_classifier_by_hand():
+    """Two labels; features chosen so the nearest centroid differs from the nearest neighbour."""
+    from fewshot_mann.knn import CentroidClassifier
+    feats = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [0.75, 0.66]]])
+    labels = [0, 1, 0, 1, 0]  # label of each step; the input of step t is the label of step t-1
+    label_inputs = torch.zeros(1, 5, 2)
+    for t in range(1, 5):
+        label_inputs[0, t, labels[t - 1]] = 1.0
+    out = CentroidClassifier(lambda images, li: images)(feats, label_inputs)
+    assert out.shape == (1, 5, 2)
+    assert (out[0, 0] == -1e4).all()  # nothing stored at step 0
+    assert out[0, 1, 1] == -1e4 and out[0, 1].argmax() == 0  # only label 0 seen
+    # step 4: centroid 0 = mean of (1,0),(0.6,0.8) -> (0.8,0.4)/|.|; centroid 1 = mean of (0,1),(0.8,0.6) -> (0.4,0.8)/|.|
+    q = torch.tensor([0.75, 0.66]) / torch.tensor([0.75, 0.66]).norm()
+    c0 = torch.tensor([0.8, 0.4]) / torch.tensor([0.8, 0.4]).norm()
+    c1 = torch.tensor([0.4, 0.8]) / torch.tensor([0.4, 0.8]).norm()
+    torch.testing.assert_close(out[0, 4], torch.stack([q @ c0, q @ c1]))
+    # its nearest single neighbour is step 3 (label 1), the nearest centroid label 0
+    assert out[0, 4].argmax() == 0
