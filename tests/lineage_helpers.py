@@ -12,8 +12,8 @@ from PIL import Image
 import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank
-from fewshot_mann import cli, datasets, training
-from helpers import as_split
+from fewshot_mann import cli
+from helpers import patch_banks
 
 TINY_ARGS = ["--controller-size", "16", "--memory-slots", "8", "--memory-width", "5", "--read-heads", "2",
              "--transformer-layers", "1", "--transformer-heads", "2", "--transformer-width", "16",
@@ -24,8 +24,7 @@ TINY_ARGS = ["--controller-size", "16", "--memory-slots", "8", "--memory-width",
 def use_synthetic_banks(monkeypatch, seed: int = 1):
     """Every entry point (train, evaluate, knn) loads these (train, held-out) banks."""
     banks = (synthetic_bank(classes=8, per_class=8, seed=seed), synthetic_bank(classes=6, per_class=8, seed=seed + 1))
-    monkeypatch.setattr(training, "load_split_banks", as_split(lambda cfg, progress=True: banks))
-    monkeypatch.setattr(datasets, "load_split_banks", as_split(lambda cfg, progress=True: banks))
+    patch_banks(monkeypatch, banks)
     return banks
 
 

@@ -17,11 +17,11 @@ from PIL import Image
 import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank, tiny_config
-from fewshot_mann import checkpoint, datasets, omniglot, training
+from fewshot_mann import checkpoint, omniglot, training
 from fewshot_mann.checkpoint import load_checkpoint, load_model_from_checkpoint
 from fewshot_mann.errors import CheckpointError, DataError, UserError
 from test_omniglot import _png, make_fake_omniglot
-from helpers import as_split
+from helpers import as_split, patch_banks
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fewshot_mann"
 BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
@@ -32,9 +32,7 @@ TINY_FLAGS = ["--image-size", "6", "--controller-size", "16", "--memory-slots", 
 
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
-    fake = lambda cfg, progress=True: BANKS  # noqa: E731
-    monkeypatch.setattr(training, "load_split_banks", as_split(fake))
-    monkeypatch.setattr(datasets, "load_split_banks", as_split(fake))
+    patch_banks(monkeypatch, BANKS)
 
 
 @pytest.fixture(scope="module")

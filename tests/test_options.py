@@ -12,19 +12,17 @@ import torch
 import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank, tiny_config
-from fewshot_mann import cli, datasets, training
+from fewshot_mann import cli, training
 from fewshot_mann.checkpoint import load_checkpoint, load_model_from_checkpoint
 from fewshot_mann.evaluation import evaluate
-from helpers import as_split
+from helpers import as_split, patch_banks
 
 BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
 
 
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
-    fake = lambda cfg, progress=True: BANKS  # noqa: E731
-    monkeypatch.setattr(training, "load_split_banks", as_split(fake))
-    monkeypatch.setattr(datasets, "load_split_banks", as_split(fake))
+    patch_banks(monkeypatch, BANKS)
 
 
 def error_line(capsys) -> str:

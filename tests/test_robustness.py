@@ -17,12 +17,12 @@ from PIL import Image
 import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank, tiny_config
-from fewshot_mann import checkpoint, cli, datasets, fileio, folder, training
+from fewshot_mann import checkpoint, cli, fileio, folder, training
 from fewshot_mann.checkpoint import load_checkpoint
 from fewshot_mann.config import Config
 from fewshot_mann.errors import CheckpointError, DataError, UserError
 from synthetic_images import make_image_folder
-from helpers import as_split
+from helpers import as_split, patch_banks
 
 BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
 TINY = ["--episodes", "8", "--image-size", "6", "--controller-size", "16", "--memory-slots", "10", "--memory-width", "5",
@@ -32,9 +32,7 @@ TINY = ["--episodes", "8", "--image-size", "6", "--controller-size", "16", "--me
 
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
-    fake = lambda cfg, progress=True: BANKS  # noqa: E731
-    monkeypatch.setattr(training, "load_split_banks", as_split(fake))
-    monkeypatch.setattr(datasets, "load_split_banks", as_split(fake))
+    patch_banks(monkeypatch, BANKS)
 
 
 def one_line(capsys) -> str:

@@ -19,3 +19,12 @@ def as_split(load):
         parts = SplitBanks(train, held, held)
         return (parts, parts) if with_pixels else parts
     return load_split
+
+
+def patch_banks(monkeypatch, banks) -> None:
+    """Every entry point (train, evaluate, kshot, knn) loads these (train, held-out) banks."""
+    from fewshot_mann import datasets, training
+
+    fake = as_split(lambda cfg, progress=True: banks)
+    monkeypatch.setattr(training, "load_split_banks", fake)
+    monkeypatch.setattr(datasets, "load_split_banks", fake)
