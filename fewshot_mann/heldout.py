@@ -41,14 +41,13 @@ def trained_overlap(ckpt: dict, names: list[str], digests=None) -> tuple[list[st
     return classes, images
 
 
-def check_scored(ckpt: dict, bank: ClassBank, kind: str, *, allow: bool = False, digests=None,
-                 what: str = "scored") -> None:
+def check_scored(ckpt: dict, bank: ClassBank, kind: str, *, allow: bool = False, digests=None) -> None:
     """Refuse (``kind == "test"``, unless ``allow``) or warn when the classes or images to be
     scored include ones the checkpoint trained on; say when the checkpoint has no record."""
     if kind == "training":
         return
     if recorded_classes(ckpt) is None:
-        print(f"note: this checkpoint predates class records, so fewshot-mann cannot check that the {what} "
+        print("note: this checkpoint predates class records, so fewshot-mann cannot check that the scored "
               "classes were not trained on", file=sys.stderr)
         return
     classes, images = trained_overlap(ckpt, bank.names, digests)
@@ -56,14 +55,14 @@ def check_scored(ckpt: dict, bank: ClassBank, kind: str, *, allow: bool = False,
         return
     parts = []
     if classes:
-        parts.append(f"{len(classes)} of the {bank.num_classes} {what} classes (e.g. {classes[0]!r})")
+        parts.append(f"{len(classes)} of the {bank.num_classes} scored classes (e.g. {classes[0]!r})")
     if images:
         parts.append(f"{images} of the images")
-    message = (f"{' and '.join(parts)} are ones this model trained on, so the accuracy would not be held-out; "
-               "score other classes, or pass --allow-trained-classes to score them anyway")
+    overlap = f"{' and '.join(parts)} are ones this model trained on"
     if kind == "test" and not allow:
-        raise DataError(message)
-    print(f"warning: {message.split(', so ')[0]}: not a held-out result", file=sys.stderr)
+        raise DataError(f"{overlap}, so the accuracy would not be held-out; score other classes, or pass "
+                        "--allow-trained-classes to score them anyway")
+    print(f"warning: {overlap}: not a held-out result", file=sys.stderr)
 
 
 def bank_digests(parts, bank: ClassBank) -> list[str] | None:
