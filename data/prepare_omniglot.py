@@ -6,8 +6,8 @@ DIR holds ``images_background.zip`` and ``images_evaluation.zip``. Each zip's md
 against the official archive's (github.com/brendenlake/omniglot, python/). A re-packed copy of
 the same images (other zip md5s) is accepted only when every PNG's md5 matches a list in the
 format of ``md5sum`` output (``--png-md5s``, default ``DIR/PNG_MD5SUMS.txt``). The images are
-decoded exactly as ``fewshot_mann.omniglot.load_omniglot`` decodes them at 20 px, then written
-with ``fewshot_mann.embedded.write_embedded``; the script prints whether the array's sha256
+decoded exactly as ``fewshot_mann.data.omniglot.load_omniglot`` decodes them at 20 px, then written
+with ``fewshot_mann.data.embedded.write_embedded``; the script prints whether the array's sha256
 equals the one committed before.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot_mann.bank import ClassBank
-from fewshot_mann.embedded import ASSETS, META, write_embedded
-from fewshot_mann.omniglot import decode_png, find_sources
+from fewshot_mann.data.bank import ClassBank
+from fewshot_mann.data.embedded import ASSETS, META, write_embedded
+from fewshot_mann.data.omniglot import decode_png, find_sources
 
 OFFICIAL_MD5 = {
     "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from fewshot_mann.cli.common import main
 
 sys.exit(main())

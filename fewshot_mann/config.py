@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UserError
+from fewshot_mann.errors import UserError
 
 # mann = LSTM controller + LRUA memory (the paper); ntm, dnc = the same controller with the
 # NTM / DNC memory; lstm, ff = the paper's baselines; transformer = causal self-attention.

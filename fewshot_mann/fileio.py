@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError
+from fewshot_mann.errors import UserError
 
 MAX_JSON_BYTES = 16 * 2**20  # config files, split files: a real one is a few kB
 MAX_JSON_DEPTH = 64  # nesting of [ and {: a config has 2, a split file 2

@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 from fewshot_mann.config import Config  # noqa: E402
 from fewshot_mann.errors import UserError  # noqa: E402
 from fewshot_mann.fileio import atomic_write_text  # noqa: E402
-from fewshot_mann.reporting import plot_by_instance, plot_learning_curves, read_metrics  # noqa: E402
+from fewshot_mann.reporting.records import plot_by_instance, plot_learning_curves, read_metrics  # noqa: E402
 
 INSTANCES = (1, 2, 3, 5, 10)
 LEARNING_CURVE_INSTANCE = 2
@@ -61,7 +61,7 @@ def parameter_count(result: dict) -> int | None:
         return 0
     if not isinstance(result.get("config"), dict):
         return None
-    from fewshot_mann.models import build_model, count_parameters
+    from fewshot_mann.models.mann import build_model, count_parameters
     return count_parameters(build_model(Config.from_dict(result["config"])))
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from fewshot_mann.evaluation import PAPER_INSTANCES, PAPER_ROWS  # noqa: E402
-from fewshot_mann.reporting import plot_by_instance, plot_learning_curves  # noqa: E402
+from fewshot_mann.engine.evaluation import PAPER_INSTANCES, PAPER_ROWS  # noqa: E402
+from fewshot_mann.reporting.records import plot_by_instance, plot_learning_curves  # noqa: E402
 
 # Santoro et al. 2016, Table 2 (string labels), instances 1, 2, 3, 4, 5, 10.
 PAPER_TABLE2 = {

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot_mann.checkpoint import load_checkpoint, load_model_from_checkpoint
-from fewshot_mann.datasets import load_banks
-from fewshot_mann.evaluation import instance_breakdown
+from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from fewshot_mann.data.loading import load_banks
+from fewshot_mann.engine.evaluation import instance_breakdown
 
 STEP_BINS = ((1, 4), (5, 9), (10, 19), (20, 49), (50, 149))
 GAP_BINS = ((1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 149))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot_mann.bank import ClassBank
+from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import Config
 
 OMNIGLOT = Path(os.environ.get("FEWSHOT_MANN_TEST_OMNIGLOT",

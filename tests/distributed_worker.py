@@ -2,14 +2,16 @@
 
 usage: torchrun --nproc_per_node P tests/distributed_worker.py train ARGS... ++ evaluate ARGS... ++ ...
 
-The process group is joined once through ``fewshot_mann.distributed`` and kept across the
+The process group is joined once through ``fewshot_mann.engine.distributed`` and kept across the
 command lines, which then run exactly as ``train.py`` / ``evaluate.py`` would under torchrun.
 """
 import sys
 
 import torch
 
-from fewshot_mann import cli, distributed
+from fewshot_mann.cli import common as cli
+
+from fewshot_mann.engine import distributed
 
 if __name__ == "__main__":
     ctx, _ = distributed.init_from_env(torch.device("cpu"))

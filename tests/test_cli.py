@@ -11,7 +11,7 @@ import torch
 
 import evaluate as evaluate_script
 import train as train_script
-from fewshot_mann import cli
+from fewshot_mann.cli import common as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--controller-size", "16", "--memory-slots", "12", "--memory-width", "6", "--read-heads", "2",

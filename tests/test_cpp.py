@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from fewshot_mann import cpp, fast
+from fewshot_mann.memory.lrua import kernel as cpp
+from fewshot_mann.memory.lrua import sequence as fast
 from fewshot_mann.config import Config
 from test_fast import (TOLERANCE, assert_same, check_paths_agree, episode_inputs, make, outputs_and_grads,
                        reference_path, with_attrs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from fewshot_mann.deferred import DeferredWeight
+from fewshot_mann.memory.deferred import DeferredWeight
 
 
 def _loop(weight, x0, steps, linear):

@@ -19,8 +19,8 @@ import torch
 
 import evaluate as evaluate_script
 import train as train_script
-from fewshot_mann.checkpoint import load_checkpoint
-from fewshot_mann.distributed import shard
+from fewshot_mann.engine.checkpoint import load_checkpoint
+from fewshot_mann.engine.distributed import shard
 from test_reliability import fake_data  # noqa: F401 - the fixture: a fake Omniglot and its split file
 
 ROOT = Path(__file__).resolve().parents[1]

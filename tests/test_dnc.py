@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from conftest import tiny_config
 from fewshot_mann.config import Config
-from fewshot_mann.dnc import DNCMemory, allocation, interface_size
-from fewshot_mann.dnc_fast import _cumprod_backward
+from fewshot_mann.memory.dnc.equations import DNCMemory, allocation, interface_size
+from fewshot_mann.memory.dnc.sequence import _cumprod_backward
 from fewshot_mann.errors import UserError
-from fewshot_mann.models import MANN, build_model
-from fewshot_mann.reference_dnc import literal_dnc_step
+from fewshot_mann.models.mann import MANN, build_model
+from fewshot_mann.memory.dnc.reference import literal_dnc_step
 from lineage_helpers import (assert_close_lists, mann_forward_with_step, outputs_and_grads,
                              predict_from_checkpoint, train_and_evaluate, use_synthetic_banks)
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import synthetic_bank
 from fewshot_mann.config import EpisodeConfig
-from fewshot_mann.episodes import (batch_rng, check_bank, episode_rng, evaluation_episodes, sample_episodes,
+from fewshot_mann.data.episodes import (batch_rng, check_bank, episode_rng, evaluation_episodes, sample_episodes,
                                    to_tensors, Jitter)
 from fewshot_mann.errors import DataError
 

@@ -11,9 +11,9 @@ import torch
 import evaluate as evaluate_script
 from conftest import synthetic_bank, tiny_config
 from fewshot_mann.config import EpisodeConfig
-from fewshot_mann.episodes import evaluation_episodes, to_tensors
-from fewshot_mann.evaluation import correct_steps, correct_steps_seen, evaluate
-from fewshot_mann.models import build_model
+from fewshot_mann.data.episodes import evaluation_episodes, to_tensors
+from fewshot_mann.engine.evaluation import correct_steps, correct_steps_seen, evaluate
+from fewshot_mann.models.mann import build_model
 from lineage_helpers import train_and_evaluate, use_synthetic_banks
 
 
@@ -99,7 +99,7 @@ def test_cli_decode_seen_writes_it_in_the_json(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("decode", ["free", "seen"])
 def test_instance_breakdown_adds_up_to_evaluate(decode):
-    from fewshot_mann.evaluation import instance_breakdown
+    from fewshot_mann.engine.evaluation import instance_breakdown
 
     cfg = tiny_config()
     cfg.episodes.labels = "string"
@@ -129,7 +129,7 @@ def test_instance_breakdown_adds_up_to_evaluate(decode):
 # ----------------------------------------------------------------------------- hand-computed arithmetic
 
 def test_per_episode_instance_accuracy_by_hand():
-    from fewshot_mann.evaluation import per_episode_instance_accuracy
+    from fewshot_mann.engine.evaluation import per_episode_instance_accuracy
 
     correct = torch.tensor([[1, 0, 1, 1, 0, 1], [0, 0, 0, 1, 1, 1]], dtype=torch.bool)
     instance = torch.tensor([[0, 0, 1, 1, 2, 2], [0, 1, 2, 0, 1, 2]])
@@ -140,7 +140,7 @@ def test_per_episode_instance_accuracy_by_hand():
 
 
 def test_summarise_normal_interval_and_wilson_where_every_episode_scored_the_same():
-    from fewshot_mann.evaluation import summarise, wilson_half_width
+    from fewshot_mann.engine.evaluation import summarise, wilson_half_width
 
     acc = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.5, 0.0, 1.0], [0.5, 0.0, 1.0]])
     mean, ci = summarise(acc)
@@ -206,7 +206,7 @@ class RecallStub(torch.nn.Module):
 
 
 def test_evaluate_pooled_numbers_on_a_stub_model():
-    from fewshot_mann.bank import ClassBank
+    from fewshot_mann.data.bank import ClassBank
 
     cfg = EpisodeConfig(ways=2, instances=3, labels="onehot")
     groups = [np.full((3, 1, 4, 4), 10 * (c + 1), np.uint8) for c in range(4)]

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from fewshot_mann import fast
+from fewshot_mann.memory.lrua import sequence as fast
 from fewshot_mann.config import Config
-from fewshot_mann.evaluation import loss_fn
-from fewshot_mann.memory import least_used
-from fewshot_mann.models import MANN
-from fewshot_mann.reference import reference_forward
+from fewshot_mann.engine.evaluation import loss_fn
+from fewshot_mann.memory.lrua.equations import least_used
+from fewshot_mann.models.mann import MANN
+from fewshot_mann.memory.lrua.reference import reference_forward
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -214,7 +214,7 @@ def test_cuda_matches_cpu():
 def test_bench_times_both_loops_and_writes_json(tmp_path, capsys):
     import json
 
-    from fewshot_mann import bench
+    from fewshot_mann.engine import bench
 
     out = tmp_path / "bench.json"
     assert bench.main(["--threads", "1", "--seconds", "0.05", "--rounds", "1", "--eval-batch-sizes", "3",
@@ -229,7 +229,7 @@ def test_bench_times_both_loops_and_writes_json(tmp_path, capsys):
 
 
 def test_bench_rejects_unknown_models():
-    from fewshot_mann import bench
+    from fewshot_mann.engine import bench
 
     assert bench.main(["--models", "mann,nope"]) == 2
 
@@ -259,7 +259,7 @@ def check_compiled_against_eager_paths(cfg, dtype, batch, tol):
 
 @pytest.fixture
 def compiled_module(monkeypatch):
-    from fewshot_mann import compiled
+    from fewshot_mann.memory.lrua import compiled
     monkeypatch.setattr(compiled, "_DISABLED", [])
     monkeypatch.setattr(compiled, "_GRAPHS", {})
     return compiled
@@ -283,7 +283,7 @@ def test_compile_graphs_at_paper_size_run_eagerly(compiled_module, monkeypatch):
 
 
 @pytest.mark.slow  # compiles two small graphs with inductor: ~20-60 s cold, seconds from inductor's disk cache
-@pytest.mark.skipif(__import__("fewshot_mann.compiled").compiled.compile_unavailable() is not None,
+@pytest.mark.skipif(__import__("fewshot_mann.memory.lrua.compiled").memory.lrua.compiled.compile_unavailable() is not None,
                     reason="torch.compile cannot run here (no C++ compiler)")
 def test_torch_compiled_recurrence_matches_fast_path_and_reference(compiled_module, recwarn):
     check_compiled_against_eager_paths(short_config(key_strength=True), torch.float32, batch=3, tol=1e-5)
@@ -320,7 +320,7 @@ def test_compile_unavailable_uses_the_eager_fast_path(compiled_module, monkeypat
 
 
 def test_compile_is_a_saved_config_option_and_evaluation_stays_eager(compiled_module, monkeypatch):
-    from fewshot_mann.cli import config_from_args, parse_train_args
+    from fewshot_mann.cli.common import config_from_args, parse_train_args
 
     assert Config.from_dict({"model": {"model": "mann"}}).model.compile is False  # old configs: off
     cfg = config_from_args(parse_train_args(["--compile", "--out", "x"]))
@@ -334,7 +334,7 @@ def test_compile_is_a_saved_config_option_and_evaluation_stays_eager(compiled_mo
 def test_adam_is_fused_and_resumes_from_a_checkpoint_of_the_unfused_adam():
     import copy
 
-    from fewshot_mann.training import initial_state, new_optimizer, restore
+    from fewshot_mann.engine.trainer import initial_state, new_optimizer, restore
 
     cfg = tiny_config()
     model = make(cfg, torch.float32)

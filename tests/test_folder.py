@@ -13,10 +13,10 @@ from PIL import Image, ImageFile
 
 from conftest import tiny_config
 from synthetic_images import bomb_png, make_image_folder
-from fewshot_mann import cli
+from fewshot_mann.cli import common as cli
 from fewshot_mann.errors import DataError, UserError
-from fewshot_mann.inspect import inspect_folder
-from fewshot_mann.folder import (BadImage, choose_test_classes, decode_image, load_folder, load_folder_banks,
+from fewshot_mann.engine.inspection import inspect_folder
+from fewshot_mann.data.folder import (BadImage, choose_test_classes, decode_image, load_folder, load_folder_banks,
                                  parse_test_classes)
 
 

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from fewshot_mann import cli
-from fewshot_mann.checkpoint import load_checkpoint
+from fewshot_mann.cli import common as cli
+from fewshot_mann.engine.checkpoint import load_checkpoint
 from synthetic_images import make_image_folder
 
 TINY = ["--controller-size", "16", "--memory-slots", "10", "--memory-width", "5", "--read-heads", "2",

@@ -17,8 +17,10 @@ from PIL import Image
 import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank, tiny_config
-from fewshot_mann import checkpoint, omniglot, training
-from fewshot_mann.checkpoint import load_checkpoint, load_model_from_checkpoint
+from fewshot_mann.engine import checkpoint
+from fewshot_mann.data import omniglot
+from fewshot_mann.engine import trainer as training
+from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from fewshot_mann.errors import CheckpointError, DataError, UserError
 from test_omniglot import _png, make_fake_omniglot
 from helpers import as_split, patch_banks
@@ -171,7 +173,7 @@ def test_init_from_a_checkpoint_of_another_model_is_refused(valid, tmp_path, cap
 
 
 def test_exported_checkpoint_cannot_be_resumed_but_says_what_to_do(valid, tmp_path, capsys):
-    from fewshot_mann.export import export_checkpoint
+    from fewshot_mann.engine.export import export_checkpoint
 
     out = tmp_path / "run"
     out.mkdir()
@@ -281,7 +283,7 @@ def test_checkpoint_loader_survives_fuzzing(valid, tmp_path):
     """Every damaged file either loads (and then serves evaluate, export and resume, or is
     refused by them) or is refused with CheckpointError: never another exception. (Resuming
     may also stop with the one-line non-finite error: a flipped bit in a weight can be NaN.)"""
-    from fewshot_mann.export import export_checkpoint
+    from fewshot_mann.engine.export import export_checkpoint
 
     data = valid["mann"].read_bytes()
     ckpt = raw(valid["mann"])

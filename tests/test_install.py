@@ -11,8 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot_mann import bundled, cli, embedded, omniglot
-from fewshot_mann.checkpoint import load_checkpoint, save_checkpoint
+from fewshot_mann.engine import bundled
+
+from fewshot_mann.cli import common as cli
+
+from fewshot_mann.data import embedded
+
+from fewshot_mann.data import omniglot
+from fewshot_mann.engine.checkpoint import load_checkpoint, save_checkpoint
 from fewshot_mann.config import Config
 from fewshot_mann.errors import CheckpointError, DataError
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import synthetic_bank
-from fewshot_mann import cli
-from fewshot_mann.bank import ClassBank
+from fewshot_mann.cli import common as cli
+from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import EpisodeConfig
-from fewshot_mann.episodes import evaluation_episodes, to_tensors
-from fewshot_mann.evaluation import evaluate
-from fewshot_mann.knn import KNNClassifier, raw_pixels
+from fewshot_mann.data.episodes import evaluation_episodes, to_tensors
+from fewshot_mann.engine.evaluation import evaluate
+from fewshot_mann.engine.knn import KNNClassifier, raw_pixels
 from lineage_helpers import train_and_evaluate, use_synthetic_banks
 
 
@@ -128,7 +128,7 @@ def test_cli_bad_input_is_one_clear_line(argv, needle, capsys):
 
 def test_centroid_classifier_by_hand():
     """Two labels; features chosen so the nearest centroid differs from the nearest neighbour."""
-    from fewshot_mann.knn import CentroidClassifier
+    from fewshot_mann.engine.knn import CentroidClassifier
     feats = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [0.75, 0.66]]])
     labels = [0, 1, 0, 1, 0]  # label of each step; the input of step t is the label of step t-1
     label_inputs = torch.zeros(1, 5, 2)

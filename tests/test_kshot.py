@@ -5,9 +5,9 @@ import numpy as np
 import torch
 
 from conftest import synthetic_bank
-from fewshot_mann.bank import ClassBank
+from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import EpisodeConfig
-from fewshot_mann.kshot import kshot_accuracy, support_query_episodes
+from fewshot_mann.engine.kshot import kshot_accuracy, support_query_episodes
 
 
 class NearestEarlier(torch.nn.Module):

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from fewshot_mann.memory import COSINE_EPS, LRUAMemory, least_used
-from fewshot_mann.models import MANN
-from fewshot_mann.reference import reference_forward
+from fewshot_mann.memory.lrua.equations import COSINE_EPS, LRUAMemory, least_used
+from fewshot_mann.models.mann import MANN
+from fewshot_mann.memory.lrua.reference import reference_forward
 
 
 def make_model(key_strength=False, seed=0):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from fewshot_mann.models import build_model, count_parameters
-from fewshot_mann.training import new_model
+from fewshot_mann.models.mann import build_model, count_parameters
+from fewshot_mann.engine.trainer import new_model
 
 CASES = [("mann", "linear", "onehot"), ("mann", "conv", "onehot"), ("mann", "linear", "string"),
          ("lstm", "linear", "onehot"), ("ff", "linear", "onehot")]

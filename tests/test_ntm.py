@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from conftest import tiny_config
 from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
-from fewshot_mann.models import MANN, build_model
-from fewshot_mann.ntm import NTMMemory, address, circular_shift, shift_index
-from fewshot_mann.reference_ntm import literal_ntm_step
+from fewshot_mann.models.mann import MANN, build_model
+from fewshot_mann.memory.ntm.equations import NTMMemory, address, circular_shift, shift_index
+from fewshot_mann.memory.ntm.reference import literal_ntm_step
 from lineage_helpers import (assert_close_lists, mann_forward_with_step, outputs_and_grads,
                              predict_from_checkpoint, train_and_evaluate, use_synthetic_banks)
 

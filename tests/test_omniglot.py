@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewshot_mann import omniglot
+from fewshot_mann.data import omniglot
 from fewshot_mann.errors import DataError, UserError
 
 

@@ -12,9 +12,10 @@ import torch
 import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank, tiny_config
-from fewshot_mann import cli, training
-from fewshot_mann.checkpoint import load_checkpoint, load_model_from_checkpoint
-from fewshot_mann.evaluation import evaluate
+from fewshot_mann.cli import common as cli
+from fewshot_mann.engine import trainer as training
+from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from fewshot_mann.engine.evaluation import evaluate
 from helpers import as_split, patch_banks
 
 BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))

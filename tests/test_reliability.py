@@ -21,8 +21,10 @@ import torch
 
 import train as train_script
 from conftest import synthetic_bank, tiny_config
-from fewshot_mann import checkpoint, fileio, training
-from fewshot_mann.checkpoint import load_checkpoint
+from fewshot_mann.engine import checkpoint
+from fewshot_mann import fileio
+from fewshot_mann.engine import trainer as training
+from fewshot_mann.engine.checkpoint import load_checkpoint
 from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
 from test_omniglot import make_fake_omniglot
@@ -140,7 +142,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_equals_uninterrupted_run(fake_dat
 KILL_INSIDE_SAVE = """
 import os, signal, sys
 import torch
-from fewshot_mann import checkpoint
+from fewshot_mann.engine import checkpoint
 real_save, saves = torch.save, []
 def dying_save(obj, f):
     saves.append(1)
@@ -151,7 +153,7 @@ def dying_save(obj, f):
         os.kill(os.getpid(), signal.SIGKILL)
     real_save(obj, f)
 checkpoint.torch.save = dying_save
-from fewshot_mann.cli import train_main
+from fewshot_mann.cli.common import train_main
 sys.exit(train_main(sys.argv[1:]))
 """
 

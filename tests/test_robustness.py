@@ -17,8 +17,12 @@ from PIL import Image
 import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank, tiny_config
-from fewshot_mann import checkpoint, cli, fileio, folder, training
-from fewshot_mann.checkpoint import load_checkpoint
+from fewshot_mann.engine import checkpoint
+from fewshot_mann.cli import common as cli
+from fewshot_mann import fileio
+from fewshot_mann.data import folder
+from fewshot_mann.engine import trainer as training
+from fewshot_mann.engine.checkpoint import load_checkpoint
 from fewshot_mann.config import Config
 from fewshot_mann.errors import CheckpointError, DataError, UserError
 from synthetic_images import make_image_folder
@@ -519,7 +523,7 @@ def test_a_transient_decode_failure_is_never_cached(tmp_path, monkeypatch):
 
 
 def test_the_omniglot_cache_keys_on_the_archive_content(tmp_path, monkeypatch):
-    from fewshot_mann import omniglot
+    from fewshot_mann.data import omniglot
 
     monkeypatch.setattr(omniglot, "cache_dir", lambda: tmp_path / "cache")
 
@@ -568,7 +572,7 @@ def test_a_class_folder_linking_to_another_is_named_as_such(tmp_path):
 
 
 def test_allocation_error_building_a_checkpoint_model_keeps_digits_and_names_no_flag(run_dir, monkeypatch, capsys):
-    import fewshot_mann.models as models
+    import fewshot_mann.models.mann as models
 
     def huge(cfg):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
@@ -636,7 +640,7 @@ def _unsupported_method(data: bytearray) -> None:  # compression method 99 (AES)
 @pytest.mark.parametrize("tweak", [_flip_payload, _set_encrypted, _unsupported_method],
                          ids=["bad-crc", "encrypted", "unsupported-compression"])
 def test_damaged_omniglot_zip_members_are_one_line(tweak, tmp_path, monkeypatch):
-    from fewshot_mann import omniglot
+    from fewshot_mann.data import omniglot
 
     monkeypatch.setattr(omniglot, "cache_dir", lambda: tmp_path / "cache")
     _zip_with(tmp_path, "images_background", tweak)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import synthetic_bank, tiny_config
-from fewshot_mann import training
-from fewshot_mann.checkpoint import load_checkpoint
+from fewshot_mann.engine import trainer as training
+from fewshot_mann.engine.checkpoint import load_checkpoint
 from fewshot_mann.errors import UserError
 from helpers import as_split
 
@@ -121,7 +121,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
 
 def test_learning_rate_decays_after_the_given_episodes(tmp_path):
-    from fewshot_mann.training import learning_rate
+    from fewshot_mann.engine.trainer import learning_rate
     cfg = small_cfg(32)
     cfg.train.lr_decay_at, cfg.train.lr_decay_factor = 16, 0.1
     assert learning_rate(cfg.train, 15) == cfg.train.lr and learning_rate(cfg.train, 16) == cfg.train.lr * 0.1
@@ -137,7 +137,7 @@ def test_learning_rate_decays_after_the_given_episodes(tmp_path):
 
 
 def test_init_from_records_the_episodes_behind_the_weights(tmp_path):
-    from fewshot_mann.reporting import training_record
+    from fewshot_mann.reporting.records import training_record
     run(small_cfg(16), tmp_path / "base")
     run(small_cfg(8), tmp_path / "tuned", init_from=str(tmp_path / "base/checkpoint.pt"))
     tuned = load_checkpoint(tmp_path / "tuned/checkpoint.pt")
@@ -157,7 +157,7 @@ def test_training_draws_and_rotates_training_classes_only(tmp_path, monkeypatch)
     the validation classes, unrotated."""
     import numpy as np
 
-    from fewshot_mann.bank import ClassBank, SplitBanks
+    from fewshot_mann.data.bank import ClassBank, SplitBanks
 
     def bank(prefix, value, classes):
         pattern = np.arange(36, dtype=np.uint8).reshape(1, 1, 6, 6) % 3  # not rotation-invariant

@@ -6,8 +6,8 @@ import torch
 
 from conftest import tiny_config
 from fewshot_mann.errors import UserError
-from fewshot_mann.training import new_model
-from fewshot_mann.transfer import resample_pixel_weights, transfer_weights
+from fewshot_mann.engine.trainer import new_model
+from fewshot_mann.engine.transfer import resample_pixel_weights, transfer_weights
 
 
 def cfg_of(size, channels, ways=3, model="mann", encoder="linear"):

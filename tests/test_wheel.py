@@ -31,8 +31,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_holds_the_run_time_files(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("fewshot_mann/splits/omniglot_santoro.json", "fewshot_mann/splits/omniglot_lake.json",
-                   "fewshot_mann/csrc/lrua.cpp", "fewshot_mann/assets/omniglot-20px.npy.xz",
+    for needed in ("fewshot_mann/data/splits/omniglot_santoro.json", "fewshot_mann/data/splits/omniglot_lake.json",
+                   "fewshot_mann/memory/lrua/lrua.cpp", "fewshot_mann/assets/omniglot-20px.npy.xz",
                    "fewshot_mann/assets/omniglot-20px.json", "fewshot_mann/assets/LICENSE.omniglot",
                    "fewshot_mann/assets/models/models.json", "fewshot_mann/assets/models/omniglot-5way.pt"):
         assert needed in names, needed

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fewshot_mann.bank import SplitBanks
+from fewshot_mann.data.bank import SplitBanks
 
 
 def as_split(load):
@@ -23,7 +23,8 @@ def as_split(load):
 
 def patch_banks(monkeypatch, banks) -> None:
     """Every entry point (train, evaluate, kshot, knn) loads these (train, held-out) banks."""
-    from fewshot_mann import datasets, training
+    from fewshot_mann.data import loading as datasets
+    from fewshot_mann.engine import trainer as training
 
     fake = as_split(lambda cfg, progress=True: banks)
     monkeypatch.setattr(training, "load_split_banks", fake)

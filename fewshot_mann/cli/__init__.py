@@ -1,0 +1,1 @@
+"""The command line: one module per verb; shared flags defined and checked once."""

@@ -1,0 +1,1 @@
+"""Data: class banks, label-shifted episodes, the Omniglot and image-folder readers, splits, feature cache."""

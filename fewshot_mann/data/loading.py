@@ -1,0 +1,100 @@
+"""Dataset dispatch: a config's data section -> its training, validation and test classes.
+
+With a backbone encoder (``--encoder timm:NAME``) the banks hold the backbone's features
+(N, D) float32 instead of images (``features.py``); ``with_pixels`` also gives the same
+images as small raw pixels, in the same order, for the raw-pixel baseline.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from fewshot_mann.data.bank import ClassBank, SplitBanks
+from fewshot_mann.config import Config, is_backbone
+from fewshot_mann.errors import UserError
+
+RAW_BASELINE_SIZE = 32  # raw-pixel baseline of backbone runs: images averaged down to 32 x 32
+
+
+def reader_settings(cfg: Config) -> dict:
+    """How the folder reader decodes images for ``cfg``: image_size, channels, resize, polarity.
+
+    Raw-pixel encoders read the configured size/channels with ``data.polarity``; a backbone
+    reads RGB at its own input size, the photo as it is (ImageNet features know light
+    backgrounds)."""
+    d = cfg.data
+    if is_backbone(cfg.model.encoder):
+        from fewshot_mann.models.backbones import preprocessing
+        return {"image_size": preprocessing(cfg.model.encoder).image_size, "channels": 3, "resize": d.resize,
+                "polarity": "keep"}
+    return {"image_size": d.image_size, "channels": d.channels, "resize": d.resize, "polarity": d.polarity}
+
+
+def load_image_parts(cfg: Config, progress: bool = True, recorded: dict | None = None) -> SplitBanks:
+    """Training, validation and test banks of decoded images (pairwise disjoint), without rotations.
+
+    ``recorded``: a checkpoint's class lists (folder datasets score those, see ``folder``)."""
+    d = cfg.data
+    if d.dataset == "omniglot":
+        from fewshot_mann.data.omniglot import load_omniglot, load_split, split_parts
+        if is_backbone(cfg.model.encoder):
+            raise UserError("a backbone encoder reads image folders (--dataset folder); to meta-train on Omniglot "
+                            "through it, write Omniglot characters as PNG folders first "
+                            "(fewshot_mann.data.omniglot.write_png_folder)")
+        load_split(d.split)  # a bad split fails before the decode
+        if d.channels != 1:
+            raise UserError("Omniglot is grayscale: use --channels 1")
+        bank = load_omniglot(d.data_root, d.image_size, progress=progress)
+        parts = split_parts(bank, d.split)
+        return SplitBanks(parts["train"], parts["validation"], parts["test"])
+    if d.dataset == "folder":
+        from fewshot_mann.data.folder import load_folder_parts
+        return load_folder_parts(cfg, progress=progress, recorded=recorded)
+    raise UserError(f"unknown dataset {d.dataset!r}")
+
+
+def shrink(bank: ClassBank, size: int = RAW_BASELINE_SIZE) -> ClassBank:
+    """The bank's images averaged down to ``size`` px (raw-pixel baselines of big inputs)."""
+    s = bank.images.shape[-1]
+    if s <= size or s % size:
+        return bank
+    f = s // size
+    n, c = bank.images.shape[:2]
+    small = bank.images.reshape(n, c, size, f, size, f).mean(axis=(3, 5)).round().astype(np.uint8)
+    return ClassBank(small, bank.offsets, bank.counts, bank.names)
+
+
+def load_split_banks(cfg: Config, progress: bool = True, recorded: dict | None = None, *,
+                     feature_cache: bool = True, with_pixels: bool = False):
+    """Training, validation and test class banks (pairwise disjoint), without rotations: images,
+    or a backbone's features for a backbone encoder. ``with_pixels``: ``(parts, pixel_parts)``,
+    the second the same images as raw pixels in the same order."""
+    images = load_image_parts(cfg, progress, recorded)
+    if not is_backbone(cfg.model.encoder):
+        return (images, images) if with_pixels else images
+    from fewshot_mann.data.features import embed_bank, resolve_weights
+    digest = resolve_weights(cfg.model, trained=bool(cfg.model.weights_hash))
+    kw = dict(digest=digest, cache=feature_cache, progress=progress)
+
+    def embed(bank: ClassBank) -> ClassBank:
+        if bank.num_classes:
+            return embed_bank(bank, cfg.model, **kw)
+        return ClassBank(np.zeros((0, 1), np.float32), bank.offsets, bank.counts, bank.names)
+
+    feats = SplitBanks(embed(images.train), embed(images.validation), embed(images.test), images.digests)
+    if with_pixels:
+        pixels = dataclasses.replace(images, train=shrink(images.train), validation=shrink(images.validation),
+                                     test=shrink(images.test))
+        return feats, pixels
+    return feats
+
+
+def load_banks(cfg: Config, progress: bool = True, *, feature_cache: bool = True, with_pixels: bool = False):
+    """Training and held-out test class banks (disjoint classes), without rotations; with
+    ``with_pixels`` also the two as raw pixels: ``(train, test, train_pixels, test_pixels)``."""
+    out = load_split_banks(cfg, progress, feature_cache=feature_cache, with_pixels=with_pixels)
+    if with_pixels:
+        parts, pixels = out
+        return parts.train, parts.test, pixels.train, pixels.test
+    return out.train, out.test

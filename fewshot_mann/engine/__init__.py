@@ -1,0 +1,1 @@
+"""Training, evaluation, k-shot, prediction, checkpoints, distributed runs."""

@@ -1,0 +1,429 @@
+"""Speed benchmark: the plain reference MANN loop against the project's training step.
+
+``fewshot-mann bench`` (or ``python -m fewshot_mann.engine.bench``) runs, in one process and on
+the same episodes, a training step built on ``reference.reference_forward`` (per step,
+per head, ``F.cosine_similarity``, a fresh least-used mask every step: how one would
+first write MANN in PyTorch) and the project's training step (``models.MANN`` on its
+fast path, and any other ``--models``). Both count everything a real run does per
+batch, as ``training.train`` does it: sampling, ``to_tensors`` (and augmentation if
+asked), forward, loss, backward, gradient clipping, the Adam step and the accuracy
+bookkeeping. The measurements are interleaved in rounds so that a change of background
+load hits both alike; rates are given per wall-clock second and per CPU second of this
+process (the latter is steadier on a shared machine). It also measures evaluation
+(``evaluation.evaluate``, no gradient, sampling included, and the model's forward
+alone), where the time of a training step goes, and the peak resident memory.
+
+Data: a synthetic ``ClassBank`` of random uint8 images shaped like Omniglot's training
+set (1,200 classes x 20 images, times 4 rotations), or real Omniglot with ``--data-root``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from fewshot_mann.data.bank import ClassBank
+from fewshot_mann.cli.common import add_shared_flags
+from fewshot_mann.config import MODELS, Config
+from fewshot_mann.errors import UserError
+
+PHASES = ("sample", "to_tensors", "forward", "backward", "optimiser")
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fewshot-mann bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_shared_flags(p, "threads")
+    p.add_argument("--batch-size", type=int, default=16, help="training batch (episodes per step)")
+    p.add_argument("--eval-batch-sizes", default="250,1000", help="comma list of evaluation batch sizes")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds per measurement (split into --rounds)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per training measurement")
+    p.add_argument("--models", default="mann",
+                   help=f"comma list of models to time ({', '.join(MODELS)}; "
+                        "mann: the default path (the C++ kernel on CPU where it loads); "
+                        "mann-cpp: the C++ kernel (cpp.py), an error where it cannot load; "
+                        "mann-fast: the Python fast path (fast.py), the C++ kernel off; "
+                        "mann-autograd: MANN with MANN.fast = False; "
+                        "mann-compiled: MANN with --compile, training through torch.compile)")
+    p.add_argument("--no-reference", action="store_true", help="skip the plain reference loop")
+    p.add_argument("--key-strength", action="store_true", help="MANN with the key-strength extension")
+    p.add_argument("--data-root", default=None, help="real Omniglot instead of synthetic images")
+    p.add_argument("--synthetic-classes", type=int, default=1200, help="synthetic classes (before x4 rotations)")
+    p.add_argument("--jitter-shift", type=float, default=0.0, help="training augmentation, as train.py")
+    p.add_argument("--jitter-rotate", type=float, default=0.0, help="training augmentation, as train.py")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="also profile this many training steps of every loop with torch.profiler (top ops)")
+    p.add_argument("--rss-steps", type=int, default=0,
+                   help="also run this many project MANN training steps, sampling the resident memory")
+    add_shared_flags(p, "seed")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    return p
+
+
+def synthetic_bank(classes: int, per_class: int, size: int, seed: int) -> ClassBank:
+    """Random uint8 images: ``classes`` classes of ``per_class`` images (1, size, size)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (classes * per_class, 1, size, size), dtype=np.uint8)
+    return ClassBank.from_groups(np.split(images, classes), [f"class{i}" for i in range(classes)])
+
+
+def _config(args, model: str) -> Config:
+    cfg = Config()
+    cfg.model.model = model
+    cfg.model.key_strength = bool(args.key_strength)
+    cfg.train.batch_size = args.batch_size
+    cfg.train.seed = args.seed
+    cfg.data.jitter_shift, cfg.data.jitter_rotate = args.jitter_shift, args.jitter_rotate
+    if args.data_root:
+        cfg.data.data_root = args.data_root
+    cfg.validate()
+    return cfg
+
+
+class TrainingLoop:
+    """One model, its Adam optimiser and a step counter; ``step()`` is one training step
+    exactly as ``training.train`` runs it, with a CPU-time counter per phase."""
+
+    def __init__(self, cfg: Config, bank: ClassBank, forward=None, fast: bool = True, cpp: bool = True):
+        from fewshot_mann.data.episodes import Jitter
+        from fewshot_mann.engine.trainer import new_model, new_optimizer
+
+        self.cfg, self.bank = cfg, bank
+        self.model = new_model(cfg)
+        self.model.train()
+        if hasattr(self.model, "fast"):
+            self.model.fast = fast
+            self.model.cpp = cpp
+        self.forward = forward or self.model
+        self.optimizer = new_optimizer(self.model, cfg.train.lr)
+        self.jitter = Jitter(cfg.data.jitter_shift, cfg.data.jitter_rotate)
+        self.use_jitter = cfg.data.jitter_shift > 0 or cfg.data.jitter_rotate > 0
+        self.steps = 0
+        self.phase_seconds = dict.fromkeys(PHASES, 0.0)
+        self.acc = np.zeros(cfg.episodes.instances)
+
+    def step(self) -> None:
+        from fewshot_mann.data.episodes import batch_rng, sample_episodes, to_tensors
+        from fewshot_mann.engine.evaluation import correct_steps, loss_fn, per_episode_instance_accuracy
+
+        cfg, t = self.cfg, self.cfg.train
+        clock = [time.process_time()]
+
+        def mark(phase):  # CPU time of this process: steadier than wall time on a busy machine
+            now = time.process_time()
+            self.phase_seconds[phase] += now - clock[0]
+            clock[0] = now
+
+        rng = batch_rng(t.seed, self.steps)
+        episodes = sample_episodes(self.bank, cfg.episodes, rng, t.batch_size)
+        mark("sample")
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.use_jitter else None
+        tb = to_tensors(episodes, cfg.episodes, "cpu", augment=self.jitter if self.use_jitter else None,
+                        generator=gen)
+        mark("to_tensors")
+        logits = self.forward(tb.images, tb.label_inputs)
+        loss = loss_fn(logits, tb.targets, cfg.episodes)
+        mark("forward")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        mark("backward")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+        if math.isfinite(float(loss.detach())) and math.isfinite(float(norm)):
+            self.optimizer.step()
+        with torch.no_grad():
+            correct = correct_steps(logits.detach(), tb.targets, cfg.episodes)
+            self.acc += per_episode_instance_accuracy(correct, tb.instance, cfg.episodes.instances).sum(0).numpy()
+        mark("optimiser")
+        self.steps += 1
+
+
+def _reference_loop(cfg: Config, bank: ClassBank) -> TrainingLoop:
+    from fewshot_mann.memory.lrua.reference import reference_forward
+
+    loop = TrainingLoop(cfg, bank)
+    model = loop.model
+    loop.forward = lambda images, label_inputs: reference_forward(model, images, label_inputs)
+    return loop
+
+
+def measure_training(loops: dict[str, TrainingLoop], seconds: float, rounds: int) -> dict[str, dict]:
+    """Interleave ``rounds`` rounds of ``seconds / rounds / len(loops)`` per loop."""
+    for loop in loops.values():  # warm-up: first-call allocations, lazy imports
+        loop.step()
+        loop.phase_seconds = dict.fromkeys(PHASES, 0.0)
+        loop.steps_timed = 0
+    totals = {name: [0.0, 0.0, 0] for name in loops}  # wall, cpu, steps
+    share = seconds / max(1, rounds)
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            wall0, cpu0, steps = time.perf_counter(), time.process_time(), 0
+            while time.perf_counter() - wall0 < share or steps == 0:
+                loop.step()
+                steps += 1
+            totals[name][0] += time.perf_counter() - wall0
+            totals[name][1] += time.process_time() - cpu0
+            totals[name][2] += steps
+    out = {}
+    for name, (wall, cpu, steps) in totals.items():
+        loop = loops[name]
+        episodes = steps * loop.cfg.train.batch_size
+        out[name] = {
+            "episodes": episodes, "wall_seconds": wall, "cpu_seconds": cpu,
+            "episodes_per_s": episodes / wall, "cpu_episodes_per_s": episodes / cpu,
+            "ms_per_step": {p: 1e3 * s / steps for p, s in loop.phase_seconds.items()},
+        }
+    return out
+
+
+def measure_evaluation(model: torch.nn.Module, cfg: Config, bank: ClassBank, batch: int, seconds: float) -> dict:
+    """Episodes/s of ``evaluation.evaluate`` (sampling included) and of the forward alone."""
+    from fewshot_mann.data.episodes import evaluation_episodes, to_tensors
+    from fewshot_mann.engine.evaluation import evaluate
+
+    evaluate(model, bank, cfg.episodes, episodes=batch, seed=1, batch_size=batch)  # warm-up
+    done, wall0 = 0, time.perf_counter()
+    while time.perf_counter() - wall0 < seconds or done == 0:
+        evaluate(model, bank, cfg.episodes, episodes=batch, seed=1, start=done, batch_size=batch)
+        done += batch
+    full = done / (time.perf_counter() - wall0)
+    tb = to_tensors(evaluation_episodes(bank, cfg.episodes, 1, 0, batch), cfg.episodes)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        model(tb.images, tb.label_inputs)
+        done, wall0 = 0, time.perf_counter()
+        while time.perf_counter() - wall0 < seconds or done == 0:
+            model(tb.images, tb.label_inputs)
+            done += batch
+        forward = done / (time.perf_counter() - wall0)
+    model.train(was_training)
+    return {"batch_size": batch, "episodes_per_s": full, "forward_episodes_per_s": forward}
+
+
+def profile_steps(loop: TrainingLoop, steps: int, top: int = 12) -> list[dict]:
+    """The ``top`` operators by self CPU time over ``steps`` training steps (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            loop.step()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1.0
+    return [{"op": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+             "share": e.self_cpu_time_total / total} for e in rows[:top]]
+
+
+def _rss_mib() -> float:
+    """Current resident set size of this process (MiB)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (MiB); NaN where ``resource`` is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def measure_rss(loop: TrainingLoop, steps: int) -> dict:
+    """Resident memory every ``steps // 20`` training steps: it must not grow."""
+    every = max(1, steps // 20)
+    samples = []
+    for i in range(steps):
+        loop.step()
+        if (i + 1) % every == 0:
+            samples.append((i + 1, round(_rss_mib(), 1)))
+    return {"steps": steps, "rss_mib": samples}
+
+
+def _load_bank(args, cfg: Config) -> ClassBank:
+    if args.data_root:
+        from fewshot_mann.data.loading import load_banks
+        train_bank, _ = load_banks(cfg, progress=False)
+    else:
+        train_bank = synthetic_bank(args.synthetic_classes, 20, cfg.data.image_size, args.seed)
+    return train_bank.with_rotations()
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores"
+
+
+def format_report(res: dict) -> str:
+    lines = [f"fewshot-mann bench  {res['date']}  torch {res['torch']}  {res['threads']} thread(s)  {res['machine']}",
+             f"load average at start / end: {res['load_start']} / {res['load_end']}",
+             f"config: {res['config']}",
+             "",
+             "training (sampling + to_tensors + forward + backward + clip + Adam), episodes/s",
+             f"{'loop':<22}{'wall ep/s':>11}{'CPU ep/s':>11}{'x ref (wall)':>14}{'x ref (CPU)':>13}"]
+    ref = res["training"].get("reference")
+    for name, r in res["training"].items():
+        ratio = (f"{r['episodes_per_s'] / ref['episodes_per_s']:14.1f}"
+                 f"{r['cpu_episodes_per_s'] / ref['cpu_episodes_per_s']:13.1f}" if ref else "")
+        lines.append(f"{name:<22}{r['episodes_per_s']:11.1f}{r['cpu_episodes_per_s']:11.1f}{ratio}")
+    if res.get("compile_seconds") is not None:
+        lines.append(f"mann-compiled: first training step (compiling, or loading inductor's cache) "
+                     f"{res['compile_seconds']:.1f} s wall")
+    if res.get("cpp_load_seconds") is not None:
+        lines.append("C++ LRUA kernel: " + (f"unavailable ({res['cpp_unavailable']}); mann ran fast.py"
+                                             if res.get("cpp_unavailable") else
+                                             f"built or loaded in {res['cpp_load_seconds']:.1f} s wall"))
+    lines += ["", "where a training step goes (CPU ms per step)",
+              f"{'loop':<22}" + "".join(f"{p:>11}" for p in PHASES) + f"{'total':>11}"]
+    for name, r in res["training"].items():
+        ms = r["ms_per_step"]
+        lines.append(f"{name:<22}" + "".join(f"{ms[p]:11.2f}" for p in PHASES) + f"{sum(ms.values()):11.2f}")
+    if res["evaluation"]:
+        lines += ["", "evaluation (no gradient), episodes/s",
+                  f"{'model':<22}{'batch':>7}{'evaluate()':>12}{'forward only':>14}"]
+        for r in res["evaluation"]:
+            lines.append(f"{r['model']:<22}{r['batch_size']:7d}{r['episodes_per_s']:12.1f}"
+                         f"{r['forward_episodes_per_s']:14.1f}")
+    if res.get("rss"):
+        samples = res["rss"]["rss_mib"]
+        lines += ["", f"resident memory over {res['rss']['steps']} MANN training steps (MiB): "
+                  + ", ".join(f"{s}:{m}" for s, m in samples)]
+    if res.get("profiles"):
+        for name, rows in res["profiles"].items():
+            lines += ["", f"torch.profiler, {name}: top operators by self CPU time (ms per training step)"]
+            lines += [f"  {r['op']:<44}{r['self_ms_per_step']:9.2f} ms {100 * r['share']:5.1f}%  "
+                      f"{r['calls_per_step']:7.0f} calls" for r in rows]
+    lines += ["", f"peak RSS: {res['peak_rss_project_mib']:.0f} MiB after the project's loops and evaluations, "
+              f"{res['peak_rss_mib']:.0f} MiB at the end (the reference's autograd graph included)"]
+    return "\n".join(lines)
+
+
+def _parse_list(text: str, what: str, cast=str) -> list:
+    try:
+        items = [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be a comma list (got {text!r})") from None
+    if not items:
+        raise UserError(f"{what} is empty")
+    return items
+
+
+AUTOGRAD = "mann-autograd"  # MANN with MANN.fast = False: the step-by-step autograd path
+COMPILED = "mann-compiled"  # MANN with model.compile = True: training through compiled.py
+CPP = "mann-cpp"  # MANN through the C++ kernel (cpp.py), required to load
+FAST = "mann-fast"  # MANN with MANN.cpp = False: the Python fast path (fast.py)
+VARIANTS = (AUTOGRAD, COMPILED, CPP, FAST)
+
+
+def _loop_config(args, name: str) -> Config:
+    cfg = _config(args, "mann" if name in VARIANTS else name)
+    cfg.model.compile = name == COMPILED
+    return cfg
+
+
+def _bench(argv) -> int:
+    from fewshot_mann.cli.common import parse_checked, set_threads
+
+    args = parse_checked(bench_parser(), argv)
+    models = _parse_list(args.models, "--models")
+    unknown = [m for m in models if m not in MODELS and m not in VARIANTS]
+    if unknown:
+        raise UserError(f"--models: unknown model(s) {', '.join(unknown)}; "
+                        f"choose from {', '.join(MODELS + VARIANTS)}")
+    eval_batches = _parse_list(args.eval_batch_sizes, "--eval-batch-sizes", int)
+    if args.threads < 0 or args.batch_size < 1 or args.seconds <= 0 or args.rounds < 1 or args.rss_steps < 0 \
+            or args.profile < 0 or min(eval_batches) < 1 or args.synthetic_classes < 5:
+        raise UserError("--threads >= 0, --batch-size >= 1, --seconds > 0, --rounds >= 1, --rss-steps >= 0, "
+                        "--profile >= 0, --eval-batch-sizes >= 1 and --synthetic-classes >= 5 are required")
+    set_threads(args.threads)
+    base = _config(args, "mann")
+    bank = _load_bank(args, base)
+    load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    cpp_seconds = cpp_reason = None
+    if any(name in ("mann", CPP) for name in models):  # build (first use) or load the C++ kernel
+        from fewshot_mann.memory.lrua import kernel as cpp
+        wall0 = time.perf_counter()
+        cpp_reason = cpp.unavailable_reason()
+        cpp_seconds = time.perf_counter() - wall0
+        if cpp_reason is not None and CPP in models:
+            raise UserError(f"--models {CPP}: the C++ LRUA kernel is unavailable ({cpp_reason})")
+    loops = {name: TrainingLoop(_loop_config(args, name), bank, fast=name != AUTOGRAD, cpp=name != FAST)
+             for name in models}
+    compile_seconds = None
+    if COMPILED in loops:  # the first step compiles (or loads from inductor's cache) both graphs
+        print("compiling the MANN recurrence (first training step of mann-compiled) ...", file=sys.stderr)
+        wall0 = time.perf_counter()
+        loops[COMPILED].step()
+        compile_seconds = time.perf_counter() - wall0
+    # The project's loops and evaluations run first, so the peak memory they need is
+    # known before the reference (whose autograd graph is far larger) has run at all.
+    evaluation = []
+    for name in models:
+        if name == COMPILED:  # evaluation (no gradient) runs the eager fast path: the same as mann
+            continue
+        for batch in eval_batches:
+            print(f"timing evaluation of {name} at batch {batch} ...", file=sys.stderr)
+            r = measure_evaluation(loops[name].model, loops[name].cfg, bank, batch, args.seconds / 2)
+            evaluation.append({"model": name, **r})
+    for loop in loops.values():
+        loop.step()
+    peak_project = _peak_rss_mib()
+    if not args.no_reference:
+        loops = {"reference": _reference_loop(base, bank), **loops}
+    print(f"timing training of {', '.join(loops)}: {args.seconds:g} s each in {args.rounds} interleaved rounds ...",
+          file=sys.stderr)
+    training = measure_training(loops, args.seconds, args.rounds)
+    profiles = {name: profile_steps(loop, args.profile) for name, loop in loops.items()} if args.profile else None
+    rss = None
+    if args.rss_steps:
+        print(f"running {args.rss_steps} MANN training steps for the memory trace ...", file=sys.stderr)
+        rss = measure_rss(loops["mann"] if "mann" in loops else TrainingLoop(base, bank), args.rss_steps)
+    m = base.model
+    res = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": _machine(), "load_start": load_start, "load_end": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "command": ["fewshot-mann", "bench", *argv],
+        "config": (f"{base.episodes.ways}-way, {base.episodes.instances} instances ({base.episodes.steps} steps), "
+                   f"batch {args.batch_size}, controller {m.controller_size}, "
+                   f"memory {m.memory_slots}x{m.memory_width}, "
+                   f"{m.num_read_heads} read heads, {base.data.image_size}x{base.data.image_size} images, "
+                   f"{'key strength, ' if m.key_strength else ''}{'Omniglot' if args.data_root else 'synthetic'} "
+                   f"bank of {bank.num_classes} classes"),
+        "compile_seconds": compile_seconds,
+        "cpp_load_seconds": cpp_seconds, "cpp_unavailable": cpp_reason,
+        "training": training, "evaluation": evaluation, "profiles": profiles, "rss": rss,
+        "peak_rss_project_mib": peak_project, "peak_rss_mib": _peak_rss_mib(),
+    }
+    if "reference" in training and "mann" in training:
+        res["speedup_wall"] = training["mann"]["episodes_per_s"] / training["reference"]["episodes_per_s"]
+        res["speedup_cpu"] = training["mann"]["cpu_episodes_per_s"] / training["reference"]["cpu_episodes_per_s"]
+    print(format_report(res))
+    if args.json:
+        from fewshot_mann.fileio import atomic_write_json
+        atomic_write_json(args.json, res)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from fewshot_mann.cli.common import run_guarded
+    return run_guarded(_bench, sys.argv[1:] if argv is None else list(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

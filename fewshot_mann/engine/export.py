@@ -1,0 +1,55 @@
+"""``fewshot-mann export RUN/checkpoint.pt OUT.pt``: a small, weights-only copy of a checkpoint.
+
+Keeps the config, the command, the weights and the training counters; drops the
+optimiser state (two thirds of a training checkpoint). The result loads with
+``torch.load(..., weights_only=True)`` and works with evaluate.py and predict.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from fewshot_mann.engine.checkpoint import load_checkpoint, save_checkpoint
+from fewshot_mann.cli.common import parse_checked, run_guarded
+from fewshot_mann.errors import UserError
+from fewshot_mann.fileio import check_output_path, same_file
+from fewshot_mann.engine.trainer import valid_last_eval
+
+
+def export_checkpoint(src, dst) -> dict:
+    if same_file(src, dst):  # also a symbolic or hard link to it
+        raise UserError(f"export {src} {dst}: the output is the checkpoint itself; a weights-only copy would "
+                        "replace the resumable checkpoint; name another output file")
+    check_output_path(dst, "export output")
+    ckpt = load_checkpoint(src)
+    state = ckpt.get("state") or {}
+    small = {
+        "config": ckpt["config"],
+        "command": ckpt.get("command"),
+        "model": {k: v.detach().clone().contiguous() for k, v in ckpt["model"].items()},
+        "optimizer": None,
+        "step": ckpt.get("step"),
+        "episodes_done": ckpt.get("episodes_done"),
+        **({"init_from": ckpt["init_from"]} if isinstance(ckpt.get("init_from"), dict) else {}),
+        **{k: ckpt[k] for k in ("classes", "train_digests") if k in ckpt},
+        "state": {"train_seconds": state.get("train_seconds"), "episodes_done": state.get("episodes_done"),
+                  "last_eval": state.get("last_eval") if valid_last_eval(state.get("last_eval")) else None},
+    }
+    save_checkpoint(dst, small)
+    return small
+
+
+def _main(argv) -> int:
+    p = argparse.ArgumentParser(prog="fewshot-mann export", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    args = parse_checked(p, argv)
+    export_checkpoint(args.checkpoint, args.out)
+    size = os.path.getsize(args.out)
+    print(f"wrote {args.out} ({size / 1e6:.1f} MB, weights only)")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_guarded(_main, sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,154 @@
+"""``fewshot-mann inspect DIR``: what a class-per-folder dataset holds, and everything wrong with it.
+
+Prints the classes, images per class, the sizes, modes and formats seen, and every problem:
+unreadable or corrupt files, non-image files, files outside class folders, links out of
+the folder, images too large to decode safely, empty class folders, the same file in two
+classes (label leakage), and the episode checks training runs: classes with fewer images
+than ``--instances``, fewer usable classes than ``--ways``, and too few held-out classes
+for the class split (``--test-classes``, as in training). Training and evaluation run the
+same checks (``folder.load_folder_banks``): they skip what is skippable with a warning
+and stop with one line otherwise.
+
+The images are decoded into the same cache training uses (pass the same ``--image-size``,
+``--channels`` and ``--resize`` to warm it for a run).
+
+Exit status: 0 = no problems, 1 = problems found (listed), 2 = the folder cannot be read
+at all (missing, no class folders) or bad options.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fewshot_mann.config import RESIZE_POLICIES, Config
+from fewshot_mann.errors import DataError, UserError
+from fewshot_mann.fileio import atomic_write_json
+from fewshot_mann.data.folder import (DEFAULT_TEST_FRACTION, PROBLEM_KINDS, Problem, choose_test_classes, load_folder,
+                     parse_test_classes, too_few_images)
+
+
+def inspect_folder(root, *, ways: int = 5, instances: int = 10, image_size: int = 20, channels: int = 1,
+                   resize: str = "pad", test_classes=None, seed: int = 0, progress: bool = False) -> dict:
+    """A JSON-ready report: {"root", "classes": [...], "problems": [...], "usable_classes", ...}."""
+    if ways < 1 or instances < 1:
+        raise UserError("--ways and --instances must be at least 1")
+    spec = parse_test_classes(test_classes)
+    data = load_folder(root, image_size, channels, resize, progress=progress, option="folder")
+    bank = data.bank
+    problems: list[Problem] = list(data.problems) + too_few_images(bank, instances)
+    counts = dict(zip(bank.names, (int(c) for c in bank.counts)))
+    classes = []
+    for name in data.class_folders:
+        s = data.stats.get(name, {})
+        classes.append({"name": name, "images": counts.get(name, 0),
+                        "size_min": s.get("size_min"), "size_max": s.get("size_max"),
+                        "modes": s.get("modes", []), "formats": s.get("formats", [])})
+    usable = [n for n, c in counts.items() if c >= instances]
+    split = None
+    if len(usable) < ways:
+        problems.append(Problem("too-few-classes", "",
+                                f"{len(usable)} class(es) have at least {instances} usable images; an episode with "
+                                f"--ways {ways} needs {ways} (add classes, or lower --ways / --instances)"))
+    elif spec is None or spec[0] != "all":
+        try:  # exactly as training: split every class with images, then drop the small ones
+            held = set(choose_test_classes(bank.names, spec, seed=seed, where=str(data.root)))
+        except DataError as exc:
+            problems.append(Problem("too-few-classes", "", str(exc)))
+        else:
+            how = test_classes if spec is not None else f"{DEFAULT_TEST_FRACTION} (the default)"
+            held_usable = [n for n in usable if n in held]
+            split = {"test_classes": str(how), "seed": seed, "train": len(usable) - len(held_usable),
+                     "test": len(held_usable), "test_names": sorted(held_usable)}
+            if len(held_usable) < ways:
+                problems.append(Problem(
+                    "too-few-classes", "",
+                    f"--test-classes {how} holds out {len(held_usable)} of the {len(usable)} usable classes; held-out "
+                    f"episodes with --ways {ways} need {ways} (hold out more, lower --ways, or use a --test-root folder)"))
+    return {
+        "root": str(data.root),
+        "classes": classes,
+        "usable_classes": len(usable),
+        "images": int(bank.counts.sum()),
+        "ways": ways,
+        "instances": instances,
+        "split": split,
+        "problems": [{"kind": p.kind, "path": p.path, "message": p.message} for p in problems],
+    }
+
+
+def _size(s) -> str:
+    return f"{s[0]}x{s[1]}" if s else "-"
+
+
+def format_report(report: dict) -> str:
+    classes = report["classes"]
+    width = max([len("class")] + [len(c["name"]) for c in classes])
+    lines = [f"{report['root']}: {len(classes)} class folder(s), {report['images']} usable image(s), "
+             f"{report['usable_classes']} class(es) with at least {report['instances']} (--instances)"]
+    lines.append(f"  {'class':<{width}}  images  {'sizes (w x h)':<21}  modes / formats")
+    for c in classes:
+        sizes = "-" if not c["size_min"] else (
+            _size(c["size_min"]) if c["size_min"] == c["size_max"] else f"{_size(c['size_min'])} .. {_size(c['size_max'])}")
+        kinds = " ".join(c["modes"]) + (" / " + " ".join(c["formats"]) if c["formats"] else "")
+        lines.append(f"  {c['name']:<{width}}  {c['images']:>6}  {sizes:<21}  {kinds}".rstrip())
+    if report["split"]:
+        sp = report["split"]
+        lines.append(f"class split --test-classes {sp['test_classes']} --seed {sp['seed']}: {sp['train']} training / "
+                     f"{sp['test']} held-out classes ({', '.join(sp['test_names'][:12])}{', ...' if sp['test'] > 12 else ''})")
+    problems = report["problems"]
+    if not problems:
+        lines.append(f"no problems: ready for --ways {report['ways']} --instances {report['instances']}")
+        return "\n".join(lines)
+    lines.append(f"{len(problems)} problem(s):")
+    kind_width = max(len(p["kind"]) for p in problems)
+    for p in problems:
+        lines.append(f"  {p['kind']:<{kind_width}}  {p['path'] or '.'}: {p['message']}")
+    fatal = [p for p in problems if p["kind"] == "too-few-classes"]
+    if fatal:
+        lines.append("training would stop: " + fatal[0]["message"])
+    else:
+        lines.append("training would skip the files and classes above, with a warning for each")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    d = Config()
+    p = argparse.ArgumentParser(prog="fewshot-mann inspect", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("folder", help="a folder with one sub-folder of images per class")
+    p.add_argument("--ways", type=int, default=d.episodes.ways, help="classes per episode")
+    p.add_argument("--instances", type=int, default=d.episodes.instances, help="images of each class per episode")
+    p.add_argument("--test-classes", default=None, help="the class split to check: fraction or comma list (as train.py)")
+    p.add_argument("--seed", type=int, default=d.train.seed, help="the seed of the class split (train.py --seed)")
+    p.add_argument("--image-size", type=int, default=d.data.image_size)
+    p.add_argument("--channels", type=int, choices=(1, 3), default=d.data.channels)
+    p.add_argument("--resize", choices=RESIZE_POLICIES, default=d.data.resize)
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON ('-' = stdout only)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _main(argv) -> int:
+    from fewshot_mann.cli.common import parse_checked
+
+    args = parse_checked(parser(), argv)
+    report = inspect_folder(args.folder, ways=args.ways, instances=args.instances, image_size=args.image_size,
+                            channels=args.channels, resize=args.resize, test_classes=args.test_classes, seed=args.seed,
+                            progress=not args.no_progress)
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        if args.json:
+            atomic_write_json(args.json, report)
+            print(f"wrote {args.json}")
+    return 1 if report["problems"] else 0
+
+
+def main(argv=None) -> int:
+    from fewshot_mann.cli.common import run_guarded
+    return run_guarded(_main, sys.argv[1:] if argv is None else argv)
+
+
+assert set(PROBLEM_KINDS) >= {"too-few-classes", "too-few-images"}

@@ -1,0 +1,329 @@
+"""``fewshot-mann predict``: classify new images from a few labelled examples per class.
+
+    fewshot-mann predict --checkpoint RUN/checkpoint.pt --support SUPPORT/ --query NEW.png [more ...]
+                         [--orders 8] [--threshold P] [--json out.json] [--csv out.csv]
+
+``--support`` holds one sub-folder per class (the class name is the folder name) with a
+few labelled images each (1 to 10 is the intended range); ``--query`` takes image files
+and/or folders of them. Images are converted to the checkpoint's image size and channels
+with its resize policy, exactly as in training (``folder.decode_image``).
+
+Protocol (the same task the model was meta-trained on, so it works for every model type
+from the checkpoint alone):
+
+1. The support images are presented as one label-shifted sequence: a random order and a
+   random assignment of the model's labels to the classes; at step t the model sees image
+   t and the label of image t-1 (zeros at t = 0).
+2. Each query is appended as the last step of its *own copy* of that sequence. Its answer
+   is the model's output at that step; no query is ever written into the memory that
+   another query reads (all copies run as one batch of queries x orders sequences).
+3. Steps 1-2 are repeated for ``--orders`` shuffled orders and label assignments (seeded by
+   ``--seed``); for each, the output distribution is restricted to the labels given to the
+   support classes and renormalised (string labels: the product of the per-character
+   probabilities of each class's code), and the class probabilities are averaged over
+   orders. This removes most of the dependence on which label and which position a class
+   happened to get.
+
+Per query: the predicted class, the probability of every class, the fraction of orders
+that agree with the prediction, and ``low_confidence`` when the top probability is below
+``--threshold`` (default: halfway between chance and certainty, ``(1 + 1/classes) / 2``).
+
+Limits: a one-hot model answers with one of the ``ways`` labels it was trained with, so
+more support classes than its ``ways`` is an error (retrain with a larger ``--ways``, or
+use ``--labels string``, whose 5-character codes can name more classes: that works, with a
+warning, but such sequences are longer than any the model was trained on). A class with more
+images than the model's ``instances - 1`` contributes a random ``instances - 1`` of them in
+each order (all of them over several orders), so that the query is never presented later
+in a class's sequence than during training.
+
+Privacy: the external memory lives only inside one forward pass; nothing is cached or
+saved except the outputs asked for (``--json``, ``--csv``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fewshot_mann.data.bank import ClassBank
+from fewshot_mann.cli.common import add_shared_flags
+from fewshot_mann.config import STRING_LENGTH, STRING_SYMBOLS, Config
+from fewshot_mann.errors import DataError, UserError
+from fewshot_mann.fileio import atomic_write_json, atomic_write_text
+from fewshot_mann.data.folder import BadImage, load_folder, read_image_file, report_problems, walk_images, warn
+
+_PREDICT_STREAM = 3  # distinct from the evaluation (1) and training (2) random streams
+
+
+def support_cap(cfg: Config) -> int:
+    """Most images per class in one support sequence (the query is then instance ``instances``)."""
+    return max(1, cfg.episodes.instances - 1)
+
+
+def label_codes(cfg: Config, classes: int, rng: np.random.Generator) -> np.ndarray:
+    """(classes, groups) symbols of a random label for each class (one-hot: groups = 1)."""
+    e = cfg.episodes
+    if e.labels == "onehot":
+        return rng.permutation(e.ways)[:classes, None]
+    codes = rng.choice(STRING_SYMBOLS ** STRING_LENGTH, size=classes, replace=False)
+    return (codes[:, None] // STRING_SYMBOLS ** np.arange(STRING_LENGTH)) % STRING_SYMBOLS
+
+
+def support_sequence(bank: ClassBank, cfg: Config, rng: np.random.Generator):
+    """One shuffled, labelled support sequence.
+
+    Returns images (S, C, H, W) uint8, step_class (S,) class index of each step, and
+    codes (classes, groups) the label symbols given to each class in this order.
+    """
+    cap = support_cap(cfg)
+    picks = []
+    for c in range(bank.num_classes):
+        n = int(bank.counts[c])
+        chosen = rng.permutation(n)[:cap] if n > cap else np.arange(n)
+        picks += [(int(bank.offsets[c]) + int(i), c) for i in np.sort(chosen)]
+    order = rng.permutation(len(picks))
+    index = np.array([picks[i][0] for i in order])
+    step_class = np.array([picks[i][1] for i in order])
+    return bank.images[index], step_class, label_codes(cfg, bank.num_classes, rng)
+
+
+def _label_inputs(step_class: np.ndarray, codes: np.ndarray, group_size: int) -> torch.Tensor:
+    """(S + 1, groups * group_size): the previous step's label (zeros at step 0)."""
+    symbols = torch.from_numpy(codes[step_class])  # (S, G)
+    onehot = torch.nn.functional.one_hot(symbols, group_size).flatten(1).float()
+    return torch.cat([torch.zeros(1, onehot.shape[1]), onehot], dim=0)
+
+
+def class_probabilities(last_logits: torch.Tensor, codes: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Output at the query step -> probability of each support class.
+
+    last_logits: (B, groups * group_size); codes: (B, classes, groups) label symbols of
+    each class. Returns (B, classes): softmax over the classes of the summed per-group
+    log-probabilities of their labels, i.e. the label distribution restricted to the
+    labels in use and renormalised.
+    """
+    b, groups = last_logits.shape[0], codes.shape[-1]
+    logp = torch.log_softmax(last_logits.view(b, groups, group_size).float(), dim=-1)  # (B,G,S)
+    picked = torch.gather(logp.unsqueeze(1).expand(-1, codes.shape[1], -1, -1), 3, codes.unsqueeze(-1))
+    return torch.softmax(picked.squeeze(-1).sum(-1), dim=-1)
+
+
+@torch.inference_mode()
+def predict_probabilities(model: torch.nn.Module, cfg: Config, support: ClassBank, queries: np.ndarray,
+                          orders: int = 8, seed: int = 0, batch_size: int = 256, device="cpu") -> np.ndarray:
+    """(orders, queries, classes) class probabilities, see the module docstring.
+
+    support: the labelled classes; queries: (Q, C, H, W) uint8. The Q x orders sequences
+    run in batches of ``batch_size``; each is (its order's support sequence) + (one query).
+    """
+    model.eval()
+    seqs = [support_sequence(support, cfg, np.random.default_rng([_PREDICT_STREAM, seed, o])) for o in range(orders)]
+    sup_images = torch.from_numpy(np.stack([s[0] for s in seqs]))  # (O,S,C,H,W) uint8
+    sup_labels = torch.stack([_label_inputs(s[1], s[2], cfg.episodes.group_size) for s in seqs])  # (O,S+1,L)
+    codes = torch.from_numpy(np.stack([s[2] for s in seqs])).long()  # (O,classes,G)
+    query_images = torch.from_numpy(queries)
+    pairs = [(o, q) for o in range(orders) for q in range(len(queries))]
+    out = torch.empty(orders, len(queries), support.num_classes)
+    for first in range(0, len(pairs), batch_size):
+        chunk = pairs[first:first + batch_size]
+        o_idx = torch.tensor([o for o, _ in chunk])
+        q_idx = torch.tensor([q for _, q in chunk])
+        images = torch.cat([sup_images[o_idx], query_images[q_idx].unsqueeze(1)], dim=1)  # (b,S+1,C,H,W)
+        pixels = images.dtype == torch.uint8
+        images = images.to(device=device, dtype=torch.float32)
+        if pixels:  # backbone features are used as they are
+            images = images.div_(255.0)
+        logits = model(images, sup_labels[o_idx].to(device))
+        probs = class_probabilities(logits[:, -1], codes[o_idx].to(device), cfg.episodes.group_size)
+        out[o_idx, q_idx] = probs.cpu()
+    return out.numpy()
+
+
+def expand_queries(paths: list[str]) -> list[Path]:
+    """Files as given; folders as every image file under them (sorted, links out not followed)."""
+    files: list[Path] = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if not path.exists():
+            raise DataError(f"--query {p} does not exist")
+        if path.is_dir():
+            problems: list = []
+            found = walk_images(path, path.resolve(), problems, set())
+            for problem in problems:
+                warn(f"skipped --query {path / problem.path}: {problem.message}")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def summarise(names: list[str], probs: np.ndarray, threshold: float | None, queries: list[str]) -> list[dict]:
+    """One dict per query from (orders, queries, classes) probabilities."""
+    mean = probs.mean(0)  # (Q, classes)
+    votes = probs.argmax(-1)  # (O, Q)
+    cut = (1.0 + 1.0 / len(names)) / 2.0 if threshold is None else threshold
+    results = []
+    for q, query in enumerate(queries):
+        best = int(mean[q].argmax())
+        results.append({
+            "query": query,
+            "prediction": names[best],
+            "confidence": round(float(mean[q, best]), 6),
+            "low_confidence": bool(mean[q, best] < cut),
+            "order_agreement": round(float((votes[:, q] == best).mean()), 6),
+            "probabilities": {n: round(float(p), 6) for n, p in zip(names, mean[q])},
+        })
+    return results
+
+
+def format_results(results: list[dict], top: int = 3) -> str:
+    width = max([len("query")] + [len(r["query"]) for r in results])
+    pw = max([len("prediction")] + [len(r["prediction"]) for r in results])
+    lines = [f"{'query':<{width}}  {'prediction':<{pw}}  prob   agree  other classes"]
+    for r in results:
+        others = sorted(((p, n) for n, p in r["probabilities"].items() if n != r["prediction"]), reverse=True)[:top - 1]
+        rest = ", ".join(f"{n} {p:.2f}" for p, n in others)
+        flag = "  LOW CONFIDENCE" if r["low_confidence"] else ""
+        lines.append(f"{r['query']:<{width}}  {r['prediction']:<{pw}}  {r['confidence']:.2f}   "
+                     f"{r['order_agreement']:.2f}   {rest}{flag}")
+    return "\n".join(lines)
+
+
+def to_csv(results: list[dict], names: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["query", "prediction", "confidence", "low_confidence", "order_agreement", *[f"p({n})" for n in names]])
+    for r in results:
+        w.writerow([r["query"], r["prediction"], f"{r['confidence']:.6f}", str(r["low_confidence"]).lower(),
+                    f"{r['order_agreement']:.6f}", *[f"{r['probabilities'][n]:.6f}" for n in names]])
+    return buf.getvalue()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fewshot-mann predict", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by train.py")
+    p.add_argument("--support", required=True, metavar="DIR", help="one sub-folder per class with a few labelled images")
+    p.add_argument("--query", required=True, nargs="+", metavar="PATH", help="image files and/or folders to classify")
+    p.add_argument("--orders", type=int, default=8, help="shuffled support orders / label assignments to average over")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="flag predictions whose probability is below this (default: (1 + 1/classes) / 2)")
+    add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results as a JSON list")
+    p.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
+    p.add_argument("--batch-size", type=int, default=256, help="sequences per forward pass")
+    add_shared_flags(p, "device", "threads")
+    return p
+
+
+def _main(argv) -> int:
+    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from fewshot_mann.engine.trainer import resolve_device
+
+    from fewshot_mann.cli.common import parse_checked, set_threads
+    from fewshot_mann.engine.checkpoint import refuse_nonfinite
+
+    args = parse_checked(parser(), argv)
+    if args.orders < 1:
+        raise UserError(f"--orders must be at least 1 (got {args.orders})")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold must be between 0 and 1 (got {args.threshold})")
+    set_threads(args.threads)
+    for q in args.query:  # a typo fails before any loading
+        if not Path(q).expanduser().exists():
+            raise DataError(f"--query {q} does not exist")
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg, e = ckpt["config_obj"], ckpt["config_obj"].episodes
+    model = load_model_from_checkpoint(ckpt, device)
+    refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
+    d = cfg.data
+
+    # The support set is never cached: patient images stay where the user keeps them.
+    from fewshot_mann.config import is_backbone
+    from fewshot_mann.data.loading import reader_settings
+    rs = reader_settings(cfg)
+    backbone = is_backbone(cfg.model.encoder)
+    if backbone:
+        from fewshot_mann.data.features import embed_bank, embed_images, resolve_weights
+        digest = resolve_weights(cfg.model, trained=True)
+    support = load_folder(args.support, rs["image_size"], rs["channels"], d.resize, progress=False, cache=False,
+                          option="--support", polarity=rs["polarity"])
+    report_problems(support, "--support")
+    bank = support.bank
+    if bank.num_classes < 2:
+        raise DataError(f"--support {args.support} has {bank.num_classes} usable class folder(s); "
+                        "predict needs at least 2 classes to choose between")
+    if e.labels == "onehot" and bank.num_classes > e.ways:
+        raise DataError(f"--support has {bank.num_classes} classes but the checkpoint's model answers with "
+                        f"{e.ways} one-hot labels (--ways {e.ways}); use at most {e.ways} classes, or a model "
+                        f"trained with --ways {bank.num_classes} or --labels string")
+    if e.labels == "string" and bank.num_classes > e.ways:
+        warn(f"{bank.num_classes} support classes; the checkpoint was trained on {e.ways}-way episodes, "
+             "so accuracy with more classes is untested")
+    cap = support_cap(cfg)
+    if int(bank.counts.max()) > cap:
+        many = [n for n, c in zip(bank.names, bank.counts) if c > cap]
+        warn(f"{len(many)} support class(es) have more than {cap} images (the model was trained with "
+             f"--instances {e.instances}); each order uses a random {cap} of them")
+
+    images, names_in, digests = [], [], []
+    for path in expand_queries(args.query):
+        try:
+            image, _, digest = read_image_file(path, rs["image_size"], rs["channels"], d.resize,
+                                               polarity=rs["polarity"])
+        except BadImage as exc:
+            warn(f"skipped --query {path}: {exc}")
+            continue
+        images.append(image)
+        names_in.append(str(path))
+        digests.append(digest)
+    if not images:
+        raise DataError("no readable query images (see the warnings above)")
+    support_digests = dict(zip(support.digests.tolist(), np.repeat(np.arange(bank.num_classes), bank.counts).tolist()))
+    for query, digest in zip(names_in, digests):
+        if digest in support_digests:
+            warn(f"--query {query} is the same file as a support image of class "
+                 f"{bank.names[support_digests[digest]]!r}")
+
+    queries = np.stack(images)
+    from fewshot_mann.data.loading import shrink
+    from fewshot_mann.engine.kshot import loo_accuracy
+    raw = shrink(bank)
+    labels = np.repeat(np.arange(bank.num_classes), bank.counts)
+    if backbone:  # support and queries are the user's images: features never cached here
+        bank = embed_bank(bank, cfg.model, digest=digest, cache=False, progress=False)
+        queries = embed_images(queries, cfg.model, digest=digest, cache=False, progress=False)
+    loo = loo_accuracy(bank.images, labels, "center-l2" if backbone else "pixels")
+    loo_raw = loo_accuracy(raw.images, labels, "pixels")
+    if loo is not None and (loo <= 1.0 / bank.num_classes or (backbone and loo_raw is not None and loo < loo_raw)):
+        warn(f"the support set's leave-one-out nearest-centroid accuracy is {100 * loo:.0f} % "
+             f"(raw pixels {100 * (loo_raw or 0):.0f} %, chance {100 / bank.num_classes:.0f} %): these classes are "
+             "hard to tell apart from these examples; expect unreliable answers")
+    probs = predict_probabilities(model, cfg, bank, queries, orders=args.orders, seed=args.seed,
+                                  batch_size=args.batch_size, device=device)
+    results = summarise(bank.names, probs, args.threshold, names_in)
+    cut = (1 + 1 / bank.num_classes) / 2 if args.threshold is None else args.threshold
+    print(f"{cfg.model.model} checkpoint, {bank.num_classes} support classes "
+          f"({', '.join(f'{n} {c}' for n, c in zip(bank.names, bank.counts))} images), "
+          f"{len(results)} queries, {args.orders} orders, low confidence below {cut:.2f}")
+    print(format_results(results))
+    if args.json:
+        atomic_write_json(args.json, results)
+        print(f"wrote {args.json}")
+    if args.csv:
+        atomic_write_text(args.csv, to_csv(results, bank.names))
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from fewshot_mann.cli.common import run_guarded
+    return run_guarded(_main, sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,506 @@
+"""The training loop: episodes -> model -> loss -> Adam, with evaluation, logs and checkpoints.
+
+Run directory contents: ``config.json``, ``checkpoint.pt`` (latest; atomic), and
+``metrics.jsonl`` (one JSON object per line: ``{"kind": "train", ...}`` every 1,000
+episodes and ``{"kind": "eval", "accuracy_by_instance": [...], "ci95": [...], ...}`` at
+every evaluation). A resumed run continues bit-for-bit where the checkpoint left off:
+the batch of step s is a pure function of (seed, s), and everything else that carries
+over (weights, optimiser, running sums, the log's length) lives in the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fewshot_mann.engine import distributed
+from fewshot_mann.engine.checkpoint import (check_weights_fit, load_checkpoint, load_model_from_checkpoint, refuse_nonfinite,
+                         save_checkpoint)
+from fewshot_mann.config import Config
+from fewshot_mann.data.loading import load_split_banks
+from fewshot_mann.data.episodes import Compose, Jitter, Photometric, batch_rng, check_bank, sample_episodes, to_tensors
+from fewshot_mann.errors import CheckpointError, UserError
+from fewshot_mann.engine.evaluation import correct_steps, loss_fn, per_episode_instance_accuracy
+from fewshot_mann.fileio import RunLock, append_line, atomic_write_json, check_output_path, same_file
+from fewshot_mann.models.mann import build_model, count_parameters
+
+LOG_EVERY_EPISODES = 1000
+
+
+def learning_rate(t, episodes_seen: int) -> float:
+    """The learning rate for a step taken after ``episodes_seen`` episodes."""
+    if t.lr_decay_at and episodes_seen >= t.lr_decay_at:
+        return t.lr * t.lr_decay_factor
+    return t.lr
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def new_model(cfg: Config) -> torch.nn.Module:
+    """The model of ``cfg``, initialised from its seed without touching global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return build_model(cfg)
+
+
+RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl")
+
+
+# settings a resumed run takes from the new command line; every other one is the run's own
+RESUME_OVERRIDES = {("train", "episodes"), ("train", "device"), ("train", "threads"), ("train", "skip_nonfinite"),
+                    ("train", "lr_decay_at"), ("train", "lr_decay_factor"), ("data", "data_root")}
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool, lock: RunLock | None = None,
+                    init_from: str | None = None) -> bool:
+    """Make ``out`` ready for a run; returns True if there is a checkpoint to resume from.
+
+    A run that is not resumed starts from nothing: with --overwrite, or with --resume of a
+    run killed before its first checkpoint, the old log and config go (else the new log
+    would continue the dead run's lines). ``lock`` (held until the run ends) is taken before
+    anything is deleted; a file of the run that ``--init-from`` names is never deleted.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the run folder {out}: {exc.strerror or exc}") from exc
+    check_output_path(out / "config.json", "--out")  # a read-only or full folder fails now, not after the work
+    if lock is not None:
+        lock.acquire(out)
+    for stale in out.glob(".checkpoint.pt.*.tmp"):  # a save killed halfway; checkpoint.pt itself is whole
+        stale.unlink(missing_ok=True)
+    ckpt = out / "checkpoint.pt"
+    has_run = any((out / name).exists() for name in RUN_FILES)
+    if has_run and not (resume or overwrite):
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if resume and ckpt.exists():
+        return True
+    if init_from:
+        for name in RUN_FILES:
+            if same_file(init_from, out / name):
+                raise UserError(f"--init-from {init_from} is this run's own {name}, which starting the run in "
+                                f"{out} would delete; copy it elsewhere first, or train into another --out")
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    return False
+
+
+def load_init_source(path: str) -> dict:
+    """The ``--init-from`` checkpoint, read and checked whole (weights fit their own config and
+    are finite) before the run folder is touched."""
+    src = load_checkpoint(path)
+    load_model_from_checkpoint(src)  # its weights must fit its own config, or the file is damaged
+    refuse_nonfinite(src, path)
+    return src
+
+
+def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config, src: dict | None = None) -> dict:
+    """Start from another checkpoint's weights: copied where names and shapes match, input
+    weights adapted to a new image size/channels, the rest re-initialised (``transfer.py``).
+
+    Returns the run's origin, ``{"checkpoint": path, "episodes": n}``, n counting every
+    episode behind those weights (the source's own and its origins'), for honest reports."""
+    from fewshot_mann.engine.transfer import transfer_weights
+
+    if src is None:
+        src = load_init_source(path)
+    for line in transfer_weights(model, cfg, src["model"], src["config_obj"], source=str(path)):
+        log(line)
+    before = src.get("init_from") if isinstance(src.get("init_from"), dict) else {}
+    episodes = src.get("episodes_done") if isinstance(src.get("episodes_done"), int) else 0
+    prior = before.get("episodes") if isinstance(before.get("episodes"), int) else 0
+    return {"checkpoint": str(path), "episodes": episodes + prior}
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and returns."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def initial_state(cfg: Config) -> dict:
+    """The loop's counters and running sums at step 0 (saved in every checkpoint as "state")."""
+    return {"step": 0, "episodes_done": 0, "train_seconds": 0.0, "metrics_bytes": 0,
+            "acc_loss": 0.0, "acc_steps": 0, "acc_correct": [0.0] * cfg.episodes.instances,
+            "acc_count": [0.0] * cfg.episodes.instances, "nonfinite_skipped": 0, "last_eval": None}
+
+
+FUSED_ADAM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def new_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam; fused (all parameters in one kernel: the same update, about 1 ms less per
+    step at batch 16 on one CPU core) where torch has it for these parameters."""
+    params = list(model.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_ADAM_DTYPES for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=True if fused else None)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer, fresh_groups: list[dict]) -> None:
+    """ValueError unless the loaded Adam state is one Adam can step with (a damaged file
+    would otherwise fail only at the first step, with a KeyError or a shape error)."""
+    for group, fresh in zip(optimizer.param_groups, fresh_groups):
+        for key, default in fresh.items():
+            if key == "params":
+                continue
+            if key not in group:
+                raise ValueError(f"optimiser setting {key!r} is missing")
+            value = group[key]
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"optimiser setting {key} = {value!r:.40} is not a flag")
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and not _is_number(value):
+                raise ValueError(f"optimiser setting {key} = {value!r:.40} is not a number")
+            if isinstance(default, tuple) and (not isinstance(value, (tuple, list)) or len(value) != len(default)
+                                               or not all(_is_number(v) for v in value)):
+                raise ValueError(f"optimiser setting {key} = {value!r:.40} is not {len(default)} numbers")
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for name in ("step", "exp_avg", "exp_avg_sq"):
+                if not isinstance(state.get(name), torch.Tensor):
+                    raise ValueError(f"optimiser state lacks {name!r}")
+            for name in ("exp_avg", "exp_avg_sq"):
+                if state[name].shape != p.shape:
+                    raise ValueError(f"optimiser {name} has shape {tuple(state[name].shape)}, weight {tuple(p.shape)}")
+
+
+def valid_last_eval(value) -> bool:
+    """None, or ``{"episodes": count, "accuracy_by_instance": [numbers]}`` as ``run_eval`` saves it."""
+    if value is None:
+        return True
+    if not isinstance(value, dict):
+        return False
+    episodes, acc = value.get("episodes"), value.get("accuracy_by_instance")
+    return (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 0
+            and isinstance(acc, list) and 0 < len(acc) <= 10_000 and all(_is_number(a) for a in acc))
+
+
+def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, ckpt: dict, path) -> None:
+    """Load a checkpoint's weights, optimiser and loop state; CheckpointError if any part
+    does not fit this run (a hand-edited, exported or foreign file)."""
+    if ckpt.get("optimizer") is None or not isinstance(ckpt.get("state"), dict):
+        raise CheckpointError(f"cannot resume from {path}: it holds no optimiser/loop state (an exported "
+                              "weights-only checkpoint?); start a new run from it with --init-from")
+    saved = ckpt["state"]
+    missing = sorted(set(state) - set(saved))
+    if missing:
+        raise CheckpointError(f"cannot resume from {path}: its loop state lacks {', '.join(missing)}")
+    for key in ("acc_correct", "acc_count"):
+        if not isinstance(saved[key], list) or len(saved[key]) != len(state[key]):
+            raise CheckpointError(f"cannot resume from {path}: its loop state {key} does not match --instances")
+    for key, default in state.items():
+        value = saved[key]
+        if key == "last_eval":
+            ok = valid_last_eval(value)
+        elif isinstance(default, list):
+            ok = all(_is_number(x) for x in value)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        else:
+            ok = _is_number(value)
+        if not ok:
+            raise CheckpointError(f"cannot resume from {path}: its loop state {key} = {value!r:.60} is not a valid value")
+    try:
+        model.load_state_dict(ckpt["model"])
+        fresh_groups = optimizer.state_dict()["param_groups"]
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for group, fresh in zip(optimizer.param_groups, fresh_groups):  # how to step, not state: this run's
+            group.update({k: fresh[k] for k in ("fused", "foreach") if k in fresh})
+        _check_optimizer(optimizer, fresh_groups)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise CheckpointError(f"cannot resume from {path}: its weights or optimiser state do not fit this "
+                              f"model ({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})") from exc
+    state.update({k: saved[k] for k in state})
+
+
+def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+          command: list[str] | None = None, progress: bool = True, log=None,
+          init_from: str | None = None, asked: dict | None = None, feature_cache: bool = True) -> dict:
+    """Train ``cfg`` into ``out_dir``. Returns a summary dict (episodes, seconds, last eval, ...).
+
+    ``asked``: {(section, field): flag} of the settings the user gave explicitly; a resumed run
+    names each of them that it ignores (the run keeps its own config).
+    Under torchrun (``WORLD_SIZE`` set) every process runs this; see ``distributed``.
+    """
+    ctx, device = distributed.init_from_env(resolve_device(cfg.train.device))
+    lock = RunLock()
+    try:
+        return _train(cfg, Path(out_dir), ctx, device, resume=resume, overwrite=overwrite, command=command,
+                      progress=progress, log=log, init_from=init_from, asked=asked or {}, lock=lock,
+                      feature_cache=feature_cache)
+    finally:
+        lock.release()
+        distributed.close(ctx)
+
+
+def ignored_on_resume(new: Config, saved: Config, asked: dict) -> list[str]:
+    """``"--flag new (the run has old)"`` for each explicitly given setting a resume ignores."""
+    ignored = []
+    for (section, name), flag in sorted(asked.items(), key=lambda kv: kv[1]):
+        if (section, name) in RESUME_OVERRIDES:
+            continue
+        value, own = getattr(getattr(new, section), name), getattr(getattr(saved, section), name)
+        if value != own:
+            ignored.append(f"{flag} {value} (the run has {own})")
+    return ignored
+
+
+def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.device, *, resume, overwrite,
+           command, progress, log, init_from, asked, lock, feature_cache=True) -> dict:
+    main = ctx.is_main
+    if not main:
+        log, progress = (lambda msg: None), False
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
+    ckpt = None
+    # read everything the run starts from before the run folder is touched (--overwrite deletes)
+    source = load_init_source(init_from) if init_from and not (resume and ckpt_path.exists()) else None
+    if distributed.on_main(ctx, lambda: prepare_run_dir(out, resume, overwrite, lock if main else None, init_from)):
+        ckpt = load_checkpoint(ckpt_path)
+        check_weights_fit(ckpt["config_obj"], ckpt["model"], f"cannot resume from {ckpt_path}")
+        refuse_nonfinite(ckpt, ckpt_path)  # it would stop at once, calling a NaN checkpoint "good"
+        saved = ckpt["config_obj"]
+        ignored = ignored_on_resume(cfg, saved, asked)
+        if ignored:
+            log(f"warning: --resume continues {out} with its own settings; ignored: {', '.join(ignored)}")
+        # A resumed run keeps its own config; only the budget and machine-specific
+        # settings come from the new command line.
+        saved.train.episodes = cfg.train.episodes
+        saved.train.device, saved.train.threads = cfg.train.device, cfg.train.threads
+        saved.train.skip_nonfinite = cfg.train.skip_nonfinite
+        if cfg.train.lr_decay_at:  # a schedule may be set (or moved) when a run is extended
+            saved.train.lr_decay_at, saved.train.lr_decay_factor = cfg.train.lr_decay_at, cfg.train.lr_decay_factor
+        saved.data.data_root = cfg.data.data_root or saved.data.data_root
+        cfg = saved
+    cfg.validate()
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if t.batch_size < ctx.world:
+        raise UserError(f"--batch-size {t.batch_size} is smaller than the number of processes ({ctx.world}); "
+                        "every process needs at least one episode per step")
+
+    parts = load_split_banks(cfg, progress=progress, **({} if feature_cache else {"feature_cache": False}))
+    train_bank, val_bank = parts.train, parts.validation
+    if train_bank.images.dtype != "uint8" and not ckpt:  # backbone features: the checkpoint names them
+        from fewshot_mann.data.features import weights_id
+        cfg.model.weights_hash = weights_id(cfg.model) or ""
+        cfg.model.feature_dim = int(parts.test.images.shape[1])
+        cfg.data.rotations = False  # rotating a feature vector means nothing
+    if main and cfg.data.dataset == "folder":  # class names and counts only (the checkpoint records them too)
+        from fewshot_mann.data.folder import write_split
+        write_split(out / "split.json", cfg, parts.train, parts.test, parts.validation)
+    classes_record = parts.class_names()  # which classes this model trains on, is checked on and is tested on
+    train_digests = sorted({x for n in parts.train.names for x in parts.digests.get(n, [])}) if parts.digests else None
+    if cfg.data.rotations:
+        train_bank = train_bank.with_rotations()
+    check_bank(train_bank, cfg.episodes, "training classes")
+    check_bank(parts.test, cfg.episodes, "held-out classes")  # a model that evaluate could never score is refused
+    checks_on = bool(t.eval_every)
+    if checks_on and (val_bank.num_classes < cfg.episodes.ways or val_bank.min_count < cfg.episodes.instances):
+        log(f"warning: {val_bank.num_classes} validation class(es) cannot make a {cfg.episodes.ways}-way episode "
+            f"with {cfg.episodes.instances} instances; in-training checks are off (give more --validation-classes)")
+        checks_on = False
+
+    model = new_model(cfg).to(device)
+    optimizer = new_optimizer(model, t.lr)
+    state = initial_state(cfg)
+    origin = None  # where the starting weights came from (--init-from), kept across resumes
+    if ckpt is not None:
+        restore(model, optimizer, state, ckpt, ckpt_path)
+        if main and metrics_path.exists() and metrics_path.stat().st_size > state["metrics_bytes"]:
+            with open(metrics_path, "r+b") as f:  # drop lines written after the checkpoint
+                f.truncate(state["metrics_bytes"])
+        log(f"resuming {out} at {state['episodes_done']:,} episodes")
+        origin = ckpt.get("init_from") if isinstance(ckpt.get("init_from"), dict) else None
+    elif init_from:
+        origin = load_matching_weights(model, init_from, log, cfg, src=source)
+    config_dict = cfg.to_dict()
+    if main:
+        atomic_write_json(out / "config.json", {"config": config_dict, "command": command})
+
+    batch = t.batch_size
+    first, stop_at = distributed.shard(batch, ctx.rank, ctx.world)  # this rank's episodes of each batch
+    total_steps = math.ceil(t.episodes / batch)
+    steps_per_log = max(1, math.ceil(LOG_EVERY_EPISODES / batch))
+    steps_per_eval = max(1, math.ceil(t.eval_every / batch)) if checks_on else 0
+    steps_per_ckpt = max(1, math.ceil(t.checkpoint_every / batch))
+    photometric = Photometric(cfg.data.augment_invert, cfg.data.augment_contrast, cfg.data.augment_brightness)
+    jitter = Compose(Jitter(cfg.data.jitter_shift, cfg.data.jitter_rotate), photometric)
+    use_jitter = (cfg.data.jitter_shift > 0 or cfg.data.jitter_rotate > 0 or photometric.active()) \
+        and train_bank.images.dtype == "uint8"
+
+    def save():
+        if not main:
+            return
+        state["metrics_bytes"] = metrics_path.stat().st_size if metrics_path.exists() else 0
+        save_checkpoint(ckpt_path, {
+            "config": config_dict, "command": command, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "state": dict(state),
+            "step": state["step"], "episodes_done": state["episodes_done"],
+            **({"init_from": origin} if origin else {}),
+            "classes": classes_record, **({"train_digests": train_digests} if train_digests is not None else {}),
+        })
+
+    def run_eval():  # validation classes only: the test classes are for evaluate / kshot / knn
+        res = distributed.evaluate_sharded(model, val_bank, cfg.episodes, ctx, episodes=t.eval_episodes,
+                                           seed=t.seed, device=device)
+        res.pop("_per_episode")
+        entry = {"kind": "eval", "classes": "validation", **res, "episodes": state["episodes_done"],
+                 "eval_episodes": res["episodes"], "train_seconds": round(state["train_seconds"], 3)}
+        if main:
+            append_line(metrics_path, json.dumps(entry))
+        state["last_eval"] = {"episodes": state["episodes_done"], "classes": "validation",
+                              "accuracy_by_instance": res["accuracy_by_instance"]}
+        return res
+
+    if ckpt is None:
+        log(f"training {cfg.model.model} ({count_parameters(model):,} parameters) on {device}"
+            + (f" x {ctx.world} processes" if ctx.enabled else "") + ": "
+            f"{cfg.episodes.ways}-way, {cfg.episodes.instances} instances, {cfg.episodes.labels} labels, "
+            f"{train_bank.num_classes:,} training / {val_bank.num_classes:,} validation classes "
+            f"({parts.test.num_classes:,} test classes kept for evaluate)")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps * batch, initial=state["episodes_done"], unit="ep", desc="training",
+                   dynamic_ncols=True, smoothing=0.05)
+    interrupted = None
+    model.train()
+    with _StopFlag() as stop:
+        while state["step"] < total_steps:
+            step = state["step"]
+            t0 = time.perf_counter()
+            rng = batch_rng(t.seed, step)
+            episodes = sample_episodes(train_bank, cfg.episodes, rng, batch)
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if use_jitter else None
+            if not ctx.enabled:
+                tb = to_tensors(episodes, cfg.episodes, device, augment=jitter if use_jitter else None, generator=gen)
+            elif use_jitter:  # the jitter of the whole batch, as one process draws it
+                tb = distributed.shard_batch(to_tensors(episodes, cfg.episodes, device, augment=jitter,
+                                                        generator=gen), first, stop_at)
+            else:
+                tb = to_tensors(distributed.shard_batch(episodes, first, stop_at), cfg.episodes, device)
+            logits = model(tb.images, tb.label_inputs)
+            loss = loss_fn(logits, tb.targets, cfg.episodes)
+            if ctx.enabled:  # this rank's share of the global mean: the ranks' gradients sum to it
+                loss = loss * ((stop_at - first) / batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                correct = correct_steps(logits.detach(), tb.targets, cfg.episodes)
+                acc = [float(a) for a in
+                       per_episode_instance_accuracy(correct, tb.instance, cfg.episodes.instances).sum(0)]
+            loss_value = float(loss.detach())
+            if ctx.enabled:
+                signum = stop.signal
+                distributed.sum_gradients(model.parameters(), ctx)
+                totals = distributed.sum_values(
+                    [loss_value, *acc, float(signum == signal.SIGINT), float(signum == signal.SIGTERM)], ctx, device)
+                loss_value, acc = totals[0], totals[1:-2]
+                stop_signal = signal.SIGINT if totals[-2] else signal.SIGTERM if totals[-1] else None
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+            if not (math.isfinite(loss_value) and math.isfinite(float(norm))):
+                if not t.skip_nonfinite:
+                    if bar is not None:
+                        bar.close()
+                    kept = (f"the last good checkpoint is kept at {ckpt_path} (resume with --resume, or pass "
+                            "--skip-nonfinite to skip such batches)") if main and ckpt_path.exists() else \
+                        "no checkpoint was written yet (pass --skip-nonfinite to skip such batches)"
+                    raise UserError(
+                        f"non-finite loss or gradient at step {step} ({state['episodes_done']:,} episodes); "
+                        f"stopped without updating; {kept}")
+                optimizer.zero_grad(set_to_none=True)
+                state["nonfinite_skipped"] += 1
+                log(f"warning: skipped a batch with a non-finite loss/gradient at step {step}")
+            else:
+                for group in optimizer.param_groups:  # step decay: a function of episodes seen only
+                    group["lr"] = learning_rate(t, step * batch)
+                optimizer.step()
+                state["acc_loss"] += loss_value
+                state["acc_steps"] += 1
+                state["acc_correct"] = [a + b for a, b in zip(state["acc_correct"], acc)]
+                state["acc_count"] = [a + batch for a in state["acc_count"]]
+            state["step"] = step + 1
+            state["episodes_done"] = (step + 1) * batch
+            state["train_seconds"] += time.perf_counter() - t0
+            done = state["step"]
+            if bar is not None:
+                bar.update(batch)
+            if done % steps_per_log == 0 or done == total_steps:
+                n = max(1, state["acc_steps"])
+                acc_inst = [c / max(1.0, k) for c, k in zip(state["acc_correct"], state["acc_count"])]
+                if main:
+                    append_line(metrics_path, json.dumps({
+                        "kind": "train", "episodes": state["episodes_done"], "loss": state["acc_loss"] / n,
+                        "accuracy_by_instance": acc_inst, "train_seconds": round(state["train_seconds"], 3)}))
+                if bar is not None:
+                    bar.set_postfix(loss=f"{state['acc_loss'] / n:.3f}",
+                                    acc2=f"{acc_inst[1] if len(acc_inst) > 1 else acc_inst[0]:.3f}")
+                state["acc_loss"], state["acc_steps"] = 0.0, 0
+                state["acc_correct"] = [0.0] * cfg.episodes.instances
+                state["acc_count"] = [0.0] * cfg.episodes.instances
+            if steps_per_eval and (done % steps_per_eval == 0 or done == total_steps):
+                res = run_eval()
+                msg = " ".join(f"{100 * a:.1f}" for a in res["accuracy_by_instance"])
+                (bar.write if bar is not None else log)(
+                    f"[{state['episodes_done']:,} episodes] validation accuracy by instance (%): {msg}")
+            if done % steps_per_ckpt == 0 or done == total_steps:
+                save()
+            if not ctx.enabled:
+                stop_signal = stop.signal
+            if stop_signal is not None:
+                interrupted = stop_signal
+                save()
+                break
+    if bar is not None:
+        bar.close()
+    if state["step"] == 0 and total_steps == 0:
+        save()
+    distributed.barrier(ctx)  # every rank returns after rank 0's last save
+    summary = {"out": str(out), "episodes_done": state["episodes_done"], "steps": state["step"],
+               "train_seconds": state["train_seconds"], "last_eval": state["last_eval"],
+               "interrupted": interrupted, "rank": ctx.rank, "world_size": ctx.world}
+    if interrupted is not None:
+        log(f"interrupted: checkpoint saved at {state['episodes_done']:,} episodes in {ckpt_path}; "
+            "continue with --resume")
+    return summary

@@ -1,0 +1,1 @@
+"""External memories: LRUA (Santoro et al. 2016), NTM, DNC; each with equations, a literal reference, a fast sequence."""

@@ -1,0 +1,1 @@
+"""Differentiable Neural Computer memory (Graves et al. 2016)."""

@@ -1,0 +1,1 @@
+"""Least Recently Used Access memory (Santoro et al. 2016)."""

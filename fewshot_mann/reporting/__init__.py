@@ -1,0 +1,1 @@
+"""Evaluation records, tables and plots."""
