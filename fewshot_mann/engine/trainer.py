@@ -264,9 +264,11 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
     ctx, device = distributed.init_from_env(resolve_device(cfg.train.device))
     lock = RunLock()
     try:
-        return _train(cfg, Path(out_dir), ctx, device, resume=resume, overwrite=overwrite, command=command,
-                      progress=progress, log=log, init_from=init_from, asked=asked or {}, lock=lock,
-                      feature_cache=feature_cache)
+        trainer = Trainer(cfg, Path(out_dir), ctx, device, command=command, progress=progress, log=log)
+        trainer.open_run_dir(resume=resume, overwrite=overwrite, init_from=init_from, asked=asked or {}, lock=lock)
+        trainer.load_data(feature_cache=feature_cache)
+        trainer.build(init_from=init_from)
+        return trainer.run()
     finally:
         lock.release()
         distributed.close(ctx)
@@ -284,223 +286,317 @@ def ignored_on_resume(new: Config, saved: Config, asked: dict) -> list[str]:
     return ignored
 
 
-def _train(cfg: Config, out: Path, ctx: distributed.Context, device: torch.device, *, resume, overwrite,
-           command, progress, log, init_from, asked, lock, feature_cache=True) -> dict:
-    main = ctx.is_main
-    if not main:
-        log, progress = (lambda msg: None), False
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
-    ckpt = None
-    # read everything the run starts from before the run folder is touched (--overwrite deletes)
-    source = load_init_source(init_from) if init_from and not (resume and ckpt_path.exists()) else None
-    if distributed.on_main(ctx, lambda: prepare_run_dir(out, resume, overwrite, lock if main else None, init_from)):
-        ckpt = load_checkpoint(ckpt_path)
-        check_weights_fit(ckpt["config_obj"], ckpt["model"], f"cannot resume from {ckpt_path}")
-        refuse_nonfinite(ckpt, ckpt_path)  # it would stop at once, calling a NaN checkpoint "good"
-        saved = ckpt["config_obj"]
-        ignored = ignored_on_resume(cfg, saved, asked)
-        if ignored:
-            log(f"warning: --resume continues {out} with its own settings; ignored: {', '.join(ignored)}")
-        # A resumed run keeps its own config; only the budget and machine-specific
-        # settings come from the new command line.
-        saved.train.episodes = cfg.train.episodes
-        saved.train.device, saved.train.threads = cfg.train.device, cfg.train.threads
-        saved.train.skip_nonfinite = cfg.train.skip_nonfinite
-        if cfg.train.lr_decay_at:  # a schedule may be set (or moved) when a run is extended
-            saved.train.lr_decay_at, saved.train.lr_decay_factor = cfg.train.lr_decay_at, cfg.train.lr_decay_factor
-        saved.data.data_root = cfg.data.data_root or saved.data.data_root
-        cfg = saved
-    cfg.validate()
-    t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    if t.batch_size < ctx.world:
-        raise UserError(f"--batch-size {t.batch_size} is smaller than the number of processes ({ctx.world}); "
-                        "every process needs at least one episode per step")
+def resumed_config(new: Config, saved: Config) -> Config:
+    """The config a resumed run continues with: its own (``saved``), except for the budget
+    and the machine-specific settings, which come from the new command line (``new``)."""
+    saved.train.episodes = new.train.episodes
+    saved.train.device, saved.train.threads = new.train.device, new.train.threads
+    saved.train.skip_nonfinite = new.train.skip_nonfinite
+    if new.train.lr_decay_at:  # a schedule may be set (or moved) when a run is extended
+        saved.train.lr_decay_at, saved.train.lr_decay_factor = new.train.lr_decay_at, new.train.lr_decay_factor
+    saved.data.data_root = new.data.data_root or saved.data.data_root
+    return saved
 
-    parts = load_split_banks(cfg, progress=progress, **({} if feature_cache else {"feature_cache": False}))
-    train_bank, val_bank = parts.train, parts.validation
-    if train_bank.images.dtype != "uint8" and not ckpt:  # backbone features: the checkpoint names them
-        from fewshot_mann.data.features import weights_id
-        cfg.model.weights_hash = weights_id(cfg.model) or ""
-        cfg.model.feature_dim = int(parts.test.images.shape[1])
-        cfg.data.rotations = False  # rotating a feature vector means nothing
-    if main and cfg.data.dataset == "folder":  # class names and counts only (the checkpoint records them too)
-        from fewshot_mann.data.folder import write_split
-        write_split(out / "split.json", cfg, parts.train, parts.test, parts.validation)
-    classes_record = parts.class_names()  # which classes this model trains on, is checked on and is tested on
-    train_digests = sorted({x for n in parts.train.names for x in parts.digests.get(n, [])}) if parts.digests else None
-    if cfg.data.rotations:
-        train_bank = train_bank.with_rotations()
-    check_bank(train_bank, cfg.episodes, "training classes")
-    check_bank(parts.test, cfg.episodes, "held-out classes")  # a model that evaluate could never score is refused
-    checks_on = bool(t.eval_every)
-    if checks_on and (val_bank.num_classes < cfg.episodes.ways or val_bank.min_count < cfg.episodes.instances):
-        log(f"warning: {val_bank.num_classes} validation class(es) cannot make a {cfg.episodes.ways}-way episode "
-            f"with {cfg.episodes.instances} instances; in-training checks are off (give more --validation-classes)")
-        checks_on = False
 
-    model = new_model(cfg).to(device)
-    optimizer = new_optimizer(model, t.lr)
-    state = initial_state(cfg)
-    origin = None  # where the starting weights came from (--init-from), kept across resumes
-    if ckpt is not None:
-        restore(model, optimizer, state, ckpt, ckpt_path)
-        if main and metrics_path.exists() and metrics_path.stat().st_size > state["metrics_bytes"]:
-            with open(metrics_path, "r+b") as f:  # drop lines written after the checkpoint
-                f.truncate(state["metrics_bytes"])
-        log(f"resuming {out} at {state['episodes_done']:,} episodes")
-        origin = ckpt.get("init_from") if isinstance(ckpt.get("init_from"), dict) else None
-    elif init_from:
-        origin = load_matching_weights(model, init_from, log, cfg, src=source)
-    config_dict = cfg.to_dict()
-    if main:
-        atomic_write_json(out / "config.json", {"config": config_dict, "command": command})
+class Trainer:
+    """One run of ``train``, in the order it happens: ``open_run_dir`` (the folder, and the
+    checkpoint a resume continues from), ``load_data``, ``build`` (weights, optimiser, loop
+    state, config.json), then ``run``: ``step`` after step, with ``log_training``,
+    ``validate`` and ``save`` on their schedules, until the budget is spent or a signal
+    (SIGINT/SIGTERM) asks it to stop.
 
-    batch = t.batch_size
-    first, stop_at = distributed.shard(batch, ctx.rank, ctx.world)  # this rank's episodes of each batch
-    total_steps = math.ceil(t.episodes / batch)
-    steps_per_log = max(1, math.ceil(LOG_EVERY_EPISODES / batch))
-    steps_per_eval = max(1, math.ceil(t.eval_every / batch)) if checks_on else 0
-    steps_per_ckpt = max(1, math.ceil(t.checkpoint_every / batch))
-    photometric = Photometric(cfg.data.augment_invert, cfg.data.augment_contrast, cfg.data.augment_brightness)
-    jitter = Compose(Jitter(cfg.data.jitter_shift, cfg.data.jitter_rotate), photometric)
-    use_jitter = (cfg.data.jitter_shift > 0 or cfg.data.jitter_rotate > 0 or photometric.active()) \
-        and train_bank.images.dtype == "uint8"
+    Under torchrun every rank runs one; rank 0 (``main``) alone writes files and logs.
+    """
 
-    def save():
-        if not main:
-            return
-        state["metrics_bytes"] = metrics_path.stat().st_size if metrics_path.exists() else 0
-        save_checkpoint(ckpt_path, {
-            "config": config_dict, "command": command, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "state": dict(state),
-            "step": state["step"], "episodes_done": state["episodes_done"],
-            **({"init_from": origin} if origin else {}),
-            "classes": classes_record, **({"train_digests": train_digests} if train_digests is not None else {}),
-        })
+    def __init__(self, cfg: Config, out: Path, ctx: distributed.Context, device: torch.device, *,
+                 command: list[str] | None, progress: bool, log):
+        self.cfg, self.out, self.ctx, self.device, self.command = cfg, out, ctx, device, command
+        self.main = ctx.is_main
+        if not self.main:
+            log, progress = (lambda msg: None), False
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.progress = progress
+        self.ckpt_path, self.metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
+        self.ckpt = None  # the checkpoint a resumed run continues from
+        self.origin = None  # where the starting weights came from (--init-from), kept across resumes
+        self.bar = None
 
-    def run_eval():  # validation classes only: the test classes are for evaluate / kshot / knn
-        res = distributed.evaluate_sharded(model, val_bank, cfg.episodes, ctx, episodes=t.eval_episodes,
-                                           seed=t.seed, device=device)
+    # ------------------------------------------------------------------ setting up
+
+    def open_run_dir(self, *, resume: bool, overwrite: bool, init_from: str | None, asked: dict,
+                     lock: RunLock) -> None:
+        """Make the run folder ready; on a resume, read its checkpoint and take its config."""
+        ctx, out = self.ctx, self.out
+        # read everything the run starts from before the run folder is touched (--overwrite deletes)
+        self.init_source = load_init_source(init_from) if init_from and not (resume and self.ckpt_path.exists()) \
+            else None
+        if distributed.on_main(ctx, lambda: prepare_run_dir(out, resume, overwrite, lock if self.main else None,
+                                                            init_from)):
+            ckpt = load_checkpoint(self.ckpt_path)
+            check_weights_fit(ckpt["config_obj"], ckpt["model"], f"cannot resume from {self.ckpt_path}")
+            refuse_nonfinite(ckpt, self.ckpt_path)  # it would stop at once, calling a NaN checkpoint "good"
+            ignored = ignored_on_resume(self.cfg, ckpt["config_obj"], asked)
+            if ignored:
+                self.log(f"warning: --resume continues {out} with its own settings; ignored: {', '.join(ignored)}")
+            self.ckpt, self.cfg = ckpt, resumed_config(self.cfg, ckpt["config_obj"])
+        self.cfg.validate()
+        t = self.cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        if t.batch_size < ctx.world:
+            raise UserError(f"--batch-size {t.batch_size} is smaller than the number of processes ({ctx.world}); "
+                            "every process needs at least one episode per step")
+
+    def load_data(self, *, feature_cache: bool = True) -> None:
+        """The training, validation and test banks; refuses banks no episode can be drawn from."""
+        cfg = self.cfg
+        parts = load_split_banks(cfg, progress=self.progress, **({} if feature_cache else {"feature_cache": False}))
+        train_bank, val_bank = parts.train, parts.validation
+        if train_bank.images.dtype != "uint8" and not self.ckpt:  # backbone features: the checkpoint names them
+            from fewshot_mann.data.features import weights_id
+            cfg.model.weights_hash = weights_id(cfg.model) or ""
+            cfg.model.feature_dim = int(parts.test.images.shape[1])
+            cfg.data.rotations = False  # rotating a feature vector means nothing
+        if self.main and cfg.data.dataset == "folder":  # class names and counts only (the checkpoint records them too)
+            from fewshot_mann.data.folder import write_split
+            write_split(self.out / "split.json", cfg, parts.train, parts.test, parts.validation)
+        self.classes_record = parts.class_names()  # which classes this model trains on, is checked on and is tested on
+        self.train_digests = sorted({x for n in parts.train.names for x in parts.digests.get(n, [])}) \
+            if parts.digests else None
+        if cfg.data.rotations:
+            train_bank = train_bank.with_rotations()
+        check_bank(train_bank, cfg.episodes, "training classes")
+        check_bank(parts.test, cfg.episodes, "held-out classes")  # a model that evaluate could never score is refused
+        self.checks_on = bool(cfg.train.eval_every)
+        if self.checks_on and (val_bank.num_classes < cfg.episodes.ways or val_bank.min_count < cfg.episodes.instances):
+            self.log(f"warning: {val_bank.num_classes} validation class(es) cannot make a {cfg.episodes.ways}-way "
+                     f"episode with {cfg.episodes.instances} instances; in-training checks are off (give more "
+                     "--validation-classes)")
+            self.checks_on = False
+        self.train_bank, self.val_bank, self.test_classes = train_bank, val_bank, parts.test.num_classes
+
+    def build(self, *, init_from: str | None) -> None:
+        """Model, optimiser and loop state (restored on a resume), config.json, and the schedule."""
+        cfg, t = self.cfg, self.cfg.train
+        self.model = new_model(cfg).to(self.device)
+        self.optimizer = new_optimizer(self.model, t.lr)
+        self.state = initial_state(cfg)
+        if self.ckpt is not None:
+            self.restore()
+        elif init_from:
+            self.origin = load_matching_weights(self.model, init_from, self.log, cfg, src=self.init_source)
+        self.config_dict = cfg.to_dict()
+        if self.main:
+            atomic_write_json(self.out / "config.json", {"config": self.config_dict, "command": self.command})
+
+        self.batch = t.batch_size
+        self.first, self.stop_at = distributed.shard(self.batch, self.ctx.rank, self.ctx.world)  # this rank's episodes
+        self.total_steps = math.ceil(t.episodes / self.batch)
+        self.steps_per_log = max(1, math.ceil(LOG_EVERY_EPISODES / self.batch))
+        self.steps_per_eval = max(1, math.ceil(t.eval_every / self.batch)) if self.checks_on else 0
+        self.steps_per_ckpt = max(1, math.ceil(t.checkpoint_every / self.batch))
+        d = cfg.data
+        photometric = Photometric(d.augment_invert, d.augment_contrast, d.augment_brightness)
+        self.jitter = Compose(Jitter(d.jitter_shift, d.jitter_rotate), photometric)
+        self.use_jitter = (d.jitter_shift > 0 or d.jitter_rotate > 0 or photometric.active()) \
+            and self.train_bank.images.dtype == "uint8"
+
+    def restore(self) -> None:
+        """Continue from ``self.ckpt``: weights, optimiser, loop state; the log cut back to it."""
+        restore(self.model, self.optimizer, self.state, self.ckpt, self.ckpt_path)
+        if self.main and self.metrics_path.exists() and self.metrics_path.stat().st_size > self.state["metrics_bytes"]:
+            with open(self.metrics_path, "r+b") as f:  # drop lines written after the checkpoint
+                f.truncate(self.state["metrics_bytes"])
+        self.log(f"resuming {self.out} at {self.state['episodes_done']:,} episodes")
+        self.origin = self.ckpt.get("init_from") if isinstance(self.ckpt.get("init_from"), dict) else None
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict:
+        """Step until the budget is spent or a signal stops the run; returns the summary."""
+        self.announce()
+        interrupted = None
+        self.model.train()
+        with _StopFlag() as stop:
+            while self.state["step"] < self.total_steps:
+                agreed_signal = self.step(stop)
+                self.after_step()
+                # one look at the flag per step; under torchrun the ranks agreed on it in step()
+                stop_signal = agreed_signal if self.ctx.enabled else stop.signal
+                if stop_signal is not None:
+                    interrupted = stop_signal
+                    self.save()
+                    break
+        return self.finish(interrupted)
+
+    def announce(self) -> None:
+        """The first line of a new run, and the progress bar."""
+        cfg, ctx = self.cfg, self.ctx
+        if self.ckpt is None:
+            self.log(f"training {cfg.model.model} ({count_parameters(self.model):,} parameters) on {self.device}"
+                     + (f" x {ctx.world} processes" if ctx.enabled else "") + ": "
+                     f"{cfg.episodes.ways}-way, {cfg.episodes.instances} instances, {cfg.episodes.labels} labels, "
+                     f"{self.train_bank.num_classes:,} training / {self.val_bank.num_classes:,} validation classes "
+                     f"({self.test_classes:,} test classes kept for evaluate)")
+        if self.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total_steps * self.batch, initial=self.state["episodes_done"], unit="ep",
+                            desc="training", dynamic_ncols=True, smoothing=0.05)
+
+    def episode_batch(self, step: int):
+        """The TensorBatch of ``step`` (this rank's share): a pure function of (seed, step)."""
+        cfg, ctx = self.cfg, self.ctx
+        rng = batch_rng(cfg.train.seed, step)
+        episodes = sample_episodes(self.train_bank, cfg.episodes, rng, self.batch)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.use_jitter else None
+        if not ctx.enabled:
+            return to_tensors(episodes, cfg.episodes, self.device, augment=self.jitter if self.use_jitter else None,
+                              generator=gen)
+        if self.use_jitter:  # the jitter of the whole batch, as one process draws it
+            return distributed.shard_batch(to_tensors(episodes, cfg.episodes, self.device, augment=self.jitter,
+                                                      generator=gen), self.first, self.stop_at)
+        return to_tensors(distributed.shard_batch(episodes, self.first, self.stop_at), cfg.episodes, self.device)
+
+    def step(self, stop: _StopFlag):
+        """One optimiser step (or a skipped non-finite batch). Under torchrun returns the signal
+        the ranks agreed on (None: go on); else None, the caller reads the flag itself."""
+        cfg, ctx, state, step = self.cfg, self.ctx, self.state, self.state["step"]
+        t0 = time.perf_counter()
+        tb = self.episode_batch(step)
+        logits = self.model(tb.images, tb.label_inputs)
+        loss = loss_fn(logits, tb.targets, cfg.episodes)
+        if ctx.enabled:  # this rank's share of the global mean: the ranks' gradients sum to it
+            loss = loss * ((self.stop_at - self.first) / self.batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            correct = correct_steps(logits.detach(), tb.targets, cfg.episodes)
+            acc = [float(a) for a in per_episode_instance_accuracy(correct, tb.instance, cfg.episodes.instances).sum(0)]
+        loss_value = float(loss.detach())
+        agreed_signal = None
+        if ctx.enabled:
+            loss_value, acc, agreed_signal = self.sum_over_ranks(loss_value, acc, stop.signal)
+        grad_clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        if math.isfinite(loss_value) and math.isfinite(float(norm)):
+            self.update(step, loss_value, acc)
+        else:
+            self.skip_nonfinite(step)
+        state["step"] = step + 1
+        state["episodes_done"] = (step + 1) * self.batch
+        state["train_seconds"] += time.perf_counter() - t0
+        if self.bar is not None:
+            self.bar.update(self.batch)
+        return agreed_signal
+
+    def sum_over_ranks(self, loss_value: float, acc: list[float], signum):
+        """The gradients, loss, accuracy sums and stop signals of all ranks, summed (torchrun)."""
+        distributed.sum_gradients(self.model.parameters(), self.ctx)
+        totals = distributed.sum_values(
+            [loss_value, *acc, float(signum == signal.SIGINT), float(signum == signal.SIGTERM)], self.ctx, self.device)
+        agreed = signal.SIGINT if totals[-2] else signal.SIGTERM if totals[-1] else None
+        return totals[0], totals[1:-2], agreed
+
+    def update(self, step: int, loss_value: float, acc: list[float]) -> None:
+        """Adam at this step's learning rate; the batch's loss and accuracy join the running sums."""
+        state = self.state
+        for group in self.optimizer.param_groups:  # step decay: a function of episodes seen only
+            group["lr"] = learning_rate(self.cfg.train, step * self.batch)
+        self.optimizer.step()
+        state["acc_loss"] += loss_value
+        state["acc_steps"] += 1
+        state["acc_correct"] = [a + b for a, b in zip(state["acc_correct"], acc)]
+        state["acc_count"] = [a + self.batch for a in state["acc_count"]]
+
+    def skip_nonfinite(self, step: int) -> None:
+        """A NaN/inf loss or gradient: stop without updating (UserError), or, with
+        --skip-nonfinite, drop the batch and count it."""
+        if not self.cfg.train.skip_nonfinite:
+            if self.bar is not None:
+                self.bar.close()
+            kept = (f"the last good checkpoint is kept at {self.ckpt_path} (resume with --resume, or pass "
+                    "--skip-nonfinite to skip such batches)") if self.main and self.ckpt_path.exists() else \
+                "no checkpoint was written yet (pass --skip-nonfinite to skip such batches)"
+            raise UserError(f"non-finite loss or gradient at step {step} ({self.state['episodes_done']:,} episodes); "
+                            f"stopped without updating; {kept}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["nonfinite_skipped"] += 1
+        self.log(f"warning: skipped a batch with a non-finite loss/gradient at step {step}")
+
+    def after_step(self) -> None:
+        """The log line, validation and checkpoint that fall due after the step just taken."""
+        done = self.state["step"]
+        last = done == self.total_steps
+        if done % self.steps_per_log == 0 or last:
+            self.log_training()
+        if self.steps_per_eval and (done % self.steps_per_eval == 0 or last):
+            res = self.validate()
+            msg = " ".join(f"{100 * a:.1f}" for a in res["accuracy_by_instance"])
+            (self.bar.write if self.bar is not None else self.log)(
+                f"[{self.state['episodes_done']:,} episodes] validation accuracy by instance (%): {msg}")
+        if done % self.steps_per_ckpt == 0 or last:
+            self.save()
+
+    # ------------------------------------------------------------------ logs and checkpoints
+
+    def log_training(self) -> None:
+        """A ``{"kind": "train", ...}`` line of the running means since the last one; sums reset."""
+        state, instances = self.state, self.cfg.episodes.instances
+        n = max(1, state["acc_steps"])
+        acc_inst = [c / max(1.0, k) for c, k in zip(state["acc_correct"], state["acc_count"])]
+        if self.main:
+            append_line(self.metrics_path, json.dumps({
+                "kind": "train", "episodes": state["episodes_done"], "loss": state["acc_loss"] / n,
+                "accuracy_by_instance": acc_inst, "train_seconds": round(state["train_seconds"], 3)}))
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{state['acc_loss'] / n:.3f}",
+                                 acc2=f"{acc_inst[1] if len(acc_inst) > 1 else acc_inst[0]:.3f}")
+        state["acc_loss"], state["acc_steps"] = 0.0, 0
+        state["acc_correct"] = [0.0] * instances
+        state["acc_count"] = [0.0] * instances
+
+    def validate(self) -> dict:
+        """Accuracy on the validation classes only (the test classes are for evaluate / kshot /
+        knn), logged as a ``{"kind": "eval", ...}`` line and kept as the state's last_eval."""
+        state, t = self.state, self.cfg.train
+        res = distributed.evaluate_sharded(self.model, self.val_bank, self.cfg.episodes, self.ctx,
+                                           episodes=t.eval_episodes, seed=t.seed, device=self.device)
         res.pop("_per_episode")
         entry = {"kind": "eval", "classes": "validation", **res, "episodes": state["episodes_done"],
                  "eval_episodes": res["episodes"], "train_seconds": round(state["train_seconds"], 3)}
-        if main:
-            append_line(metrics_path, json.dumps(entry))
+        if self.main:
+            append_line(self.metrics_path, json.dumps(entry))
         state["last_eval"] = {"episodes": state["episodes_done"], "classes": "validation",
                               "accuracy_by_instance": res["accuracy_by_instance"]}
         return res
 
-    if ckpt is None:
-        log(f"training {cfg.model.model} ({count_parameters(model):,} parameters) on {device}"
-            + (f" x {ctx.world} processes" if ctx.enabled else "") + ": "
-            f"{cfg.episodes.ways}-way, {cfg.episodes.instances} instances, {cfg.episodes.labels} labels, "
-            f"{train_bank.num_classes:,} training / {val_bank.num_classes:,} validation classes "
-            f"({parts.test.num_classes:,} test classes kept for evaluate)")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total_steps * batch, initial=state["episodes_done"], unit="ep", desc="training",
-                   dynamic_ncols=True, smoothing=0.05)
-    interrupted = None
-    model.train()
-    with _StopFlag() as stop:
-        while state["step"] < total_steps:
-            step = state["step"]
-            t0 = time.perf_counter()
-            rng = batch_rng(t.seed, step)
-            episodes = sample_episodes(train_bank, cfg.episodes, rng, batch)
-            gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if use_jitter else None
-            if not ctx.enabled:
-                tb = to_tensors(episodes, cfg.episodes, device, augment=jitter if use_jitter else None, generator=gen)
-            elif use_jitter:  # the jitter of the whole batch, as one process draws it
-                tb = distributed.shard_batch(to_tensors(episodes, cfg.episodes, device, augment=jitter,
-                                                        generator=gen), first, stop_at)
-            else:
-                tb = to_tensors(distributed.shard_batch(episodes, first, stop_at), cfg.episodes, device)
-            logits = model(tb.images, tb.label_inputs)
-            loss = loss_fn(logits, tb.targets, cfg.episodes)
-            if ctx.enabled:  # this rank's share of the global mean: the ranks' gradients sum to it
-                loss = loss * ((stop_at - first) / batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            with torch.no_grad():
-                correct = correct_steps(logits.detach(), tb.targets, cfg.episodes)
-                acc = [float(a) for a in
-                       per_episode_instance_accuracy(correct, tb.instance, cfg.episodes.instances).sum(0)]
-            loss_value = float(loss.detach())
-            if ctx.enabled:
-                signum = stop.signal
-                distributed.sum_gradients(model.parameters(), ctx)
-                totals = distributed.sum_values(
-                    [loss_value, *acc, float(signum == signal.SIGINT), float(signum == signal.SIGTERM)], ctx, device)
-                loss_value, acc = totals[0], totals[1:-2]
-                stop_signal = signal.SIGINT if totals[-2] else signal.SIGTERM if totals[-1] else None
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-            if not (math.isfinite(loss_value) and math.isfinite(float(norm))):
-                if not t.skip_nonfinite:
-                    if bar is not None:
-                        bar.close()
-                    kept = (f"the last good checkpoint is kept at {ckpt_path} (resume with --resume, or pass "
-                            "--skip-nonfinite to skip such batches)") if main and ckpt_path.exists() else \
-                        "no checkpoint was written yet (pass --skip-nonfinite to skip such batches)"
-                    raise UserError(
-                        f"non-finite loss or gradient at step {step} ({state['episodes_done']:,} episodes); "
-                        f"stopped without updating; {kept}")
-                optimizer.zero_grad(set_to_none=True)
-                state["nonfinite_skipped"] += 1
-                log(f"warning: skipped a batch with a non-finite loss/gradient at step {step}")
-            else:
-                for group in optimizer.param_groups:  # step decay: a function of episodes seen only
-                    group["lr"] = learning_rate(t, step * batch)
-                optimizer.step()
-                state["acc_loss"] += loss_value
-                state["acc_steps"] += 1
-                state["acc_correct"] = [a + b for a, b in zip(state["acc_correct"], acc)]
-                state["acc_count"] = [a + batch for a in state["acc_count"]]
-            state["step"] = step + 1
-            state["episodes_done"] = (step + 1) * batch
-            state["train_seconds"] += time.perf_counter() - t0
-            done = state["step"]
-            if bar is not None:
-                bar.update(batch)
-            if done % steps_per_log == 0 or done == total_steps:
-                n = max(1, state["acc_steps"])
-                acc_inst = [c / max(1.0, k) for c, k in zip(state["acc_correct"], state["acc_count"])]
-                if main:
-                    append_line(metrics_path, json.dumps({
-                        "kind": "train", "episodes": state["episodes_done"], "loss": state["acc_loss"] / n,
-                        "accuracy_by_instance": acc_inst, "train_seconds": round(state["train_seconds"], 3)}))
-                if bar is not None:
-                    bar.set_postfix(loss=f"{state['acc_loss'] / n:.3f}",
-                                    acc2=f"{acc_inst[1] if len(acc_inst) > 1 else acc_inst[0]:.3f}")
-                state["acc_loss"], state["acc_steps"] = 0.0, 0
-                state["acc_correct"] = [0.0] * cfg.episodes.instances
-                state["acc_count"] = [0.0] * cfg.episodes.instances
-            if steps_per_eval and (done % steps_per_eval == 0 or done == total_steps):
-                res = run_eval()
-                msg = " ".join(f"{100 * a:.1f}" for a in res["accuracy_by_instance"])
-                (bar.write if bar is not None else log)(
-                    f"[{state['episodes_done']:,} episodes] validation accuracy by instance (%): {msg}")
-            if done % steps_per_ckpt == 0 or done == total_steps:
-                save()
-            if not ctx.enabled:
-                stop_signal = stop.signal
-            if stop_signal is not None:
-                interrupted = stop_signal
-                save()
-                break
-    if bar is not None:
-        bar.close()
-    if state["step"] == 0 and total_steps == 0:
-        save()
-    distributed.barrier(ctx)  # every rank returns after rank 0's last save
-    summary = {"out": str(out), "episodes_done": state["episodes_done"], "steps": state["step"],
-               "train_seconds": state["train_seconds"], "last_eval": state["last_eval"],
-               "interrupted": interrupted, "rank": ctx.rank, "world_size": ctx.world}
-    if interrupted is not None:
-        log(f"interrupted: checkpoint saved at {state['episodes_done']:,} episodes in {ckpt_path}; "
-            "continue with --resume")
-    return summary
+    def save(self) -> None:
+        """checkpoint.pt (atomic; rank 0): weights, optimiser, loop state, and the log's length
+        so that a resume can drop lines written after it."""
+        if not self.main:
+            return
+        state = self.state
+        state["metrics_bytes"] = self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
+        save_checkpoint(self.ckpt_path, {
+            "config": self.config_dict, "command": self.command, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "state": dict(state),
+            "step": state["step"], "episodes_done": state["episodes_done"],
+            **({"init_from": self.origin} if self.origin else {}),
+            "classes": self.classes_record,
+            **({"train_digests": self.train_digests} if self.train_digests is not None else {}),
+        })
+
+    def finish(self, interrupted) -> dict:
+        """Close the bar, save a run of zero steps, wait for rank 0's last save; the summary."""
+        state = self.state
+        if self.bar is not None:
+            self.bar.close()
+        if state["step"] == 0 and self.total_steps == 0:
+            self.save()
+        distributed.barrier(self.ctx)  # every rank returns after rank 0's last save
+        if interrupted is not None:
+            self.log(f"interrupted: checkpoint saved at {state['episodes_done']:,} episodes in {self.ckpt_path}; "
+                     "continue with --resume")
+        return {"out": str(self.out), "episodes_done": state["episodes_done"], "steps": state["step"],
+                "train_seconds": state["train_seconds"], "last_eval": state["last_eval"],
+                "interrupted": interrupted, "rank": self.ctx.rank, "world_size": self.ctx.world}
