@@ -476,7 +476,21 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
             bank, digests, decode_problems, stats = cached
             return FolderData(root, bank, digests, problems + decode_problems, stats, class_folders, True)
 
-    decode_problems: list[Problem] = []
+    decoded, stats, decode_problems, transient = _decode_classes(root, classes, image_size, channels, resize,
+                                                                 max_pixels, polarity, progress)
+    drop = _drop_duplicates(decoded, decode_problems)
+    bank, digests_arr = _bank_of(decoded, drop, decode_problems, image_size, channels)
+    if cache and not transient:
+        _save_cache(cache_path, prefix, bank, digests_arr, decode_problems, stats)
+    return FolderData(root, bank, digests_arr, problems + decode_problems, stats, class_folders, False)
+
+
+def _decode_classes(root: Path, classes: dict[str, list], image_size: int, channels: int, resize: str,
+                    max_pixels: int, polarity: str, progress: bool):
+    """Every file of every class decoded: ``({class: [(rel, image, digest)]}, {class: stats},
+    problems, transient)``; ``transient``: a failure that says nothing about the file (the
+    result must not be cached)."""
+    problems: list[Problem] = []
     jobs = [(name, f) for name, files in classes.items() for f in files]
     iterator = jobs
     if progress:
@@ -484,13 +498,13 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
         iterator = tqdm(jobs, desc=f"decoding {root.name} at {image_size}px (once)", unit="img", leave=False)
     decoded: dict[str, list[tuple[str, np.ndarray, str]]] = {name: [] for name in classes}
     stats: dict[str, dict] = {}
-    transient = False  # a failure that says nothing about the file: this result is not cached
+    transient = False
     for name, path in iterator:
         rel = _rel(path, root)
         try:
             image, info, digest = read_image_file(path, image_size, channels, resize, max_pixels, polarity)
         except BadImage as exc:
-            decode_problems.append(Problem(exc.kind, rel, str(exc)))
+            problems.append(Problem(exc.kind, rel, str(exc)))
             transient = transient or exc.transient
             continue
         decoded[name].append((rel, image, digest))
@@ -503,8 +517,12 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
     for s in stats.values():
         s["modes"].sort()
         s["formats"].sort()
+    return decoded, stats, problems, transient
 
-    # Duplicates by file content: one picture under two labels is leakage; drop every copy.
+
+def _drop_duplicates(decoded: dict[str, list], problems: list[Problem]) -> set[str]:
+    """The files to skip as duplicates by content (each reported into ``problems``): one
+    picture under two labels is leakage, so every copy goes; within a class, all but the first."""
     where: dict[str, list[tuple[str, str]]] = {}
     for name, items in decoded.items():
         for rel, _, digest in items:
@@ -518,19 +536,24 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
         if len(owners) > 1:
             for rel in files:
                 others = ", ".join(f for f in files if f != rel)
-                decode_problems.append(Problem("duplicate", rel, f"same file as {others} (classes "
-                                               f"{', '.join(owners)}): label leakage, all copies skipped"))
+                problems.append(Problem("duplicate", rel, f"same file as {others} (classes "
+                                        f"{', '.join(owners)}): label leakage, all copies skipped"))
             drop.update(files)
         else:
             for rel in files[1:]:
-                decode_problems.append(Problem("duplicate-in-class", rel, f"same file as {files[0]}; copy skipped"))
+                problems.append(Problem("duplicate-in-class", rel, f"same file as {files[0]}; copy skipped"))
             drop.update(files[1:])
+    return drop
 
+
+def _bank_of(decoded: dict[str, list], drop: set[str], problems: list[Problem], image_size: int,
+             channels: int) -> tuple[ClassBank, np.ndarray]:
+    """The bank of the kept images and their digests; a class left empty is reported into ``problems``."""
     groups, names, digests = [], [], []
     for name, items in decoded.items():
         kept = [(img, d) for rel, img, d in items if rel not in drop]
         if not kept:
-            decode_problems.append(Problem("empty-class", name + "/", "no usable images left (all skipped)"))
+            problems.append(Problem("empty-class", name + "/", "no usable images left (all skipped)"))
             continue
         groups.append(np.stack([img for img, _ in kept]))
         digests += [d for _, d in kept]
@@ -538,10 +561,7 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
     bank = ClassBank.from_groups(groups, names) if groups else \
         ClassBank(np.zeros((0, channels, image_size, image_size), np.uint8), np.zeros(0, np.int64),
                   np.zeros(0, np.int64), [])
-    digests_arr = np.asarray(digests, dtype="<U64")
-    if cache and not transient:
-        _save_cache(cache_path, prefix, bank, digests_arr, decode_problems, stats)
-    return FolderData(root, bank, digests_arr, problems + decode_problems, stats, class_folders, False)
+    return bank, np.asarray(digests, dtype="<U64")
 
 
 # ---------------------------------------------------------------------------- episode needs

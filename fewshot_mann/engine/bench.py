@@ -336,32 +336,71 @@ def _loop_config(args, name: str) -> Config:
     return cfg
 
 
-def _bench(argv) -> int:
-    from fewshot_mann.cli.common import parse_checked, set_threads
+def _checked_args(argv):
+    """The bench's arguments, with --models and the numeric limits checked (UserError)."""
+    from fewshot_mann.cli.common import parse_checked
 
     args = parse_checked(bench_parser(), argv)
-    models = _parse_list(args.models, "--models")
-    unknown = [m for m in models if m not in MODELS and m not in VARIANTS]
+    args.models = _parse_list(args.models, "--models")
+    unknown = [m for m in args.models if m not in MODELS and m not in VARIANTS]
     if unknown:
         raise UserError(f"--models: unknown model(s) {', '.join(unknown)}; "
                         f"choose from {', '.join(MODELS + VARIANTS)}")
-    eval_batches = _parse_list(args.eval_batch_sizes, "--eval-batch-sizes", int)
+    args.eval_batch_sizes = _parse_list(args.eval_batch_sizes, "--eval-batch-sizes", int)
     if args.threads < 0 or args.batch_size < 1 or args.seconds <= 0 or args.rounds < 1 or args.rss_steps < 0 \
-            or args.profile < 0 or min(eval_batches) < 1 or args.synthetic_classes < 5:
+            or args.profile < 0 or min(args.eval_batch_sizes) < 1 or args.synthetic_classes < 5:
         raise UserError("--threads >= 0, --batch-size >= 1, --seconds > 0, --rounds >= 1, --rss-steps >= 0, "
                         "--profile >= 0, --eval-batch-sizes >= 1 and --synthetic-classes >= 5 are required")
+    return args
+
+
+def _load_kernel(models: list[str]) -> tuple[float | None, str | None]:
+    """Build (first use) or load the C++ kernel if a model needs it: (seconds, why unavailable)."""
+    if not any(name in ("mann", CPP) for name in models):
+        return None, None
+    from fewshot_mann.memory.lrua import kernel as cpp
+    wall0 = time.perf_counter()
+    reason = cpp.unavailable_reason()
+    seconds = time.perf_counter() - wall0
+    if reason is not None and CPP in models:
+        raise UserError(f"--models {CPP}: the C++ LRUA kernel is unavailable ({reason})")
+    return seconds, reason
+
+
+def _time_evaluations(models: list[str], loops: dict, bank, batches: list[int], seconds: float) -> list[dict]:
+    """Evaluation speed of each model's loop at each batch size."""
+    evaluation = []
+    for name in models:
+        loop = loops[name]
+        if name == COMPILED:  # evaluation (no gradient) runs the eager fast path: the same as mann
+            continue
+        for batch in batches:
+            print(f"timing evaluation of {name} at batch {batch} ...", file=sys.stderr)
+            evaluation.append({"model": name, **measure_evaluation(loop.model, loop.cfg, bank, batch, seconds)})
+    return evaluation
+
+
+def _describe(base: Config, args, bank) -> str:
+    """The benchmarked configuration in one line, for the report."""
+    m = base.model
+    return (f"{base.episodes.ways}-way, {base.episodes.instances} instances ({base.episodes.steps} steps), "
+            f"batch {args.batch_size}, controller {m.controller_size}, "
+            f"memory {m.memory_slots}x{m.memory_width}, "
+            f"{m.num_read_heads} read heads, {base.data.image_size}x{base.data.image_size} images, "
+            f"{'key strength, ' if m.key_strength else ''}{'Omniglot' if args.data_root else 'synthetic'} "
+            f"bank of {bank.num_classes} classes")
+
+
+def _bench(argv) -> int:
+    from fewshot_mann.cli.common import set_threads
+
+    args = _checked_args(argv)
+    models = args.models
     set_threads(args.threads)
     base = _config(args, "mann")
     bank = _load_bank(args, base)
     load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    cpp_seconds = cpp_reason = None
-    if any(name in ("mann", CPP) for name in models):  # build (first use) or load the C++ kernel
-        from fewshot_mann.memory.lrua import kernel as cpp
-        wall0 = time.perf_counter()
-        cpp_reason = cpp.unavailable_reason()
-        cpp_seconds = time.perf_counter() - wall0
-        if cpp_reason is not None and CPP in models:
-            raise UserError(f"--models {CPP}: the C++ LRUA kernel is unavailable ({cpp_reason})")
+    cpp_seconds, cpp_reason = _load_kernel(models)
     loops = {name: TrainingLoop(_loop_config(args, name), bank, fast=name != AUTOGRAD, cpp=name != FAST)
              for name in models}
     compile_seconds = None
@@ -372,14 +411,7 @@ def _bench(argv) -> int:
         compile_seconds = time.perf_counter() - wall0
     # The project's loops and evaluations run first, so the peak memory they need is
     # known before the reference (whose autograd graph is far larger) has run at all.
-    evaluation = []
-    for name in models:
-        if name == COMPILED:  # evaluation (no gradient) runs the eager fast path: the same as mann
-            continue
-        for batch in eval_batches:
-            print(f"timing evaluation of {name} at batch {batch} ...", file=sys.stderr)
-            r = measure_evaluation(loops[name].model, loops[name].cfg, bank, batch, args.seconds / 2)
-            evaluation.append({"model": name, **r})
+    evaluation = _time_evaluations(models, loops, bank, args.eval_batch_sizes, args.seconds / 2)
     for loop in loops.values():
         loop.step()
     peak_project = _peak_rss_mib()
@@ -393,17 +425,10 @@ def _bench(argv) -> int:
     if args.rss_steps:
         print(f"running {args.rss_steps} MANN training steps for the memory trace ...", file=sys.stderr)
         rss = measure_rss(loops["mann"] if "mann" in loops else TrainingLoop(base, bank), args.rss_steps)
-    m = base.model
     res = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": _machine(), "load_start": load_start, "load_end": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "command": ["fewshot-mann", "bench", *argv],
-        "config": (f"{base.episodes.ways}-way, {base.episodes.instances} instances ({base.episodes.steps} steps), "
-                   f"batch {args.batch_size}, controller {m.controller_size}, "
-                   f"memory {m.memory_slots}x{m.memory_width}, "
-                   f"{m.num_read_heads} read heads, {base.data.image_size}x{base.data.image_size} images, "
-                   f"{'key strength, ' if m.key_strength else ''}{'Omniglot' if args.data_root else 'synthetic'} "
-                   f"bank of {bank.num_classes} classes"),
+        "command": ["fewshot-mann", "bench", *argv], "config": _describe(base, args, bank),
         "compile_seconds": compile_seconds,
         "cpp_load_seconds": cpp_seconds, "cpp_unavailable": cpp_reason,
         "training": training, "evaluation": evaluation, "profiles": profiles, "rss": rss,
