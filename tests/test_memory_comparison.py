@@ -1,24 +1,20 @@
-"""reports/make_memory_comparison.py on the outputs of real tiny runs (train.py,
+"""``fewshot-mann report --only memory-comparison`` on the outputs of real tiny runs (train.py,
 evaluate.py --json, knn --json): the table shows their numbers, the plots are written."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import report
 from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from fewshot_mann.models.mann import count_parameters
+from fewshot_mann.reporting.memory_comparison import training_summary
 from lineage_helpers import train_and_evaluate, use_synthetic_banks
 
-SCRIPT = Path(__file__).resolve().parents[1] / "reports" / "make_memory_comparison.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_memory_comparison", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compare(*argv) -> int:
+    return report.main(["--only", "memory-comparison", *argv])
 
 
 def test_comparison_from_real_tiny_runs(tmp_path, monkeypatch, capsys):
@@ -31,8 +27,8 @@ def test_comparison_from_real_tiny_runs(tmp_path, monkeypatch, capsys):
     assert cli.main(["knn", "--ways", "3", "--instances", "4", "--image-size", "6", "--episodes", "12",
                      "--batch-size", "5", "--json", str(tmp_path / "knn.json"), "--no-progress"]) == 0
     out = tmp_path / "report"
-    script = load_script()
-    rc = script.main(["--results", str(results), "--eval", f"knn-raw={tmp_path / 'knn.json'}", "--out-dir", str(out)])
+    rows = [f"{name}={results / f'{name}.json'}" for name in ("mann", "dnc")] + [f"knn-raw={tmp_path / 'knn.json'}"]
+    rc = compare(*(x for row in rows for x in ("--eval", row)), "--reports-dir", str(tmp_path), "--out-dir", str(out))
     assert rc == 0
     md = (out / "memory_comparison.md").read_text()
     assert "the same 12 evaluation episodes (seed 0), 3-way, 4 instances" in md
@@ -57,23 +53,24 @@ def test_comparison_from_real_tiny_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_no_inputs_or_a_bad_file_is_one_clear_line(tmp_path, capsys):
-    script = load_script()
-    assert script.main(["--results", str(tmp_path), "--out-dir", str(tmp_path)]) == 2
+    assert compare("--reports-dir", str(tmp_path)) == 2
     assert capsys.readouterr().err.startswith("error: no evaluation JSON files given")
     (tmp_path / "x.json").write_text("{}")
-    assert script.main(["--results", str(tmp_path), "--out-dir", str(tmp_path)]) == 2
+    assert compare("--reports-dir", str(tmp_path), "--eval", f"x={tmp_path / 'x.json'}") == 2
     assert "is not an evaluation JSON" in capsys.readouterr().err
-    assert script.main(["--eval", "nameless", "--out-dir", str(tmp_path)]) == 2
+    (tmp_path / "memory_comparison.json").write_text(json.dumps({"rows": [{"name": "x", "eval": "x.json"}]}))
+    assert compare("--reports-dir", str(tmp_path)) == 2  # the same, through the rows file
+    assert "is not an evaluation JSON" in capsys.readouterr().err
+    assert compare("--reports-dir", str(tmp_path), "--eval", "nameless") == 2
     assert "--eval expects NAME=PATH" in capsys.readouterr().err
 
 
 def test_a_run_that_went_on_after_its_evaluation_keeps_its_row(tmp_path):
     """Episodes and speed come from the training log up to the evaluated checkpoint."""
-    script = load_script()
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("\n".join(json.dumps({"kind": "train", "episodes": e, "train_seconds": e / 10})
                                  for e in (100, 200, 300, 400)) + "\n")
-    info = script.training_summary({"training": {"episodes": 250}}, metrics)
+    info = training_summary({"training": {"episodes": 250}}, metrics)
     assert info["episodes"] == 200 and info["train_seconds"] == 20.0
-    info = script.training_summary({}, metrics)  # nothing says where it was evaluated: the whole log
+    info = training_summary({}, metrics)  # nothing says where it was evaluated: the whole log
     assert info["episodes"] == 400

@@ -11,16 +11,6 @@ from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import DECODES, EpisodeConfig
 from fewshot_mann.data.episodes import evaluation_episodes, to_tensors
 
-# Santoro et al. 2016, Table 1 (5-way one-hot, accuracy at instance 1, 2, 3, 4, 5, 10).
-PAPER_INSTANCES = (1, 2, 3, 4, 5, 10)
-PAPER_ROWS = {
-    "Human": (34.5, 57.3, 70.1, 71.8, 81.4, 92.4),
-    "Feedforward": (24.4, 19.6, 21.1, 19.9, 22.8, 19.5),
-    "LSTM": (24.4, 49.5, 55.3, 61.0, 63.6, 62.5),
-    "MANN": (36.4, 82.8, 91.0, 92.6, 94.9, 98.1),
-}
-
-
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor, cfg: EpisodeConfig) -> torch.Tensor:
     """Cross-entropy summed over label groups, mean over steps. logits (B,T,G*S), targets (B,T,G)."""
     flat = logits.reshape(-1, cfg.group_size)

@@ -1,0 +1,69 @@
+"""The reports' plots: accuracy by instance against the paper, learning curves."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from fewshot_mann.fileio import atomic_write_bytes
+from fewshot_mann.reporting.paper import PAPER_INSTANCES, TABLE1
+from fewshot_mann.reporting.run_logs import read_metrics
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=130, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_by_instance(results: list[tuple[str, dict]], path, paper_rows=("MANN", "Human"),
+                     title: str = "Held-out accuracy by instance") -> None:
+    """Accuracy vs instance with 95% CI bands, and the paper's rows (Table 1) for reference."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, res in results:
+        acc = [100 * a for a in res["accuracy_by_instance"]]
+        ci = [100 * c for c in res["ci95"]]
+        xs = list(range(1, len(acc) + 1))
+        line, = ax.plot(xs, acc, marker="o", label=label)
+        ax.fill_between(xs, [a - c for a, c in zip(acc, ci)], [a + c for a, c in zip(acc, ci)],
+                        color=line.get_color(), alpha=0.2)
+    for name in paper_rows:
+        ax.plot(PAPER_INSTANCES, TABLE1[name], linestyle="--", marker="x", alpha=0.7,
+                label=f"paper: {name} (Santoro et al. 2016, Table 1)")
+    ax.set_xlabel("instance (presentation of a class in the episode)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_learning_curves(runs: list[tuple[str, str]], path, instance: int = 2,
+                         title: str | None = None) -> None:
+    """Held-out accuracy at ``instance`` (1-based) vs training episodes for each run's metrics.jsonl."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, metrics in runs:
+        evals = [m for m in read_metrics(metrics) if m.get("kind") == "eval"]
+        if not evals:
+            continue
+        xs = [m["episodes"] for m in evals]
+        ys = [100 * m["accuracy_by_instance"][instance - 1] for m in evals]
+        ax.plot(xs, ys, label=label)
+    ax.set_xlabel("training episodes")
+    ax.set_ylabel(f"held-out accuracy at instance {instance} (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or f"Learning curves (instance {instance})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
