@@ -27,7 +27,7 @@ RESIZE_POLICIES = ("pad", "crop", "stretch")  # folder datasets: how any aspect 
 # folder datasets, raw-pixel encoders: keep the pixels, invert them, or (auto) invert each image
 # whose border is light, so every image has a dark background as the Omniglot reader gives.
 POLARITIES = ("auto", "keep", "invert")
-BACKBONE_LIBRARIES = ("timm", "torchvision")  # --encoder LIBRARY:NAME, a pretrained backbone (backbones.py)
+BACKBONE_LIBRARIES = ("timm", "torchvision", "fewshot")  # --encoder LIBRARY:NAME, a pretrained backbone (backbones.py)
 FEATURE_NORMS = ("none", "l2", "center-l2")  # how backbone features enter a model (models.FeatureEncoder)
 
 # The paper's string labels: 5 characters over an alphabet of 5 symbols.

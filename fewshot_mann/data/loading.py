@@ -24,6 +24,10 @@ def reader_settings(cfg: Config) -> dict:
     reads RGB at its own input size, the photo as it is (ImageNet features know light
     backgrounds)."""
     d = cfg.data
+    if is_backbone(cfg.model.encoder) and cfg.model.encoder.startswith("fewshot:"):
+        from fewshot_mann.models.backbones import preprocessing  # grayscale, trained on bright strokes: as pixels
+        return {"image_size": preprocessing(cfg.model.encoder).image_size, "channels": 1, "resize": d.resize,
+                "polarity": d.polarity}
     if is_backbone(cfg.model.encoder):
         from fewshot_mann.models.backbones import preprocessing
         return {"image_size": preprocessing(cfg.model.encoder).image_size, "channels": 3, "resize": d.resize,
@@ -38,14 +42,18 @@ def load_image_parts(cfg: Config, progress: bool = True, recorded: dict | None =
     d = cfg.data
     if d.dataset == "omniglot":
         from fewshot_mann.data.omniglot import load_omniglot, load_split, split_parts
-        if is_backbone(cfg.model.encoder):
+        size = d.image_size
+        if is_backbone(cfg.model.encoder) and cfg.model.encoder.startswith("fewshot:"):
+            from fewshot_mann.models.backbones import preprocessing
+            size = preprocessing(cfg.model.encoder).image_size
+        elif is_backbone(cfg.model.encoder):
             raise UserError("a backbone encoder reads image folders (--dataset folder); to meta-train on Omniglot "
                             "through it, write Omniglot characters as PNG folders first "
                             "(fewshot_mann.data.omniglot.write_png_folder)")
         load_split(d.split)  # a bad split fails before the decode
         if d.channels != 1:
             raise UserError("Omniglot is grayscale: use --channels 1")
-        bank = load_omniglot(d.data_root, d.image_size, progress=progress)
+        bank = load_omniglot(d.data_root, size, progress=progress)
         parts = split_parts(bank, d.split)
         return SplitBanks(parts["train"], parts["validation"], parts["test"])
     if d.dataset == "folder":

