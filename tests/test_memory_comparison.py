@@ -6,7 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import main as cli
 from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from fewshot_mann.models.mann import count_parameters
 from lineage_helpers import train_and_evaluate, use_synthetic_banks
