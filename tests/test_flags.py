@@ -1,4 +1,4 @@
-"""The train flags are generated from the config fields' metadata (config.py option):
+"""Flags. The train flags are generated from the config fields' metadata (config.py option):
 this pins them to the flags ``train --help`` offered before (commit b2b607d), so nothing drifts."""
 from __future__ import annotations
 
@@ -133,3 +133,67 @@ def test_config_file_keys_old_and_new(tmp_path):
 def test_both_spellings_at_once_is_an_error(argv, capsys):
     assert train_cli.main([*argv, "--no-progress"]) == 2
     assert "give --class-split only" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ the other commands' shared flags
+
+def test_classes_and_its_old_spelling_in_evaluate_and_knn(capsys):
+    from fewshot_mann.cli.common import parse_checked
+    from fewshot_mann.errors import UserError
+    from fewshot_mann.cli.evaluate import evaluate_parser
+    from fewshot_mann.cli.knn import knn_parser
+
+    for parser, base in ((evaluate_parser, ["--checkpoint", "C"]), (knn_parser, [])):
+        args = parse_checked(parser(), [*base, "--split", "train"])
+        assert args.classes == "training"
+        assert capsys.readouterr().err.strip() == "note: --split train is deprecated; use --classes training"
+        assert parse_checked(parser(), [*base, "--classes", "validation"]).classes == "validation"
+        with pytest.raises(UserError, match="give --classes only"):
+            parse_checked(parser(), [*base, "--split", "test", "--classes", "test"])
+        assert "--split " not in parser().format_help() and "[--split" not in parser().format_help().replace("[--split-seed", "")
+
+
+def test_kshot_scores_the_classes_asked_for():
+    from fewshot_mann.cli.common import classes_option, parse_checked
+    from fewshot_mann.cli.kshot import parser
+
+    assert classes_option(parse_checked(parser(), ["--checkpoint", "C"])) == "test"
+    assert classes_option(parse_checked(parser(), ["--checkpoint", "C", "--classes", "held-out"])) == "test"
+    assert classes_option(parse_checked(parser(), ["--checkpoint", "C", "--classes", "validation"])) == "validation"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["kshot", "--checkpoint", "C", "--shots", "1", "0"], "--shots must be at least 1"),
+    (["kshot", "--checkpoint", "C", "--adapt", "-1"], "--adapt must be >= 0"),
+    (["predict", "--checkpoint", "C", "--support", "s", "--query", "q", "--orders", "0"], "--orders must be at least 1"),
+    (["predict", "--checkpoint", "C", "--support", "s", "--query", "q", "--threshold", "2"], "--threshold must be"),
+    (["bench", "--rounds", "0"], "--rounds must be at least 1"),
+    (["bench", "--seconds", "0"], "--seconds must be > 0"),
+    (["knn", "--split-seed", "-1"], "--split-seed must be in [0, 2**63)"),
+    (["inspect", "F", "--channels", "2"], "--channels must be 1 or 3"),
+])
+def test_each_flag_is_checked_before_any_work(argv, needle, capsys):
+    from fewshot_mann.cli import main as cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_dispatcher_lists_every_verb_and_the_report_slot(capsys):
+    from fewshot_mann.cli import main as cli
+
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "report    regenerate the reports' tables and plots" in out
+    assert set(cli.VERBS) == {"train", "evaluate", "inspect", "predict", "bench", "knn", "export", "kshot",
+                              "models", "cache", "report"}
+    assert cli.main(["nope"]) == 2
+
+
+def test_engine_and_data_do_not_import_cli():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "fewshot_mann"
+    for path in [*root.glob("engine/*.py"), *root.glob("data/*.py"), *root.glob("models/*.py"), *root.glob("memory/**/*.py")]:
+        assert "fewshot_mann.cli" not in path.read_text(), path
