@@ -2,7 +2,7 @@
 """Evaluate a checkpoint: accuracy by instance on held-out classes. See ``--help``."""
 import sys
 
-from fewshot_mann.cli.common import evaluate_main as main
+from fewshot_mann.cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 """Meta-train a MANN on label-shifted episodes. See ``python train.py --help``."""
 import sys
 
-from fewshot_mann.cli.common import train_main as main
+from fewshot_mann.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

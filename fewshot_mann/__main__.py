@@ -1,5 +1,5 @@
 import sys
 
-from fewshot_mann.cli.common import main
+from fewshot_mann.cli.main import main
 
 sys.exit(main())

@@ -42,7 +42,7 @@ MAX_TEXT = 4096  # characters of any text field (a path, a class list)
 
 # ----------------------------------------------------------------- options shared by every command
 # One definition of each shared option's rule, used by Config.validate (train, a config file,
-# a checkpoint) and by cli.check_shared_flags (evaluate, predict, kshot, knn, bench, inspect).
+# a checkpoint) and by the shared flags of every other command (cli/common.py).
 
 def device_problem(device) -> str | None:
     if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
@@ -56,9 +56,9 @@ def threads_problem(threads) -> str | None:
     return None
 
 
-def seed_problem(seed) -> str | None:
+def seed_problem(seed, flag: str = "--seed") -> str | None:
     if not _is_int(seed) or not 0 <= seed < MAX_SEED:
-        return f"--seed must be in [0, 2**63) (got {seed!r:.40})"
+        return f"{flag} must be in [0, 2**63) (got {seed!r:.40})"
     return None
 
 
@@ -76,7 +76,7 @@ def _is_int(value) -> bool:
 
 # ----------------------------------------------------------------------- types of config values
 
-def _kind_of(annotation) -> tuple[type, bool]:
+def kind_of(annotation) -> tuple[type, bool]:
     """(bool | int | float | str, optional) of a dataclass field annotation."""
     args = typing.get_args(annotation)
     optional = type(None) in args
@@ -92,7 +92,7 @@ def check_type(section: str, name: str, value, where: str = "config"):
     hints = typing.get_type_hints(cls)
     if name not in hints:
         raise UserError(f"{where}: unknown key {section}.{name}")
-    base, optional = _kind_of(hints[name])
+    base, optional = kind_of(hints[name])
     if value is None and optional:
         return None
     label = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]
@@ -127,37 +127,137 @@ def legacy_polarity(data: dict) -> str:
     return "keep" if data.get("dataset", "omniglot") == "folder" else "auto"
 
 
+# ------------------------------------------------------------------ one declaration per option
+# Every config field is declared once, with ``option(...)``: its default, and as metadata the
+# train flag that sets it, the flag's help, its bounds or choices. ``cli/train.py`` builds the
+# train parser from this metadata (one argument group per section), ``Config.validate`` checks
+# the bounds and choices from it (rules between fields stay in ``validate``), and ``-c`` config
+# files are read through it.
+
+def option(default=None, *, help: str | None = None, flag: str | bool | None = None, aliases: tuple[str, ...] = (),
+           choices: tuple | None = None, low=None, high=None, low_open: bool = False, high_open: bool = False,
+           bounds: str | None = None, note: str | None = None, problem=None, negatable: bool = True):
+    """A dataclass field with its command-line and validation metadata.
+
+    ``flag``: the train flag (default ``--field-name``; False: no flag, set by the program).
+    ``aliases``: deprecated spellings of the flag (a one-line notice when used).
+    ``choices``: the allowed values (a str field's flag also gets argparse ``choices``).
+    ``low``/``high`` (``*_open``: excluded): bounds; ``bounds`` overrides their wording in the
+    error ("must be {bounds}"), ``note`` is added after the value ("0 = never").
+    ``problem``: ``value -> message | None``, a rule shared with other commands (device, seed).
+    ``negatable``: a bool flag gets ``--no-X`` too (argparse.BooleanOptionalAction); else store_true.
+    """
+    meta = {"help": help, "flag": flag, "aliases": aliases, "choices": choices, "low": low, "high": high,
+            "low_open": low_open, "high_open": high_open, "bounds": bounds, "note": note, "problem": problem,
+            "negatable": negatable}
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str | None:
+    """The train flag of config field ``f`` (None: the field has none)."""
+    flag = f.metadata.get("flag")
+    if flag is False:
+        return None
+    return flag or "--" + f.name.replace("_", "-")
+
+
+def dest_of(flag: str) -> str:
+    """argparse's attribute name for ``flag``: --read-heads -> read_heads."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _bounds_text(meta) -> str:
+    if meta["bounds"]:
+        return meta["bounds"]
+    low, high = meta["low"], meta["high"]
+    if high is None or high == math.inf:
+        if meta["low_open"]:
+            return f"> {low}"
+        return f"at least {low}" if low >= 1 else f">= {low}"
+    if low is None:
+        return f"below {high}" if meta["high_open"] else f"at most {high}"
+    return f"in {'(' if meta['low_open'] else '['}{low}, {high}{')' if meta['high_open'] else ']'}"
+
+
+def field_problem(f: dataclasses.Field, value) -> str | None:
+    """The one-line message if ``value`` breaks field ``f``'s own bounds or choices, else None."""
+    meta = f.metadata
+    name = flag_of(f) or f.name
+    if meta.get("problem"):
+        return meta["problem"](value)
+    if value is None:
+        return None
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        if all(isinstance(c, str) for c in choices):
+            return f"{name} must be one of {', '.join(choices)} (got {value!r})"
+        return f"{name} must be {' or '.join(map(str, choices))} (got {value})"
+    low, high = meta.get("low"), meta.get("high")
+    if low is None and high is None:
+        return None
+    ok = low is None or (value > low if meta["low_open"] else value >= low)
+    ok = ok and (high is None or (value < high if meta["high_open"] else value <= high))
+    if ok:
+        return None
+    note = f"; {meta['note']}" if meta.get("note") else ""
+    return f"{name} must be {_bounds_text(meta)} (got {value}{note})"
+
+
+def flagged_fields():
+    """(section, field, flag) of every config field that has a train flag, section by section."""
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            flag = flag_of(f)
+            if flag:
+                yield section, f, flag
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "omniglot"
-    data_root: str | None = None
-    split: str = "santoro"
-    image_size: int = 20
-    channels: int = 1
-    rotations: bool = True  # training classes x4 by 90/180/270 degree rotations
-    jitter_shift: float = 0.0  # max random shift (pixels) per training sample
-    jitter_rotate: float = 0.0  # max random rotation (degrees) per training sample
-    test_root: str | None = None
-    test_classes: str | None = None
-    validation_classes: str | None = None  # folder datasets: fraction (default 0.2), comma list or none
-    resize: str = "pad"  # folder datasets: pad (keep all, letterbox), crop (centre) or stretch
+    dataset: str = option("omniglot", choices=DATASETS)
+    data_root: str | None = option(
+        None, help="Omniglot root (default: $FEWSHOT_MANN_DATA, else ~/.cache/fewshot-mann/data) or image folder")
+    # which classes are held out; the flag is --class-split (--split: its deprecated spelling)
+    split: str = option("santoro", flag="--class-split", aliases=("--split",),
+                        help='Omniglot class split: santoro, lake, or a .json file {"train": [names], "test": [names]}')
+    image_size: int = option(20, problem=image_size_problem)
+    channels: int = option(1, choices=(1, 3), help="1 = grayscale, 3 = RGB")
+    rotations: bool = option(True, help="multiply training classes by 90/180/270 degree rotations")
+    # max random shift (pixels) per training sample; its bound is --image-size (validate)
+    jitter_shift: float = option(0.0, help="max random shift (pixels), training only")
+    jitter_rotate: float = option(0.0, low=0, high=180, bounds="in [0, 180] degrees",
+                                  help="max random rotation (degrees), training only")
+    test_root: str | None = option(None, help="folder datasets: a separate folder of held-out classes")
+    test_classes: str | None = option(
+        None, help="folder datasets: held-out fraction (default 0.3, seeded by --seed) or comma list of classes")
+    validation_classes: str | None = option(  # folder datasets: fraction (default 0.2), comma list or none
+        None, help="folder datasets: validation classes (every in-training check and choice) drawn from the "
+                   "non-test classes: a fraction of all classes (default 0.2, seeded by --seed), a comma list, "
+                   "or none; Omniglot splits name theirs")
+    resize: str = option("pad", choices=RESIZE_POLICIES,
+                         help="folder datasets: pad (whole image, letterboxed), crop (centre square) or stretch")
     # Folder datasets with a raw-pixel encoder (linear/conv): see POLARITIES. Configs saved
     # before this option existed read it as legacy_polarity() (from_dict), so they keep
     # what they were trained on. Backbone encoders always see the photo as it is.
-    polarity: str = "auto"
+    polarity: str = option("auto", choices=POLARITIES,
+                           help="folder datasets, raw-pixel encoders: auto = invert each image whose border is "
+                                "light, so every image is bright on dark like the Omniglot reader's; keep; invert")
     # Training-only photometric augmentation for raw-pixel encoders: each episode inverted with
     # probability augment_invert; each image's contrast and brightness scaled/shifted by up to
     # +-augment_contrast / +-augment_brightness (fractions of the 0..1 range).
-    augment_invert: float = 0.0
-    augment_contrast: float = 0.0
-    augment_brightness: float = 0.0
+    augment_invert: float = option(0.0, low=0, high=1, bounds="a probability in [0, 1]",
+                                   help="raw pixels, training only: probability of inverting an episode")
+    augment_contrast: float = option(0.0, low=0, high=1, high_open=True,
+                                     help="raw pixels, training only: random contrast factor 1 +- this per image")
+    augment_brightness: float = option(0.0, low=0, high=1,
+                                       help="raw pixels, training only: random brightness shift +- this per image")
 
 
 @dataclass
 class EpisodeConfig:
-    ways: int = 5
-    instances: int = 10
-    labels: str = "onehot"
+    ways: int = option(5, low=1)
+    instances: int = option(10, low=1)
+    labels: str = option("onehot", choices=LABEL_ENCODINGS)
 
     @property
     def steps(self) -> int:
@@ -180,48 +280,67 @@ class EpisodeConfig:
 
 @dataclass
 class ModelConfig:
-    model: str = "mann"
-    encoder: str = "linear"
-    controller_size: int = 200
-    memory_slots: int = 128
-    memory_width: int = 40
-    num_read_heads: int = 4
-    usage_decay: float = 0.95
-    key_strength: bool = False  # extension: learned sharpening of the read softmax
+    model: str = option("mann", choices=MODELS)
+    # linear / conv, or LIBRARY:NAME (checked in validate: any NAME of a known library)
+    encoder: str = option("linear", help=f"{' or '.join(ENCODERS)} (raw pixels), or a frozen pretrained backbone "
+                                         "LIBRARY:NAME, e.g. timm:tf_efficientnet_lite0 (pip install -e \".[photos]\"; "
+                                         "features computed once and cached)")
+    controller_size: int = option(200, low=1)
+    memory_slots: int = option(128, low=1)
+    memory_width: int = option(40, low=1)
+    num_read_heads: int = option(4, flag="--read-heads", low=1)
+    usage_decay: float = option(0.95, low=0, high=1)
+    key_strength: bool = option(  # extension: learned sharpening of the read softmax
+        False, help="extension: learned sharpening of the read softmax (not in the paper)")
     # encoder "timm:NAME" / "torchvision:NAME": a frozen pretrained backbone whose features are
     # computed once and cached (features.py); the checkpoint holds the model over the features
     # only and names the backbone (encoder, encoder_weights, weights_hash, feature_dim).
-    encoder_weights: str = "imagenet"  # imagenet | none (random, seeded: tests) | PATH of a weights file
-    weights_hash: str = ""  # sha256 of the backbone weights the features came from (set at training)
-    feature_dim: int = 0  # backbone feature width (set at training)
-    feature_norm: str = "center-l2"  # FEATURE_NORMS
+    encoder_weights: str = option(  # imagenet | none (random, seeded: tests) | PATH of a weights file
+        "imagenet", help="backbone weights: imagenet (the library's; tf_efficientnet_lite0 offline from the "
+                         "[photos] extra), none (random, tests) or PATH of a state-dict file")
+    weights_hash: str = option("", flag=False)  # sha256 of the backbone weights the features came from (set at training)
+    feature_dim: int = option(0, flag=False, low=0)  # backbone feature width (set at training)
+    feature_norm: str = option(
+        "center-l2", choices=FEATURE_NORMS,
+        help="backbone features: centred on the episode mean and unit length, unit length, or as they are")
     # > 0: a learned linear map of the normalised features to this width (e.g. 400, the input
     # width of the 20x20 Omniglot models, so --init-from one of them reuses its whole memory model)
-    feature_proj: int = 0
-    compile: bool = False  # mann: train the LRUA recurrence through torch.compile (same maths; compiled.py)
-    num_write_heads: int = 1  # ntm (the dnc has exactly one write head)
-    shift_range: int = 1  # ntm: location shifts -S..+S (the NTM paper's {-1, 0, +1})
-    transformer_layers: int = 3
-    transformer_heads: int = 4
-    transformer_width: int = 128
-    transformer_max_steps: int = 256  # learned positions: the longest episode it can read
+    feature_proj: int = option(0, low=0, note="0 = none",
+                               help="backbone features: learned linear map to this width first (0 = none; 400 lets "
+                                    "--init-from a 20x20 Omniglot model reuse its memory model)")
+    compile: bool = option(  # mann: train the LRUA recurrence through torch.compile (same maths; compiled.py)
+        False, help="mann: train the recurrence through torch.compile (needs a C++ compiler; minutes of "
+                    "compiling on first use, cached on disk; falls back to the eager fast path)")
+    num_write_heads: int = option(1, flag="--write-heads", low=1,  # ntm (the dnc has exactly one write head)
+                                  help="ntm: write heads (dnc: always 1)")
+    shift_range: int = option(1, low=0,  # ntm: location shifts -S..+S (the NTM paper's {-1, 0, +1})
+                              help="ntm: location shifts -S..+S of the previous weighting")
+    transformer_layers: int = option(3, low=1)
+    transformer_heads: int = option(4, low=1)
+    transformer_width: int = option(128)  # a positive multiple of transformer_heads (validate)
+    transformer_max_steps: int = option(  # learned positions: the longest episode it can read
+        256, low=1, help="transformer: learned positions, the longest episode (ways x instances) it can read")
 
 
 @dataclass
 class TrainConfig:
-    episodes: int = 100_000
-    batch_size: int = 16
-    lr: float = 1e-3
-    grad_clip: float = 10.0
-    lr_decay_at: int = 0  # after this many episodes the learning rate is multiplied by lr_decay_factor (0 = never)
-    lr_decay_factor: float = 0.1
-    seed: int = 0
-    eval_every: int = 10_000
-    eval_episodes: int = 400
-    checkpoint_every: int = 5_000
-    device: str = "auto"
-    threads: int = 0  # 0 = torch default
-    skip_nonfinite: bool = False
+    episodes: int = option(100_000, low=0, help="total training episodes")
+    batch_size: int = option(16, low=1)
+    lr: float = option(1e-3, low=0, low_open=True, high=math.inf, high_open=True, bounds="a finite number > 0")
+    grad_clip: float = option(10.0, low=0, high=math.inf, high_open=True, note="0 disables clipping",
+                              help="gradient-norm clip (0 = off)")
+    # after this many episodes the learning rate is multiplied by lr_decay_factor (0 = never)
+    lr_decay_at: int = option(0, low=0, bounds=">= 0 episodes", note="0 = never",
+                              help="episodes after which the learning rate is multiplied by --lr-decay-factor "
+                                   "(0 = never)")
+    lr_decay_factor: float = option(0.1, low=0, low_open=True, high=1)
+    seed: int = option(0, problem=seed_problem, help="seed in [0, 2**63)")
+    eval_every: int = option(10_000, low=0, note="0 = never", help="episodes between held-out evaluations (0 = never)")
+    eval_episodes: int = option(400, low=1)
+    checkpoint_every: int = option(5_000, low=1, help="episodes between checkpoints")
+    device: str = option("auto", problem=device_problem, help="auto, cpu, cuda or cuda:N")
+    threads: int = option(0, problem=threads_problem, help="torch threads (0 = torch default)")  # 0 = torch default
+    skip_nonfinite: bool = option(False, negatable=False, help="skip batches with a NaN/inf loss instead of stopping")
 
 
 @dataclass
@@ -270,71 +389,38 @@ class Config:
         return cfg
 
     def validate(self) -> None:
-        """Raise ``UserError`` with one clear line for any invalid value (types first)."""
+        """Raise ``UserError`` with one clear line for any invalid value: types first, then each
+        field's own bounds and choices (its ``option`` metadata), then the rules between fields."""
         self.check_types()
-        d, e, m, t = self.data, self.episodes, self.model, self.train
+        for section in SECTIONS:
+            part = getattr(self, section)
+            for f in dataclasses.fields(part):
+                problem = field_problem(f, getattr(part, f.name))
+                if problem:
+                    raise UserError(problem)
+        d, e, m = self.data, self.episodes, self.model
         checks = [
-            (d.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)} (got {d.dataset!r})"),
-            (d.image_size >= 4, f"--image-size must be at least 4 (got {d.image_size})"),
-            (d.channels in (1, 3), f"--channels must be 1 or 3 (got {d.channels})"),
-            (d.image_size <= MAX_IMAGE_SIZE, f"--image-size must be at most {MAX_IMAGE_SIZE} (got {d.image_size})"),
             (0 <= d.jitter_shift < d.image_size,
              f"--jitter-shift must be >= 0 and below --image-size {d.image_size} (got {d.jitter_shift})"),
-            (0 <= d.jitter_rotate <= 180, f"--jitter-rotate must be in [0, 180] degrees (got {d.jitter_rotate})"),
-            (d.polarity in POLARITIES, f"--polarity must be one of {', '.join(POLARITIES)} (got {d.polarity!r})"),
-            (0 <= d.augment_invert <= 1, f"--augment-invert must be a probability in [0, 1] (got {d.augment_invert})"),
-            (0 <= d.augment_contrast < 1, f"--augment-contrast must be in [0, 1) (got {d.augment_contrast})"),
-            (0 <= d.augment_brightness <= 1, f"--augment-brightness must be in [0, 1] (got {d.augment_brightness})"),
-            (d.resize in RESIZE_POLICIES, f"--resize must be one of {', '.join(RESIZE_POLICIES)} (got {d.resize!r})"),
-            (e.ways >= 1, f"--ways must be at least 1 (got {e.ways})"),
-            (e.instances >= 1, f"--instances must be at least 1 (got {e.instances})"),
-            (e.labels in LABEL_ENCODINGS, f"--labels must be one of {', '.join(LABEL_ENCODINGS)} (got {e.labels!r})"),
             (e.labels != "string" or e.ways <= STRING_SYMBOLS**STRING_LENGTH,
              f"--ways must be at most {STRING_SYMBOLS**STRING_LENGTH} with string labels"),
-            (m.model in MODELS, f"--model must be one of {', '.join(MODELS)} (got {m.model!r})"),
             (m.encoder in ENCODERS or is_backbone(m.encoder),
              f"--encoder must be one of {', '.join(ENCODERS)} or LIBRARY:NAME with LIBRARY one of "
              f"{', '.join(BACKBONE_LIBRARIES)}, e.g. timm:tf_efficientnet_lite0 (got {m.encoder!r})"),
             (bool(m.encoder_weights), "--encoder-weights must be imagenet, none or the path of a weights file"),
-            (m.feature_proj >= 0, f"--feature-proj must be >= 0 (got {m.feature_proj}; 0 = none)"),
-            (m.feature_dim >= 0, f"feature_dim must be >= 0 (got {m.feature_dim})"),
-            (m.feature_norm in FEATURE_NORMS,
-             f"--feature-norm must be one of {', '.join(FEATURE_NORMS)} (got {m.feature_norm!r})"),
             (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
-            (m.controller_size >= 1, f"--controller-size must be at least 1 (got {m.controller_size})"),
-            (m.memory_slots >= 1, f"--memory-slots must be at least 1 (got {m.memory_slots})"),
-            (m.memory_width >= 1, f"--memory-width must be at least 1 (got {m.memory_width})"),
-            (m.num_read_heads >= 1, f"--read-heads must be at least 1 (got {m.num_read_heads})"),
             (m.num_read_heads <= m.memory_slots,
              f"--read-heads ({m.num_read_heads}) cannot exceed --memory-slots ({m.memory_slots})"),
-            (0.0 <= m.usage_decay <= 1.0, f"--usage-decay must be in [0, 1] (got {m.usage_decay})"),
-            (m.num_write_heads >= 1, f"--write-heads must be at least 1 (got {m.num_write_heads})"),
             (m.model != "dnc" or m.num_write_heads == 1,
              f"--model dnc has exactly one write head (got --write-heads {m.num_write_heads}); use --model ntm for more"),
-            (m.shift_range >= 0, f"--shift-range must be >= 0 (got {m.shift_range})"),
             (2 * m.shift_range + 1 <= m.memory_slots,
              f"--shift-range {m.shift_range} spans {2 * m.shift_range + 1} slots, more than --memory-slots {m.memory_slots}"),
-            (m.transformer_layers >= 1, f"--transformer-layers must be at least 1 (got {m.transformer_layers})"),
-            (m.transformer_max_steps >= 1, f"--transformer-max-steps must be at least 1 (got {m.transformer_max_steps})"),
-            (m.transformer_heads >= 1, f"--transformer-heads must be at least 1 (got {m.transformer_heads})"),
             (m.transformer_width >= 1 and m.transformer_width % max(1, m.transformer_heads) == 0,
              f"--transformer-width must be a positive multiple of --transformer-heads "
              f"(got {m.transformer_width} and {m.transformer_heads})"),
             (m.model != "transformer" or m.transformer_max_steps >= e.steps,
              f"--transformer-max-steps {m.transformer_max_steps} is shorter than an episode "
              f"({e.ways} ways x {e.instances} instances = {e.steps} steps)"),
-            (t.episodes >= 0, f"--episodes must be >= 0 (got {t.episodes})"),
-            (t.batch_size >= 1, f"--batch-size must be at least 1 (got {t.batch_size})"),
-            (0 < t.lr < math.inf, f"--lr must be a finite number > 0 (got {t.lr})"),
-            (t.lr_decay_at >= 0, f"--lr-decay-at must be >= 0 episodes (got {t.lr_decay_at}; 0 = never)"),
-            (0 < t.lr_decay_factor <= 1, f"--lr-decay-factor must be in (0, 1] (got {t.lr_decay_factor})"),
-            (0 <= t.grad_clip < math.inf, f"--grad-clip must be >= 0 (got {t.grad_clip}; 0 disables clipping)"),
-            (t.eval_every >= 0, f"--eval-every must be >= 0 (got {t.eval_every}; 0 = never)"),
-            (t.eval_episodes >= 1, f"--eval-episodes must be at least 1 (got {t.eval_episodes})"),
-            (t.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {t.checkpoint_every})"),
-            (device_problem(t.device) is None, device_problem(t.device)),
-            (threads_problem(t.threads) is None, threads_problem(t.threads)),
-            (seed_problem(t.seed) is None, seed_problem(t.seed)),
         ]
         for ok, message in checks:
             if not ok:

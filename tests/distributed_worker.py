@@ -9,7 +9,8 @@ import sys
 
 import torch
 
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli.train import main as train_main
+from fewshot_mann.cli.evaluate import main as evaluate_main
 
 from fewshot_mann.engine import distributed
 
@@ -25,7 +26,7 @@ if __name__ == "__main__":
     commands.append(current)
     status = 0
     for name, *argv in commands:
-        status = {"train": cli.train_main, "evaluate": cli.evaluate_main}[name](argv)
+        status = {"train": train_main, "evaluate": evaluate_main}[name](argv)
         if status:
             break
     distributed.close(ctx)

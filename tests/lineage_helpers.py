@@ -12,7 +12,7 @@ from PIL import Image
 import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import main as cli
 from helpers import patch_banks
 
 TINY_ARGS = ["--controller-size", "16", "--memory-slots", "8", "--memory-width", "5", "--read-heads", "2",

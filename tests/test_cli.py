@@ -11,7 +11,7 @@ import torch
 
 import evaluate as evaluate_script
 import train as train_script
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import train as train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--controller-size", "16", "--memory-slots", "12", "--memory-width", "6", "--read-heads", "2",
@@ -47,8 +47,8 @@ def test_train_then_evaluate_round_trip(omniglot_args, tmp_path, capsys):
 def test_config_file_values_become_defaults(tmp_path):
     cfg_file = tmp_path / "c.json"
     cfg_file.write_text(json.dumps({"ways": 3, "model": {"memory_slots": 64}}))
-    args = cli.parse_train_args(["-c", str(cfg_file), "--ways", "4"])
-    cfg = cli.config_from_args(args)
+    args = train_cli.parse_train_args(["-c", str(cfg_file), "--ways", "4"])
+    cfg = train_cli.config_from_args(args)
     assert cfg.episodes.ways == 4 and cfg.model.memory_slots == 64  # flags still override
 
 

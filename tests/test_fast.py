@@ -214,7 +214,7 @@ def test_cuda_matches_cpu():
 def test_bench_times_both_loops_and_writes_json(tmp_path, capsys):
     import json
 
-    from fewshot_mann.engine import bench
+    from fewshot_mann.cli import bench
 
     out = tmp_path / "bench.json"
     assert bench.main(["--threads", "1", "--seconds", "0.05", "--rounds", "1", "--eval-batch-sizes", "3",
@@ -229,7 +229,7 @@ def test_bench_times_both_loops_and_writes_json(tmp_path, capsys):
 
 
 def test_bench_rejects_unknown_models():
-    from fewshot_mann.engine import bench
+    from fewshot_mann.cli import bench
 
     assert bench.main(["--models", "mann,nope"]) == 2
 
@@ -320,7 +320,7 @@ def test_compile_unavailable_uses_the_eager_fast_path(compiled_module, monkeypat
 
 
 def test_compile_is_a_saved_config_option_and_evaluation_stays_eager(compiled_module, monkeypatch):
-    from fewshot_mann.cli.common import config_from_args, parse_train_args
+    from fewshot_mann.cli.train import config_from_args, parse_train_args
 
     assert Config.from_dict({"model": {"model": "mann"}}).model.compile is False  # old configs: off
     cfg = config_from_args(parse_train_args(["--compile", "--out", "x"]))

@@ -13,7 +13,8 @@ from PIL import Image, ImageFile
 
 from conftest import tiny_config
 from synthetic_images import bomb_png, make_image_folder
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import main as cli
+from fewshot_mann.cli.train import main as train_main
 from fewshot_mann.errors import DataError, UserError
 from fewshot_mann.engine.inspection import inspect_folder
 from fewshot_mann.data.folder import (BadImage, choose_test_classes, decode_image, load_folder, load_folder_banks,
@@ -181,7 +182,7 @@ def test_clear_errors_for_what_cannot_be_skipped(tmp_path, clean):
 
 
 def test_cli_exits_with_one_line_not_a_traceback(tmp_path, capsys, clean):
-    code = cli.train_main(["--dataset", "folder", "--data-root", str(tmp_path / "missing"), "--out",
+    code = train_main(["--dataset", "folder", "--data-root", str(tmp_path / "missing"), "--out",
                            str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --data-root") and "Traceback" not in err and err.count("\n") == 1

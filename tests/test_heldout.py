@@ -8,7 +8,9 @@ import shutil
 import pytest
 import torch
 
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import main as cli
+from fewshot_mann.cli.train import main as train_main
+from fewshot_mann.cli.evaluate import main as evaluate_main
 from fewshot_mann.engine.checkpoint import load_checkpoint
 from synthetic_images import make_image_folder
 
@@ -22,7 +24,7 @@ def folder_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("heldout")
     data = make_image_folder(base / "cases", classes=10, per_class=5, seed=5)
     run = base / "run"
-    assert cli.train_main(["--dataset", "folder", "--data-root", str(data["root"]), "--channels", "1",
+    assert train_main(["--dataset", "folder", "--data-root", str(data["root"]), "--channels", "1",
                            "--ways", "2", "--instances", "4", "--test-classes", "0.3", "--episodes", "16",
                            "--eval-every", "8", "--eval-episodes", "6", "--out", str(run), *TINY]) == 0
     return {"data": data, "run": run, "base": base}
@@ -53,17 +55,17 @@ def test_adding_a_class_never_moves_a_trained_class_into_the_test_set(folder_run
     recorded = load_checkpoint(ckpt)["classes"]
     # the same folder (moved, grown): the recorded test classes are scored, nothing else
     out = tmp_path / "e.json"
-    assert cli.evaluate_main(["--checkpoint", str(ckpt), "--data-root", str(root), "--episodes", "6",
+    assert evaluate_main(["--checkpoint", str(ckpt), "--data-root", str(root), "--episodes", "6",
                               "--json", str(out), "--no-progress"]) == 0
     res = json.loads(out.read_text())
     assert res["classes"] == "test" and res["class_names"] == sorted(recorded["test"])
     # every class of the grown folder as "held-out": refused, the trained classes are named
     capsys.readouterr()
-    assert cli.evaluate_main(["--checkpoint", str(ckpt), "--data-root", str(root), "--test-classes", "all",
+    assert evaluate_main(["--checkpoint", str(ckpt), "--data-root", str(root), "--test-classes", "all",
                               "--episodes", "6", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "ones this model trained on" in err and "--allow-trained-classes" in err
-    assert cli.evaluate_main(["--checkpoint", str(ckpt), "--data-root", str(root), "--test-classes", "all",
+    assert evaluate_main(["--checkpoint", str(ckpt), "--data-root", str(root), "--test-classes", "all",
                               "--episodes", "6", "--no-progress", "--allow-trained-classes",
                               "--json", str(out)]) == 0
     assert "not a held-out result" in capsys.readouterr().err
@@ -76,7 +78,7 @@ def test_a_trained_image_under_a_new_class_name_is_caught(folder_run, tmp_path, 
     new = tmp_path / "new"
     for i, name in enumerate(trained[:3]):
         shutil.copytree(folder_run["data"]["root"] / name, new / f"renamed{i}")
-    assert cli.evaluate_main(["--checkpoint", str(ckpt), "--dataset", "folder", "--data-root", str(new),
+    assert evaluate_main(["--checkpoint", str(ckpt), "--dataset", "folder", "--data-root", str(new),
                               "--test-classes", "all", "--episodes", "4", "--no-progress"]) == 2
     assert "of the images" in capsys.readouterr().err
 
@@ -86,11 +88,11 @@ def test_evaluate_scores_validation_and_training_classes_on_request(folder_run, 
     recorded = load_checkpoint(ckpt)["classes"]
     for kind, expected in (("validation", recorded["validation"]), ("training", recorded["train"])):
         out = tmp_path / f"{kind}.json"
-        assert cli.evaluate_main(["--checkpoint", str(ckpt), "--classes", kind, "--episodes", "4",
+        assert evaluate_main(["--checkpoint", str(ckpt), "--classes", kind, "--episodes", "4",
                                   "--json", str(out), "--no-progress"]) == 0
         res = json.loads(out.read_text())
         assert res["classes"] == kind and res["class_names"] == sorted(expected)
-    assert cli.evaluate_main(["--checkpoint", str(ckpt), "--split", "train", "--episodes", "4",
+    assert evaluate_main(["--checkpoint", str(ckpt), "--split", "train", "--episodes", "4",
                               "--no-progress"]) == 0
     assert "deprecated" in capsys.readouterr().err
 
@@ -109,13 +111,13 @@ def test_an_old_checkpoint_without_records_is_scored_with_a_note(folder_run, tmp
     for key in ("classes", "train_digests"):
         old.pop(key)
     torch.save(old, tmp_path / "old.pt")
-    assert cli.evaluate_main(["--checkpoint", str(tmp_path / "old.pt"), "--episodes", "4", "--no-progress"]) == 0
+    assert evaluate_main(["--checkpoint", str(tmp_path / "old.pt"), "--episodes", "4", "--no-progress"]) == 0
     assert "predates class records" in capsys.readouterr().err
 
 
 def test_evaluate_on_a_folder_reports_nearest_centroid_on_the_same_episodes(folder_run, tmp_path, capsys):
     out = tmp_path / "b.json"
-    assert cli.evaluate_main(["--checkpoint", str(folder_run["run"] / "checkpoint.pt"), "--episodes", "20",
+    assert evaluate_main(["--checkpoint", str(folder_run["run"] / "checkpoint.pt"), "--episodes", "20",
                               "--json", str(out), "--no-progress"]) == 0
     res = json.loads(out.read_text())
     (base,) = res["baselines"]  # a raw-pixel model: the raw-pixel baseline only

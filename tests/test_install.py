@@ -13,7 +13,7 @@ from PIL import Image
 
 from fewshot_mann.engine import bundled
 
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import main as cli
 
 from fewshot_mann.data import embedded
 

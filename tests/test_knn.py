@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import synthetic_bank
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import main as cli
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import EpisodeConfig
 from fewshot_mann.data.episodes import evaluation_episodes, to_tensors

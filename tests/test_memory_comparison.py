@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import main as cli
 from fewshot_mann.cli import report
 from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from fewshot_mann.models.mann import count_parameters

@@ -12,7 +12,8 @@ import torch
 import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank, tiny_config
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import train as train_cli
+from fewshot_mann.cli import evaluate as evaluate_cli
 from fewshot_mann.engine import trainer as training
 from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from fewshot_mann.engine.evaluation import evaluate
@@ -114,7 +115,7 @@ def numeric_flags(parser) -> set[str]:
 
 def test_every_numeric_train_flag_has_a_bad_value_case():
     covered = {flag for argv, _ in TRAIN_BAD for flag in argv if flag.startswith("--")}
-    missing = numeric_flags(cli.train_parser()) - covered
+    missing = numeric_flags(train_cli.train_parser()) - covered
     assert not missing, f"add a rejected value for {sorted(missing)} to TRAIN_BAD (and validate it)"
 
 
@@ -153,7 +154,7 @@ def test_evaluate_rejects_bad_numbers_with_one_line(argv, needle, checkpoint_pat
 
 def test_every_numeric_evaluate_flag_has_a_bad_value_case():
     covered = {flag for argv, _ in EVALUATE_BAD for flag in argv if flag.startswith("--")}
-    missing = numeric_flags(cli.evaluate_parser()) - covered
+    missing = numeric_flags(evaluate_cli.evaluate_parser()) - covered
     assert not missing, f"add a rejected value for {sorted(missing)} to EVALUATE_BAD (and validate it)"
 
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import OMNIGLOT, synthetic_bank, tiny_config  # noqa: E402
 from synthetic_images import make_image_folder  # noqa: E402
 
-from fewshot_mann.cli import common as cli  # noqa: E402
+from fewshot_mann.cli import main as cli  # noqa: E402
 from fewshot_mann.data.bank import ClassBank  # noqa: E402
 from fewshot_mann.config import Config, EpisodeConfig  # noqa: E402
 from fewshot_mann.errors import UserError  # noqa: E402

@@ -15,7 +15,9 @@ import torch
 
 from conftest import tiny_config
 from synthetic_images import make_image_folder
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import main as cli
+from fewshot_mann.cli.train import main as train_main
+from fewshot_mann.cli.evaluate import main as evaluate_main
 from fewshot_mann.engine.checkpoint import save_checkpoint
 from fewshot_mann.config import MODELS, STRING_LENGTH, STRING_SYMBOLS
 from fewshot_mann.data.folder import load_folder
@@ -234,7 +236,7 @@ def workflow(tmp_path_factory):
     base = tmp_path_factory.mktemp("workflow")
     data = make_image_folder(base / "cases", classes=6, per_class=6, seed=21, with_problems=True)
     run = base / "run"
-    code = cli.train_main(["--dataset", "folder", "--data-root", str(data["root"]), "--channels", "3",
+    code = train_main(["--dataset", "folder", "--data-root", str(data["root"]), "--channels", "3",
                            "--ways", "2", "--instances", "4", "--test-classes", "0.34", "--eval-every", "16",
                            "--eval-episodes", "8", "--out", str(run), "--no-progress", "--threads", "1", *TINY])
     assert code == 0
@@ -247,7 +249,7 @@ def test_folder_run_writes_its_split_and_evaluate_rebuilds_it(workflow, tmp_path
     assert len(split["validation"]) == 1  # round(0.2 * 6) of the non-test classes
     assert not set(split["train"]) & set(split["test"]) and not set(split["validation"]) & set(split["test"])
     out = tmp_path / "eval.json"
-    assert cli.evaluate_main(["--checkpoint", str(workflow["run"] / "checkpoint.pt"), "--episodes", "12",
+    assert evaluate_main(["--checkpoint", str(workflow["run"] / "checkpoint.pt"), "--episodes", "12",
                               "--json", str(out), "--no-progress"]) == 0
     res = json.loads(out.read_text())
     assert res["num_classes"] == 2 and len(res["accuracy_by_instance"]) == 4 and len(res["ci95"]) == 4
@@ -259,7 +261,7 @@ def test_folder_run_writes_its_split_and_evaluate_rebuilds_it(workflow, tmp_path
 def test_a_folder_checkpoint_evaluates_on_a_new_folder_of_classes(workflow, tmp_path, capsys):
     new = make_image_folder(tmp_path / "new", classes=3, per_class=3, seed=51, first_class=30)
     out = tmp_path / "new.json"
-    assert cli.evaluate_main(["--checkpoint", str(workflow["run"] / "checkpoint.pt"), "--data-root", str(new["root"]),
+    assert evaluate_main(["--checkpoint", str(workflow["run"] / "checkpoint.pt"), "--data-root", str(new["root"]),
                               "--test-classes", "all", "--instances", "3", "--episodes", "6", "--json", str(out),
                               "--no-progress"]) == 0
     res = json.loads(out.read_text())
@@ -292,7 +294,7 @@ def test_an_omniglot_style_checkpoint_evaluates_on_a_folder_it_never_saw(tmp_pat
     ckpt = write_checkpoint(tmp_path / "omni.pt", cfg)
     folder = make_image_folder(tmp_path / "photos", classes=4, per_class=3, seed=41)
     out = tmp_path / "cross.json"
-    code = cli.evaluate_main(["--checkpoint", str(ckpt), "--dataset", "folder", "--data-root", str(folder["root"]),
+    code = evaluate_main(["--checkpoint", str(ckpt), "--dataset", "folder", "--data-root", str(folder["root"]),
                               "--instances", "3", "--episodes", "10", "--json", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     res = json.loads(out.read_text())
@@ -302,7 +304,7 @@ def test_an_omniglot_style_checkpoint_evaluates_on_a_folder_it_never_saw(tmp_pat
 
 def test_init_from_fine_tunes_with_a_clear_account_of_the_input(workflow, tmp_path, capsys):
     run = tmp_path / "ft"
-    code = cli.train_main(["--dataset", "folder", "--data-root", str(workflow["data"]["root"]), "--channels", "1",
+    code = train_main(["--dataset", "folder", "--data-root", str(workflow["data"]["root"]), "--channels", "1",
                            "--ways", "2", "--instances", "4", "--test-classes", "0.34", "--eval-every", "0",
                            "--out", str(run), "--no-progress", "--threads", "1", *TINY[:-2], "--image-size", "6",
                            "--episodes", "8", "--init-from", str(workflow["run"] / "checkpoint.pt")])

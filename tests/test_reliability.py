@@ -153,7 +153,7 @@ def dying_save(obj, f):
         os.kill(os.getpid(), signal.SIGKILL)
     real_save(obj, f)
 checkpoint.torch.save = dying_save
-from fewshot_mann.cli.common import train_main
+from fewshot_mann.cli.train import main as train_main
 sys.exit(train_main(sys.argv[1:]))
 """
 

@@ -18,7 +18,7 @@ import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank, tiny_config
 from fewshot_mann.engine import checkpoint
-from fewshot_mann.cli import common as cli
+from fewshot_mann.cli import main as cli
 from fewshot_mann import fileio
 from fewshot_mann.data import folder
 from fewshot_mann.engine import trainer as training

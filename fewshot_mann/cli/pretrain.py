@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import sys
 
-from fewshot_mann.cli.common import add_shared_flags, parse_checked, run_guarded, set_threads
+from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_checked, run_guarded, set_threads
 from fewshot_mann.engine.pretrain import PretrainConfig, pretrain
 from fewshot_mann.fileio import check_output_path
 
@@ -20,17 +20,21 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="the weights file to write (.pt), read by --encoder-weights")
     p.add_argument("--encoder", default=d.encoder, help="the backbone to train (fewshot:conv4)")
-    p.add_argument("--dataset", default=d.dataset, choices=("omniglot", "folder"))
-    p.add_argument("--data-root", default=d.data_root, help="Omniglot zips or an image folder (one sub-folder per class)")
+    add_shared_flags(p, "dataset", "data_root", dataset=d.dataset)
     p.add_argument("--class-split", dest="split", default=d.split, help="Omniglot class split: santoro, lake or a .json")
     p.add_argument("--validation-classes", default=d.validation_classes, help="folder datasets: fraction or list")
     p.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=d.rotations,
                    help="training classes x4 by 90/180/270 degree rotations")
-    for name in ("ways", "shots", "queries", "episodes", "lr_halve_every", "check_every", "check_trials", "check_shots"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    p.add_argument("--lr", type=float, default=d.lr)
-    add_shared_flags(p, "device", "threads", "seed")
-    p.add_argument("--no-progress", action="store_true")
+    helps = {"ways": "classes per training episode", "shots": "support images per class", "queries": "query images "
+             "per class", "episodes": "training episodes", "lr_halve_every": "halve the learning rate every this many "
+             "episodes", "check_every": "check on the validation classes every this many episodes", "check_trials":
+             "5-way trials per check", "check_shots": "support images per class in the checks"}
+    for name, text in helps.items():
+        flag = f"--{name.replace('_', '-')}"
+        add_flag(p, flag, type=int, default=getattr(d, name), help=text, problem=at_least(1, flag))
+    add_flag(p, "--lr", type=float, default=d.lr, help="Adam learning rate",
+             problem=lambda v: None if v > 0 else f"--lr must be > 0 (got {v})")
+    add_shared_flags(p, "device", "threads", "seed", "no_progress")
     return p
 
 

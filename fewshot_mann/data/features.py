@@ -186,7 +186,8 @@ def cache_entries() -> list[tuple[str, Path, int]]:
     return rows
 
 
-def _describe(kind: str, path: Path) -> str:
+def describe_cache_file(kind: str, path: Path) -> str:
+    """What a feature cache file holds (empty for an image cache; 'unreadable' if damaged)."""
     if kind != "features":
         return ""
     try:
@@ -198,38 +199,16 @@ def _describe(kind: str, path: Path) -> str:
         return "unreadable"
 
 
-def cache_main(argv=None) -> int:
-    from fewshot_mann.cli.common import run_guarded
-    return run_guarded(_cache, sys.argv[1:] if argv is None else argv)
-
-
-def _cache(argv) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="fewshot-mann cache",
-                                description="List or remove the caches (decoded images, backbone features) in "
-                                            f"{cache_dir()}. Downloaded datasets under it are never touched.")
-    p.add_argument("action", choices=("list", "clear"))
-    p.add_argument("--features-only", action="store_true", help="clear: only the backbone feature caches")
-    args = p.parse_args(argv)
-    rows = cache_entries()
-    if args.action == "list":
-        if not rows:
-            print(f"no caches in {cache_dir()}")
-            return 0
-        for kind, path, size in rows:
-            print(f"{kind:<9} {size / 2**20:8.1f} MB  {path}  {_describe(kind, path)}".rstrip())
-        print(f"{len(rows)} file(s), {sum(r[2] for r in rows) / 2**20:.1f} MB in {cache_dir()}")
-        return 0
+def clear_caches(features_only: bool = False) -> int:
+    """Remove the cache files (``cache_entries``; only the feature caches with ``features_only``);
+    returns how many. Downloaded datasets under the cache folder are never touched."""
     removed = 0
-    for kind, path, _size in rows:
-        if args.features_only and kind != "features":
+    for kind, path, _size in cache_entries():
+        if features_only and kind != "features":
             continue
         try:
             os.unlink(path)
             removed += 1
         except OSError as exc:
             raise UserError(f"cannot remove {path}: {exc.strerror or exc}") from exc
-    print(f"removed {removed} cache file(s) from {cache_dir()}")
-    return 0
-main = cache_main  # `fewshot-mann cache` (cli.py calls each sub-command module's main)
+    return removed

@@ -1,6 +1,6 @@
 """Speed benchmark: the plain reference MANN loop against the project's training step.
 
-``fewshot-mann bench`` (or ``python -m fewshot_mann.engine.bench``) runs, in one process and on
+``fewshot-mann bench`` (options: cli/bench.py) runs, in one process and on
 the same episodes, a training step built on ``reference.reference_forward`` (per step,
 per head, ``F.cosine_similarity``, a fresh least-used mask every step: how one would
 first write MANN in PyTorch) and the project's training step (``models.MANN`` on its
@@ -18,7 +18,6 @@ set (1,200 classes x 20 images, times 4 rotations), or real Omniglot with ``--da
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import platform
@@ -29,41 +28,10 @@ import numpy as np
 import torch
 
 from fewshot_mann.data.bank import ClassBank
-from fewshot_mann.cli.common import add_shared_flags
-from fewshot_mann.config import MODELS, Config
+from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
 
 PHASES = ("sample", "to_tensors", "forward", "backward", "optimiser")
-
-
-def bench_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fewshot-mann bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_shared_flags(p, "threads")
-    p.add_argument("--batch-size", type=int, default=16, help="training batch (episodes per step)")
-    p.add_argument("--eval-batch-sizes", default="250,1000", help="comma list of evaluation batch sizes")
-    p.add_argument("--seconds", type=float, default=10.0, help="seconds per measurement (split into --rounds)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per training measurement")
-    p.add_argument("--models", default="mann",
-                   help=f"comma list of models to time ({', '.join(MODELS)}; "
-                        "mann: the default path (the C++ kernel on CPU where it loads); "
-                        "mann-cpp: the C++ kernel (cpp.py), an error where it cannot load; "
-                        "mann-fast: the Python fast path (fast.py), the C++ kernel off; "
-                        "mann-autograd: MANN with MANN.fast = False; "
-                        "mann-compiled: MANN with --compile, training through torch.compile)")
-    p.add_argument("--no-reference", action="store_true", help="skip the plain reference loop")
-    p.add_argument("--key-strength", action="store_true", help="MANN with the key-strength extension")
-    p.add_argument("--data-root", default=None, help="real Omniglot instead of synthetic images")
-    p.add_argument("--synthetic-classes", type=int, default=1200, help="synthetic classes (before x4 rotations)")
-    p.add_argument("--jitter-shift", type=float, default=0.0, help="training augmentation, as train.py")
-    p.add_argument("--jitter-rotate", type=float, default=0.0, help="training augmentation, as train.py")
-    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                   help="also profile this many training steps of every loop with torch.profiler (top ops)")
-    p.add_argument("--rss-steps", type=int, default=0,
-                   help="also run this many project MANN training steps, sampling the resident memory")
-    add_shared_flags(p, "seed")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
-    return p
 
 
 def synthetic_bank(classes: int, per_class: int, size: int, seed: int) -> ClassBank:
@@ -313,16 +281,6 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _parse_list(text: str, what: str, cast=str) -> list:
-    try:
-        items = [cast(x.strip()) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{what} must be a comma list (got {text!r})") from None
-    if not items:
-        raise UserError(f"{what} is empty")
-    return items
-
-
 AUTOGRAD = "mann-autograd"  # MANN with MANN.fast = False: the step-by-step autograd path
 COMPILED = "mann-compiled"  # MANN with model.compile = True: training through compiled.py
 CPP = "mann-cpp"  # MANN through the C++ kernel (cpp.py), required to load
@@ -334,24 +292,6 @@ def _loop_config(args, name: str) -> Config:
     cfg = _config(args, "mann" if name in VARIANTS else name)
     cfg.model.compile = name == COMPILED
     return cfg
-
-
-def _checked_args(argv):
-    """The bench's arguments, with --models and the numeric limits checked (UserError)."""
-    from fewshot_mann.cli.common import parse_checked
-
-    args = parse_checked(bench_parser(), argv)
-    args.models = _parse_list(args.models, "--models")
-    unknown = [m for m in args.models if m not in MODELS and m not in VARIANTS]
-    if unknown:
-        raise UserError(f"--models: unknown model(s) {', '.join(unknown)}; "
-                        f"choose from {', '.join(MODELS + VARIANTS)}")
-    args.eval_batch_sizes = _parse_list(args.eval_batch_sizes, "--eval-batch-sizes", int)
-    if args.threads < 0 or args.batch_size < 1 or args.seconds <= 0 or args.rounds < 1 or args.rss_steps < 0 \
-            or args.profile < 0 or min(args.eval_batch_sizes) < 1 or args.synthetic_classes < 5:
-        raise UserError("--threads >= 0, --batch-size >= 1, --seconds > 0, --rounds >= 1, --rss-steps >= 0, "
-                        "--profile >= 0, --eval-batch-sizes >= 1 and --synthetic-classes >= 5 are required")
-    return args
 
 
 def _load_kernel(models: list[str]) -> tuple[float | None, str | None]:
@@ -391,12 +331,11 @@ def _describe(base: Config, args, bank) -> str:
             f"bank of {bank.num_classes} classes")
 
 
-def _bench(argv) -> int:
-    from fewshot_mann.cli.common import set_threads
-
-    args = _checked_args(argv)
+def run_bench(args, command: list[str]) -> dict:
+    """The whole benchmark, printed and returned (``--json``: also written). ``args``: the
+    options of ``fewshot-mann bench`` (cli/bench.py), ``models`` and ``eval_batch_sizes``
+    as lists."""
     models = args.models
-    set_threads(args.threads)
     base = _config(args, "mann")
     bank = _load_bank(args, base)
     load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -428,7 +367,7 @@ def _bench(argv) -> int:
     res = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": _machine(), "load_start": load_start, "load_end": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "command": ["fewshot-mann", "bench", *argv], "config": _describe(base, args, bank),
+        "command": command, "config": _describe(base, args, bank),
         "compile_seconds": compile_seconds,
         "cpp_load_seconds": cpp_seconds, "cpp_unavailable": cpp_reason,
         "training": training, "evaluation": evaluation, "profiles": profiles, "rss": rss,
@@ -442,13 +381,4 @@ def _bench(argv) -> int:
         from fewshot_mann.fileio import atomic_write_json
         atomic_write_json(args.json, res)
         print(f"wrote {args.json}")
-    return 0
-
-
-def main(argv=None) -> int:
-    from fewshot_mann.cli.common import run_guarded
-    return run_guarded(_bench, sys.argv[1:] if argv is None else list(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return res

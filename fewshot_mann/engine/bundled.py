@@ -7,11 +7,9 @@ prints that list. Every command that takes a checkpoint resolves it with
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 from fewshot_mann.errors import CheckpointError
@@ -68,20 +66,3 @@ def format_models() -> str:
         lines.append(f"  file: {MODELS_DIR / e['file']} ({(MODELS_DIR / e['file']).stat().st_size / 1e6:.1f} MB, "
                      f"sha256 {e['sha256'][:16]}...)")
     return "\n".join(lines) if lines else "no models are bundled with this installation"
-
-
-def main(argv=None) -> int:
-    from fewshot_mann.cli.common import run_guarded
-    return run_guarded(_main, sys.argv[1:] if argv is None else argv)
-
-
-def _main(argv) -> int:
-    p = argparse.ArgumentParser(prog="fewshot-mann models",
-                                description="List the models bundled with fewshot-mann (use a name as --checkpoint).")
-    p.add_argument("--json", action="store_true", help="print the registry as JSON")
-    args = p.parse_args(argv)
-    if args.json:
-        print(json.dumps(list(registry().values()), indent=1))
-    else:
-        print(format_models())
-    return 0

@@ -229,7 +229,7 @@ def load_model_from_checkpoint(ckpt: dict, device="cpu"):
     try:
         model = build_model(cfg)
     except (MemoryError, RuntimeError) as exc:
-        from fewshot_mann.cli.common import first_line, is_allocation_error
+        from fewshot_mann.errors import first_line, is_allocation_error
         if not is_allocation_error(exc):
             raise
         # the size comes from the checkpoint's config: no option of this command changes it

@@ -1,4 +1,4 @@
-"""``fewshot-mann export RUN/checkpoint.pt OUT.pt``: a small, weights-only copy of a checkpoint.
+"""``fewshot-mann export RUN/checkpoint.pt OUT.pt`` (cli/export.py): a small, weights-only copy of a checkpoint.
 
 Keeps the config, the command, the weights and the training counters; drops the
 optimiser state (two thirds of a training checkpoint). The result loads with
@@ -6,12 +6,7 @@ optimiser state (two thirds of a training checkpoint). The result loads with
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-
 from fewshot_mann.engine.checkpoint import load_checkpoint, save_checkpoint
-from fewshot_mann.cli.common import parse_checked, run_guarded
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import check_output_path, same_file
 from fewshot_mann.engine.trainer import valid_last_eval
@@ -38,18 +33,3 @@ def export_checkpoint(src, dst) -> dict:
     }
     save_checkpoint(dst, small)
     return small
-
-
-def _main(argv) -> int:
-    p = argparse.ArgumentParser(prog="fewshot-mann export", description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint")
-    p.add_argument("out")
-    args = parse_checked(p, argv)
-    export_checkpoint(args.checkpoint, args.out)
-    size = os.path.getsize(args.out)
-    print(f"wrote {args.out} ({size / 1e6:.1f} MB, weights only)")
-    return 0
-
-
-def main(argv=None) -> int:
-    return run_guarded(_main, sys.argv[1:] if argv is None else argv)

@@ -17,13 +17,8 @@ at all (missing, no class folders) or bad options.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 
-from fewshot_mann.config import RESIZE_POLICIES, Config
 from fewshot_mann.errors import DataError, UserError
-from fewshot_mann.fileio import atomic_write_json
 from fewshot_mann.data.folder import (DEFAULT_TEST_FRACTION, PROBLEM_KINDS, Problem, choose_test_classes, load_folder,
                      parse_test_classes, too_few_images)
 
@@ -110,45 +105,6 @@ def format_report(report: dict) -> str:
     else:
         lines.append("training would skip the files and classes above, with a warning for each")
     return "\n".join(lines)
-
-
-def parser() -> argparse.ArgumentParser:
-    d = Config()
-    p = argparse.ArgumentParser(prog="fewshot-mann inspect", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("folder", help="a folder with one sub-folder of images per class")
-    p.add_argument("--ways", type=int, default=d.episodes.ways, help="classes per episode")
-    p.add_argument("--instances", type=int, default=d.episodes.instances, help="images of each class per episode")
-    p.add_argument("--test-classes", default=None, help="the class split to check: fraction or comma list (as train.py)")
-    p.add_argument("--seed", type=int, default=d.train.seed, help="the seed of the class split (train.py --seed)")
-    p.add_argument("--image-size", type=int, default=d.data.image_size)
-    p.add_argument("--channels", type=int, choices=(1, 3), default=d.data.channels)
-    p.add_argument("--resize", choices=RESIZE_POLICIES, default=d.data.resize)
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON ('-' = stdout only)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def _main(argv) -> int:
-    from fewshot_mann.cli.common import parse_checked
-
-    args = parse_checked(parser(), argv)
-    report = inspect_folder(args.folder, ways=args.ways, instances=args.instances, image_size=args.image_size,
-                            channels=args.channels, resize=args.resize, test_classes=args.test_classes, seed=args.seed,
-                            progress=not args.no_progress)
-    if args.json == "-":
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_report(report))
-        if args.json:
-            atomic_write_json(args.json, report)
-            print(f"wrote {args.json}")
-    return 1 if report["problems"] else 0
-
-
-def main(argv=None) -> int:
-    from fewshot_mann.cli.common import run_guarded
-    return run_guarded(_main, sys.argv[1:] if argv is None else argv)
 
 
 assert set(PROBLEM_KINDS) >= {"too-few-classes", "too-few-images"}

@@ -24,7 +24,6 @@ meta-fine-tunes a copy of the model on each trial's support set first (``adapt.p
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -35,7 +34,6 @@ import torch
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import EpisodeConfig
 from fewshot_mann.data.episodes import Episodes, check_bank, evaluation_episodes, to_tensors, with_ways
-from fewshot_mann.errors import UserError
 from fewshot_mann.engine.evaluation import correct_steps, summarise
 
 
@@ -154,100 +152,41 @@ def loo_accuracy(x: np.ndarray, labels: np.ndarray, norm: str = "none") -> float
     return right / total if total else None
 
 
-def _main(argv) -> int:
-    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
-    from fewshot_mann.cli.common import add_shared_flags, parse_checked, set_threads
-    from fewshot_mann.config import DATASETS, POLARITIES, is_backbone
-    from fewshot_mann.data.loading import load_split_banks
-    from fewshot_mann.fileio import atomic_write_json
+def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[int], shots_list: list[int],
+                episodes: int, seed: int, queries: int = 1, adapt: int = 0, baselines: bool = True,
+                backbone: bool = False, device="cpu", progress: bool = True, log=print) -> tuple[list, list]:
+    """``kshot_accuracy`` for every (ways, shots), and the nearest-centroid baselines on the
+    same episodes; ``pixels``: the raw-pixel bank of the same classes (``bank`` may hold
+    backbone features). Classes with fewer than shots + queries images are left out of
+    that row, with a warning. Returns (rows, baseline rows); ``log`` gets a line for each."""
     from fewshot_mann.data.folder import drop_small_classes
-    from fewshot_mann.data.heldout import bank_digests, check_scored, recorded_classes
-    from fewshot_mann.engine.trainer import resolve_device
 
-    p = argparse.ArgumentParser(prog="fewshot-mann kshot", description="Standard N-way K-shot accuracy (see module doc).")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset", choices=DATASETS, default=None,
-                   help="override the checkpoint's dataset (folder: cross-domain, every class held out by default)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--test-classes", default=None,
-                   help="folder datasets: classes to evaluate on: all, a fraction or a comma list")
-    p.add_argument("--polarity", choices=POLARITIES, default=None, help="override the checkpoint's polarity (raw pixels)")
-    p.add_argument("--ways", type=int, nargs="+", default=None, help="default: the checkpoint's ways")
-    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
-    p.add_argument("--queries", type=int, default=1, help="query images per class in each episode")
-    p.add_argument("--episodes", type=int, default=1000)
-    add_shared_flags(p, "seed", "device", "threads")
-    p.add_argument("--adapt", type=int, default=0, metavar="STEPS",
-                   help="meta-fine-tune a copy of the model on each episode's support set for STEPS steps first")
-    p.add_argument("--no-baselines", action="store_true", help="skip the nearest-centroid baselines")
-    p.add_argument("--no-feature-cache", action="store_true", help="backbone features: neither read nor write the cache")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", default=None)
-    p.add_argument("--allow-trained-classes", action="store_true",
-                   help="score the test classes even where the checkpoint records training on some of them")
-    args = parse_checked(p, argv)
-    if args.episodes < 1 or min(args.shots) < 1 or args.queries < 1:
-        raise UserError("--episodes, --shots and --queries must be at least 1")
-    if args.adapt < 0:
-        raise UserError(f"--adapt must be >= 0 steps (got {args.adapt})")
-    set_threads(args.threads)
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = ckpt["config_obj"]
-    if args.data_root:
-        cfg.data.data_root = args.data_root
-    if args.dataset and args.dataset != cfg.data.dataset:
-        cfg.data.dataset, cfg.data.test_root, cfg.data.test_classes = args.dataset, None, "all"
-    if args.test_classes is not None:
-        cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
-    if args.polarity:
-        cfg.data.polarity = args.polarity
-    cfg.episodes.instances = min(cfg.episodes.instances, min(args.shots) + args.queries)  # the loader's minimum
-    device = resolve_device(args.device)
-    model = load_model_from_checkpoint(ckpt, device)
-    warn_nonfinite(ckpt, args.checkpoint)
-    recorded = None if (args.dataset or args.test_classes is not None) else recorded_classes(ckpt)
-    parts, pixel_parts = load_split_banks(cfg, progress=not args.no_progress, recorded=recorded,
-                                          feature_cache=not args.no_feature_cache, with_pixels=True)
-    test_bank, test_pixels = parts.test, pixel_parts.test
-    check_scored(ckpt, test_bank, "test", allow=args.allow_trained_classes, digests=bank_digests(parts, test_bank))
-    rows, baselines = [], []
-    backbone = is_backbone(cfg.model.encoder)
-    for ways in args.ways or [cfg.episodes.ways]:
+    rows, base_rows = [], []
+    for ways in ways_list:
         ep_cfg = with_ways(cfg.episodes, ways)
-        for shots in args.shots:
-            keep = [i for i, n in enumerate(test_bank.counts) if n >= shots + args.queries]
-            if len(keep) < test_bank.num_classes:
-                drop_small_classes(test_bank, shots + args.queries, f"{shots}-shot {args.queries}-query")
-            bank, pixels = test_bank.subset(keep), test_pixels.subset(keep)
-            check_bank(bank, dataclasses.replace(ep_cfg, instances=shots + args.queries), "held-out classes")
+        for shots in shots_list:
+            keep = [i for i, n in enumerate(bank.counts) if n >= shots + queries]
+            if len(keep) < bank.num_classes:
+                drop_small_classes(bank, shots + queries, f"{shots}-shot {queries}-query")
+            kept, kept_pixels = bank.subset(keep), pixels.subset(keep)
+            check_bank(kept, dataclasses.replace(ep_cfg, instances=shots + queries), "held-out classes")
             t0 = time.perf_counter()
-            res = kshot_accuracy(model, bank, ep_cfg, shots, args.episodes, args.seed, device=device,
-                                 queries=args.queries, adapt=args.adapt, progress=not args.no_progress)
+            res = kshot_accuracy(model, kept, ep_cfg, shots, episodes, seed, device=device,
+                                 queries=queries, adapt=adapt, progress=progress)
             res["seconds"] = round(time.perf_counter() - t0, 2)
-            res["num_classes"] = bank.num_classes
+            res["num_classes"] = kept.num_classes
             rows.append(res)
-            print(f"{ways}-way {shots}-shot: {100 * res['accuracy']:.1f} ± {100 * res['ci95']:.1f} % "
-                  f"({cfg.model.model}{f', adapt {args.adapt}' if args.adapt else ''}; {args.episodes} episodes, "
-                  f"{args.queries} queries per class, {bank.num_classes} classes, seed {args.seed})")
-            if args.no_baselines:
+            log(f"{ways}-way {shots}-shot: {100 * res['accuracy']:.1f} ± {100 * res['ci95']:.1f} % "
+                f"({cfg.model.model}{f', adapt {adapt}' if adapt else ''}; {episodes} episodes, "
+                f"{queries} queries per class, {kept.num_classes} classes, seed {seed})")
+            if not baselines:
                 continue
-            runs = [("nearest-centroid-raw-pixels", pixels, "pixels")]
+            runs = [("nearest-centroid-raw-pixels", kept_pixels, "pixels")]
             if backbone:
-                runs += [("nearest-centroid-features", bank, "none"),
-                         ("nearest-centroid-features-center-l2", bank, "center-l2")]
+                runs += [("nearest-centroid-features", kept, "none"),
+                         ("nearest-centroid-features-center-l2", kept, "center-l2")]
             for name, b, norm in runs:
-                base = nearest_centroid_accuracy(b, ep_cfg, shots, args.episodes, args.seed, args.queries, norm, name)
-                baselines.append(base)
-                print(f"  {name:<38} {100 * base['accuracy']:.1f} ± {100 * base['ci95']:.1f} %")
-    if args.json:
-        atomic_write_json(args.json, {"results": rows, "baselines": baselines, "classes": "test",
-                                      "class_names": list(test_bank.names), "checkpoint": args.checkpoint,
-                                      "command": ["fewshot-mann", "kshot", *argv], "config": cfg.to_dict(),
-                                      "training": {"episodes": ckpt.get("episodes_done")},
-                                      "date": time.strftime("%Y-%m-%d")})
-    return 0
-
-
-def main(argv=None) -> int:
-    from fewshot_mann.cli.common import run_guarded
-    return run_guarded(_main, sys.argv[1:] if argv is None else argv)
+                base = nearest_centroid_accuracy(b, ep_cfg, shots, episodes, seed, queries, norm, name)
+                base_rows.append(base)
+                log(f"  {name:<38} {100 * base['accuracy']:.1f} ± {100 * base['ci95']:.1f} %")
+    return rows, base_rows

@@ -41,20 +41,16 @@ saved except the outputs asked for (``--json``, ``--csv``).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fewshot_mann.data.bank import ClassBank
-from fewshot_mann.cli.common import add_shared_flags
 from fewshot_mann.config import STRING_LENGTH, STRING_SYMBOLS, Config
-from fewshot_mann.errors import DataError, UserError
-from fewshot_mann.fileio import atomic_write_json, atomic_write_text
+from fewshot_mann.errors import DataError
 from fewshot_mann.data.folder import BadImage, load_folder, read_image_file, report_problems, walk_images, warn
 
 _PREDICT_STREAM = 3  # distinct from the evaluation (1) and training (2) random streams
@@ -204,62 +200,17 @@ def to_csv(results: list[dict], names: list[str]) -> str:
     return buf.getvalue()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fewshot-mann predict", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by train.py")
-    p.add_argument("--support", required=True, metavar="DIR", help="one sub-folder per class with a few labelled images")
-    p.add_argument("--query", required=True, nargs="+", metavar="PATH", help="image files and/or folders to classify")
-    p.add_argument("--orders", type=int, default=8, help="shuffled support orders / label assignments to average over")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="flag predictions whose probability is below this (default: (1 + 1/classes) / 2)")
-    add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the results as a JSON list")
-    p.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
-    p.add_argument("--batch-size", type=int, default=256, help="sequences per forward pass")
-    add_shared_flags(p, "device", "threads")
-    return p
-
-
-def _main(argv) -> int:
-    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
-    from fewshot_mann.engine.trainer import resolve_device
-
-    from fewshot_mann.cli.common import parse_checked, set_threads
-    from fewshot_mann.engine.checkpoint import refuse_nonfinite
-
-    args = parse_checked(parser(), argv)
-    if args.orders < 1:
-        raise UserError(f"--orders must be at least 1 (got {args.orders})")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise UserError(f"--threshold must be between 0 and 1 (got {args.threshold})")
-    set_threads(args.threads)
-    for q in args.query:  # a typo fails before any loading
-        if not Path(q).expanduser().exists():
-            raise DataError(f"--query {q} does not exist")
-    device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg, e = ckpt["config_obj"], ckpt["config_obj"].episodes
-    model = load_model_from_checkpoint(ckpt, device)
-    refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
-    d = cfg.data
-
-    # The support set is never cached: patient images stay where the user keeps them.
-    from fewshot_mann.config import is_backbone
-    from fewshot_mann.data.loading import reader_settings
-    rs = reader_settings(cfg)
-    backbone = is_backbone(cfg.model.encoder)
-    if backbone:
-        from fewshot_mann.data.features import embed_bank, embed_images, resolve_weights
-        digest = resolve_weights(cfg.model, trained=True)
-    support = load_folder(args.support, rs["image_size"], rs["channels"], d.resize, progress=False, cache=False,
-                          option="--support", polarity=rs["polarity"])
+def load_support(path, cfg: Config, reader: dict):
+    """The ``--support`` folder (never cached: patient images stay where the user keeps them),
+    refused when the model cannot choose between its classes, with a warning for what it can
+    only partly use. ``reader``: ``loading.reader_settings(cfg)``."""
+    e = cfg.episodes
+    support = load_folder(path, reader["image_size"], reader["channels"], cfg.data.resize, progress=False,
+                          cache=False, option="--support", polarity=reader["polarity"])
     report_problems(support, "--support")
     bank = support.bank
     if bank.num_classes < 2:
-        raise DataError(f"--support {args.support} has {bank.num_classes} usable class folder(s); "
+        raise DataError(f"--support {path} has {bank.num_classes} usable class folder(s); "
                         "predict needs at least 2 classes to choose between")
     if e.labels == "onehot" and bank.num_classes > e.ways:
         raise DataError(f"--support has {bank.num_classes} classes but the checkpoint's model answers with "
@@ -273,57 +224,68 @@ def _main(argv) -> int:
         many = [n for n, c in zip(bank.names, bank.counts) if c > cap]
         warn(f"{len(many)} support class(es) have more than {cap} images (the model was trained with "
              f"--instances {e.instances}); each order uses a random {cap} of them")
+    return support
 
-    images, names_in, digests = [], [], []
-    for path in expand_queries(args.query):
+
+def read_queries(paths: list[str], cfg: Config, reader: dict, support) -> tuple[np.ndarray, list[str]]:
+    """(Q, C, H, W) uint8 query images and their names; unreadable files are skipped with a
+    warning, and a query that is one of the support images is named."""
+    images, names, digests = [], [], []
+    for path in expand_queries(paths):
         try:
-            image, _, digest = read_image_file(path, rs["image_size"], rs["channels"], d.resize,
-                                               polarity=rs["polarity"])
+            image, _, digest = read_image_file(path, reader["image_size"], reader["channels"], cfg.data.resize,
+                                               polarity=reader["polarity"])
         except BadImage as exc:
             warn(f"skipped --query {path}: {exc}")
             continue
         images.append(image)
-        names_in.append(str(path))
+        names.append(str(path))
         digests.append(digest)
     if not images:
         raise DataError("no readable query images (see the warnings above)")
+    bank = support.bank
     support_digests = dict(zip(support.digests.tolist(), np.repeat(np.arange(bank.num_classes), bank.counts).tolist()))
-    for query, digest in zip(names_in, digests):
+    for query, digest in zip(names, digests):
         if digest in support_digests:
             warn(f"--query {query} is the same file as a support image of class "
                  f"{bank.names[support_digests[digest]]!r}")
+    return np.stack(images), names
 
-    queries = np.stack(images)
-    from fewshot_mann.data.loading import shrink
+
+def warn_if_hard(bank: ClassBank, raw: ClassBank, backbone: bool) -> None:
+    """A warning when the support set's leave-one-out nearest-centroid accuracy is at chance
+    (or, over backbone features, below that of the raw pixels): the answers will be unreliable."""
     from fewshot_mann.engine.kshot import loo_accuracy
-    raw = shrink(bank)
+
     labels = np.repeat(np.arange(bank.num_classes), bank.counts)
-    if backbone:  # support and queries are the user's images: features never cached here
-        bank = embed_bank(bank, cfg.model, digest=digest, cache=False, progress=False)
-        queries = embed_images(queries, cfg.model, digest=digest, cache=False, progress=False)
     loo = loo_accuracy(bank.images, labels, "center-l2" if backbone else "pixels")
     loo_raw = loo_accuracy(raw.images, labels, "pixels")
     if loo is not None and (loo <= 1.0 / bank.num_classes or (backbone and loo_raw is not None and loo < loo_raw)):
         warn(f"the support set's leave-one-out nearest-centroid accuracy is {100 * loo:.0f} % "
              f"(raw pixels {100 * (loo_raw or 0):.0f} %, chance {100 / bank.num_classes:.0f} %): these classes are "
              "hard to tell apart from these examples; expect unreliable answers")
-    probs = predict_probabilities(model, cfg, bank, queries, orders=args.orders, seed=args.seed,
-                                  batch_size=args.batch_size, device=device)
-    results = summarise(bank.names, probs, args.threshold, names_in)
-    cut = (1 + 1 / bank.num_classes) / 2 if args.threshold is None else args.threshold
-    print(f"{cfg.model.model} checkpoint, {bank.num_classes} support classes "
-          f"({', '.join(f'{n} {c}' for n, c in zip(bank.names, bank.counts))} images), "
-          f"{len(results)} queries, {args.orders} orders, low confidence below {cut:.2f}")
-    print(format_results(results))
-    if args.json:
-        atomic_write_json(args.json, results)
-        print(f"wrote {args.json}")
-    if args.csv:
-        atomic_write_text(args.csv, to_csv(results, bank.names))
-        print(f"wrote {args.csv}")
-    return 0
 
 
-def main(argv=None) -> int:
-    from fewshot_mann.cli.common import run_guarded
-    return run_guarded(_main, sys.argv[1:] if argv is None else argv)
+def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list[str], orders: int = 8,
+            threshold: float | None = None, seed: int = 0, batch_size: int = 256, device="cpu"):
+    """Classify the query images from the support folder: (results, support bank); see the
+    module docstring for the protocol and ``summarise`` for a result."""
+    from fewshot_mann.config import is_backbone
+    from fewshot_mann.data.loading import reader_settings, shrink
+
+    reader = reader_settings(cfg)
+    backbone = is_backbone(cfg.model.encoder)
+    if backbone:
+        from fewshot_mann.data.features import embed_bank, embed_images, resolve_weights
+        digest = resolve_weights(cfg.model, trained=True)
+    support = load_support(support_path, cfg, reader)
+    queries, names = read_queries(query_paths, cfg, reader, support)
+    bank = support.bank
+    raw = shrink(bank)
+    if backbone:  # support and queries are the user's images: features never cached here
+        bank = embed_bank(bank, cfg.model, digest=digest, cache=False, progress=False)
+        queries = embed_images(queries, cfg.model, digest=digest, cache=False, progress=False)
+    warn_if_hard(bank, raw, backbone)
+    probs = predict_probabilities(model, cfg, bank, queries, orders=orders, seed=seed, batch_size=batch_size,
+                                  device=device)
+    return summarise(bank.names, probs, threshold, names), bank

@@ -1,0 +1,82 @@
+"""``fewshot-mann bench``: speed benchmark of the training step against the plain reference
+loop (the measurements: engine/bench.py)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_checked, run_guarded, set_threads
+from fewshot_mann.config import MODELS
+from fewshot_mann.errors import UserError
+
+
+def _positive(flag: str):
+    return lambda value: None if value > 0 else f"{flag} must be > 0 (got {value})"
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fewshot-mann bench",
+                                description="Speed benchmark: the plain reference MANN loop against the project's "
+                                            "training step.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_shared_flags(p, "threads", "batch_size", batch_size=16, batch_size_help="training batch (episodes per step)")
+    p.add_argument("--eval-batch-sizes", default="250,1000", help="comma list of evaluation batch sizes")
+    add_flag(p, "--seconds", type=float, default=10.0, problem=_positive("--seconds"),
+             help="seconds per measurement (split into --rounds)")
+    add_flag(p, "--rounds", type=int, default=3, problem=at_least(1, "--rounds"),
+             help="interleaved rounds per training measurement")
+    p.add_argument("--models", default="mann",
+                   help=f"comma list of models to time ({', '.join(MODELS)}; "
+                        "mann: the default path (the C++ kernel on CPU where it loads); "
+                        "mann-cpp: the C++ kernel (cpp.py), an error where it cannot load; "
+                        "mann-fast: the Python fast path (fast.py), the C++ kernel off; "
+                        "mann-autograd: MANN with MANN.fast = False; "
+                        "mann-compiled: MANN with --compile, training through torch.compile)")
+    p.add_argument("--no-reference", action="store_true", help="skip the plain reference loop")
+    p.add_argument("--key-strength", action="store_true", help="MANN with the key-strength extension")
+    add_shared_flags(p, "data_root", data_root_help="real Omniglot instead of synthetic images")
+    add_flag(p, "--synthetic-classes", type=int, default=1200, problem=at_least(5, "--synthetic-classes"),
+             help="synthetic classes (before x4 rotations)")
+    p.add_argument("--jitter-shift", type=float, default=0.0, help="training augmentation, as train.py")
+    p.add_argument("--jitter-rotate", type=float, default=0.0, help="training augmentation, as train.py")
+    add_flag(p, "--profile", type=int, default=0, metavar="STEPS", problem=at_least(0, "--profile"),
+             help="also profile this many training steps of every loop with torch.profiler (top ops)")
+    add_flag(p, "--rss-steps", type=int, default=0, problem=at_least(0, "--rss-steps"),
+             help="also run this many project MANN training steps, sampling the resident memory")
+    add_shared_flags(p, "seed", "json")
+    return p
+
+
+def comma_list(text: str, flag: str, cast=str) -> list:
+    try:
+        items = [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} must be a comma list (got {text!r})") from None
+    if not items:
+        raise UserError(f"{flag} is empty")
+    return items
+
+
+def main(argv=None) -> int:
+    return run_guarded(_bench, argv)
+
+
+def _bench(argv) -> int:
+    from fewshot_mann.engine.bench import VARIANTS, run_bench
+
+    args = parse_checked(bench_parser(), argv)
+    args.models = comma_list(args.models, "--models")
+    unknown = [m for m in args.models if m not in MODELS and m not in VARIANTS]
+    if unknown:
+        raise UserError(f"--models: unknown model(s) {', '.join(unknown)}; "
+                        f"choose from {', '.join(MODELS + VARIANTS)}")
+    args.eval_batch_sizes = comma_list(args.eval_batch_sizes, "--eval-batch-sizes", int)
+    if min(args.eval_batch_sizes) < 1:
+        raise UserError(f"--eval-batch-sizes must be at least 1 each (got {min(args.eval_batch_sizes)})")
+    set_threads(args.threads)
+    run_bench(args, ["fewshot-mann", "bench", *argv])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

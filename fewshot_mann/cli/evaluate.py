@@ -1,0 +1,129 @@
+"""``fewshot-mann evaluate`` (``evaluate.py``): accuracy by instance on held-out classes.
+
+``--classes`` chooses which of the checkpoint's classes to score (``--split test|train``
+is its deprecated spelling here; the class split itself is the checkpoint's).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from fewshot_mann.cli.common import add_shared_flags, classes_option, parse_checked, run_guarded, set_threads
+from fewshot_mann.config import DECODES
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate.py", description="Accuracy by instance on held-out classes.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by train.py")
+    add_shared_flags(p, "data_root", "dataset", "classes", "allow_trained_classes", "instances", "ways",
+                     "test_classes", "episodes", "seed",
+                     data_root_help="override the data root stored in the checkpoint",
+                     allow_trained_classes_help="score test classes even where the checkpoint records training on "
+                                                "some of them (or their images)",
+                     dataset_help="override the dataset (e.g. folder for cross-domain)",
+                     instances_help="images of each class per episode, instead of the checkpoint's "
+                                    "(e.g. a folder with few per class)",
+                     ways_help="classes per episode, instead of the checkpoint's (string-label checkpoints only: "
+                               "one-hot ones have one input and one output per trained way)",
+                     test_classes_help="folder datasets: the classes to evaluate on instead of the checkpoint's "
+                                       "split: all (e.g. a --data-root of new classes), a fraction or a comma list")
+    p.add_argument("--decode", choices=DECODES, default="free",
+                   help="free: the paper's protocol (the argmax of each output group; any label may be answered); "
+                        "seen: the answer restricted to the labels given so far in the episode, as predict does "
+                        "(a class's 1st presentation is then wrong, except at the episode's first step, "
+                        "where no label has been given and the free answer is kept)")
+    add_shared_flags(p, "batch_size", "device", "threads", "json", "plot", "no_progress")
+    return p
+
+
+def apply_overrides(cfg, args) -> None:
+    """The checkpoint's config with this command's data and episode overrides."""
+    from fewshot_mann.data.episodes import with_ways
+
+    if args.data_root:
+        cfg.data.data_root = args.data_root
+    if args.dataset and args.dataset != cfg.data.dataset:
+        cfg.data.dataset = args.dataset
+        cfg.data.test_root = None
+        cfg.data.test_classes = "all"  # cross-domain: every class of the folder is held out
+    if args.test_classes is not None:
+        cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
+    if args.ways is not None:
+        cfg.episodes = with_ways(cfg.episodes, args.ways)
+    if args.instances is not None:
+        cfg.episodes.instances = args.instances  # the models read episodes of any length
+    if args.ways is not None or args.instances is not None:
+        cfg.validate()
+
+
+def main(argv=None) -> int:
+    return run_guarded(_evaluate, argv)
+
+
+
+def _evaluate(argv) -> int:
+    from fewshot_mann.data.episodes import check_bank
+    from fewshot_mann.data.heldout import bank_digests, check_scored, recorded_classes
+    from fewshot_mann.data.loading import load_split_banks
+    from fewshot_mann.engine import distributed
+    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
+    from fewshot_mann.engine.trainer import resolve_device
+
+    args = parse_checked(evaluate_parser(), argv)
+    kind = classes_option(args)
+    set_threads(args.threads)
+    # under torchrun the episodes are shared out over the processes; rank 0 reports
+    ctx, device = distributed.init_from_env(resolve_device(args.device))
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = ckpt["config_obj"]
+    # the classes the checkpoint recorded (wherever its folder is now), unless the dataset or class split is overridden
+    recorded = None if (args.dataset or args.test_classes is not None) else recorded_classes(ckpt)
+    apply_overrides(cfg, args)
+    model = load_model_from_checkpoint(ckpt, device)
+    nonfinite = warn_nonfinite(ckpt, args.checkpoint) if ctx.is_main else False
+    parts, pixel_parts = load_split_banks(cfg, progress=not args.no_progress, recorded=recorded, with_pixels=True)
+    bank = parts.part(kind)
+    check_bank(bank, cfg.episodes, f"{kind} classes")
+    check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
+    t0 = time.perf_counter()
+    res = distributed.evaluate_sharded(model, bank, cfg.episodes, ctx, episodes=args.episodes, seed=args.seed,
+                                       batch_size=args.batch_size, device=device, progress=not args.no_progress,
+                                       decode=args.decode)
+    seconds = time.perf_counter() - t0
+    distributed.close(ctx)
+    if not ctx.is_main:
+        return 0
+    res.pop("_per_episode")
+    report(args, argv, ckpt, cfg, res, bank, pixel_parts.part(kind), kind,
+           seconds=seconds, device=device, nonfinite=nonfinite)
+    return 0
+
+
+def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonfinite) -> None:
+    """Print the table (and, on folder data, the nearest-centroid baselines); write --json/--plot."""
+    from fewshot_mann.engine.evaluation import format_table
+    from fewshot_mann.reporting.records import training_record, write_evaluation
+
+    print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {kind} classes"))
+    baselines = []
+    if cfg.data.dataset == "folder":  # is the memory helping? the same episodes, nearest centroid
+        from fewshot_mann.engine.knn import folder_baselines
+        baselines = folder_baselines(cfg, bank, pixels, episodes=args.episodes, seed=args.seed,
+                                     batch_size=args.batch_size, device=device)
+        for base in baselines:
+            print(f"{base['name']:<28} " + " ".join(f"{100 * a:7.1f}" for a in base["accuracy_by_instance"]))
+    out = {**res, "classes": kind, "class_names": list(bank.names), "num_classes": bank.num_classes,
+           **({"baselines": baselines} if baselines else {}),
+           "checkpoint": str(args.checkpoint),
+           "checkpoint_episodes": ckpt.get("episodes_done"),
+           "training": training_record(ckpt), "config": cfg.to_dict(),
+           "command": ["evaluate.py", *argv], "seconds": round(seconds, 3),
+           "date": time.strftime("%Y-%m-%d"), "device": str(device),
+           **({"warning": "non-finite weights: the numbers are not a measurement"} if nonfinite else {})}
+    write_evaluation(out, args.json, args.plot, cfg.model.model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

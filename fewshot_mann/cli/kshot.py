@@ -1,0 +1,86 @@
+"""``fewshot-mann kshot``: standard N-way K-shot accuracy (the protocol: engine/kshot.py)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, classes_option, parse_checked, run_guarded,
+                                     set_threads)
+from fewshot_mann.config import POLARITIES
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fewshot-mann kshot", description="Standard N-way K-shot accuracy (see module doc).")
+    p.add_argument("--checkpoint", required=True)
+    add_shared_flags(p, "dataset", "data_root", "test_classes", "classes",
+                     dataset_help="override the checkpoint's dataset (folder: cross-domain, every class held out "
+                                  "by default)",
+                     test_classes_help="folder datasets: classes to evaluate on: all, a fraction or a comma list")
+    p.add_argument("--polarity", choices=POLARITIES, default=None, help="override the checkpoint's polarity (raw pixels)")
+    add_shared_flags(p, "ways", ways_nargs="+", ways_help="default: the checkpoint's ways")
+    add_flag(p, "--shots", type=int, nargs="+", default=[1, 5], problem=at_least(1, "--shots"))
+    add_flag(p, "--queries", type=int, default=1, problem=at_least(1, "--queries"),
+             help="query images per class in each episode")
+    add_shared_flags(p, "episodes", "seed", "device", "threads")
+    add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt"),
+             help="meta-fine-tune a copy of the model on each episode's support set for STEPS steps first")
+    p.add_argument("--no-baselines", action="store_true", help="skip the nearest-centroid baselines")
+    add_shared_flags(p, "no_feature_cache", "no_progress", "json", "allow_trained_classes")
+    return p
+
+
+def apply_overrides(cfg, args) -> None:
+    if args.data_root:
+        cfg.data.data_root = args.data_root
+    if args.dataset and args.dataset != cfg.data.dataset:
+        cfg.data.dataset, cfg.data.test_root, cfg.data.test_classes = args.dataset, None, "all"
+    if args.test_classes is not None:
+        cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
+    if args.polarity:
+        cfg.data.polarity = args.polarity
+    cfg.episodes.instances = min(cfg.episodes.instances, min(args.shots) + args.queries)  # the loader's minimum
+
+
+def main(argv=None) -> int:
+    return run_guarded(_kshot, argv)
+
+
+def _kshot(argv) -> int:
+    from fewshot_mann.config import is_backbone
+    from fewshot_mann.data.heldout import bank_digests, check_scored, recorded_classes
+    from fewshot_mann.data.loading import load_split_banks
+    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
+    from fewshot_mann.engine.kshot import kshot_table
+    from fewshot_mann.engine.trainer import resolve_device
+    from fewshot_mann.fileio import atomic_write_json
+
+    args = parse_checked(parser(), argv)
+    kind = classes_option(args)
+    set_threads(args.threads)
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = ckpt["config_obj"]
+    apply_overrides(cfg, args)
+    device = resolve_device(args.device)
+    model = load_model_from_checkpoint(ckpt, device)
+    warn_nonfinite(ckpt, args.checkpoint)
+    recorded = None if (args.dataset or args.test_classes is not None) else recorded_classes(ckpt)
+    parts, pixel_parts = load_split_banks(cfg, progress=not args.no_progress, recorded=recorded,
+                                          feature_cache=not args.no_feature_cache, with_pixels=True)
+    bank, pixels = parts.part(kind), pixel_parts.part(kind)
+    check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
+    rows, baselines = kshot_table(model, bank, pixels, cfg, args.ways or [cfg.episodes.ways], args.shots,
+                                  args.episodes, args.seed, queries=args.queries, adapt=args.adapt,
+                                  baselines=not args.no_baselines, backbone=is_backbone(cfg.model.encoder),
+                                  device=device, progress=not args.no_progress)
+    if args.json:
+        atomic_write_json(args.json, {"results": rows, "baselines": baselines, "classes": kind,
+                                      "class_names": list(bank.names), "checkpoint": args.checkpoint,
+                                      "command": ["fewshot-mann", "kshot", *argv], "config": cfg.to_dict(),
+                                      "training": {"episodes": ckpt.get("episodes_done")},
+                                      "date": time.strftime("%Y-%m-%d")})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""``fewshot-mann predict``: classify new images from a few labelled examples per class
+(the protocol: engine/predict.py)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_checked, run_guarded, set_threads
+from fewshot_mann.errors import DataError
+
+
+def _probability(value) -> str | None:
+    if not 0.0 <= value <= 1.0:
+        return f"--threshold must be between 0 and 1 (got {value})"
+    return None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fewshot-mann predict",
+                                description="classify new images from a few labelled examples per class.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by train.py")
+    p.add_argument("--support", required=True, metavar="DIR", help="one sub-folder per class with a few labelled images")
+    p.add_argument("--query", required=True, nargs="+", metavar="PATH", help="image files and/or folders to classify")
+    add_flag(p, "--orders", type=int, default=8, problem=at_least(1, "--orders"),
+             help="shuffled support orders / label assignments to average over")
+    add_flag(p, "--threshold", type=float, default=None, problem=_probability,
+             help="flag predictions whose probability is below this (default: (1 + 1/classes) / 2)")
+    add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
+    add_shared_flags(p, "json", "csv", "batch_size", "device", "threads", json_help="write the results as a JSON list",
+                     batch_size=256, batch_size_help="sequences per forward pass")
+    return p
+
+
+def main(argv=None) -> int:
+    return run_guarded(_predict, argv)
+
+
+def _predict(argv) -> int:
+    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, refuse_nonfinite
+    from fewshot_mann.engine.predict import format_results, predict, to_csv
+    from fewshot_mann.engine.trainer import resolve_device
+    from fewshot_mann.fileio import atomic_write_json, atomic_write_text
+
+    args = parse_checked(parser(), argv)
+    set_threads(args.threads)
+    for q in args.query:  # a typo fails before any loading
+        if not Path(q).expanduser().exists():
+            raise DataError(f"--query {q} does not exist")
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = ckpt["config_obj"]
+    model = load_model_from_checkpoint(ckpt, device)
+    refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
+    results, bank = predict(model, cfg, args.support, args.query, orders=args.orders, threshold=args.threshold,
+                            seed=args.seed, batch_size=args.batch_size, device=device)
+    cut = (1 + 1 / bank.num_classes) / 2 if args.threshold is None else args.threshold
+    print(f"{cfg.model.model} checkpoint, {bank.num_classes} support classes "
+          f"({', '.join(f'{n} {c}' for n, c in zip(bank.names, bank.counts))} images), "
+          f"{len(results)} queries, {args.orders} orders, low confidence below {cut:.2f}")
+    print(format_results(results))
+    if args.json:
+        atomic_write_json(args.json, results)
+        print(f"wrote {args.json}")
+    if args.csv:
+        atomic_write_text(args.csv, to_csv(results, bank.names))
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
