@@ -19,6 +19,10 @@ from fewshot_mann.errors import UserError
 # NTM / DNC memory; lstm, ff = the paper's baselines; transformer = causal self-attention.
 # keyed = a label-keyed memory read by cosine similarity (keyed.py; photos over backbone features).
 MODELS = ("mann", "ntm", "dnc", "lstm", "ff", "transformer", "keyed")
+# How a memory runs (memory/backend.py): auto = the fastest that can run here.
+MEMORY_BACKENDS = ("auto", "autograd", "sequence", "kernel")
+# Config keys of earlier releases that no longer mean anything: dropped when a saved config is read.
+OBSOLETE_KEYS = {"model": ("compile",)}  # compile: the torch.compile path (compiled.py), removed
 LABEL_ENCODINGS = ("onehot", "string")
 DECODES = ("free", "seen")  # evaluation: any label may be answered / only labels given so far
 DATASETS = ("omniglot", "folder")
@@ -198,7 +202,9 @@ class ModelConfig:
     # > 0: a learned linear map of the normalised features to this width (e.g. 400, the input
     # width of the 20x20 Omniglot models, so --init-from one of them reuses its whole memory model)
     feature_proj: int = 0
-    compile: bool = False  # mann: train the LRUA recurrence through torch.compile (same maths; compiled.py)
+    # which implementation of the memory runs (memory/backend.py; the same maths): auto,
+    # autograd (the readable equations), sequence (hand-written BPTT), kernel (LRUA, C++, CPU)
+    memory_backend: str = "auto"
     num_write_heads: int = 1  # ntm (the dnc has exactly one write head)
     shift_range: int = 1  # ntm: location shifts -S..+S (the NTM paper's {-1, 0, +1})
     transformer_layers: int = 3
@@ -257,6 +263,7 @@ class Config:
             sub_cls = f.default_factory  # type: ignore[misc]
             if f.name == "data" and "polarity" not in sub:
                 sub = {**sub, "polarity": legacy_polarity(sub)}
+            sub = {k: v for k, v in sub.items() if k not in OBSOLETE_KEYS.get(f.name, ())}
             names = {g.name for g in dataclasses.fields(sub_cls)}
             unknown = set(sub) - names
             if unknown:
@@ -301,6 +308,8 @@ class Config:
             (m.feature_norm in FEATURE_NORMS,
              f"--feature-norm must be one of {', '.join(FEATURE_NORMS)} (got {m.feature_norm!r})"),
             (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
+            (m.memory_backend in MEMORY_BACKENDS,
+             f"--memory-backend must be one of {', '.join(MEMORY_BACKENDS)} (got {m.memory_backend!r})"),
             (m.controller_size >= 1, f"--controller-size must be at least 1 (got {m.controller_size})"),
             (m.memory_slots >= 1, f"--memory-slots must be at least 1 (got {m.memory_slots})"),
             (m.memory_width >= 1, f"--memory-width must be at least 1 (got {m.memory_width})"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fewshot_mann.cli import common as cli
 from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
-from fewshot_mann.models.mann import count_parameters
+from fewshot_mann.models.registry import count_parameters
 from lineage_helpers import train_and_evaluate, use_synthetic_banks
 
 SCRIPT = Path(__file__).resolve().parents[1] / "reports" / "make_memory_comparison.py"

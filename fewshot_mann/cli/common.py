@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from fewshot_mann.config import (DATASETS, DECODES, ENCODERS, FEATURE_NORMS, LABEL_ENCODINGS, MODELS, POLARITIES,
-                     RESIZE_POLICIES, Config, check_type, device_problem, image_size_problem, seed_problem,
-                     threads_problem)
+from fewshot_mann.config import (DATASETS, DECODES, ENCODERS, FEATURE_NORMS, LABEL_ENCODINGS, MEMORY_BACKENDS, MODELS,
+                                 OBSOLETE_KEYS, POLARITIES, RESIZE_POLICIES, Config, check_type, device_problem,
+                                 image_size_problem, seed_problem, threads_problem)
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import check_output_path, read_json_file
 from fewshot_mann.data.heldout import CLASS_CHOICES
@@ -35,7 +35,7 @@ FIELDS = {
     "controller_size": ("model", "controller_size"), "memory_slots": ("model", "memory_slots"),
     "memory_width": ("model", "memory_width"), "read_heads": ("model", "num_read_heads"),
     "usage_decay": ("model", "usage_decay"), "key_strength": ("model", "key_strength"),
-    "compile": ("model", "compile"),
+    "memory_backend": ("model", "memory_backend"),
     "write_heads": ("model", "num_write_heads"), "shift_range": ("model", "shift_range"),
     "transformer_layers": ("model", "transformer_layers"), "transformer_heads": ("model", "transformer_heads"),
     "transformer_width": ("model", "transformer_width"),
@@ -179,14 +179,21 @@ def _flatten_config_file(path: str) -> dict:
     if not isinstance(raw, dict):
         raise UserError(f"config file {path} must hold a JSON object")
     flat, reverse = {}, {v: k for k, v in FIELDS.items()}
+    obsolete = {(section, key) for section, keys in OBSOLETE_KEYS.items() for key in keys}
     for key, value in raw.items():
         if isinstance(value, dict):  # nested: {"model": {"memory_slots": 128}}
             for sub, v in value.items():
+                if (key, sub) in obsolete:
+                    _obsolete_notice(f"config file {path}: {key}.{sub}")
+                    continue
                 if (key, sub) not in reverse:
                     raise UserError(f"config file {path}: unknown key {key}.{sub:.60}")
                 flat[reverse[(key, sub)]] = check_type(key, sub, v, f"config file {path}")
         else:
             dest = key.replace("-", "_").lstrip("_")
+            if any(dest == k for _, k in obsolete):
+                _obsolete_notice(f"config file {path}: {key}")
+                continue
             if dest not in FIELDS and dest not in ("out",):
                 raise UserError(f"config file {path}: unknown key {key!r:.60}")
             if dest == "out":
@@ -196,6 +203,12 @@ def _flatten_config_file(path: str) -> dict:
             else:
                 flat[dest] = check_type(*FIELDS[dest], value, f"config file {path}")
     return flat
+
+
+def _obsolete_notice(what: str) -> None:
+    """One line for an option of an earlier release that is ignored now (only ``compile`` so far)."""
+    print(f"note: {what} is deprecated and ignored (the torch.compile path was removed; "
+          "--memory-backend picks the implementation)", file=sys.stderr)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -260,9 +273,12 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--usage-decay", type=float, default=d.model.usage_decay)
     g.add_argument("--key-strength", action=argparse.BooleanOptionalAction, default=d.model.key_strength,
                    help="extension: learned sharpening of the read softmax (not in the paper)")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.model.compile,
-                   help="mann: train the recurrence through torch.compile (needs a C++ compiler; minutes of "
-                        "compiling on first use, cached on disk; falls back to the eager fast path)")
+    g.add_argument("--memory-backend", choices=MEMORY_BACKENDS, default=d.model.memory_backend,
+                   help="mann/ntm/dnc: which implementation of the memory runs (the same maths): auto = the "
+                        "fastest here; autograd = the readable equations; sequence = hand-written BPTT; "
+                        "kernel = mann's C++ kernel (CPU)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help=argparse.SUPPRESS)  # deprecated and ignored: the torch.compile path was removed
     g.add_argument("--write-heads", type=int, default=d.model.num_write_heads, help="ntm: write heads (dnc: always 1)")
     g.add_argument("--shift-range", type=int, default=d.model.shift_range,
                    help="ntm: location shifts -S..+S of the previous weighting")
@@ -306,6 +322,8 @@ def parse_train_args(argv):
     from_file = _flatten_config_file(known.config) if known.config else {}
     p.set_defaults(**from_file)
     args = parse_checked(p, argv)
+    if args.compile is not None:
+        _obsolete_notice("--compile" if args.compile else "--no-compile")
     # what the user asked for (command line or config file), for --resume to name what it ignores
     args.explicit = (explicit_flags(train_parser(), argv) | set(from_file)) & set(FIELDS)
     return args

@@ -46,11 +46,10 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per training measurement")
     p.add_argument("--models", default="mann",
                    help=f"comma list of models to time ({', '.join(MODELS)}; "
-                        "mann: the default path (the C++ kernel on CPU where it loads); "
-                        "mann-cpp: the C++ kernel (cpp.py), an error where it cannot load; "
-                        "mann-fast: the Python fast path (fast.py), the C++ kernel off; "
-                        "mann-autograd: MANN with MANN.fast = False; "
-                        "mann-compiled: MANN with --compile, training through torch.compile)")
+                        "mann: memory backend auto (the C++ kernel on CPU where it loads); "
+                        "mann-cpp: memory backend kernel (lrua/kernel.py), an error where it cannot load; "
+                        "mann-fast: memory backend sequence (lrua/sequence.py); "
+                        "mann-autograd: memory backend autograd (the equations step by step))")
     p.add_argument("--no-reference", action="store_true", help="skip the plain reference loop")
     p.add_argument("--key-strength", action="store_true", help="MANN with the key-strength extension")
     p.add_argument("--data-root", default=None, help="real Omniglot instead of synthetic images")
@@ -90,16 +89,13 @@ class TrainingLoop:
     """One model, its Adam optimiser and a step counter; ``step()`` is one training step
     exactly as ``training.train`` runs it, with a CPU-time counter per phase."""
 
-    def __init__(self, cfg: Config, bank: ClassBank, forward=None, fast: bool = True, cpp: bool = True):
+    def __init__(self, cfg: Config, bank: ClassBank, forward=None):
         from fewshot_mann.data.episodes import Jitter
         from fewshot_mann.engine.trainer import new_model, new_optimizer
 
         self.cfg, self.bank = cfg, bank
         self.model = new_model(cfg)
         self.model.train()
-        if hasattr(self.model, "fast"):
-            self.model.fast = fast
-            self.model.cpp = cpp
         self.forward = forward or self.model
         self.optimizer = new_optimizer(self.model, cfg.train.lr)
         self.jitter = Jitter(cfg.data.jitter_shift, cfg.data.jitter_rotate)
@@ -281,9 +277,6 @@ def format_report(res: dict) -> str:
         ratio = (f"{r['episodes_per_s'] / ref['episodes_per_s']:14.1f}"
                  f"{r['cpu_episodes_per_s'] / ref['cpu_episodes_per_s']:13.1f}" if ref else "")
         lines.append(f"{name:<22}{r['episodes_per_s']:11.1f}{r['cpu_episodes_per_s']:11.1f}{ratio}")
-    if res.get("compile_seconds") is not None:
-        lines.append(f"mann-compiled: first training step (compiling, or loading inductor's cache) "
-                     f"{res['compile_seconds']:.1f} s wall")
     if res.get("cpp_load_seconds") is not None:
         lines.append("C++ LRUA kernel: " + (f"unavailable ({res['cpp_unavailable']}); mann ran fast.py"
                                              if res.get("cpp_unavailable") else
@@ -323,16 +316,15 @@ def _parse_list(text: str, what: str, cast=str) -> list:
     return items
 
 
-AUTOGRAD = "mann-autograd"  # MANN with MANN.fast = False: the step-by-step autograd path
-COMPILED = "mann-compiled"  # MANN with model.compile = True: training through compiled.py
-CPP = "mann-cpp"  # MANN through the C++ kernel (cpp.py), required to load
-FAST = "mann-fast"  # MANN with MANN.cpp = False: the Python fast path (fast.py)
-VARIANTS = (AUTOGRAD, COMPILED, CPP, FAST)
+AUTOGRAD = "mann-autograd"  # MANN, memory backend autograd: the step-by-step equations
+CPP = "mann-cpp"  # MANN, memory backend kernel: the C++ kernel (lrua/kernel.py), required to load
+FAST = "mann-fast"  # MANN, memory backend sequence: the Python fast path (lrua/sequence.py)
+VARIANTS = {AUTOGRAD: "autograd", CPP: "kernel", FAST: "sequence"}  # bench name -> memory backend
 
 
 def _loop_config(args, name: str) -> Config:
     cfg = _config(args, "mann" if name in VARIANTS else name)
-    cfg.model.compile = name == COMPILED
+    cfg.model.memory_backend = VARIANTS.get(name, "auto")
     return cfg
 
 
@@ -344,7 +336,7 @@ def _bench(argv) -> int:
     unknown = [m for m in models if m not in MODELS and m not in VARIANTS]
     if unknown:
         raise UserError(f"--models: unknown model(s) {', '.join(unknown)}; "
-                        f"choose from {', '.join(MODELS + VARIANTS)}")
+                        f"choose from {', '.join(MODELS + tuple(VARIANTS))}")
     eval_batches = _parse_list(args.eval_batch_sizes, "--eval-batch-sizes", int)
     if args.threads < 0 or args.batch_size < 1 or args.seconds <= 0 or args.rounds < 1 or args.rss_steps < 0 \
             or args.profile < 0 or min(eval_batches) < 1 or args.synthetic_classes < 5:
@@ -356,26 +348,17 @@ def _bench(argv) -> int:
     load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     cpp_seconds = cpp_reason = None
     if any(name in ("mann", CPP) for name in models):  # build (first use) or load the C++ kernel
-        from fewshot_mann.memory.lrua import kernel as cpp
+        from fewshot_mann.memory.backend import kernel_unavailable_reason
         wall0 = time.perf_counter()
-        cpp_reason = cpp.unavailable_reason()
+        cpp_reason = kernel_unavailable_reason()
         cpp_seconds = time.perf_counter() - wall0
         if cpp_reason is not None and CPP in models:
             raise UserError(f"--models {CPP}: the C++ LRUA kernel is unavailable ({cpp_reason})")
-    loops = {name: TrainingLoop(_loop_config(args, name), bank, fast=name != AUTOGRAD, cpp=name != FAST)
-             for name in models}
-    compile_seconds = None
-    if COMPILED in loops:  # the first step compiles (or loads from inductor's cache) both graphs
-        print("compiling the MANN recurrence (first training step of mann-compiled) ...", file=sys.stderr)
-        wall0 = time.perf_counter()
-        loops[COMPILED].step()
-        compile_seconds = time.perf_counter() - wall0
+    loops = {name: TrainingLoop(_loop_config(args, name), bank) for name in models}
     # The project's loops and evaluations run first, so the peak memory they need is
     # known before the reference (whose autograd graph is far larger) has run at all.
     evaluation = []
     for name in models:
-        if name == COMPILED:  # evaluation (no gradient) runs the eager fast path: the same as mann
-            continue
         for batch in eval_batches:
             print(f"timing evaluation of {name} at batch {batch} ...", file=sys.stderr)
             r = measure_evaluation(loops[name].model, loops[name].cfg, bank, batch, args.seconds / 2)
@@ -404,7 +387,7 @@ def _bench(argv) -> int:
                    f"{m.num_read_heads} read heads, {base.data.image_size}x{base.data.image_size} images, "
                    f"{'key strength, ' if m.key_strength else ''}{'Omniglot' if args.data_root else 'synthetic'} "
                    f"bank of {bank.num_classes} classes"),
-        "compile_seconds": compile_seconds,
+        "compile_seconds": None,  # mann-compiled (torch.compile) was removed; the key stays for readers
         "cpp_load_seconds": cpp_seconds, "cpp_unavailable": cpp_reason,
         "training": training, "evaluation": evaluation, "profiles": profiles, "rss": rss,
         "peak_rss_project_mib": peak_project, "peak_rss_mib": _peak_rss_mib(),
