@@ -19,6 +19,10 @@ from fewshot_mann.errors import UserError
 # NTM / DNC memory; lstm, ff = the paper's baselines; transformer = causal self-attention.
 # keyed = a label-keyed memory read by cosine similarity (keyed.py; photos over backbone features).
 MODELS = ("mann", "ntm", "dnc", "lstm", "ff", "transformer", "keyed")
+# How a memory runs (memory/backend.py): auto = the fastest that can run here.
+MEMORY_BACKENDS = ("auto", "autograd", "sequence", "kernel")
+# Config keys of earlier releases that no longer mean anything: dropped when a saved config is read.
+OBSOLETE_KEYS = {"model": ("compile",)}  # compile: the torch.compile path (compiled.py), removed
 LABEL_ENCODINGS = ("onehot", "string")
 DECODES = ("free", "seen")  # evaluation: any label may be answered / only labels given so far
 DATASETS = ("omniglot", "folder")
@@ -308,9 +312,11 @@ class ModelConfig:
     feature_proj: int = option(0, low=0, note="0 = none",
                                help="backbone features: learned linear map to this width first (0 = none; 400 lets "
                                     "--init-from a 20x20 Omniglot model reuse its memory model)")
-    compile: bool = option(  # mann: train the LRUA recurrence through torch.compile (same maths; compiled.py)
-        False, help="mann: train the recurrence through torch.compile (needs a C++ compiler; minutes of "
-                    "compiling on first use, cached on disk; falls back to the eager fast path)")
+    # which implementation of the memory runs (memory/backend.py; the same maths)
+    memory_backend: str = option(
+        "auto", choices=MEMORY_BACKENDS,
+        help="mann/ntm/dnc: which implementation of the memory runs (the same maths): auto = the fastest here; "
+             "autograd = the readable equations; sequence = hand-written BPTT; kernel = mann's C++ kernel (CPU)")
     num_write_heads: int = option(1, flag="--write-heads", low=1,  # ntm (the dnc has exactly one write head)
                                   help="ntm: write heads (dnc: always 1)")
     shift_range: int = option(1, low=0,  # ntm: location shifts -S..+S (the NTM paper's {-1, 0, +1})
@@ -376,6 +382,7 @@ class Config:
             sub_cls = f.default_factory  # type: ignore[misc]
             if f.name == "data" and "polarity" not in sub:
                 sub = {**sub, "polarity": legacy_polarity(sub)}
+            sub = {k: v for k, v in sub.items() if k not in OBSOLETE_KEYS.get(f.name, ())}
             names = {g.name for g in dataclasses.fields(sub_cls)}
             unknown = set(sub) - names
             if unknown:

@@ -13,6 +13,7 @@ import evaluate as evaluate_script
 import train as train_script
 from conftest import synthetic_bank
 from fewshot_mann.cli import main as cli
+from fewshot_mann.memory import backend
 from helpers import patch_banks
 
 TINY_ARGS = ["--controller-size", "16", "--memory-slots", "8", "--memory-width", "5", "--read-heads", "2",
@@ -94,14 +95,24 @@ def assert_close_lists(a, b, atol, what):
         assert err <= atol * scale, f"{what}[{i}] differs by {err:.2e} (largest entry {scale:.2e})"
 
 
+def memory_step(memory, implementation: str = "auto", like: torch.Tensor | None = None):
+    """``step(h, state)`` of ``memory`` as ``memory.backend`` runs it for ``implementation``
+    (default: what a model runs, ``auto``)."""
+    chosen = backend.choose(implementation, memory, torch.zeros(1) if like is None else like)
+    return backend.step_function(memory, chosen)
+
+
 def mann_forward_with_step(model, step, images, label_inputs):
-    """The model's own forward with its memory's ``step`` replaced by ``step(memory, h, state)``."""
-    memory = model.memory
+    """The model's own forward (step by step: the autograd backend) with its memory's ``step``
+    replaced by ``step(memory, h, state)``."""
+    memory, chosen = model.memory, model.memory_backend
     memory.step = lambda h, state: step(memory, h, state)
+    model.memory_backend = "autograd"
     try:
         return model(images, label_inputs)
     finally:
         del memory.step
+        model.memory_backend = chosen
 
 
 def state_tensors_alive_after_backward(model, images, label_inputs) -> tuple[int, int]:
@@ -111,17 +122,20 @@ def state_tensors_alive_after_backward(model, images, label_inputs) -> tuple[int
     Function's ``ctx`` leaks every step's memory for the rest of the process."""
     import weakref
 
-    memory = model.memory
-    step, refs = memory.step, []
+    step_function, refs = backend.step_function, []
 
-    def recording_step(h, state):
-        reads, new = step(h, state)
-        refs.extend(weakref.ref(t) for t in new if t is not None)
-        return reads, new
+    def recording_step_function(memory, implementation):
+        step = step_function(memory, implementation)
 
-    memory.step = recording_step
+        def recording_step(h, state):
+            reads, new = step(h, state)
+            refs.extend(weakref.ref(t) for t in new if t is not None)
+            return reads, new
+        return recording_step
+
+    backend.step_function = recording_step_function
     try:
         model(images, label_inputs).square().sum().backward()
     finally:
-        del memory.step
+        backend.step_function = step_function
     return sum(r() is not None for r in refs), len(refs)

@@ -1,4 +1,4 @@
-"""The C++ LRUA kernel (cpp.py, csrc/lrua.cpp) against fast.py and the literal reference.
+"""The C++ LRUA kernel (lrua/kernel.py, lrua.cpp) against sequence.py and the literal reference.
 
 Outputs and the gradient of every input and parameter must agree to 1e-5 (float32) or
 1e-10 (float64), with and without key strength, at odd sizes and at the paper's sizes.
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from fewshot_mann.memory import backend
 from fewshot_mann.memory.lrua import kernel as cpp
 from fewshot_mann.memory.lrua import sequence as fast
 from fewshot_mann.config import Config
@@ -23,8 +24,8 @@ from test_fast import (TOLERANCE, assert_same, check_paths_agree, episode_inputs
 @pytest.fixture
 def kernel(monkeypatch):
     """The loaded kernel (building it on first use), or a skip saying why not."""
-    monkeypatch.delenv(cpp.ENV, raising=False)
-    reason = cpp.unavailable_reason()
+    monkeypatch.delenv(backend.ENV, raising=False)
+    reason = backend.kernel_unavailable_reason()
     if reason is not None:
         pytest.skip(f"the C++ LRUA kernel cannot be built or loaded here: {reason}")
     return cpp.ops()
@@ -73,9 +74,11 @@ def test_kernel_matches_fast_path_on_random_inputs(kernel, size, key_strength, d
 
 
 def check_model_against_fast_and_reference(cfg, dtype, batch):
-    assert make(cfg, dtype).cpp  # the kernel is MANN's default
-    check_paths_agree(cfg, dtype, batch, [("C++ kernel", with_attrs(cpp=True)),
-                                          ("fast path", with_attrs(cpp=False)),
+    model = make(cfg, dtype)
+    like = torch.zeros(1, dtype=dtype)
+    assert backend.choose(model.memory_backend, model.memory, like) == "kernel"  # the kernel is MANN's default
+    check_paths_agree(cfg, dtype, batch, [("C++ kernel", with_attrs(memory_backend="kernel")),
+                                          ("fast path", with_attrs(memory_backend="sequence")),
                                           ("reference", reference_path)])
 
 
@@ -200,13 +203,12 @@ def test_mann_uses_the_kernel_on_cpu_by_default(kernel, monkeypatch):
 
 
 def fast_path_results(cfg, inputs):
-    model = make(cfg, torch.float32)
-    model.cpp = False
+    model = make(cfg, torch.float32, memory_backend="sequence")
     return outputs_and_grads(model, model, cfg, *inputs)
 
 
 def test_env_var_turns_the_kernel_off_without_a_warning(monkeypatch):
-    monkeypatch.setenv(cpp.ENV, "0")
+    monkeypatch.setenv(backend.ENV, "0")
     monkeypatch.setattr(cpp, "_STATE", {})
     monkeypatch.setattr(cpp, "_build_and_load", lambda: pytest.fail("FEWSHOT_MANN_CPP=0 must not build"))
     cfg = tiny_config()
@@ -217,11 +219,11 @@ def test_env_var_turns_the_kernel_off_without_a_warning(monkeypatch):
         out, grads = outputs_and_grads(model, model, cfg, *inputs)
     fast_out, fast_grads = fast_path_results(cfg, inputs)
     assert torch.equal(out, fast_out) and all(torch.equal(grads[n], fast_grads[n]) for n in grads)
-    assert cpp.unavailable_reason() == "turned off by FEWSHOT_MANN_CPP=0"
+    assert backend.kernel_unavailable_reason() == "turned off by FEWSHOT_MANN_CPP=0"
 
 
 def test_build_failure_falls_back_to_the_fast_path_with_one_warning(monkeypatch):
-    monkeypatch.delenv(cpp.ENV, raising=False)
+    monkeypatch.delenv(backend.ENV, raising=False)
     monkeypatch.setattr(cpp, "_STATE", {})
 
     def broken():

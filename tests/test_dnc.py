@@ -1,5 +1,5 @@
-"""DNC memory: the fast step (dnc_fast.DNCStep) and the autograd step (DNCMemory.fast =
-False) against the literal per-equation reference (outputs and gradients) and each other,
+"""DNC memory: the fast step (dnc/sequence.DNCStep, memory backend sequence) and the autograd
+step (backend autograd) against the literal per-equation reference (outputs and gradients) and each other,
 gradcheck, allocation and temporal-link semantics, invariants of usage, allocation,
 write weighting and link matrix, per-episode reset, validation, train -> evaluate -> predict."""
 from __future__ import annotations
@@ -12,18 +12,20 @@ from hypothesis import strategies as st
 from conftest import tiny_config
 from fewshot_mann.config import Config
 from fewshot_mann.memory.dnc.equations import DNCMemory, allocation, interface_size
-from fewshot_mann.memory.dnc.sequence import _cumprod_backward
+from fewshot_mann.memory.dnc.sequence import cumprod_backward
 from fewshot_mann.errors import UserError
-from fewshot_mann.models.mann import MANN, build_model
+from fewshot_mann.models.mann import MANN
+from fewshot_mann.models.registry import build_model
 from fewshot_mann.memory.dnc.reference import literal_dnc_step
-from lineage_helpers import (assert_close_lists, mann_forward_with_step, outputs_and_grads,
+from lineage_helpers import (assert_close_lists, mann_forward_with_step, memory_step, outputs_and_grads,
                              predict_from_checkpoint, train_and_evaluate, use_synthetic_banks)
 
 
 def make_memory(dtype=torch.float32, controller=7, slots=6, width=4, read_heads=3, seed=0, fast=True):
+    """A DNC memory whose ``run_step(h, state)`` is the fast (sequence) or the autograd step."""
     torch.manual_seed(seed)
     mem = DNCMemory(controller, slots, width, read_heads).to(dtype)
-    mem.fast = fast
+    mem.run_step = memory_step(mem, "sequence" if fast else "autograd")
     return mem
 
 
@@ -43,14 +45,14 @@ def random_state(mem, batch, dtype, seed=1):
     return [memory, usage, links, precedence, w_read, w_write, reads]
 
 
-@pytest.mark.parametrize("fast", [True, False])  # dnc_fast.DNCStep; the autograd step
+@pytest.mark.parametrize("fast", [True, False])  # dnc/sequence.DNCStep; the autograd step
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_step_matches_literal_reference(dtype, atol, fast):
     mem = make_memory(dtype, fast=fast)
     h = torch.randn(3, 7, generator=torch.Generator().manual_seed(2), dtype=dtype) * 2
     params = list(mem.parameters())
     for state in (random_state(mem, 3, dtype), list(mem.initial_state(3, dtype=dtype))):
-        fast = outputs_and_grads(lambda h, *s: mem.step(h, tuple(s))[1], [h, *state], params)
+        fast = outputs_and_grads(lambda h, *s: mem.run_step(h, tuple(s))[1], [h, *state], params)
         slow = outputs_and_grads(lambda h, *s: literal_dnc_step(mem, h, tuple(s))[1], [h, *state], params)
         for i, what in enumerate(("outputs", "input grads", "parameter grads")):
             assert_close_lists(fast[i], slow[i], atol, what)
@@ -80,14 +82,14 @@ def test_gradcheck_step_float64(fast):
     inputs = [x.requires_grad_(True) for x in inputs]
 
     def step(h, *s):
-        return mem.step(h, (*s, None))[1]  # the whole new state, reads included
+        return mem.run_step(h, (*s, None))[1]  # the whole new state, reads included
 
     assert torch.autograd.gradcheck(step, tuple(inputs), eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_fast_step_matches_the_autograd_step_over_an_episode_at_larger_sizes(dtype, atol):
-    """dnc_fast.DNCStep against DNCMemory.fast = False, 12 steps of a (batch 4, 32 slots x 10,
+    """dnc/sequence.DNCStep against the autograd backend, 12 steps of a (batch 4, 32 slots x 10,
     3 read heads) memory from the fresh (all-zero usage) state, outputs and every gradient."""
     cfg = tiny_config(model="dnc")
     cfg.model.memory_slots, cfg.model.memory_width, cfg.model.num_read_heads = 32, 10, 3
@@ -98,7 +100,7 @@ def test_fast_step_matches_the_autograd_step_over_an_episode_at_larger_sizes(dty
     labels = torch.rand(4, 12, cfg.episodes.label_size, generator=g, dtype=dtype)
     params = list(model.parameters())
     fast = outputs_and_grads(lambda x, y: model(x, y), [images, labels], params)
-    model.memory.fast = False
+    model.memory_backend = "autograd"
     slow = outputs_and_grads(lambda x, y: model(x, y), [images, labels], params)
     for i, what in enumerate(("logits", "input grads", "parameter grads")):
         assert_close_lists(fast[i], slow[i], atol, what)
@@ -107,13 +109,13 @@ def test_fast_step_matches_the_autograd_step_over_an_episode_at_larger_sizes(dty
 
 @pytest.mark.parametrize("row", [[0.3, 0.7, 0.9, 0.5, 0.2], [1.0, 0.0, 0.0, 0.4, 0.0], [1.0, 0.6, 0.0, 0.8, 0.5],
                                  [0.0, 0.5, 0.0, 0.2, 0.3], [1.0, 0.2, 0.3, 0.4, 0.0]])
-def test_cumprod_backward_matches_autograd_with_and_without_zeros(row):
+def testcumprod_backward_matches_autograd_with_and_without_zeros(row):
     """The allocation's cumulative product gradient, exact at a row's first zero and 0 after it."""
     x = torch.tensor([row, [0.3, 0.7, 0.9, 0.5, 0.2]], dtype=torch.float64, requires_grad=True)
     grad = torch.randn(2, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     out = torch.cumprod(x, -1)
     expected, = torch.autograd.grad(out, x, grad)
-    assert torch.allclose(_cumprod_backward(grad, x.detach(), out.detach()), expected, rtol=0, atol=1e-12)
+    assert torch.allclose(cumprod_backward(grad, x.detach(), out.detach()), expected, rtol=0, atol=1e-12)
 
 
 def test_allocation_known_values_and_ties():
@@ -152,7 +154,7 @@ def test_allocating_writes_fill_fresh_slots_in_order_and_forward_links_follow_th
     state = mem.initial_state(1)
     written = []
     for _ in range(3):
-        _, state = mem.step(torch.zeros(1, 2), state)
+        _, state = memory_step(mem)(torch.zeros(1, 2), state)
         written.append(int(state[5].argmax()))
         assert float(state[5].max()) > 0.99
     assert written == [0, 1, 2]
@@ -163,7 +165,7 @@ def test_allocating_writes_fill_fresh_slots_in_order_and_forward_links_follow_th
     w_read[..., 0] = 1.0
     state = (*state[:4], w_read, *state[5:])
     mem.interface.bias.copy_(gate_bias(mem, write_gate=-50.0, free_gates=-50.0, read_modes=[-50.0, -50.0, 50.0]))
-    _, state = mem.step(torch.zeros(1, 2), state)
+    _, state = memory_step(mem)(torch.zeros(1, 2), state)
     assert int(state[4].argmax()) == 1 and float(state[4].max()) > 0.97
 
 
@@ -176,7 +178,7 @@ def test_usage_allocation_write_and_link_invariants(seed, scale, read_heads):
     eye = torch.eye(6, dtype=torch.bool)
     tol = 1e-5  # float32 rounding: a write weighting may sum to 1 + 1e-7
     for _ in range(8):
-        reads, state = mem.step(torch.randn(4, 5, generator=g) * scale, state)
+        reads, state = memory_step(mem)(torch.randn(4, 5, generator=g) * scale, state)
         memory, usage, links, precedence, w_read, w_write, _ = state
         for t in state:
             assert torch.isfinite(t).all()

@@ -13,7 +13,7 @@ from conftest import synthetic_bank, tiny_config
 from fewshot_mann.config import EpisodeConfig
 from fewshot_mann.data.episodes import evaluation_episodes, to_tensors
 from fewshot_mann.engine.evaluation import correct_steps, correct_steps_seen, evaluate
-from fewshot_mann.models.mann import build_model
+from fewshot_mann.models.registry import build_model
 from lineage_helpers import train_and_evaluate, use_synthetic_banks
 
 

@@ -1,4 +1,4 @@
-"""The fast MANN-LRUA path (fast.py) against the autograd path and the literal reference.
+"""The fast MANN-LRUA path (lrua/sequence.py) against the autograd path and the literal reference.
 
 Outputs and the gradient of every parameter must agree to 1e-5 (float32) or 1e-10
 (float64), with and without the key-strength extension, on tiny models and at the
@@ -22,13 +22,17 @@ TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 @pytest.fixture(autouse=True)
 def _fast_py_not_the_cpp_kernel(monkeypatch):
-    """These tests are about fast.py: MANN's C++ kernel (tests/test_cpp.py) is turned off."""
+    """These tests are about sequence.py: MANN's default (auto) skips the C++ kernel
+    (tests/test_cpp.py), as with FEWSHOT_MANN_CPP=0."""
     monkeypatch.setenv("FEWSHOT_MANN_CPP", "0")
 
 
-def make(cfg: Config, dtype, seed=0):
+def make(cfg: Config, dtype, seed=0, memory_backend: str | None = None):
     torch.manual_seed(seed)
-    return MANN(cfg).to(dtype)
+    model = MANN(cfg).to(dtype)
+    if memory_backend is not None:
+        model.memory_backend = memory_backend
+    return model
 
 
 def episode_inputs(cfg: Config, batch: int, dtype, seed=1):
@@ -87,8 +91,8 @@ def check_paths_agree(cfg, dtype, batch, paths):
 
 
 def check_against_slow_paths(cfg, dtype, batch):
-    check_paths_agree(cfg, dtype, batch, [("fast path", with_attrs(fast=True)),
-                                          ("autograd path", with_attrs(fast=False)),
+    check_paths_agree(cfg, dtype, batch, [("fast path", with_attrs(memory_backend="sequence")),
+                                          ("autograd path", with_attrs(memory_backend="autograd")),
                                           ("reference", reference_path)])
 
 
@@ -177,7 +181,7 @@ def test_least_used_selection_breaks_ties_like_the_stable_sort(dtype):
     usage[1] = torch.tensor([3e-39, 0.0, 1e-45, 0.0, 2.0, float("inf"), 1.0, 0.5, 3e-39], dtype=dtype)
     for n in (1, 3, 9):
         out = torch.empty(64, 2, 9, dtype=dtype)
-        fast._LeastUsed(usage, n).select(usage, out)
+        fast.LeastUsed(usage, n).select(usage, out)
         w_lu, zero = least_used(usage, n)
         assert torch.equal(out[:, 1], w_lu), n
         assert torch.equal(out[:, 0], zero), n
@@ -191,7 +195,7 @@ def test_state_dict_and_checkpoints_are_unchanged():
         "memory.gate.weight", "memory.gate.bias", "memory.strength.weight", "memory.strength.bias",
         "output.weight", "output.bias"])
     other = make(cfg, torch.float32, seed=5)
-    other.fast = False
+    other.memory_backend = "autograd"
     other.load_state_dict(model.state_dict())
     images, label_inputs, _ = episode_inputs(cfg, 2, torch.float32)
     assert torch.allclose(other(images, label_inputs), model(images, label_inputs), atol=1e-5, rtol=0)
@@ -234,101 +238,21 @@ def test_bench_rejects_unknown_models():
     assert bench.main(["--models", "mann,nope"]) == 2
 
 
-# --- compiled.py: the same recurrence as whole-sequence graphs for torch.compile (opt-in) ---
+# --- the removed torch.compile option: still accepted from old configs, with a notice ---
 
-def short_config(key_strength: bool) -> Config:
-    cfg = tiny_config(key_strength=key_strength, compile=True)
-    cfg.episodes.ways, cfg.episodes.instances = 2, 2  # 4 steps: the graphs unroll over time
-    return cfg
-
-
-def check_compiled_against_eager_paths(cfg, dtype, batch, tol):
-    model = make(cfg, dtype)
-    inputs = episode_inputs(cfg, batch, dtype)
-    compiled_out, compiled_grads = outputs_and_grads(model, model, cfg, *inputs)
-    model.compile = False
-    fast_out, fast_grads = outputs_and_grads(model, model, cfg, *inputs)
-    ref_out, ref_grads = outputs_and_grads(model, lambda x, y: reference_forward(model, x, y), cfg, *inputs)
-    assert_same(compiled_out, fast_out, tol, "logits vs eager fast path")
-    assert_same(compiled_out, ref_out, tol, "logits vs reference")
-    for name, g in compiled_grads.items():
-        assert g.abs().sum() > 0, f"{name}: zero gradient"
-        assert_same(g, fast_grads[name], tol, f"d {name} vs eager fast path")
-        assert_same(g, ref_grads[name], tol, f"d {name} vs reference")
-
-
-@pytest.fixture
-def compiled_module(monkeypatch):
-    from fewshot_mann.memory.lrua import compiled
-    monkeypatch.setattr(compiled, "_DISABLED", [])
-    monkeypatch.setattr(compiled, "_GRAPHS", {})
-    return compiled
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("key_strength", [False, True])
-def test_compile_graphs_run_eagerly_match_fast_path_and_reference(compiled_module, monkeypatch, dtype, key_strength):
-    # torch.compile replaced by the identity: the graphs' Python (what Dynamo traces) checked in seconds.
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
-    cfg = tiny_config(key_strength=key_strength, compile=True)
-    check_compiled_against_eager_paths(cfg, dtype, batch=3, tol=TOLERANCE[dtype])
-    assert not compiled_module._DISABLED and len(compiled_module._GRAPHS) == 2  # forward and backward
-
-
-def test_compile_graphs_at_paper_size_run_eagerly(compiled_module, monkeypatch):
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
-    cfg = Config()
-    cfg.model.compile = True
-    check_compiled_against_eager_paths(cfg, torch.float32, batch=2, tol=1e-5)
-
-
-@pytest.mark.slow  # compiles two small graphs with inductor: ~20-60 s cold, seconds from inductor's disk cache
-@pytest.mark.skipif(__import__("fewshot_mann.memory.lrua.compiled").memory.lrua.compiled.compile_unavailable() is not None,
-                    reason="torch.compile cannot run here (no C++ compiler)")
-def test_torch_compiled_recurrence_matches_fast_path_and_reference(compiled_module, recwarn):
-    check_compiled_against_eager_paths(short_config(key_strength=True), torch.float32, batch=3, tol=1e-5)
-    assert not compiled_module._DISABLED, compiled_module._DISABLED
-    assert len(compiled_module._GRAPHS) == 2
-
-
-def test_compile_failure_falls_back_with_one_warning(compiled_module, monkeypatch):
-    def broken(fn, **kw):
-        def run(*args):
-            raise RuntimeError("no backend\nsecond line")
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken)
-    cfg = tiny_config(compile=True)
-    with pytest.warns(RuntimeWarning, match=r"--compile: torch.compile failed \(RuntimeError: no backend\)") as caught:
-        check_compiled_against_eager_paths(cfg, torch.float32, batch=2, tol=1e-5)
-        model = make(cfg, torch.float32)
-        outputs_and_grads(model, model, cfg, *episode_inputs(cfg, 2, torch.float32))  # later calls: fast.py
-    assert len([w for w in caught if "--compile" in str(w.message)]) == 1
-
-
-def test_compile_unavailable_uses_the_eager_fast_path(compiled_module, monkeypatch):
-    monkeypatch.setattr(compiled_module, "compile_unavailable", lambda: "no C++ compiler (g++, c++ or clang++) on PATH")
-    cfg = tiny_config(compile=True)
-    model = make(cfg, torch.float32)
-    inputs = episode_inputs(cfg, 2, torch.float32)
-    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
-        out, grads = outputs_and_grads(model, model, cfg, *inputs)
-    model.compile = False
-    fast_out, fast_grads = outputs_and_grads(model, model, cfg, *inputs)
-    assert torch.equal(out, fast_out) and all(torch.equal(grads[n], fast_grads[n]) for n in grads)
-    assert not compiled_module._GRAPHS
-
-
-def test_compile_is_a_saved_config_option_and_evaluation_stays_eager(compiled_module, monkeypatch):
+def test_compile_of_old_configs_and_flags_is_ignored_with_a_notice(tmp_path, capsys):
     from fewshot_mann.cli.train import config_from_args, parse_train_args
 
-    assert Config.from_dict({"model": {"model": "mann"}}).model.compile is False  # old configs: off
-    cfg = config_from_args(parse_train_args(["--compile", "--out", "x"]))
-    assert cfg.model.compile is True and Config.from_dict(cfg.to_dict()).model.compile is True
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: pytest.fail("evaluation must not compile"))
-    model = make(tiny_config(compile=True), torch.float32)
-    with torch.inference_mode():
-        model(*episode_inputs(tiny_config(), 2, torch.float32)[:2])
+    assert Config.from_dict({"model": {"model": "mann", "compile": True}}).to_dict() == Config().to_dict()
+    for argv in (["--compile"], ["--no-compile"]):
+        cfg = config_from_args(parse_train_args([*argv, "--out", "x"]))
+        assert cfg.to_dict() == Config().to_dict()
+        assert capsys.readouterr().err.count("deprecated and ignored") == 1
+    path = tmp_path / "c.json"
+    path.write_text('{"compile": true, "model": {"compile": false, "memory_slots": 64}}')
+    cfg = config_from_args(parse_train_args(["-c", str(path), "--out", "x"]))
+    assert cfg.model.memory_slots == 64 and "compile" not in cfg.to_dict()["model"]
+    assert capsys.readouterr().err.count("deprecated and ignored") == 2
 
 
 def test_adam_is_fused_and_resumes_from_a_checkpoint_of_the_unfused_adam():

@@ -47,7 +47,8 @@ TODAY = [
     ('--read-heads', 4, None, 'int'),
     ('--usage-decay', 0.95, None, 'float'),
     ('--key-strength --no-key-strength', False, None, 'bool'),
-    ('--compile --no-compile', False, None, 'bool'),
+    ('--compile --no-compile', None, None, 'bool'),  # obsolete since the torch.compile path went: a notice, ignored
+    ('--memory-backend', 'auto', ('auto', 'autograd', 'sequence', 'kernel'), 'str'),  # memory/backend.py
     ('--write-heads', 1, None, 'int'),
     ('--shift-range', 1, None, 'int'),
     ('--transformer-layers', 3, None, 'int'),

@@ -88,7 +88,7 @@ def make_bad(kind: str, tmp: Path, valid: dict) -> Path:
         ckpt = raw(valid["mann"])
         ckpt["model"] = raw(valid["lstm"])["model"]
         torch.save(ckpt, path)
-    elif kind in ("version-0", "version-2"):
+    elif kind in ("version-0", "version-3"):
         ckpt = raw(valid["mann"])
         ckpt["version"] = int(kind[-1])
         torch.save(ckpt, path)
@@ -112,7 +112,7 @@ BAD = {
     "tensor": "not a fewshot-mann checkpoint",
     "other-model": "fit",
     "version-0": "format version 0 is older than any",
-    "version-2": "format version 2 is newer than",
+    "version-3": "format version 3 is newer than",
     "code": "unsafe",
     "folder": "is a folder",
 }
@@ -200,7 +200,7 @@ def test_no_unsafe_deserialisation_anywhere_in_the_package():
 def test_versions_are_migrated_or_refused_with_the_reason(valid, tmp_path, monkeypatch):
     ckpt = raw(valid["mann"])
     for version, needle in ((0, "version 0 is older than any this fewshot-mann can migrate"),
-                            (2, "version 2 is newer than this fewshot-mann understands (1); upgrade"),
+                            (3, "version 3 is newer than this fewshot-mann understands (2); upgrade"),
                             ("1", "no format version")):
         torch.save({**ckpt, "version": version}, tmp_path / "c.pt")
         with pytest.raises(CheckpointError, match=re.escape(needle)):
@@ -216,7 +216,7 @@ def test_versions_are_migrated_or_refused_with_the_reason(valid, tmp_path, monke
     old = {k: v for k, v in ckpt.items() if k != "model"}
     torch.save({**old, "version": 0, "weights": ckpt["model"]}, tmp_path / "v0.pt")
     migrated = load_checkpoint(tmp_path / "v0.pt")
-    assert migrated["version"] == 1 and "weights" not in migrated
+    assert migrated["version"] == checkpoint.VERSION and "weights" not in migrated
     model = load_model_from_checkpoint(migrated)
     assert torch.equal(model.state_dict()["output.weight"], ckpt["model"]["output.weight"])
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import tiny_config
 from fewshot_mann.memory.lrua.equations import COSINE_EPS, LRUAMemory, least_used
-from fewshot_mann.models.mann import MANN
+from fewshot_mann.models.mann import MANN, lstm_cell
 from fewshot_mann.memory.lrua.reference import reference_forward
 
 
@@ -39,7 +39,7 @@ def module_forward(model, images, label_inputs, feed_back=True):
     reads, outs = state[-1], []
     for g_t in gates_in.unbind(1):
         fed = reads if feed_back else torch.zeros_like(reads)
-        h, c = model.lstm_cell(g_t + model.recurrent(torch.cat([h, fed], -1)), c)
+        h, c = lstm_cell(g_t + model.recurrent(torch.cat([h, fed], -1)), c)
         reads, state = model.memory.step(h, state)
         outs.append(torch.cat([h, reads], -1))
     return model.output(torch.stack(outs, 1))

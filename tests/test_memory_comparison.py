@@ -8,7 +8,7 @@ from pathlib import Path
 from fewshot_mann.cli import main as cli
 from fewshot_mann.cli import report
 from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
-from fewshot_mann.models.mann import count_parameters
+from fewshot_mann.models.registry import count_parameters
 from fewshot_mann.reporting.memory_comparison import training_summary
 from lineage_helpers import train_and_evaluate, use_synthetic_banks
 

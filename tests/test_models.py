@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from fewshot_mann.models.mann import build_model, count_parameters
+from fewshot_mann.models.registry import build_model, count_parameters
 from fewshot_mann.engine.trainer import new_model
 
 CASES = [("mann", "linear", "onehot"), ("mann", "conv", "onehot"), ("mann", "linear", "string"),
@@ -51,14 +51,15 @@ def test_paper_sized_mann_parameter_count():
 
 @pytest.mark.parametrize("model_name", ["ntm", "dnc"])
 def test_fast_memory_step_frees_every_step_after_backward(model_name):
-    """ntm_fast.NTMStep / dnc_fast.DNCStep keep no output on their ctx: such a reference cycle
+    """ntm/sequence.NTMStep / dnc/sequence.DNCStep keep no output on their ctx: such a reference cycle
     kept every step's tensors alive and leaked a training run's memory (23 GB)."""
     from lineage_helpers import state_tensors_alive_after_backward
 
     cfg = tiny_config(model=model_name)
     torch.manual_seed(0)
     model = build_model(cfg)
-    assert model.memory.fast
+    from fewshot_mann.memory import backend
+    assert backend.choose(model.memory_backend, model.memory, torch.zeros(1)) == "sequence"
     alive, total = state_tensors_alive_after_backward(model, torch.rand(2, 5, 1, 6, 6),
                                                       torch.rand(2, 5, cfg.episodes.label_size))
     assert total > 0 and alive == 0, f"{alive} of {total} state tensors outlived backward"

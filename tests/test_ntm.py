@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 from conftest import tiny_config
 from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
-from fewshot_mann.models.mann import MANN, build_model
+from fewshot_mann.models.mann import MANN
+from fewshot_mann.models.registry import build_model
 from fewshot_mann.memory.ntm.equations import NTMMemory, address, circular_shift, shift_index
 from fewshot_mann.memory.ntm.reference import literal_ntm_step
-from lineage_helpers import (assert_close_lists, mann_forward_with_step, outputs_and_grads,
+from lineage_helpers import (assert_close_lists, mann_forward_with_step, memory_step, outputs_and_grads,
                              predict_from_checkpoint, train_and_evaluate, use_synthetic_banks)
 
 
@@ -42,13 +43,14 @@ def test_step_matches_literal_reference(dtype, atol, shift, write_heads):
     params = list(mem.parameters())
     for state in (random_state(mem, 3, dtype), list(mem.initial_state(3, dtype=dtype))):
         step = lambda h, *s, fn=None: fn(mem, h, tuple(s))[1]  # noqa: E731
-        fast = outputs_and_grads(lambda h, *s: step(h, *s, fn=lambda m, h, s: m.step(h, s)), [h, *state], params)
+        fast = outputs_and_grads(lambda h, *s: step(h, *s, fn=lambda m, h, s: memory_step(m)(h, s)), [h, *state],
+                                 params)
         slow = outputs_and_grads(lambda h, *s: step(h, *s, fn=literal_ntm_step), [h, *state], params)
         for i, what in enumerate(("outputs", "input grads", "parameter grads")):
             assert_close_lists(fast[i], slow[i], atol, what)
 
 
-@pytest.mark.parametrize("write_heads", [1, 2])  # 1: ntm_fast.NTMStep; 2: the autograd step
+@pytest.mark.parametrize("write_heads", [1, 2])  # 1: sequence.NTMStep; 2: the autograd step
 def test_mann_with_ntm_matches_literal_over_an_episode(write_heads):
     cfg = tiny_config(model="ntm", num_write_heads=write_heads)
     torch.manual_seed(0)
@@ -65,7 +67,7 @@ def test_mann_with_ntm_matches_literal_over_an_episode(write_heads):
     assert float(fast[2][0].abs().sum()) > 0
 
 
-@pytest.mark.parametrize("write_heads,shift", [(2, 1), (1, 1), (1, 0)])  # one write head: ntm_fast.NTMStep
+@pytest.mark.parametrize("write_heads,shift", [(2, 1), (1, 1), (1, 0)])  # one write head: sequence.NTMStep
 def test_gradcheck_step_float64(write_heads, shift):
     mem = make_memory(torch.float64, controller=3, slots=4, width=2, read_heads=2, write_heads=write_heads,
                       shift=shift)
@@ -73,14 +75,14 @@ def test_gradcheck_step_float64(write_heads, shift):
     state = [s.requires_grad_(True) for s in random_state(mem, 2, torch.float64)[:3]]
 
     def step(h, memory, w_read, w_write):
-        reads, new = mem.step(h, (memory, w_read, w_write, None))
+        reads, new = memory_step(mem)(h, (memory, w_read, w_write, None))
         return (reads, *new[:3])
 
     assert torch.autograd.gradcheck(step, (h, *state), eps=1e-6, atol=1e-6)
 
 
 def test_fast_step_matches_the_autograd_step_over_an_episode_at_larger_sizes():
-    """ntm_fast.NTMStep against NTMMemory.fast = False, float32 to 1e-5, 12 steps of a
+    """sequence.NTMStep against the autograd backend, float32 to 1e-5, 12 steps of a
     (batch 4, 32 slots x 10, 3 read heads) memory, outputs and every gradient."""
     cfg = tiny_config(model="ntm")
     cfg.model.memory_slots, cfg.model.memory_width, cfg.model.num_read_heads = 32, 10, 3
@@ -91,7 +93,7 @@ def test_fast_step_matches_the_autograd_step_over_an_episode_at_larger_sizes():
     labels = torch.rand(4, 12, cfg.episodes.label_size, generator=g)
     params = list(model.parameters())
     fast = outputs_and_grads(lambda x, y: model(x, y), [images, labels], params)
-    model.memory.fast = False
+    model.memory_backend = "autograd"
     slow = outputs_and_grads(lambda x, y: model(x, y), [images, labels], params)
     for i, what in enumerate(("logits", "input grads", "parameter grads")):
         assert_close_lists(fast[i], slow[i], 1e-5, what)
@@ -145,7 +147,7 @@ def test_every_weighting_is_a_distribution(seed, scale, write_heads, shift):
     g = torch.Generator().manual_seed(seed)
     state = mem.initial_state(4)
     for _ in range(6):
-        reads, state = mem.step(torch.randn(4, 5, generator=g) * scale, state)
+        reads, state = memory_step(mem)(torch.randn(4, 5, generator=g) * scale, state)
         for weights in state[1:3]:
             assert torch.isfinite(weights).all() and (weights >= 0).all()
             assert torch.allclose(weights.sum(-1), torch.ones(weights.shape[:-1]), atol=1e-5)

@@ -227,7 +227,7 @@ def test_offline_imagenet_weights_classify_sample_photos():
 
 def test_adapt_fine_tunes_a_copy_only():
     from fewshot_mann.engine.adapt import adapt_to_support
-    from fewshot_mann.models.mann import build_model
+    from fewshot_mann.models.registry import build_model
     cfg = tiny_config()
     cfg.episodes.ways, cfg.episodes.instances = 3, 4
     model = build_model(cfg)

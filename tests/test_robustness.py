@@ -121,7 +121,7 @@ def test_inspect_image_size_has_an_upper_bound(capsys):
 
 
 CONFIG_BAD = [({"rotations": "false"}, "data.rotations must be true or false"),
-              ({"compile": "false"}, "model.compile must be true or false"),
+              ({"key_strength": "false"}, "model.key_strength must be true or false"),
               ({"ways": 3.5}, "episodes.ways must be an integer"),
               ({"seed": 1.5}, "train.seed must be an integer"),
               ({"seed": True}, "train.seed must be an integer"),
@@ -572,7 +572,7 @@ def test_a_class_folder_linking_to_another_is_named_as_such(tmp_path):
 
 
 def test_allocation_error_building_a_checkpoint_model_keeps_digits_and_names_no_flag(run_dir, monkeypatch, capsys):
-    import fewshot_mann.models.mann as models
+    import fewshot_mann.models.registry as models
 
     def huge(cfg):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "

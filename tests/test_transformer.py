@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import tiny_config
 from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
-from fewshot_mann.models.mann import build_model
+from fewshot_mann.models.registry import build_model
 from lineage_helpers import (assert_close_lists, outputs_and_grads, predict_from_checkpoint, train_and_evaluate,
                              use_synthetic_banks)
 

@@ -27,11 +27,10 @@ def bench_parser() -> argparse.ArgumentParser:
              help="interleaved rounds per training measurement")
     p.add_argument("--models", default="mann",
                    help=f"comma list of models to time ({', '.join(MODELS)}; "
-                        "mann: the default path (the C++ kernel on CPU where it loads); "
-                        "mann-cpp: the C++ kernel (cpp.py), an error where it cannot load; "
-                        "mann-fast: the Python fast path (fast.py), the C++ kernel off; "
-                        "mann-autograd: MANN with MANN.fast = False; "
-                        "mann-compiled: MANN with --compile, training through torch.compile)")
+                        "mann: memory backend auto (the C++ kernel on CPU where it loads); "
+                        "mann-cpp: memory backend kernel (lrua/kernel.py), an error where it cannot load; "
+                        "mann-fast: memory backend sequence (lrua/sequence.py); "
+                        "mann-autograd: memory backend autograd (the equations step by step))")
     p.add_argument("--no-reference", action="store_true", help="skip the plain reference loop")
     p.add_argument("--key-strength", action="store_true", help="MANN with the key-strength extension")
     add_shared_flags(p, "data_root", data_root_help="real Omniglot instead of synthetic images")
@@ -69,7 +68,7 @@ def _bench(argv) -> int:
     unknown = [m for m in args.models if m not in MODELS and m not in VARIANTS]
     if unknown:
         raise UserError(f"--models: unknown model(s) {', '.join(unknown)}; "
-                        f"choose from {', '.join(MODELS + VARIANTS)}")
+                        f"choose from {', '.join(MODELS + tuple(VARIANTS))}")
     args.eval_batch_sizes = comma_list(args.eval_batch_sizes, "--eval-batch-sizes", int)
     if min(args.eval_batch_sizes) < 1:
         raise UserError(f"--eval-batch-sizes must be at least 1 each (got {min(args.eval_batch_sizes)})")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fewshot_mann.cli.common import (add_deprecated, add_flag, add_shared_flags, at_least, explicit_flags,
                                      parse_checked, run_guarded)
-from fewshot_mann.config import Config, SECTIONS, kind_of, check_type, dest_of, flagged_fields
+from fewshot_mann.config import OBSOLETE_KEYS, SECTIONS, Config, check_type, dest_of, flagged_fields, kind_of
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import read_json_file
 
@@ -66,6 +66,8 @@ def train_parser() -> argparse.ArgumentParser:
     for title, flag, kwargs in RUN_FLAGS:
         groups[title].add_argument(flag, **kwargs)
     add_shared_flags(groups["run"], "no_progress")
+    # obsolete: the torch.compile path was removed; a one-line notice, then ignored
+    groups["model"].add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=argparse.SUPPRESS)
     add_flag(groups["run"], "--final-eval", type=int, default=1000, metavar="EPISODES",
              problem=at_least(0, "--final-eval"),
              help="at the end, score this many held-out (test-class) episodes as evaluate.py does and print "
@@ -89,9 +91,13 @@ def _flatten_config_file(path: str) -> dict:
         for alias in f.metadata["aliases"]:
             flat_keys[dest_of(alias)] = flags[dest_of(flag)]
     flat = {}
+    obsolete = {(section, key) for section, keys in OBSOLETE_KEYS.items() for key in keys}
     for key, value in raw.items():
         if isinstance(value, dict):  # nested: {"model": {"memory_slots": 128}}
             for sub, v in value.items():
+                if (key, sub) in obsolete:
+                    obsolete_notice(f"config file {path}: {key}.{sub}")
+                    continue
                 if (key, sub) not in by_field:
                     raise UserError(f"config file {path}: unknown key {key}.{sub:.60}")
                 flat[by_field[(key, sub)]] = check_type(key, sub, v, f"config file {path}")
@@ -101,12 +107,20 @@ def _flatten_config_file(path: str) -> dict:
                 if not isinstance(value, str):
                     raise UserError(f"config file {path}: out must be a string (got {value!r:.60})")
                 flat[dest] = value
+            elif any(dest == k for _, k in obsolete):
+                obsolete_notice(f"config file {path}: {key}")
             elif dest in flat_keys:
                 section, name, flag = flat_keys[dest]
                 flat[dest_of(flag)] = check_type(section, name, value, f"config file {path}")
             else:
                 raise UserError(f"config file {path}: unknown key {key!r:.60}")
     return flat
+
+
+def obsolete_notice(what: str) -> None:
+    """One line for an option of an earlier release that is ignored now (only ``compile`` so far)."""
+    print(f"note: {what} is deprecated and ignored (the torch.compile path was removed; "
+          "--memory-backend picks the implementation)", file=sys.stderr)
 
 
 def parse_train_args(argv):
@@ -117,6 +131,8 @@ def parse_train_args(argv):
     from_file = _flatten_config_file(known.config) if known.config else {}
     p.set_defaults(**from_file)
     args = parse_checked(p, argv)
+    if args.compile is not None:
+        obsolete_notice("--compile" if args.compile else "--no-compile")
     # what the user asked for (command line or config file), for --resume to name what it ignores
     args.explicit = (explicit_flags(train_parser(), argv) | set(from_file)) & set(config_flags())
     return args

@@ -58,16 +58,13 @@ class TrainingLoop:
     """One model, its Adam optimiser and a step counter; ``step()`` is one training step
     exactly as ``training.train`` runs it, with a CPU-time counter per phase."""
 
-    def __init__(self, cfg: Config, bank: ClassBank, forward=None, fast: bool = True, cpp: bool = True):
+    def __init__(self, cfg: Config, bank: ClassBank, forward=None):
         from fewshot_mann.data.episodes import Jitter
         from fewshot_mann.engine.trainer import new_model, new_optimizer
 
         self.cfg, self.bank = cfg, bank
         self.model = new_model(cfg)
         self.model.train()
-        if hasattr(self.model, "fast"):
-            self.model.fast = fast
-            self.model.cpp = cpp
         self.forward = forward or self.model
         self.optimizer = new_optimizer(self.model, cfg.train.lr)
         self.jitter = Jitter(cfg.data.jitter_shift, cfg.data.jitter_rotate)
@@ -249,9 +246,6 @@ def format_report(res: dict) -> str:
         ratio = (f"{r['episodes_per_s'] / ref['episodes_per_s']:14.1f}"
                  f"{r['cpu_episodes_per_s'] / ref['cpu_episodes_per_s']:13.1f}" if ref else "")
         lines.append(f"{name:<22}{r['episodes_per_s']:11.1f}{r['cpu_episodes_per_s']:11.1f}{ratio}")
-    if res.get("compile_seconds") is not None:
-        lines.append(f"mann-compiled: first training step (compiling, or loading inductor's cache) "
-                     f"{res['compile_seconds']:.1f} s wall")
     if res.get("cpp_load_seconds") is not None:
         lines.append("C++ LRUA kernel: " + (f"unavailable ({res['cpp_unavailable']}); mann ran fast.py"
                                              if res.get("cpp_unavailable") else
@@ -281,16 +275,15 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
-AUTOGRAD = "mann-autograd"  # MANN with MANN.fast = False: the step-by-step autograd path
-COMPILED = "mann-compiled"  # MANN with model.compile = True: training through compiled.py
-CPP = "mann-cpp"  # MANN through the C++ kernel (cpp.py), required to load
-FAST = "mann-fast"  # MANN with MANN.cpp = False: the Python fast path (fast.py)
-VARIANTS = (AUTOGRAD, COMPILED, CPP, FAST)
+AUTOGRAD = "mann-autograd"  # MANN, memory backend autograd: the step-by-step equations
+CPP = "mann-cpp"  # MANN, memory backend kernel: the C++ kernel (lrua/kernel.py), required to load
+FAST = "mann-fast"  # MANN, memory backend sequence: the Python fast path (lrua/sequence.py)
+VARIANTS = {AUTOGRAD: "autograd", CPP: "kernel", FAST: "sequence"}  # bench name -> memory backend
 
 
 def _loop_config(args, name: str) -> Config:
     cfg = _config(args, "mann" if name in VARIANTS else name)
-    cfg.model.compile = name == COMPILED
+    cfg.model.memory_backend = VARIANTS.get(name, "auto")
     return cfg
 
 
@@ -298,9 +291,9 @@ def _load_kernel(models: list[str]) -> tuple[float | None, str | None]:
     """Build (first use) or load the C++ kernel if a model needs it: (seconds, why unavailable)."""
     if not any(name in ("mann", CPP) for name in models):
         return None, None
-    from fewshot_mann.memory.lrua import kernel as cpp
+    from fewshot_mann.memory.backend import kernel_unavailable_reason
     wall0 = time.perf_counter()
-    reason = cpp.unavailable_reason()
+    reason = kernel_unavailable_reason()
     seconds = time.perf_counter() - wall0
     if reason is not None and CPP in models:
         raise UserError(f"--models {CPP}: the C++ LRUA kernel is unavailable ({reason})")
@@ -312,8 +305,6 @@ def _time_evaluations(models: list[str], loops: dict, bank, batches: list[int], 
     evaluation = []
     for name in models:
         loop = loops[name]
-        if name == COMPILED:  # evaluation (no gradient) runs the eager fast path: the same as mann
-            continue
         for batch in batches:
             print(f"timing evaluation of {name} at batch {batch} ...", file=sys.stderr)
             evaluation.append({"model": name, **measure_evaluation(loop.model, loop.cfg, bank, batch, seconds)})
@@ -340,14 +331,7 @@ def run_bench(args, command: list[str]) -> dict:
     bank = _load_bank(args, base)
     load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     cpp_seconds, cpp_reason = _load_kernel(models)
-    loops = {name: TrainingLoop(_loop_config(args, name), bank, fast=name != AUTOGRAD, cpp=name != FAST)
-             for name in models}
-    compile_seconds = None
-    if COMPILED in loops:  # the first step compiles (or loads from inductor's cache) both graphs
-        print("compiling the MANN recurrence (first training step of mann-compiled) ...", file=sys.stderr)
-        wall0 = time.perf_counter()
-        loops[COMPILED].step()
-        compile_seconds = time.perf_counter() - wall0
+    loops = {name: TrainingLoop(_loop_config(args, name), bank) for name in models}
     # The project's loops and evaluations run first, so the peak memory they need is
     # known before the reference (whose autograd graph is far larger) has run at all.
     evaluation = _time_evaluations(models, loops, bank, args.eval_batch_sizes, args.seconds / 2)
@@ -368,7 +352,7 @@ def run_bench(args, command: list[str]) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": _machine(), "load_start": load_start, "load_end": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         "command": command, "config": _describe(base, args, bank),
-        "compile_seconds": compile_seconds,
+        "compile_seconds": None,  # mann-compiled (torch.compile) was removed; the key stays for readers
         "cpp_load_seconds": cpp_seconds, "cpp_unavailable": cpp_reason,
         "training": training, "evaluation": evaluation, "profiles": profiles, "rss": rss,
         "peak_rss_project_mib": peak_project, "peak_rss_mib": _peak_rss_mib(),

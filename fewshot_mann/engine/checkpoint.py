@@ -1,7 +1,7 @@
 """Checkpoints: atomic saves, safe loads (``weights_only=True``), clear errors.
 
 A checkpoint is a dict of plain types and tensors:
-``{"format": "fewshot-mann", "version": 1, "config": {...}, "model": state_dict,
+``{"format": "fewshot-mann", "version": 2, "config": {...}, "model": state_dict,
 "optimizer": state_dict | None, "step": int, "episodes_done": int, ...}``.
 """
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from fewshot_mann.config import Config
+from fewshot_mann.config import OBSOLETE_KEYS, Config
 from fewshot_mann.errors import CheckpointError, UserError
 from fewshot_mann.fileio import atomic_write
 
 FORMAT = "fewshot-mann"
-VERSION = 1
+VERSION = 2
 # Bounds on what a loaded checkpoint may expand to before anything walks it. Nodes are counted
 # as a walk would meet them: a list shared a million times counts a million times (a "billion
 # laughs" file is small on disk because the unpickler shares references). A real checkpoint has
@@ -38,9 +38,19 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
+def _drop_obsolete_config_keys(ckpt: dict) -> dict:
+    """1 -> 2: the config's ``model.compile`` (the removed torch.compile path) is dropped;
+    which implementation runs is ``model.memory_backend`` now (absent: ``auto``, what a
+    version-1 model ran as). The weights are unchanged."""
+    config = ckpt.get("config")
+    if isinstance(config, dict) and isinstance(config.get("model"), dict):
+        model = {k: v for k, v in config["model"].items() if k not in OBSOLETE_KEYS["model"]}
+        ckpt = {**ckpt, "config": {**config, "model": model}}
+    return ckpt
+
+
 # version -> function that rewrites a checkpoint of that version into version + 1.
-# Version 1 is the first published format, so there is nothing to migrate yet.
-MIGRATIONS: dict = {}
+MIGRATIONS: dict = {1: _drop_obsolete_config_keys}
 
 
 def migrate(ckpt: dict) -> dict:
@@ -202,7 +212,7 @@ def check_weights_fit(cfg: Config, weights: dict, where) -> None:
     """``CheckpointError`` if ``weights`` do not have the names and shapes of ``cfg``'s model,
     found by building it on the meta device: nothing is allocated, so a config asking for a
     huge model is refused before any memory is taken."""
-    from fewshot_mann.models.mann import build_model
+    from fewshot_mann.models.registry import build_model
 
     try:
         with torch.device("meta"):
@@ -222,7 +232,7 @@ def check_weights_fit(cfg: Config, weights: dict, where) -> None:
 
 def load_model_from_checkpoint(ckpt: dict, device="cpu"):
     """Build the model named by the checkpoint's config and load its weights."""
-    from fewshot_mann.models.mann import build_model
+    from fewshot_mann.models.registry import build_model
 
     cfg = ckpt["config_obj"]
     check_weights_fit(cfg, ckpt["model"], None)

@@ -120,37 +120,20 @@ class CheckpointFeatures:
 
     def __init__(self, model: nn.Module, layer: str):
         self.model, self.layer = model.eval(), layer
-        from fewshot_mann.models.mann import LinearEncoder
+        from fewshot_mann.models.encoders import LinearEncoder
 
         if layer == "encoder" and isinstance(model.encoder, LinearEncoder):
             raise UserError("--layer encoder: this checkpoint's encoder is linear, i.e. the raw pixels; "
                             "use --features raw, --layer controller, or a checkpoint trained with --encoder conv")
-        output = getattr(model, "output", None)
-        if output is None:  # the feed-forward baseline: its last linear layer
-            output = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-        self.output_layer = output
 
     def __call__(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
         if self.layer == "encoder":
             return self.model.encoder(images)
-        captured = []
-        handle = self.output_layer.register_forward_hook(lambda mod, args, out: captured.append((args[0], out)))
-        # MANN's fast path feeds the output layer time-major and in chunks; the step-by-step
-        # path (same mathematics) calls it once, batch-major.
-        fast = getattr(self.model, "fast", None)
-        if fast is not None:
-            self.model.fast = False
-        try:
-            logits = self.model(images, label_inputs)
-        finally:
-            handle.remove()
-            if fast is not None:
-                self.model.fast = fast
-        features, layer_out = captured[0]
-        if layer_out.shape != logits.shape or not torch.equal(layer_out, logits):
-            features = features.transpose(0, 1)  # a model that runs time-major inside (MANN's fast path)
-        if features.shape[:2] != logits.shape[:2]:
+        # Every model but the keyed memory says what its output layer reads, (B, T, D), under
+        # whichever implementation runs (MANN: any memory backend).
+        features = getattr(self.model, "features", None)
+        if features is None:
             raise UserError(f"--layer controller: cannot find per-step features in this {type(self.model).__name__}")
-        return features
+        return features(images, label_inputs)
 
 

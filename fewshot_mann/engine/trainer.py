@@ -28,7 +28,7 @@ from fewshot_mann.data.episodes import Compose, Jitter, Photometric, batch_rng, 
 from fewshot_mann.errors import CheckpointError, UserError
 from fewshot_mann.engine.evaluation import correct_steps, loss_fn, per_episode_instance_accuracy
 from fewshot_mann.fileio import RunLock, append_line, atomic_write_json, check_output_path, same_file
-from fewshot_mann.models.mann import build_model, count_parameters
+from fewshot_mann.models.registry import build_model, count_parameters
 
 LOG_EVERY_EPISODES = 1000
 

@@ -81,7 +81,7 @@ def transfer_weights(model: torch.nn.Module, cfg: Config, src_state: dict, src_c
     new = dict(own)
     copied, adapted, fresh = [], [], []
     linear = cfg.model.encoder == "linear" and src_cfg.model.encoder == "linear"
-    from fewshot_mann.models.mann import build_encoder
+    from fewshot_mann.models.encoders import build_encoder
     f_src, f_dst = build_encoder(src_cfg).out_features, build_encoder(cfg).out_features
     l_src, l_dst = src_cfg.episodes.label_size, cfg.episodes.label_size
     input_changed = (src_cfg.data.image_size, src_cfg.data.channels) != (cfg.data.image_size, cfg.data.channels)

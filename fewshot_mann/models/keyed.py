@@ -8,7 +8,7 @@ The read at step t compares the current features with every slot by cosine simil
 with a learned sharpness; a slot never written answers a learned "unseen label" score, so
 the first presentation of a class picks a label not yet used.
 
-Features: the encoder's (``models.FeatureEncoder``: centred on the episode mean, unit
+Features: the encoder's (``encoders.FeatureEncoder``: centred on the episode mean, unit
 length), plus a learned residual linear map (zero at initialisation), unit length again.
 At initialisation the model is therefore exactly cosine nearest centroid on the centred
 features; meta-training tunes the sharpness, the unseen-label score and the map. This is
@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from fewshot_mann.config import Config
+from fewshot_mann.models.encoders import build_encoder
 
 
 class KeyedMemory(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
-        from fewshot_mann.models.mann import build_encoder
         self.encoder = build_encoder(cfg)
         width = self.encoder.out_features
         self.residual = nn.Linear(width, width, bias=False)

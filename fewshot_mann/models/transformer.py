@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
+from fewshot_mann.models.encoders import build_encoder
 
 
 class CausalSelfAttention(nn.Module):
@@ -52,8 +53,6 @@ class TransformerBaseline(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
-        from fewshot_mann.models.mann import build_encoder  # models imports this module to register it
-
         m = cfg.model
         self.encoder = build_encoder(cfg)
         self.max_steps = m.transformer_max_steps
@@ -66,6 +65,10 @@ class TransformerBaseline(nn.Module):
         nn.init.normal_(self.position.weight, std=0.02)
 
     def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+        return self.output(self.features(images, label_inputs))
+
+    def features(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+        """The last block's normalised outputs (B,T,width): what the output layer reads."""
         steps = images.shape[1]
         if steps > self.max_steps:
             raise UserError(f"an episode of {steps} steps is longer than the transformer's "
@@ -74,4 +77,4 @@ class TransformerBaseline(nn.Module):
         x = x + self.position.weight[:steps]
         for block in self.blocks:
             x = block(x)
-        return self.output(self.ln_final(x))
+        return self.ln_final(x)

@@ -57,7 +57,7 @@ def parameter_count(result: dict) -> int | None:
         return 0
     if not isinstance(result.get("config"), dict):
         return None
-    from fewshot_mann.models.mann import build_model, count_parameters
+    from fewshot_mann.models.registry import build_model, count_parameters
     return count_parameters(build_model(Config.from_dict(result["config"])))
 
 

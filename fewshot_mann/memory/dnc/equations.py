@@ -1,5 +1,5 @@
 """The Differentiable Neural Computer memory (Graves et al. 2016, Nature, "Methods"),
-behind the memory interface of ``memory.py`` (``initial_state``, ``step``, ``read_size``).
+behind the memory interface of ``memory/base.py`` (``initial_state``, ``step``, ``read_size``).
 
 One write head and R read heads (heads as a tensor dimension). Per step t the controller
 output ``h: (batch, controller_size)`` gives, through one linear layer, the interface
@@ -41,8 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fewshot_mann.memory.lrua.equations import MEMORY_INIT
-from fewshot_mann.memory.ntm.equations import cosine_similarity
+from fewshot_mann.memory.addressing import cosine_similarity
+from fewshot_mann.memory.base import MEMORY_INIT, Memory
 
 READ_MODES = 3  # backward, content, forward
 
@@ -75,7 +75,7 @@ def content_weights(keys: torch.Tensor, strengths: torch.Tensor, memory: torch.T
     return torch.softmax(strengths * cosine_similarity(keys, memory), dim=-1)
 
 
-class DNCMemory(nn.Module):
+class DNCMemory(Memory):
     """The DNC memory: allocation by usage, temporal links, three read modes. See the module docstring."""
 
     def __init__(self, controller_size: int, memory_slots: int = 128, memory_width: int = 40,
@@ -85,10 +85,9 @@ class DNCMemory(nn.Module):
         self.memory_slots = memory_slots
         self.memory_width = memory_width
         self.num_read_heads = num_read_heads
-        # The step runs as dnc_fast.DNCStep (same maths, hand-written backward); False
-        # for the autograd step below (a second reference).
-        self.fast = True
         self.interface = nn.Linear(controller_size, interface_size(memory_width, num_read_heads))
+
+    implementations = ("autograd", "sequence")  # sequence: sequence.DNCStep, a hand-written backward
 
     @property
     def read_size(self) -> int:
@@ -125,10 +124,6 @@ class DNCMemory(nn.Module):
     def step(self, h: torch.Tensor, state):
         """One DNC step. h: (B, controller_size). Returns (reads (B, R*W), new state)."""
         memory, usage, links, precedence, w_read_prev, w_write_prev, _ = state
-        if self.fast:
-            from fewshot_mann.memory.dnc.sequence import dnc_step
-            new_state = dnc_step(self.interface(h), memory, usage, links, precedence, w_read_prev, w_write_prev)
-            return new_state[-1], new_state
         batch = h.shape[0]
         x = self.split_interface(h)
         retention = (1.0 - x["free_gates"].unsqueeze(-1) * w_read_prev).prod(dim=1)  # (B,N)

@@ -1,7 +1,7 @@
 """One DNC memory step as an autograd Function with a hand-written backward.
 
-The same mathematics as ``dnc.DNCMemory``'s autograd step (``DNCMemory.fast = False``;
-see ``dnc.py`` for the equations), from the raw interface vector to the reads: interface
+The same mathematics as ``DNCMemory.step`` (the autograd step of ``equations.py``, which
+states the equations), from the raw interface vector to the reads: interface
 squashing, retention and usage, allocation (sort indices constant, as there), write
 content weighting, write weighting, erase/write, temporal links and precedence, the
 forward/backward/content read weightings and the reads. Autograd runs some 110 small
@@ -13,12 +13,12 @@ them. Here forward is plain tensor code and backward is written out:
   usual closed-form gradients; the product over heads excluding one head is a prefix
   times a suffix product (no division: a factor may be exactly 0);
 - the allocation's exclusive cumulative product has torch's cumprod gradient
-  (``_cumprod_backward``): a reversed cumulative sum divided by the factor, and, where
+  (``cumprod_backward``): a reversed cumulative sum divided by the factor, and, where
   a row has zeros (a fresh memory's usage), the exact value at its first zero and 0
   after it;
 - the memory enters the content weightings only through cosine similarities, whose
   gradient with respect to the memory is ``q^T k_hat`` minus a per-row multiple of the
-  memory, added in one batched matmul with the read's term (as ``ntm_fast.py``);
+  memory, added in one batched matmul with the read's term (as ``ntm/sequence.py``);
 - the links' gradient ``G = gL + gf^T r + r^T gb`` is one batched matmul, and the write's ``M_t = M + w (v - M e)`` gives its gradients
   in a few batched matmuls and elementwise passes.
 
@@ -26,8 +26,8 @@ What backward needs of the (B, N, W) memories and (B, N, N) links is the step's 
 and outputs, alive anyway as the state of the recurrence; only (B, N)- and (B, R, N)-
 sized intermediates are kept besides.
 
-tests/test_dnc.py checks outputs and gradients against ``reference_dnc.py`` (the literal
-equations), against the autograd step, and with gradcheck.
+tests/test_dnc.py and tests/test_backends.py check outputs and gradients against ``reference.py``
+(the literal equations), against the autograd step, and with gradcheck.
 """
 from __future__ import annotations
 
@@ -35,13 +35,12 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from fewshot_mann.memory.ntm.sequence import _inv_norms, _key_grad, _softmax_backward, _unit  # shared with the NTM step
-
-READ_MODES = 3  # backward, content, forward (as dnc.READ_MODES)
+from fewshot_mann.memory.addressing import inv_norms, key_grad, softmax_backward, unit  # shared with the NTM step
+from fewshot_mann.memory.dnc.equations import READ_MODES, DNCMemory
 
 
 def _interface_sizes(width: int, heads: int) -> list[int]:
-    """Field lengths of the interface vector, in dnc.py's layout; the last four fields
+    """Field lengths of the interface vector, in equations.py's layout; the last four fields
     before the read modes (free gates, allocation gate, write gate) are adjacent."""
     return [heads * width, heads, width, 1, width, width, heads + 2, READ_MODES * heads]
 
@@ -50,7 +49,7 @@ def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
     return x.flip(-1).cumsum(-1).flip(-1)
 
 
-def _cumprod_backward(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def cumprod_backward(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Gradient of ``out = cumprod(x, -1)`` (B, N): ``dx_j = sum_{k>=j} grad_k prod_{i<=k, i!=j} x_i``.
 
     Without zeros that is ``reverse_cumsum(grad * out)_j / x_j``. In a row with zeros, first
@@ -110,8 +109,8 @@ class DNCStep(torch.autograd.Function):
         alloc = torch.zeros_like(usage).scatter_(-1, order, (1.0 - sorted_usage) * before)
 
         # Write weighting from allocation and content.
-        inv_prev, mask_prev = _inv_norms(memory)
-        write_k_hat, write_key_norm = _unit(write_key.unsqueeze(1))
+        inv_prev, mask_prev = inv_norms(memory)
+        write_k_hat, write_key_norm = unit(write_key.unsqueeze(1))
         write_content, write_sim = _content(write_k_hat, write_strength, memory, inv_prev)
         write_content, write_sim = write_content.squeeze(1), write_sim.squeeze(1)  # (B, N)
         mix = torch.lerp(write_content, alloc, alloc_gate)
@@ -135,8 +134,8 @@ class DNCStep(torch.autograd.Function):
         # Read weightings: backward, content, forward; reads from the new memory.
         forward_w = torch.bmm(links, w_read_prev.transpose(1, 2)).transpose(1, 2)  # f = L w^r_prev (no copy of L^T)
         backward_w = torch.bmm(w_read_prev, links)  # b = L^T w^r_prev
-        inv_new, mask_new = _inv_norms(new_memory)
-        read_k_hat, read_key_norm = _unit(read_keys.view(batch, heads, width))
+        inv_new, mask_new = inv_norms(new_memory)
+        read_k_hat, read_key_norm = unit(read_keys.view(batch, heads, width))
         read_content, read_sim = _content(read_k_hat, read_strength, new_memory, inv_new)
         w_read = backward_w * modes[..., 0:1]
         w_read.addcmul_(read_content, modes[..., 1:2]).addcmul_(forward_w, modes[..., 2:3])
@@ -177,17 +176,17 @@ class DNCStep(torch.autograd.Function):
         g_w_read = torch.baddbmm(g_w_read, g_reads, new_memory.transpose(1, 2))  # (B, R, N)
         g_modes = torch.stack([(g_w_read * backward_w).sum(-1), (g_w_read * read_content).sum(-1),
                                (g_w_read * forward_w).sum(-1)], dim=-1)
-        g_modes_raw = _softmax_backward(g_modes, modes)
+        g_modes_raw = softmax_backward(g_modes, modes)
         g_backward_w = g_w_read * modes[..., 0:1]
         g_read_content = g_w_read * modes[..., 1:2]
         g_forward_w = g_w_read * modes[..., 2:3]
 
         # Read content weighting softmax(beta * D(k, M_t)).
-        g_z = _softmax_backward(g_read_content, read_content)
+        g_z = softmax_backward(g_read_content, read_content)
         g_read_strength_raw = (g_z * read_sim).sum(-1) * torch.sigmoid(read_strength_raw)  # (B, R)
         g_sim = read_strength * g_z
         q = g_sim * inv_new.unsqueeze(1)
-        g_read_keys = _key_grad(torch.bmm(q, new_memory), read_k_hat, read_key_norm)
+        g_read_keys = key_grad(torch.bmm(q, new_memory), read_k_hat, read_key_norm)
         # The whole gradient of M_t: from the next step, the reads and the read content.
         g_new = torch.baddbmm(g_memory, torch.cat([w_read, q], dim=1).transpose(1, 2),
                               torch.cat([g_reads, read_k_hat], dim=1))
@@ -231,18 +230,18 @@ class DNCStep(torch.autograd.Function):
         g_write_content = g_mix - g_alloc
 
         # Write content weighting softmax(beta * D(k, M_{t-1})).
-        g_z = _softmax_backward(g_write_content, write_content)  # (B, N)
+        g_z = softmax_backward(g_write_content, write_content)  # (B, N)
         g_write_strength_raw = (g_z * write_sim).sum(-1, keepdim=True) * torch.sigmoid(write_strength_raw)
         g_sim = write_strength.squeeze(-1) * g_z
         q = g_sim * inv_prev
-        g_write_key = _key_grad(torch.bmm(q.unsqueeze(1), memory), write_k_hat, write_key_norm).squeeze(1)
+        g_write_key = key_grad(torch.bmm(q.unsqueeze(1), memory), write_k_hat, write_key_norm).squeeze(1)
         g_mem.baddbmm_(q.unsqueeze(-1), write_k_hat)
         g_mem.addcmul_(memory, (g_sim * write_sim * inv_prev.square() * mask_prev).unsqueeze(-1), value=-1.0)
 
         # Allocation a[phi_j] = (1 - u[phi_j]) prod_{i<j} u[phi_i].
         g_sorted_alloc = g_alloc.gather(-1, order)
         g_sorted = -g_sorted_alloc * before
-        g_cum_in = _cumprod_backward(g_sorted_alloc * (1.0 - sorted_usage), cum_in, before)
+        g_cum_in = cumprod_backward(g_sorted_alloc * (1.0 - sorted_usage), cum_in, before)
         g_sorted[:, :-1] += g_cum_in[:, 1:]
         g_usage = g_usage.scatter_add(-1, order, g_sorted)
 
@@ -267,3 +266,9 @@ def dnc_step(xi, memory, usage, links, precedence, w_read, w_write):
     """``DNCStep.apply``: the new state (memory, usage, links, precedence, read weights,
     write weights, reads (B, R * W))."""
     return DNCStep.apply(xi, memory, usage, links, precedence, w_read, w_write)
+
+
+def memory_step(memory: DNCMemory, h: torch.Tensor, state):
+    """``memory.step(h, state)`` through ``DNCStep``: (reads (B, R*W), new state)."""
+    new_state = dnc_step(memory.interface(h), *state[:-1])
+    return new_state[-1], new_state

@@ -1,12 +1,6 @@
-"""External memories behind one interface; here the LRUA memory of Santoro et al. 2016.
-
-Interface (every memory module):
-
-- ``initial_state(batch, device, dtype)`` -> state (a tuple of tensors); the memory is
-  created fresh for every episode and never outlives it.
-- ``step(h, state)`` -> ``(read, new_state)`` with ``h: (batch, controller_size)`` the
-  controller output of this step and ``read: (batch, read_size)`` the concatenated reads,
-  fed back to the controller at the next step and to the output layer now.
+"""The LRUA memory of Santoro et al. 2016 ("Meta-Learning with Memory-Augmented Neural
+Networks"), as the paper's verbs: small autograd functions, one per equation, and the
+module that composes them into one step (the memory interface of ``memory/base.py``).
 
 LRUA (Least-Recently-Used Access), per step t, heads as a tensor dimension:
 
@@ -21,23 +15,29 @@ LRUA (Least-Recently-Used Access), per step t, heads as a tensor dimension:
   Ties (untouched slots have equal usage) go to the lower slot index, so the choice is
   deterministic; usage carries no gradient (it only picks slots).
 
-Initial state: memory rows 1e-6 (cosine similarity is undefined for zero rows), read
-weights, usage and reads zero.
+Initial state: memory rows ``MEMORY_INIT`` (cosine similarity is undefined for zero rows),
+read weights, usage and reads zero.
+
+The same mathematics runs faster in ``sequence.py`` (the whole recurrence with a
+hand-written backward) and ``kernel.py`` (the same in C++); ``reference.py`` is the literal
+oracle they are all tested against.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-COSINE_EPS = 1e-8
-MEMORY_INIT = 1e-6
+from fewshot_mann.memory.base import COSINE_EPS, MEMORY_INIT, Memory
+
+__all__ = ["COSINE_EPS", "MEMORY_INIT", "LRUAMemory", "least_used", "write_weights", "write", "read", "usage"]
 
 
 def least_used(usage: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n-hot of the n least-used slots and one-hot of the single least-used slot.
+    """Eq. 6: the n-hot of the n least-used slots (``w_lu``) and the one-hot of the single
+    least-used slot (the row ``write`` zeroes).
 
-    usage: (batch, slots). Ties broken by lower slot index. Returns two float tensors
-    of shape (batch, slots).
+    usage: (batch, slots). Ties broken by lower slot index (a stable sort). Returns two
+    float tensors of shape (batch, slots).
     """
     order = torch.sort(usage, dim=-1, stable=True).indices[:, :n]
     w_lu = torch.zeros_like(usage).scatter_(1, order, 1.0)
@@ -45,8 +45,50 @@ def least_used(usage: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]
     return w_lu, zero
 
 
-class LRUAMemory(nn.Module):
+def write_weights(alpha: torch.Tensor, w_read_prev: torch.Tensor, w_lu_prev: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: ``w_w = sigmoid(alpha) w_r(t-1) + (1 - sigmoid(alpha)) w_lu(t-1)``.
+
+    alpha: (B, R, 1) the gate after its sigmoid; w_read_prev: (B, R, N); w_lu_prev: (B, N).
+    Returns (B, R, N).
+    """
+    return alpha * w_read_prev + (1.0 - alpha) * w_lu_prev.unsqueeze(1)
+
+
+def write(memory: torch.Tensor, zero: torch.Tensor, w_write: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: zero the least-used row, then ``M_t(i) = M_{t-1}(i) + sum_heads w_w(i) k``.
+
+    memory: (B, N, W); zero: (B, N) one-hot of the row to zero; w_write: (B, R, N);
+    keys: (B, R, W). Returns the new memory (B, N, W).
+    """
+    return memory * (1.0 - zero).unsqueeze(-1) + torch.bmm(w_write.transpose(1, 2), keys)
+
+
+def read(memory: torch.Tensor, keys: torch.Tensor, beta: torch.Tensor | None = None):
+    """Eqs. 2-4: read weights ``w_r = softmax_i(K(k, M(i)))`` (K the cosine similarity, times
+    ``beta`` with the key-strength extension) and reads ``r = sum_i w_r(i) M(i)``.
+
+    memory: (B, N, W); keys: (B, R, W); beta: (B, R, 1) or None. Returns
+    (read weights (B, R, N), reads (B, R*W)). Rows and keys are normalised once per step.
+    """
+    k_hat = keys / keys.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
+    m_hat = memory / memory.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
+    similarity = torch.bmm(k_hat, m_hat.transpose(1, 2))  # (B,R,N)
+    if beta is not None:
+        similarity = similarity * beta
+    w_read = torch.softmax(similarity, dim=-1)
+    return w_read, torch.bmm(w_read, memory).flatten(1)
+
+
+def usage(usage_prev: torch.Tensor, w_read: torch.Tensor, w_write: torch.Tensor, decay: float) -> torch.Tensor:
+    """Eq. 5: ``w_u(t) = gamma w_u(t-1) + sum_heads (w_r(t) + w_w(t))``. (B, N) from
+    usage_prev (B, N) and the weights (B, R, N)."""
+    return decay * usage_prev + w_read.sum(1) + w_write.sum(1)
+
+
+class LRUAMemory(Memory):
     """Santoro et al. (2016) memory with LRUA writing. See the module docstring."""
+
+    implementations = ("autograd", "sequence", "kernel")
 
     def __init__(self, controller_size: int, memory_slots: int = 128, memory_width: int = 40,
                  num_read_heads: int = 4, usage_decay: float = 0.95, key_strength: bool = False):
@@ -72,30 +114,24 @@ class LRUAMemory(nn.Module):
         n, w, r = self.memory_slots, self.memory_width, self.num_read_heads
         memory = torch.full((batch, n, w), MEMORY_INIT, device=device, dtype=dtype)
         w_read = torch.zeros(batch, r, n, device=device, dtype=dtype)
-        usage = torch.zeros(batch, n, device=device, dtype=dtype)
-        w_lu, zero = least_used(usage, r)
+        usage_ = torch.zeros(batch, n, device=device, dtype=dtype)
+        w_lu, zero = least_used(usage_, r)
         reads = torch.zeros(batch, r * w, device=device, dtype=dtype)
-        return memory, w_read, usage, w_lu, zero, reads
+        return memory, w_read, usage_, w_lu, zero, reads
 
     def step(self, h: torch.Tensor, state):
         """One LRUA step. h: (B, controller_size). Returns (reads (B, R*W), new state)."""
-        memory, w_read_prev, usage, w_lu_prev, zero_prev, _ = state
+        memory, w_read_prev, usage_prev, w_lu_prev, zero_prev, _ = state
         batch = h.shape[0]
-        r, w = self.num_read_heads, self.memory_width
-        keys = torch.tanh(self.key(h)).view(batch, r, w)  # (B,R,W)
+        keys = torch.tanh(self.key(h)).view(batch, self.num_read_heads, self.memory_width)  # (B,R,W)
         alpha = torch.sigmoid(self.gate(h)).unsqueeze(-1)  # (B,R,1)
-        w_write = alpha * w_read_prev + (1.0 - alpha) * w_lu_prev.unsqueeze(1)  # (B,R,N)
-        memory = memory * (1.0 - zero_prev).unsqueeze(-1) + torch.bmm(w_write.transpose(1, 2), keys)
-        # Cosine similarity with rows and keys normalised once per step.
-        k_hat = keys / keys.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
-        m_hat = memory / memory.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
-        similarity = torch.bmm(k_hat, m_hat.transpose(1, 2))  # (B,R,N)
+        w_write = write_weights(alpha, w_read_prev, w_lu_prev)
+        memory = write(memory, zero_prev, w_write, keys)
+        beta = None
         if self.strength is not None:
             beta = 1.0 + nn.functional.softplus(self.strength(h)).unsqueeze(-1)
-            similarity = similarity * beta
-        w_read = torch.softmax(similarity, dim=-1)
-        reads = torch.bmm(w_read, memory).reshape(batch, r * w)
+        w_read, reads = read(memory, keys, beta)
         with torch.no_grad():
-            usage = self.usage_decay * usage + w_read.sum(1) + w_write.sum(1)
-            w_lu, zero = least_used(usage, r)
-        return reads, (memory, w_read, usage, w_lu, zero, reads)
+            usage_now = usage(usage_prev, w_read, w_write, self.usage_decay)
+            w_lu, zero = least_used(usage_now, self.num_read_heads)
+        return reads, (memory, w_read, usage_now, w_lu, zero, reads)

@@ -1,11 +1,12 @@
-"""MANN's LRUA recurrence as a C++ kernel (``csrc/lrua.cpp``): the default on CPU.
+"""MANN's LRUA recurrence as a C++ kernel (``lrua.cpp``): the ``kernel`` implementation
+of ``memory.backend``, which ``auto`` picks on CPU.
 
-``cpp_lrua_sequence`` has ``fast.lrua_sequence``'s signature and results (to float
+``cpp_lrua_sequence`` has ``sequence.lrua_sequence``'s signature and results (to float
 rounding; tests/test_cpp.py holds outputs and every gradient to 1e-5 in float32 against
-fast.py and ``reference.py``). The forward loop over time and the hand-written
-backpropagation through time are one C++ call each, with fast.py's formulas, layout and
+sequence.py and ``reference.py``). The forward loop over time and the hand-written
+backpropagation through time are one C++ call each, with sequence.py's formulas, layout and
 segment recomputation; the matmuls go to BLAS and the rest are plain loops over
-contiguous buffers, so the per-op dispatch that dominates fast.py at small batches is gone.
+contiguous buffers, so the per-op dispatch that dominates sequence.py at small batches is gone.
 
 - built on first use with ``torch.utils.cpp_extension.load`` (g++ and ninja; 20-30 s
   on a busy 2-core machine) into torch's extension directory
@@ -13,10 +14,10 @@ contiguous buffers, so the per-op dispatch that dominates fast.py at small batch
   load the built library directly (well under a second). The library's name carries a
   hash of the source, the compiler flags, torch's version and the CPU, so a change of
   any of them builds afresh instead of loading a stale or foreign build.
-- ``FEWSHOT_MANN_CPP=0`` turns it off (fast.py runs, no warning). Where it cannot be
-  built or loaded (no compiler, no ninja, a failed build) one ``RuntimeWarning`` says
-  why and fast.py runs instead.
-- CPU, float32 and float64 only; other devices and dtypes go to fast.py (GPU keeps its
+- ``FEWSHOT_MANN_CPP=0`` makes ``memory.backend``'s ``auto`` skip it (sequence.py runs, no
+  build, no warning). Where it cannot be built or loaded (no compiler, no ninja, a failed
+  build) one ``RuntimeWarning`` says why and sequence.py runs instead.
+- CPU, float32 and float64 only; other devices and dtypes go to sequence.py (GPU keeps its
   path). Training and evaluation (no gradient) both use it.
 """
 from __future__ import annotations
@@ -33,22 +34,16 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-from fewshot_mann.memory.lrua import sequence as fast
-from fewshot_mann.memory.lrua.equations import COSINE_EPS, MEMORY_INIT
+from fewshot_mann.memory.lrua import sequence
+from fewshot_mann.memory.base import COSINE_EPS, MEMORY_INIT
 
-ENV = "FEWSHOT_MANN_CPP"
 SOURCE = Path(__file__).resolve().parent / "lrua.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
-SEGMENT = 5  # steps per recomputed memory segment in backward (as fast.SEGMENT)
+SEGMENT = 5  # steps per recomputed memory segment in backward (as sequence.SEGMENT)
 DTYPES = (torch.float32, torch.float64)
 
 _STATE: dict = {}  # "ops" once loaded, or "reason" why not; "build_seconds" when this process built it
-
-
-def disabled_by_env() -> bool:
-    """True when ``FEWSHOT_MANN_CPP`` is 0/off/false/no."""
-    return os.environ.get(ENV, "").strip().lower() in ("0", "off", "false", "no")
 
 
 def _cpu_tag() -> str:
@@ -117,21 +112,20 @@ def ops():
     try:
         _STATE["ops"] = _build_and_load()
         return _STATE["ops"]
-    except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, a failed build: fast.py is the same maths
+    except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, a failed build: sequence.py is the same maths
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
         # The compiler's first "error:" line says most; else the first line.
         errors = [ln for ln in lines if "error:" in ln.lower()]
         message = ((errors or lines)[0] if lines else "")[:200]
         _STATE["reason"] = f"{type(exc).__name__}: {message}"
         warnings.warn(f"the C++ LRUA kernel could not be built or loaded ({_STATE['reason']}); MANN runs on the "
-                      f"Python fast path (fast.py) instead. Set {ENV}=0 to skip trying.", RuntimeWarning, stacklevel=2)
+                      "Python fast path (sequence.py) instead. Set FEWSHOT_MANN_CPP=0 (or --memory-backend sequence) "
+                      "to skip trying.", RuntimeWarning, stacklevel=2)
         return None
 
 
 def unavailable_reason() -> str | None:
-    """Why the kernel cannot be used here (after trying to load it), or None when it can."""
-    if disabled_by_env():
-        return f"turned off by {ENV}=0"
+    """Why the kernel cannot be built or loaded here (after trying), or None when it can."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = ops()
@@ -139,8 +133,8 @@ def unavailable_reason() -> str | None:
 
 
 def usable(x: torch.Tensor) -> bool:
-    """True when the kernel is on (not turned off, loaded) and handles x's device and dtype."""
-    return x.device.type == "cpu" and x.dtype in DTYPES and not disabled_by_env() and ops() is not None
+    """True when the kernel handles x's device and dtype and is loaded (building it on first use)."""
+    return x.device.type == "cpu" and x.dtype in DTYPES and ops() is not None
 
 
 class _CppSequence(torch.autograd.Function):
@@ -169,12 +163,12 @@ class _CppSequence(torch.autograd.Function):
 def cpp_lrua_sequence(gates_in: torch.Tensor, recurrent_weight: torch.Tensor, control_weight: torch.Tensor,
                       control_bias: torch.Tensor, *, memory_slots: int, num_read_heads: int,
                       usage_decay: float, key_strength: bool) -> torch.Tensor:
-    """``fast.lrua_sequence`` through the C++ kernel: same arguments, same result to float
-    rounding. Where the kernel is off, unavailable, or not for this device or dtype, it is
-    ``fast.lrua_sequence`` itself."""
+    """``sequence.lrua_sequence`` through the C++ kernel: same arguments, same result to float
+    rounding. Where the kernel is unavailable, or not for this device or dtype, it is
+    ``sequence.lrua_sequence`` itself."""
     tensors = (gates_in, recurrent_weight, control_weight, control_bias)
     if not usable(gates_in) or any(x.dtype != gates_in.dtype or x.device != gates_in.device for x in tensors):
-        return fast.lrua_sequence(gates_in, recurrent_weight, control_weight, control_bias, memory_slots=memory_slots,
+        return sequence.lrua_sequence(gates_in, recurrent_weight, control_weight, control_bias, memory_slots=memory_slots,
                                   num_read_heads=num_read_heads, usage_decay=usage_decay, key_strength=key_strength)
     if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
         return _CppSequence.apply(gates_in, recurrent_weight, control_weight, control_bias,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fewshot_mann.memory.lrua.equations import COSINE_EPS, MEMORY_INIT
+from fewshot_mann.memory.base import COSINE_EPS, MEMORY_INIT
 
 
 def reference_forward(model, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:

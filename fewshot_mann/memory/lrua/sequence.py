@@ -33,13 +33,13 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from fewshot_mann.memory.lrua.equations import COSINE_EPS, MEMORY_INIT
+from fewshot_mann.memory.base import COSINE_EPS, MEMORY_INIT
 
 SEGMENT = 5  # steps per recomputed memory segment in backward
 INFERENCE_CHUNK = 128  # on CPU without gradients, larger batches run in chunks (stay in cache)
 
 
-class _LeastUsed:
+class LeastUsed:
     """The least-used slots of a usage tensor (B, N), never negative, with buffers reused
     every step: ``select(usage, out)`` writes into ``out`` (B, 2, N) the one-hot of the
     least-used slot (``out[:, 0]``, the row zeroed before the next write) and the n-hot of
@@ -140,7 +140,7 @@ def _run_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, s
     w_read, w_write = buf(B, R, N, ring=2), buf(B, R, N)
     least = buf(B, 2, N, extra=1, ring=2)  # [one-hot of the row to zero, w_lu]
     usage = torch.zeros(B, N, **opts)
-    least_used = _LeastUsed(usage, R)
+    least_used = LeastUsed(usage, R)
     least_used.select(usage, least[0])
     memory_prev = checkpoints[0] if store else torch.empty(B, W, N, **opts)
     memory_prev.fill_(MEMORY_INIT)

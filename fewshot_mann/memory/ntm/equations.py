@@ -41,7 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fewshot_mann.memory.lrua.equations import COSINE_EPS, MEMORY_INIT
+from fewshot_mann.memory.addressing import cosine_similarity
+from fewshot_mann.memory.base import MEMORY_INIT, Memory
 
 # Floor under the shifted weighting before its log: a weight that underflowed to 0 stays
 # (almost) 0 after sharpening instead of producing -inf * gamma and NaN gradients.
@@ -51,17 +52,6 @@ LOG_FLOOR = 1e-30
 def addressing_size(memory_width: int, shift_range: int) -> int:
     """Parameters one head needs for addressing: key, beta, g, shift weights, gamma."""
     return memory_width + 3 + 2 * shift_range + 1
-
-
-def cosine_similarity(keys: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """keys (B, heads, W), memory (B, N, W) -> (B, heads, N) cosine similarities.
-
-    The rows' norms divide the (B, heads, N) products, not the (B, N, W) memory: the same
-    numbers (up to rounding) without building, or backpropagating through, ``M / |M|``.
-    """
-    k_hat = keys / keys.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
-    inv_norm = memory.norm(dim=-1).clamp_min(COSINE_EPS).reciprocal()  # (B, N)
-    return torch.bmm(k_hat, memory.transpose(1, 2)) * inv_norm.unsqueeze(1)
 
 
 def shift_index(memory_slots: int, shift_range: int, device=None) -> torch.Tensor:
@@ -129,7 +119,7 @@ def erase_and_add(memory: torch.Tensor, w_write: torch.Tensor, erase: torch.Tens
     return torch.baddbmm(memory * keep, w_write.transpose(1, 2), add)
 
 
-class NTMMemory(nn.Module):
+class NTMMemory(Memory):
     """The NTM memory: content + location addressing, erase/add writes. See the module docstring."""
 
     def __init__(self, controller_size: int, memory_slots: int = 128, memory_width: int = 40,
@@ -143,12 +133,14 @@ class NTMMemory(nn.Module):
         self.num_read_heads = num_read_heads
         self.num_write_heads = num_write_heads
         self.shift_range = shift_range
-        # One write head: the step runs as ntm_fast.NTMStep (same maths, hand-written
-        # backward); False for the autograd step below (a second reference).
-        self.fast = True
         per_head = addressing_size(memory_width, shift_range)
         self.read_params = nn.Linear(controller_size, num_read_heads * per_head)
         self.write_params = nn.Linear(controller_size, num_write_heads * (per_head + 2 * memory_width))
+
+    @property
+    def implementations(self) -> tuple[str, ...]:
+        """``sequence`` (sequence.NTMStep, a hand-written backward) covers one write head."""
+        return ("autograd", "sequence") if self.num_write_heads == 1 else ("autograd",)
 
     @property
     def read_size(self) -> int:
@@ -170,11 +162,6 @@ class NTMMemory(nn.Module):
         memory, w_read_prev, w_write_prev, _ = state
         batch, w = h.shape[0], self.memory_width
         write = self.write_params(h).view(batch, self.num_write_heads, -1)
-        if self.fast and self.num_write_heads == 1:
-            from fewshot_mann.memory.ntm.sequence import ntm_step
-            read = self.read_params(h).view(batch, self.num_read_heads, -1)
-            memory, w_read, w_write, reads = ntm_step(write, read, memory, w_read_prev, w_write_prev, LOG_FLOOR)
-            return reads, (memory, w_read, w_write, reads)
         w_write = address(write[..., :-2 * w], memory, w_write_prev, w)  # (B,Hw,N)
         erase = torch.sigmoid(write[..., -2 * w:-w])  # (B,Hw,W)
         add = torch.tanh(write[..., -w:])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fewshot_mann.memory.lrua.equations import COSINE_EPS
+from fewshot_mann.memory.base import COSINE_EPS
 
 
 def _cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

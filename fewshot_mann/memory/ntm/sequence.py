@@ -1,7 +1,7 @@
 """One NTM memory step (one write head) as an autograd Function with a hand-written backward.
 
-The same mathematics as ``ntm.NTMMemory``'s autograd step (``NTMMemory.fast = False``;
-see ``ntm.py`` for the equations), for the usual case of a single write head. Autograd
+The same mathematics as ``NTMMemory.step`` (the autograd step of ``equations.py``, which
+states the equations), for the usual case of a single write head. Autograd
 runs some 120 small operations per step of that path, each a node of the graph with its
 own saved tensors, and makes several passes over the (B, N, W) memory for every use of
 it. Here forward is plain tensor code and backward is written out:
@@ -17,8 +17,9 @@ it. Here forward is plain tensor code and backward is written out:
 - what backward needs of the (B, N, W) memories is the step's input and output, alive
   anyway as the state of the recurrence; only small per-head tensors are saved.
 
-tests/test_ntm.py checks outputs and gradients against ``reference_ntm.py`` (the literal
-equations), against the autograd path, and with gradcheck.
+tests/test_ntm.py and tests/test_backends.py check outputs and gradients against ``reference.py``
+(the literal equations), against the autograd step, and with gradcheck. ``memory.backend``
+runs it (``sequence``, and ``auto``) for one write head; more write heads run the autograd step.
 """
 from __future__ import annotations
 
@@ -26,25 +27,8 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from fewshot_mann.memory.lrua.equations import COSINE_EPS
-from fewshot_mann.memory.ntm.equations import shift_windows
-
-
-def _inv_norms(memory: torch.Tensor):
-    """memory (B, N, W) -> (1 / max(|M_i|, eps) (B, N), mask |M_i| > eps (B, N))."""
-    norm = memory.norm(dim=-1)
-    return norm.clamp_min(COSINE_EPS).reciprocal(), norm > COSINE_EPS
-
-
-def _unit(key: torch.Tensor):
-    """key (B, H, W) -> (key / max(|key|, eps), |key| (B, H, 1))."""
-    key_norm = key.norm(dim=-1, keepdim=True)
-    return key / key_norm.clamp_min(COSINE_EPS), key_norm
-
-
-def _softmax_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Through out = softmax(z) over the last dimension: dL/dz."""
-    return out * (grad - (out * grad).sum(-1, keepdim=True))
+from fewshot_mann.memory.addressing import inv_norms, key_grad, softmax_backward, unit
+from fewshot_mann.memory.ntm.equations import LOG_FLOOR, NTMMemory, shift_windows
 
 
 def _address(params: torch.Tensor, memory: torch.Tensor, inv_norm: torch.Tensor, w_prev: torch.Tensor,
@@ -57,7 +41,7 @@ def _address(params: torch.Tensor, memory: torch.Tensor, inv_norm: torch.Tensor,
     gate = torch.sigmoid(gate_raw)
     shift = torch.softmax(params[..., width + 2:-1], dim=-1)  # (B, H, 2S+1), shifts -S..S
     s_range = (shift.shape[-1] - 1) // 2
-    k_hat, key_norm = _unit(key)
+    k_hat, key_norm = unit(key)
     sim = torch.bmm(k_hat, memory.transpose(1, 2)).mul_(inv_norm.unsqueeze(1))  # (B, H, N)
     content = torch.softmax(beta * sim, dim=-1)
     gated = torch.lerp(w_prev, content, gate)
@@ -82,7 +66,7 @@ def _address_backward(g_weights: torch.Tensor, w_prev: torch.Tensor, cache, floo
     width = k_hat.shape[-1]
     s_range = (shift.shape[-1] - 1) // 2
     # sharpening: weights = softmax(gamma * log(max(shifted, floor)))
-    g_u = _softmax_backward(g_weights, weights)
+    g_u = softmax_backward(g_weights, weights)
     g_gamma = (g_u * log_shifted).sum(-1, keepdim=True)
     g_shifted = (gamma * g_u / shifted.clamp_min(floor)) * (shifted >= floor)
     # circular shift
@@ -92,13 +76,13 @@ def _address_backward(g_weights: torch.Tensor, w_prev: torch.Tensor, cache, floo
     else:
         g_gated = g_shifted * shift
         g_shift = (g_shifted * gated).sum(-1, keepdim=True)
-    g_shift_raw = _softmax_backward(g_shift, shift)
+    g_shift_raw = softmax_backward(g_shift, shift)
     # interpolation: gated = w_prev + g (content - w_prev)
     g_content = gate * g_gated
     g_w_prev = g_gated - g_content
     g_gate = (g_gated * (content - w_prev)).sum(-1, keepdim=True)
     # content weighting: softmax(beta * sim)
-    g_z = _softmax_backward(g_content, content)
+    g_z = softmax_backward(g_content, content)
     g_beta = (g_z * sim).sum(-1, keepdim=True)
     g_sim = beta * g_z
     g_params = torch.empty_like(params)
@@ -109,28 +93,21 @@ def _address_backward(g_weights: torch.Tensor, w_prev: torch.Tensor, cache, floo
     return g_params, g_w_prev, g_sim, (g_sim * sim).sum(1)
 
 
-def _key_grad(g_k_hat: torch.Tensor, k_hat: torch.Tensor, key_norm: torch.Tensor) -> torch.Tensor:
-    """Through k_hat = key / max(|key|, eps)."""
-    inv = key_norm.clamp_min(COSINE_EPS).reciprocal()
-    radial = (g_k_hat * k_hat).sum(-1, keepdim=True) * k_hat * (key_norm > COSINE_EPS)
-    return (g_k_hat - radial) * inv
-
-
 class NTMStep(torch.autograd.Function):
     """(write params (B, 1, P + 2W), read params (B, R, P), memory (B, N, W), previous read
     weights (B, R, N), previous write weights (B, 1, N)) -> (memory, read weights, write
-    weights, reads (B, R, W)); ``floor`` is ``ntm.LOG_FLOOR``."""
+    weights, reads (B, R, W)); ``floor`` is ``equations.LOG_FLOOR``."""
 
     @staticmethod
     def forward(ctx, write_params, read_params, memory, w_read_prev, w_write_prev, floor):
         width = memory.shape[-1]
-        inv_prev, mask_prev = _inv_norms(memory)
+        inv_prev, mask_prev = inv_norms(memory)
         w_write, write_cache = _address(write_params[..., :-2 * width], memory, inv_prev, w_write_prev, floor)
         erase = torch.sigmoid(write_params[..., -2 * width:-width])  # (B, 1, W)
         add = torch.tanh(write_params[..., -width:])
         change = torch.addcmul(add, memory, erase, value=-1.0)  # a - M e
         new_memory = torch.addcmul(memory, w_write.transpose(1, 2), change)
-        inv_new, mask_new = _inv_norms(new_memory)
+        inv_new, mask_new = inv_norms(new_memory)
         w_read, read_cache = _address(read_params, new_memory, inv_new, w_read_prev, floor)
         reads = torch.bmm(w_read, new_memory)
         ctx.floor = floor
@@ -159,7 +136,7 @@ class NTMStep(torch.autograd.Function):
         g_read_params, g_w_read_prev, g_sim, radial = _address_backward(g_w_read, w_read_prev, read_cache, floor)
         q = g_sim * inv_new.unsqueeze(1)
         k_hat_r = read_cache[2]
-        g_read_params[..., :k_hat_r.shape[-1]] = _key_grad(torch.bmm(q, new_memory), k_hat_r, read_cache[1])
+        g_read_params[..., :k_hat_r.shape[-1]] = key_grad(torch.bmm(q, new_memory), k_hat_r, read_cache[1])
         # the whole gradient of M_t: from the next step, the read and the read addressing
         g_new = torch.baddbmm(g_memory, torch.cat([w_read, q], dim=1).transpose(1, 2),
                               torch.cat([g_reads, k_hat_r], dim=1))
@@ -176,7 +153,7 @@ class NTMStep(torch.autograd.Function):
         g_write_addr, g_w_write_prev, g_sim, radial = _address_backward(g_w_write, w_write_prev, write_cache, floor)
         q = g_sim * inv_prev.unsqueeze(1)
         k_hat_w = write_cache[2]
-        g_write_addr[..., :k_hat_w.shape[-1]] = _key_grad(torch.bmm(q, memory), k_hat_w, write_cache[1])
+        g_write_addr[..., :k_hat_w.shape[-1]] = key_grad(torch.bmm(q, memory), k_hat_w, write_cache[1])
         g_mem.baddbmm_(q.transpose(1, 2), k_hat_w)
         g_mem.addcmul_(memory, (radial * inv_prev.square() * mask_prev).unsqueeze(-1), value=-1.0)
         g_write_params = torch.cat([g_write_addr, g_erase * erase * (1.0 - erase), g_add * (1.0 - add.square())],
@@ -189,3 +166,13 @@ def ntm_step(write_params, read_params, memory, w_read_prev, w_write_prev, floor
     new_memory, w_read, w_write, reads = NTMStep.apply(write_params, read_params, memory, w_read_prev,
                                                        w_write_prev, floor)
     return new_memory, w_read, w_write, reads.flatten(1)
+
+
+def memory_step(memory: NTMMemory, h: torch.Tensor, state):
+    """``memory.step(h, state)`` (one write head) through ``NTMStep``: (reads (B, R*W), new state)."""
+    memory_prev, w_read_prev, w_write_prev, _ = state
+    batch = h.shape[0]
+    write = memory.write_params(h).view(batch, memory.num_write_heads, -1)
+    read = memory.read_params(h).view(batch, memory.num_read_heads, -1)
+    new_memory, w_read, w_write, reads = ntm_step(write, read, memory_prev, w_read_prev, w_write_prev, LOG_FLOOR)
+    return reads, (new_memory, w_read, w_write, reads)

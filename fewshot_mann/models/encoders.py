@@ -1,0 +1,82 @@
+"""Encoders: what every model sees of an image, ``(B,T,C,H,W) -> (B,T,features)``.
+
+``build_encoder`` picks the one a config names: raw pixels (``linear``, the paper's
+input), a small CNN (``conv``), or the cached features of a frozen pretrained backbone
+(``timm:NAME`` / ``torchvision:NAME``, normalised by ``FeatureEncoder``). Each has
+``out_features``, the width it produces.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fewshot_mann.config import Config, is_backbone
+from fewshot_mann.errors import UserError
+
+
+class LinearEncoder(nn.Module):
+    """The paper's input: raw pixels, flattened. (B,T,C,H,W) -> (B,T,C*H*W)."""
+
+    def __init__(self, channels: int, image_size: int):
+        super().__init__()
+        self.out_features = channels * image_size * image_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(2)
+
+
+class ConvEncoder(nn.Module):
+    """A small CNN applied to every image: (B,T,C,H,W) -> (B,T,features)."""
+
+    def __init__(self, channels: int, image_size: int, width: int = 64):
+        super().__init__()
+        layers, size, c_in = [], image_size, channels
+        for c_out in (32, width, width):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in, size = c_out, size // 2
+            if size < 2:
+                break
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.out_features = c_in * size * size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b, t = images.shape[:2]
+        return self.net(images.flatten(0, 1)).view(b, t, -1)
+
+
+class FeatureEncoder(nn.Module):
+    """Backbone features (B,T,D) -> (B,T,D), normalised so that a cosine read compares
+    directions that tell the episode's classes apart:
+
+    - ``center-l2``: minus the episode's mean feature (over its T steps; SimpleShot's
+      centring, computed per episode so it follows the domain), then unit length;
+    - ``l2``: unit length; ``none``: as they are.
+
+    Then scaled by sqrt(D), so each component is of order 1, like pixels; with ``project`` > 0,
+    a learned linear map to ``project`` values.
+    """
+
+    def __init__(self, feature_dim: int, norm: str = "center-l2", project: int = 0):
+        super().__init__()
+        self.feature_dim, self.norm = feature_dim, norm
+        self.proj = nn.Linear(feature_dim, project) if project else None
+        self.out_features = project or feature_dim
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = feats.flatten(2)
+        if self.norm != "none":
+            if self.norm == "center-l2":
+                x = x - x.mean(dim=1, keepdim=True)
+            x = torch.nn.functional.normalize(x, dim=-1) * self.feature_dim ** 0.5
+        return self.proj(x) if self.proj is not None else x
+
+
+def build_encoder(cfg: Config) -> nn.Module:
+    d = cfg.data
+    if is_backbone(cfg.model.encoder):
+        if cfg.model.feature_dim < 1:
+            raise UserError(f"--encoder {cfg.model.encoder}: the feature width is not known yet (set at training)")
+        return FeatureEncoder(cfg.model.feature_dim, cfg.model.feature_norm, cfg.model.feature_proj)
+    if cfg.model.encoder == "conv":
+        return ConvEncoder(d.channels, d.image_size)
+    return LinearEncoder(d.channels, d.image_size)
