@@ -65,7 +65,7 @@ from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from fewshot_mann.data.bank import ClassBank, SplitBanks, empty_bank
-from fewshot_mann.config import RESIZE_POLICIES, Config
+from fewshot_mann.config import RESIZE_POLICIES, Config, is_backbone
 from fewshot_mann.errors import DataError, UserError
 from fewshot_mann.fileio import InputError, atomic_write, atomic_write_json, read_regular_file
 from fewshot_mann.data.omniglot import cache_dir
@@ -692,6 +692,24 @@ def load_folder_banks(cfg: Config, progress: bool = True, report=warn) -> tuple[
     return parts.train, parts.test
 
 
+def reader_settings(cfg: Config) -> dict:
+    """How the folder reader decodes images for ``cfg``: image_size, channels, resize, polarity.
+
+    Raw-pixel encoders read the configured size/channels with ``data.polarity``; a backbone
+    reads RGB at its own input size, the photo as it is (ImageNet features know light
+    backgrounds)."""
+    d = cfg.data
+    if is_backbone(cfg.model.encoder) and cfg.model.encoder.startswith("fewshot:"):
+        from fewshot_mann.models.backbones import preprocessing  # grayscale, trained on bright strokes: as pixels
+        return {"image_size": preprocessing(cfg.model.encoder).image_size, "channels": 1, "resize": d.resize,
+                "polarity": d.polarity}
+    if is_backbone(cfg.model.encoder):
+        from fewshot_mann.models.backbones import preprocessing
+        return {"image_size": preprocessing(cfg.model.encoder).image_size, "channels": 3, "resize": d.resize,
+                "polarity": "keep"}
+    return {"image_size": d.image_size, "channels": d.channels, "resize": d.resize, "polarity": d.polarity}
+
+
 def load_folder_parts(cfg: Config, progress: bool = True, report=warn, recorded: dict | None = None) -> SplitBanks:
     """Training, validation and test banks of a folder dataset, classes pairwise disjoint.
 
@@ -707,8 +725,6 @@ def load_folder_parts(cfg: Config, progress: bool = True, report=warn, recorded:
     spec = parse_test_classes(d.test_classes)
     if d.test_root and spec is not None:
         raise UserError("give held-out classes either as a --test-root folder or with --test-classes, not both")
-    from fewshot_mann.config import is_backbone
-    from fewshot_mann.data.loading import reader_settings
     # a backbone's inputs are large and only feed the (cached) features: not cached themselves
     kw = dict(**reader_settings(cfg), progress=progress, cache=not is_backbone(cfg.model.encoder))
     data = load_folder(d.data_root, option="--data-root", **kw)

@@ -17,24 +17,6 @@ from fewshot_mann.errors import UserError
 RAW_BASELINE_SIZE = 32  # raw-pixel baseline of backbone runs: images averaged down to 32 x 32
 
 
-def reader_settings(cfg: Config) -> dict:
-    """How the folder reader decodes images for ``cfg``: image_size, channels, resize, polarity.
-
-    Raw-pixel encoders read the configured size/channels with ``data.polarity``; a backbone
-    reads RGB at its own input size, the photo as it is (ImageNet features know light
-    backgrounds)."""
-    d = cfg.data
-    if is_backbone(cfg.model.encoder) and cfg.model.encoder.startswith("fewshot:"):
-        from fewshot_mann.models.backbones import preprocessing  # grayscale, trained on bright strokes: as pixels
-        return {"image_size": preprocessing(cfg.model.encoder).image_size, "channels": 1, "resize": d.resize,
-                "polarity": d.polarity}
-    if is_backbone(cfg.model.encoder):
-        from fewshot_mann.models.backbones import preprocessing
-        return {"image_size": preprocessing(cfg.model.encoder).image_size, "channels": 3, "resize": d.resize,
-                "polarity": "keep"}
-    return {"image_size": d.image_size, "channels": d.channels, "resize": d.resize, "polarity": d.polarity}
-
-
 def load_image_parts(cfg: Config, progress: bool = True, recorded: dict | None = None) -> SplitBanks:
     """Training, validation and test banks of decoded images (pairwise disjoint), without rotations.
 

@@ -203,7 +203,7 @@ def to_csv(results: list[dict], names: list[str]) -> str:
 def load_support(path, cfg: Config, reader: dict):
     """The ``--support`` folder (never cached: patient images stay where the user keeps them),
     refused when the model cannot choose between its classes, with a warning for what it can
-    only partly use. ``reader``: ``loading.reader_settings(cfg)``."""
+    only partly use. ``reader``: ``folder.reader_settings(cfg)``."""
     e = cfg.episodes
     support = load_folder(path, reader["image_size"], reader["channels"], cfg.data.resize, progress=False,
                           cache=False, option="--support", polarity=reader["polarity"])
@@ -271,7 +271,8 @@ def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list
     """Classify the query images from the support folder: (results, support bank); see the
     module docstring for the protocol and ``summarise`` for a result."""
     from fewshot_mann.config import is_backbone
-    from fewshot_mann.data.loading import reader_settings, shrink
+    from fewshot_mann.data.folder import reader_settings
+    from fewshot_mann.data.loading import shrink
 
     reader = reader_settings(cfg)
     backbone = is_backbone(cfg.model.encoder)

@@ -1,0 +1,109 @@
+"""The package's shape: no import cycles, no private cross-module imports, no stdlib shadowing, references for tests.
+
+Static (ast) over every import in fewshot_mann/, including imports inside functions: a lazy import that closes a cycle
+is still a cycle in the design."""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fewshot_mann"
+# modules that may import a literal reference: the plain-loop baseline of the speed benchmark
+MAY_IMPORT_REFERENCE = {"fewshot_mann.engine.bench"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(path: Path, known: set[str]) -> list[tuple[str, list[str]]]:
+    """[(imported module, [names taken from it])] for every import statement in the file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name.startswith("fewshot_mann")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fewshot_mann"):
+            assert node.level == 0, f"{path}: relative import (the package imports absolutely)"
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                out.append((sub, []) if sub in known else (node.module, [a.name]))
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {m: {target for target, _ in imports(p, set(mods)) if target in mods and target != m} for m, p in mods.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    assert cycles(graph()) == []
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_private_names_imported_across_modules():
+    mods = modules()
+    bad = [f"{m} imports {n} from {t}" for m, p in mods.items() for t, names in imports(p, set(mods))
+           for n in names if n.startswith("_") and t != m]
+    assert bad == []
+
+
+def test_production_code_never_imports_a_reference():
+    mods = modules()
+    bad = [f"{m} imports {t}" for m, p in mods.items() for t, _ in imports(p, set(mods))
+           if t.endswith(".reference") and not m.endswith(".reference") and m not in MAY_IMPORT_REFERENCE]
+    assert bad == []
+
+
+def test_no_module_shadows_the_standard_library():
+    assert [m for m in modules() if m.rpartition(".")[2] in sys.stdlib_module_names] == []
+
+
+def test_no_function_over_80_lines():
+    long = []
+    for m, p in modules().items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{m}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == []
