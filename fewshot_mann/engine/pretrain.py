@@ -76,10 +76,11 @@ def load_parts(p: PretrainConfig, size: int, progress: bool):
     d.validation_classes = p.validation_classes
     parts = load_image_parts(cfg, progress=progress)
     train = parts.train.with_rotations() if p.rotations else parts.train
-    for name, bank, need in (("training", train, p.ways), ("validation", parts.validation, 5)):
-        if bank.num_classes < need or bank.min_count < p.shots + p.queries:
+    for name, bank, need, shots, queries in (("training", train, p.ways, p.shots, p.queries),
+                                             ("validation", parts.validation, 5, p.check_shots, 1)):
+        if bank.num_classes < need or bank.min_count < shots + queries:
             raise UserError(f"{bank.num_classes} {name} classes (fewest images {bank.min_count}) cannot make a "
-                            f"{need}-way episode of {p.shots} + {p.queries} images per class")
+                            f"{need}-way episode of {shots} + {queries} images per class")
     return train, parts.validation
 
 
@@ -99,7 +100,9 @@ def prototype_logits(feats: torch.Tensor, ways: int, shots: int, queries: int) -
 
 @torch.inference_mode()
 def check(net: torch.nn.Module, bank: ClassBank, p: PretrainConfig, device: torch.device, queries: int = 15) -> float:
-    """5-way ``check_shots``-shot nearest-prototype accuracy on ``bank`` over seeded trials."""
+    """5-way ``check_shots``-shot nearest-prototype accuracy on ``bank`` over seeded trials
+    (15 queries per class, fewer where a class has fewer images)."""
+    queries = min(queries, bank.min_count - p.check_shots)
     was = net.training
     net.eval()
     rng, shots, hits = np.random.default_rng(p.seed + 1), p.check_shots, 0
