@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         data = ["--data-root", args.data_root]
     else:
         sys.path.insert(0, str(REPO / "tests"))
-        from synthetic_images import make_image_folder
+        from helpers.images import make_image_folder
         root = make_image_folder(work / "data", classes=12, per_class=10, size_range=(12, 20))["root"]
         data = ["--dataset", "folder", "--data-root", str(root), "--image-size", "8", "--test-classes", "0.3",
                 "--no-rotations", "--ways", "3", "--instances", "5"]

@@ -1,18 +1,14 @@
-"""Shared fixtures: tiny configs, synthetic class banks, the real Omniglot (skipped when absent)."""
+"""Shared fixtures: an isolated cache for the session, the real Omniglot (skipped when absent).
+Helpers that are not fixtures (tiny configs, synthetic banks, ...) live in tests/helpers/."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from fewshot_mann.data.bank import ClassBank
-from fewshot_mann.config import Config
-
-OMNIGLOT = Path(os.environ.get("FEWSHOT_MANN_TEST_OMNIGLOT",
-                               Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "omniglot"))
+from helpers import OMNIGLOT, real_omniglot
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,13 +25,6 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("FEWSHOT_MANN_CACHE", None)
     else:
         os.environ["FEWSHOT_MANN_CACHE"] = old
-
-
-def real_omniglot() -> Path | None:
-    """The real Omniglot zips when present (the source for full-resolution tests), else None."""
-    if (OMNIGLOT / "images_background.zip").exists() and (OMNIGLOT / "images_evaluation.zip").exists():
-        return OMNIGLOT
-    return None
 
 
 @pytest.fixture
@@ -59,26 +48,3 @@ def omniglot_args() -> list[str]:
     (the embedded copy), so these tests never skip for want of Omniglot."""
     root = real_omniglot()
     return ["--data-root", str(root)] if root else []
-
-
-def tiny_config(**model) -> Config:
-    cfg = Config()
-    cfg.data.image_size = 6
-    cfg.model.controller_size = 16
-    cfg.model.memory_slots = 10
-    cfg.model.memory_width = 5
-    cfg.model.num_read_heads = 3
-    for k, v in model.items():
-        setattr(cfg.model, k, v)
-    return cfg
-
-
-def synthetic_bank(classes: int = 12, per_class: int = 12, size: int = 6, channels: int = 1, seed: int = 0) -> ClassBank:
-    """Each class: a fixed random pattern plus per-image noise (uint8)."""
-    rng = np.random.default_rng(seed)
-    groups = []
-    for _ in range(classes):
-        base = rng.integers(0, 256, (1, channels, size, size))
-        noise = rng.integers(-20, 21, (per_class, channels, size, size))
-        groups.append(np.clip(base + noise, 0, 255).astype(np.uint8))
-    return ClassBank.from_groups(groups, [f"class{i:02d}" for i in range(classes)])

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, no private cross-module imports, no stdlib shadowing, references for tests.
+"""The package's shape: no import cycles, no private cross-module imports, no stdlib shadowing, references for tests;
+and the tests' shape: tests/ mirrors the package's folders, shared helpers live in tests/helpers/.
 
 Static (ast) over every import in fewshot_mann/, including imports inside functions: a lazy import that closes a cycle
 is still a cycle in the design."""
@@ -8,7 +9,8 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "fewshot_mann"
+TESTS = Path(__file__).resolve().parent
+PACKAGE = TESTS.parent / "fewshot_mann"
 # modules that may import a literal reference: the plain-loop baseline of the speed benchmark
 MAY_IMPORT_REFERENCE = {"fewshot_mann.engine.bench"}
 
@@ -107,3 +109,42 @@ def test_no_function_over_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
                 long.append(f"{m}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert long == []
+
+
+def imports_of_tests(source: str) -> list[str]:
+    """The modules a test file imports that are conftest or a test module (``test_*``): what a test
+    shares with others belongs in tests/helpers/, its fixtures in a conftest.py pytest finds itself."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found += [node.module or ""] + [f"{node.module or ''}.{a.name}" for a in node.names]
+    return sorted({m for m in found for part in m.split(".") if part == "conftest" or part.startswith("test_")})
+
+
+def test_test_import_finder_finds_conftest_and_test_modules():
+    assert imports_of_tests("from conftest import tiny_config\nimport test_fast\nfrom memory.test_fast import make\n"
+                            "from helpers import tiny_config\nimport helpers.lineage\n") == [
+        "conftest", "conftest.tiny_config", "memory.test_fast", "memory.test_fast.make", "test_fast"]
+    assert imports_of_tests("from helpers import test_fast\n") == ["helpers.test_fast"]
+
+
+def test_no_test_file_imports_conftest_or_another_test_module():
+    bad = {str(p.relative_to(TESTS)): found for p in sorted(TESTS.rglob("*.py"))
+           if (found := imports_of_tests(p.read_text()))}
+    assert bad == {}
+
+
+def test_tests_folders_mirror_the_package_folders():
+    """Every folder of fewshot_mann/ with modules has its tests in tests/<folder>/; every test folder but
+    helpers/ is such a folder (the package-wide tests sit at tests/ top level); what is neither a test
+    module nor a conftest.py is a helper, in tests/helpers/."""
+    package = {d.name for d in PACKAGE.iterdir() if d.is_dir() and any(d.rglob("*.py"))}
+    tested = {d.name for d in TESTS.iterdir() if d.is_dir() and any(d.glob("test_*.py"))}
+    test_folders = {d.name for d in TESTS.iterdir() if d.is_dir() and d.name != "__pycache__"}
+    assert package - tested == set(), "package folders without a tests/ folder of test modules"
+    assert test_folders - package - {"helpers"} == set(), "tests/ folders that mirror no package folder"
+    strays = [str(f.relative_to(TESTS)) for f in sorted(TESTS.rglob("*.py"))
+              if not (f.name == "conftest.py" or f.name.startswith("test_") or f.relative_to(TESTS).parts[0] == "helpers")]
+    assert strays == [], "modules in tests/ that are neither tests, conftest.py nor in helpers/"

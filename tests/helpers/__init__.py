@@ -1,9 +1,19 @@
-"""Test helpers shared by several test files (not fixtures: those live in conftest.py)."""
+"""Test helpers shared by several test files (not fixtures: those live in conftest.py): tiny
+configs, synthetic class banks, fake bank loaders, where the real Omniglot is. Test modules import
+these (``from helpers import tiny_config``; pyproject puts tests/ on the path), never each other."""
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
-from fewshot_mann.data.bank import SplitBanks
+import numpy as np
+
+from fewshot_mann.config import Config
+from fewshot_mann.data.bank import ClassBank, SplitBanks
+
+OMNIGLOT = Path(os.environ.get("FEWSHOT_MANN_TEST_OMNIGLOT",
+                               Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "omniglot"))
 
 
 def as_split(load):
@@ -29,3 +39,33 @@ def patch_banks(monkeypatch, banks) -> None:
     fake = as_split(lambda cfg, progress=True: banks)
     monkeypatch.setattr(training, "load_split_banks", fake)
     monkeypatch.setattr(datasets, "load_split_banks", fake)
+
+
+def real_omniglot() -> Path | None:
+    """The real Omniglot zips when present (the source for full-resolution tests), else None."""
+    if (OMNIGLOT / "images_background.zip").exists() and (OMNIGLOT / "images_evaluation.zip").exists():
+        return OMNIGLOT
+    return None
+
+
+def tiny_config(**model) -> Config:
+    cfg = Config()
+    cfg.data.image_size = 6
+    cfg.model.controller_size = 16
+    cfg.model.memory_slots = 10
+    cfg.model.memory_width = 5
+    cfg.model.num_read_heads = 3
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
+    return cfg
+
+
+def synthetic_bank(classes: int = 12, per_class: int = 12, size: int = 6, channels: int = 1, seed: int = 0) -> ClassBank:
+    """Each class: a fixed random pattern plus per-image noise (uint8)."""
+    rng = np.random.default_rng(seed)
+    groups = []
+    for _ in range(classes):
+        base = rng.integers(0, 256, (1, channels, size, size))
+        noise = rng.integers(-20, 21, (per_class, channels, size, size))
+        groups.append(np.clip(base + noise, 0, 255).astype(np.uint8))
+    return ClassBank.from_groups(groups, [f"class{i:02d}" for i in range(classes)])

@@ -1,0 +1,72 @@
+"""Every committed checkpoint (reports/checkpoints/*.pt, the bundled models) loads through the
+format migrations, builds with strict weights, and computes what it computed when it was
+committed: the logits of a fixed input, recorded before the checkpoint format's version 2
+(``model.compile`` dropped, ``memory_backend`` added), under the default memory backend.
+
+Only the default: the least-used slot is a discrete choice, so on a trained model and an
+input it never saw, float rounding differences between implementations (autograd normalises
+in another order) can pick another slot and change later steps; tests/memory/test_backends.py holds
+every backend to the literal reference instead."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewshot_mann.engine import checkpoint
+from fewshot_mann.memory import backend
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINTS = sorted([*ROOT.glob("reports/checkpoints/*.pt"), *ROOT.glob("fewshot_mann/assets/models/*.pt")])
+# name -> (sum, sum of |.|, logits[0, -1, 0]) of the logits of fixed_input, measured at b2b607d.
+RECORDED = {
+    "omniglot-5way.pt": (-51.1861457824707, 481.4322509765625, -2.565218925476074),
+    "dnc-onehot-5way.pt": (-19.768165588378906, 219.2030029296875, -1.7516018152236938),
+    "ff-onehot-5way.pt": (6.555588722229004, 6.578506946563721, 0.034054335206747055),
+    "lstm-onehot-5way.pt": (-32.64586639404297, 231.659912109375, 3.2369823455810547),
+    "mann-onehot-5way-finetune2.pt": (-51.1861457824707, 481.4322509765625, -2.565218925476074),
+    "mann-onehot-5way.pt": (-62.61835479736328, 428.9587097167969, -0.8287232518196106),
+    "mann-string-15way-384slots.pt": (49.78346633911133, 745.6824340820312, -0.3914867639541626),
+    "mann-string-5way-from-onehot.pt": (-182.43914794921875, 3128.40771484375, 15.124776840209961),
+    "ntm-onehot-5way.pt": (-29.934389114379883, 339.6459045410156, 2.1034793853759766),
+    "photos-5way.pt": (-114.69715881347656, 114.69715881347656, -9.925820350646973),
+    "transformer-onehot-5way.pt": (-33.6633415222168, 140.39047241210938, 0.22408075630664825),
+}
+
+
+def fixed_input(cfg):
+    """Two episodes of at most 20 steps: images (or backbone features) from seed 0, label 0 after step 0."""
+    g = torch.Generator().manual_seed(0)
+    steps = min(cfg.episodes.steps, 20)
+    if cfg.model.encoder.startswith(("timm:", "torchvision:")):
+        x = torch.randn(2, steps, cfg.model.feature_dim, generator=g)
+    else:
+        x = torch.rand(2, steps, cfg.data.channels, cfg.data.image_size, cfg.data.image_size, generator=g)
+    y = torch.zeros(2, steps, cfg.episodes.label_size)
+    y[:, 1:, 0] = 1.0
+    return x, y
+
+
+def summary(logits: torch.Tensor) -> tuple[float, float, float]:
+    return float(logits.sum()), float(logits.abs().sum()), float(logits[0, -1, 0])
+
+
+def test_every_committed_checkpoint_is_recorded():
+    assert sorted(p.name for p in CHECKPOINTS) == sorted(RECORDED)
+
+
+@pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.name for p in CHECKPOINTS])
+def test_committed_checkpoint_loads_and_computes_what_it_did(path, monkeypatch):
+    monkeypatch.delenv(backend.ENV, raising=False)
+    ckpt = checkpoint.load_checkpoint(path)
+    assert ckpt["version"] == checkpoint.VERSION
+    assert "compile" not in ckpt["config"]["model"]
+    model = checkpoint.load_model_from_checkpoint(ckpt).eval()  # load_state_dict is strict
+    cfg = ckpt["config_obj"]
+    x, y = fixed_input(cfg)
+    assert getattr(model, "memory_backend", "auto") == "auto"
+    with torch.no_grad():
+        got = summary(model(x, y))
+    for value, recorded in zip(got, RECORDED[path.name]):
+        assert value == pytest.approx(recorded, rel=1e-4, abs=1e-3), f"{got} != {RECORDED[path.name]}"

@@ -1,0 +1,109 @@
+"""Conv4 backbone (models/conv4.py) and its prototypical pretraining (engine/pretrain.py), on tiny synthetic data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot_mann.data.bank import ClassBank, SplitBanks
+from fewshot_mann.engine import pretrain as pretrain_module
+from fewshot_mann.engine.pretrain import PretrainConfig, pretrain, prototype_logits
+from fewshot_mann.errors import UserError
+from fewshot_mann.models.conv4 import Conv4
+
+
+def strokes_bank(classes: int, per_class: int = 6, size: int = 28, seed: int = 0, prefix: str = "c") -> ClassBank:
+    """Each class a random sparse pattern (bright on dark) plus noise, uint8 (N, 1, size, size)."""
+    rng = np.random.default_rng(seed)
+    groups = []
+    for _ in range(classes):
+        base = (rng.random((1, 1, size, size)) < 0.15) * 255
+        noise = rng.integers(-30, 31, (per_class, 1, size, size))
+        groups.append(np.clip(base + noise, 0, 255).astype(np.uint8))
+    return ClassBank.from_groups(groups, [f"{prefix}{i:02d}" for i in range(classes)])
+
+
+@pytest.fixture
+def tiny_parts(monkeypatch):
+    parts = SplitBanks(strokes_bank(12, seed=1, prefix="train"), strokes_bank(6, seed=2, prefix="val"),
+                       strokes_bank(6, seed=3, prefix="test"))
+    from fewshot_mann.data import loading
+    monkeypatch.setattr(loading, "load_image_parts", lambda cfg, progress=True, recorded=None: parts)
+    return parts
+
+
+def test_conv4_maps_28px_to_64_features_and_reads_colour_as_gray():
+    net = Conv4().eval()
+    gray = torch.rand(3, 1, 28, 28)
+    assert net(gray).shape == (3, 64) and net.num_features == 64
+    assert torch.allclose(net(gray.expand(-1, 3, -1, -1)), net(gray), atol=1e-6)  # (x + x + x) / 3, rounded
+
+
+def test_prototype_logits_are_minus_squared_distances_to_class_means():
+    feats = torch.randn(3 * (2 + 1), 4)  # 3 ways, 2 shots, 1 query, class by class
+    logits = prototype_logits(feats, ways=3, shots=2, queries=1)
+    f = feats.view(3, 3, 4)
+    for q in range(3):
+        for c in range(3):
+            expected = -((f[q, 2] - f[c, :2].mean(0)) ** 2).sum()
+            assert torch.allclose(logits[q, c], expected, atol=1e-5)
+
+
+def test_pretrain_writes_the_best_validation_check_weights_only(tiny_parts, tmp_path):
+    p = PretrainConfig(ways=4, shots=1, queries=2, episodes=4, check_every=2, check_trials=3, rotations=True)
+    best = pretrain(p, tmp_path / "w.pt", device=torch.device("cpu"), progress=False)
+    saved = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert [c["episode"] for c in saved["checks"]][: len(saved["checks"])] == [2, 4][: len(saved["checks"])]
+    assert saved["best"] == best and 0.0 <= best["accuracy"] <= 1.0
+    assert best["accuracy"] == max(c["validation_accuracy"] for c in saved["checks"][: best["episode"] // 2])
+    net = Conv4()
+    net.load_state_dict(saved["state_dict"])  # the backbone itself, nothing else
+    assert saved["pretrain"]["ways"] == 4 and (tmp_path / "w.jsonl").read_text().count("\n") == 2
+
+
+def test_pretrain_is_seeded(tiny_parts, tmp_path):
+    p = PretrainConfig(ways=4, queries=2, episodes=2, check_every=2, check_trials=2)
+    for name in ("a.pt", "b.pt"):
+        pretrain(p, tmp_path / name, device=torch.device("cpu"), progress=False)
+    a, b = (torch.load(tmp_path / n, weights_only=True)["state_dict"] for n in ("a.pt", "b.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pretrain_refuses_what_it_cannot_train(tiny_parts, tmp_path):
+    with pytest.raises(UserError, match="fewshot: backbones"):
+        pretrain(PretrainConfig(encoder="timm:resnet18"), tmp_path / "w.pt", device=torch.device("cpu"))
+    with pytest.raises(UserError, match="cannot make a 40-way episode"):
+        pretrain(PretrainConfig(ways=40, rotations=False), tmp_path / "w.pt", device=torch.device("cpu"))
+
+
+def test_pretrained_conv4_is_a_backbone_the_memory_models_train_over(tiny_parts, tmp_path, monkeypatch):
+    from fewshot_mann.cli import main as cli
+    from fewshot_mann.models.backbones import build_backbone, preprocessing
+
+    pretrain(PretrainConfig(ways=4, queries=2, episodes=2, check_every=2, check_trials=2), tmp_path / "w.pt",
+             device=torch.device("cpu"), progress=False)
+    assert preprocessing("fewshot:conv4").image_size == 28
+    backbone, digest = build_backbone("fewshot:conv4", str(tmp_path / "w.pt"))
+    net = Conv4().eval()
+    net.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True)["state_dict"])
+    x = torch.rand(2, 3, 28, 28)
+    assert torch.equal(backbone(x), net(x)) and len(digest) == 64
+    with pytest.raises(UserError, match="no ImageNet weights"):
+        build_backbone("fewshot:conv4", "imagenet")
+    monkeypatch.setenv("FEWSHOT_MANN_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert cli.main(["train", "--encoder", "fewshot:conv4", "--encoder-weights", str(tmp_path / "w.pt"),
+                     "--ways", "3", "--instances", "2", "--episodes", "4", "--batch-size", "2", "--eval-every", "2",
+                     "--eval-episodes", "2", "--final-eval", "2", "--controller-size", "8", "--memory-slots", "6",
+                     "--memory-width", "4", "--read-heads", "1", "--no-progress", "--out", str(run)]) == 0
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["model"]["encoder"] == "fewshot:conv4" and ckpt["config"]["model"]["feature_dim"] == 64
+
+
+def test_pretrain_cli_checks_its_flags_before_any_work(capsys):
+    from fewshot_mann.cli import main as cli
+
+    assert cli.main(["pretrain", "--out", "x.pt", "--ways", "0"]) == 2
+    assert "--ways must be at least 1" in capsys.readouterr().err
+    assert cli.main(["pretrain", "--out", "x.txt"]) == 2
+    assert "--out" in capsys.readouterr().err

@@ -1,0 +1,199 @@
+"""Training loop on synthetic banks: determinism, resume, run-directory rules, non-finite stop."""
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+
+from helpers import as_split, synthetic_bank, tiny_config
+from fewshot_mann.engine import trainer as training
+from fewshot_mann.engine.checkpoint import load_checkpoint
+from fewshot_mann.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def synthetic_data(monkeypatch):
+    banks = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
+    monkeypatch.setattr(training, "load_split_banks", as_split(lambda cfg, progress=True: banks))
+
+
+def small_cfg(episodes=48):
+    cfg = tiny_config()
+    cfg.episodes.ways, cfg.episodes.instances = 3, 4
+    cfg.train.episodes, cfg.train.batch_size = episodes, 4
+    cfg.train.eval_every, cfg.train.eval_episodes, cfg.train.checkpoint_every = 16, 20, 8
+    cfg.data.rotations = False
+    return cfg
+
+
+def run(cfg, out, **kw):
+    return training.train(cfg, out, progress=False, log=lambda m: None, **kw)
+
+
+def metrics_without_times(path):
+    rows = [json.loads(l) for l in open(path)]
+    for r in rows:
+        r.pop("train_seconds", None)
+    return rows
+
+
+def assert_same_state(a, b):
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for k in sa:
+        for field in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa[k][field], sb[k][field])
+
+
+def test_same_seed_same_run(tmp_path):
+    run(small_cfg(), tmp_path / "a")
+    run(small_cfg(), tmp_path / "b")
+    assert metrics_without_times(tmp_path / "a/metrics.jsonl") == metrics_without_times(tmp_path / "b/metrics.jsonl")
+    assert_same_state(load_checkpoint(tmp_path / "a/checkpoint.pt"), load_checkpoint(tmp_path / "b/checkpoint.pt"))
+    evals = [r for r in metrics_without_times(tmp_path / "a/metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["episodes"] for r in evals] == [16, 32, 48] and len(evals[0]["accuracy_by_instance"]) == 4
+
+
+class StopAfter:
+    """Stands in for the SIGINT/SIGTERM flag: 'signalled' after ``steps`` steps."""
+
+    def __init__(self, steps):
+        self.steps, self.seen = steps, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def signal(self):
+        self.seen += 1
+        return signal.SIGINT if self.seen >= self.steps else None
+
+
+def test_interrupted_run_resumes_identically(tmp_path, monkeypatch):
+    run(small_cfg(48), tmp_path / "straight")
+    with monkeypatch.context() as m:
+        m.setattr(training, "_StopFlag", lambda: StopAfter(5))
+        summary = run(small_cfg(48), tmp_path / "split")
+    assert summary["interrupted"] == signal.SIGINT and summary["episodes_done"] == 20
+    summary = run(small_cfg(48), tmp_path / "split", resume=True)
+    assert summary["episodes_done"] == 48
+    assert metrics_without_times(tmp_path / "straight/metrics.jsonl") == \
+        metrics_without_times(tmp_path / "split/metrics.jsonl")
+    assert_same_state(load_checkpoint(tmp_path / "straight/checkpoint.pt"),
+                      load_checkpoint(tmp_path / "split/checkpoint.pt"))
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    run(small_cfg(8), tmp_path / "r")
+    with pytest.raises(UserError, match="--resume .* --overwrite"):
+        run(small_cfg(8), tmp_path / "r")
+    run(small_cfg(8), tmp_path / "r", overwrite=True)
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_config(tmp_path):
+    run(small_cfg(8), tmp_path / "r")
+    raw = torch.load(tmp_path / "r/checkpoint.pt", weights_only=True)
+    assert raw["format"] == "fewshot-mann" and raw["config"]["model"]["memory_slots"] == 10
+    assert json.loads((tmp_path / "r/config.json").read_text())["config"] == raw["config"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    cfg = small_cfg(32)
+    run(small_cfg(16), tmp_path / "r")
+    before = load_checkpoint(tmp_path / "r/checkpoint.pt")
+    real = training.loss_fn
+    monkeypatch.setattr(training, "loss_fn", lambda *a: real(*a) * float("nan"))
+    with pytest.raises(UserError, match="non-finite loss"):
+        run(cfg, tmp_path / "r", resume=True)
+    after = load_checkpoint(tmp_path / "r/checkpoint.pt")
+    assert after["episodes_done"] == 16
+    assert_same_state(before, after)
+    cfg.train.skip_nonfinite = True
+    summary = run(cfg, tmp_path / "r", resume=True)
+    assert summary["episodes_done"] == 32
+
+
+def test_learning_rate_decays_after_the_given_episodes(tmp_path):
+    from fewshot_mann.engine.trainer import learning_rate
+    cfg = small_cfg(32)
+    cfg.train.lr_decay_at, cfg.train.lr_decay_factor = 16, 0.1
+    assert learning_rate(cfg.train, 15) == cfg.train.lr and learning_rate(cfg.train, 16) == cfg.train.lr * 0.1
+    run(cfg, tmp_path / "r")
+    ckpt = load_checkpoint(tmp_path / "r/checkpoint.pt")
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert ckpt["config"]["train"]["lr_decay_at"] == 16
+    # Extending a run may set the schedule; it is recorded in the checkpoint's config.
+    cfg2 = small_cfg(48)
+    cfg2.train.lr_decay_at = 40
+    run(cfg2, tmp_path / "r", resume=True)
+    assert load_checkpoint(tmp_path / "r/checkpoint.pt")["config"]["train"]["lr_decay_at"] == 40
+
+
+def test_init_from_records_the_episodes_behind_the_weights(tmp_path):
+    from fewshot_mann.reporting.records import training_record
+    run(small_cfg(16), tmp_path / "base")
+    run(small_cfg(8), tmp_path / "tuned", init_from=str(tmp_path / "base/checkpoint.pt"))
+    tuned = load_checkpoint(tmp_path / "tuned/checkpoint.pt")
+    assert tuned["init_from"]["episodes"] == 16
+    record = training_record(tuned)
+    assert record["episodes"] == 8 and record["episodes_including_init"] == 24
+    # kept across a resume, and chained through a second --init-from
+    run(small_cfg(12), tmp_path / "tuned", resume=True)
+    assert load_checkpoint(tmp_path / "tuned/checkpoint.pt")["init_from"]["episodes"] == 16
+    run(small_cfg(4), tmp_path / "again", init_from=str(tmp_path / "tuned/checkpoint.pt"))
+    assert load_checkpoint(tmp_path / "again/checkpoint.pt")["init_from"]["episodes"] == 28
+
+
+def test_training_draws_and_rotates_training_classes_only(tmp_path, monkeypatch):
+    """Banks told apart by pixel value and name: training batches hold training classes (and
+    their rotations) only, only the training bank is rotated, and the in-training checks run on
+    the validation classes, unrotated."""
+    import numpy as np
+
+    from fewshot_mann.data.bank import ClassBank, SplitBanks
+
+    def bank(prefix, value, classes):
+        pattern = np.arange(36, dtype=np.uint8).reshape(1, 1, 6, 6) % 3  # not rotation-invariant
+        groups = [np.repeat(pattern + value, 6, axis=0) for _ in range(classes)]
+        return ClassBank.from_groups(groups, [f"{prefix}{c}" for c in range(classes)])
+
+    train, validation, test = bank("train", 10, 5), bank("validation", 20, 4), bank("test", 30, 4)
+    monkeypatch.setattr(training, "load_split_banks", lambda cfg, progress=True: SplitBanks(train, validation, test))
+    rotated, drawn, checked = [], [], []
+    real_rotations = ClassBank.with_rotations
+
+    def with_rotations(self):
+        rotated.append(list(self.names))
+        return real_rotations(self)
+    monkeypatch.setattr(ClassBank, "with_rotations", with_rotations)
+    real_sample = training.sample_episodes
+
+    def sample(b, cfg, rng, n):
+        episodes = real_sample(b, cfg, rng, n)
+        drawn.append(({b.names[c] for c in episodes.classes.ravel()}, set(np.unique(episodes.images // 10))))
+        return episodes
+    monkeypatch.setattr(training, "sample_episodes", sample)
+    real_eval = training.distributed.evaluate_sharded
+
+    def evaluate_sharded(model, b, *args, **kw):
+        checked.append((list(b.names), set(np.unique(b.images // 10))))
+        return real_eval(model, b, *args, **kw)
+    monkeypatch.setattr(training.distributed, "evaluate_sharded", evaluate_sharded)
+
+    cfg = small_cfg(48)
+    cfg.data.rotations = True
+    run(cfg, tmp_path / "r")
+    assert rotated == [["train0", "train1", "train2", "train3", "train4"]]
+    allowed = {f"train{c}{r}" for c in range(5) for r in ("", "@rot90", "@rot180", "@rot270")}
+    names = set().union(*(n for n, _ in drawn))
+    assert len(drawn) == 12 and names <= allowed, names - allowed
+    assert any("@rot" in n for n in names)  # rotations are on and drawn
+    assert all(values == {1} for _, values in drawn)  # pixel values 10..12: training images only
+    assert checked and all(c == (["validation0", "validation1", "validation2", "validation3"], {2})
+                           for c in checked)

