@@ -104,225 +104,329 @@ class _Sizes:
         self.strength = strength
 
 
-def _run_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, store: bool):
-    """The forward loop. Returns hr (T+1, B, F) with hr[0] = 0 and hr[t+1] = [h_t, r_t],
-    and (when ``store``) the dict of per-step buffers backward reads; each has a leading
-    time axis. Without ``store`` buffers hold one or two steps and are reused.
+class _Forward:
+    """The forward loop's buffers, their per-step views (made once, so the loop does no
+    slicing) and one method per phase of a step: ``controller``, ``interface``, ``write``,
+    ``read``, ``usage``.
+
+    With ``store`` every buffer backward reads has a leading time axis (``saved()``);
+    without, buffers hold one or two steps and are reused. ``hr`` (T+1, B, F) has hr[0] = 0
+    and hr[t+1] = [h_t, r_t].
 
     The memory is kept transposed, (B, W, N) with slot n in column n: then the products
     with keys and read weights are batched matmuls that MKL runs two to three times
     faster at these sizes than with (B, N, W).
     """
-    T, B, H, R, N, W, RW = s.T, s.B, s.H, s.R, s.N, s.W, s.RW
-    opts = dict(dtype=gates_in.dtype, device=gates_in.device)
 
-    def buf(*shape, extra=0, ring=1):
-        return torch.empty(((T + extra) if store else ring), *shape, **opts)
+    def __init__(self, gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, store: bool):
+        self.w_rec_t, self.w_ctrl_t, self.b_ctrl, self.decay, self.strength = w_rec_t, w_ctrl_t, b_ctrl, decay, s.strength
+        self._allocate(gates_in, s, store)
+        self._make_views(gates_in, s, store)
 
-    def steps(buffer, shift=0):
-        return _steps(buffer, T, shift)
+    def _allocate(self, gates_in, s: _Sizes, store: bool) -> None:
+        T, B, H, R, N, W = s.T, s.B, s.H, s.R, s.N, s.W
+        opts = dict(dtype=gates_in.dtype, device=gates_in.device)
 
-    hr = torch.empty(T + 1, B, s.F, **opts)
-    hr[0] = 0.0
-    cells = buf(B, H, extra=1, ring=2)
-    cells[0] = 0.0
-    acts = buf(B, 4 * H)  # sigma(i), sigma(f), tanh(g), sigma(o)
-    tanh_c = buf(B, H)
-    ctrl = buf(B, s.C)  # tanh(keys), sigma(gate) [, strength logit]
-    mem = torch.empty(2, B, W, N, **opts)  # this step's and the previous step's memory
-    # Storing M_t of every step would stream T memories through the caches twice; the
-    # memory at the start of every segment of SEGMENT steps is kept instead, and backward
-    # recomputes a segment's memories (the same two ops, so bit-identical) before using them.
-    checkpoints = torch.empty((T + SEGMENT - 1) // SEGMENT, B, W, N, **opts) if store else None
-    key_norm, key_hat = buf(B, R, 1), buf(B, R, W)
-    mem_norm, cos = buf(B, N), buf(B, R, N)
-    beta = buf(B, R, 1) if s.strength else None
-    w_read, w_write = buf(B, R, N, ring=2), buf(B, R, N)
-    least = buf(B, 2, N, extra=1, ring=2)  # [one-hot of the row to zero, w_lu]
-    usage = torch.zeros(B, N, **opts)
-    least_used = LeastUsed(usage, R)
-    least_used.select(usage, least[0])
-    memory_prev = checkpoints[0] if store else torch.empty(B, W, N, **opts)
-    memory_prev.fill_(MEMORY_INIT)
-    # Per-step views and scratch buffers, made before the loop.
-    gates, hr_in, h_out, r_out = gates_in.unbind(0), hr.unbind(0), hr[1:, :, :H].unbind(0), hr[1:, :, H:].unbind(0)
-    pre, z = torch.empty(B, 4 * H, **opts), torch.empty(B, s.C, **opts)
-    pre_g, z_keys, z_gate, z_strength = pre[:, 2 * H:3 * H], z[:, :RW], z[:, RW:RW + R], z[:, RW + R:]
-    act, act_i, act_f = steps(acts), steps(acts[..., :H]), steps(acts[..., H:2 * H])
-    act_g, act_o = steps(acts[..., 2 * H:3 * H]), steps(acts[..., 3 * H:])
-    c_prev, c_next, tanh_cell = steps(cells), steps(cells, 1), steps(tanh_c)
-    keys_flat, gate, strength_logit = steps(ctrl[..., :RW]), steps(ctrl[..., RW:RW + R]), steps(ctrl[..., RW + R:])
-    keys_3d = ctrl[..., :RW].unflatten(-1, (R, W))
-    keys_s, keys_t = steps(keys_3d), steps(keys_3d.transpose(-1, -2))
-    alpha_s = steps(ctrl[..., RW:RW + R].unsqueeze(-1))
-    zero_s, w_lu_s, least_next = steps(least[:, :, :1]), steps(least[:, :, 1:].expand(-1, -1, R, -1)), steps(least, 1)
-    w_read_s, w_write_s = steps(w_read), steps(w_write)
-    w_read_prev = [torch.zeros(B, R, N, **opts)] + _steps(w_read, T - 1)
-    mem_s, mem_t = _steps(mem, T), _steps(mem.transpose(-1, -2), T)
-    if store:  # the last memory of a segment goes straight into the next segment's checkpoint
-        for t in range(SEGMENT - 1, T - 1, SEGMENT):
-            mem_s[t], mem_t[t] = checkpoints[(t + 1) // SEGMENT], checkpoints[(t + 1) // SEGMENT].transpose(-1, -2)
-    key_norm_s, key_hat_s, mem_norm_s = steps(key_norm), steps(key_hat), steps(mem_norm)
-    mem_norm_row, cos_s = steps(mem_norm.unsqueeze(-2)), steps(cos)
-    beta_s = steps(beta) if s.strength else None
-    reads = torch.empty(B, R, W, **opts)
-    reads_flat = reads.view(B, RW)
-    sum_read, sum_write = torch.empty(B, N, **opts), torch.empty(B, N, **opts)
-    for t in range(T):
-        # Controller: LSTM cell; the [x_t, y_{t-1}] part of the gates was projected outside.
-        torch.addmm(gates[t], hr_in[t], w_rec_t, out=pre)
-        torch.sigmoid(pre, out=act[t])
-        torch.tanh(pre_g, out=act_g[t])
-        c = torch.mul(act_f[t], c_prev[t], out=c_next[t])
-        c.addcmul_(act_i[t], act_g[t])
-        torch.tanh(c, out=tanh_cell[t])
-        h = torch.mul(act_o[t], tanh_cell[t], out=h_out[t])
-        # Keys, write gate (and strength logit) from one matmul.
-        torch.addmm(b_ctrl, h, w_ctrl_t, out=z)
-        torch.tanh(z_keys, out=keys_flat[t])
-        torch.sigmoid(z_gate, out=gate[t])
-        keys = keys_s[t]
-        # Write (eqs. 7-8).
-        ww = torch.lerp(w_lu_s[t], w_read_prev[t], alpha_s[t], out=w_write_s[t])
-        memory = _write(memory_prev, zero_s[t], keys_t[t], ww, out=mem_s[t])
-        # Read (eqs. 2-4): cosine similarity through the slot norms, softmax over slots.
-        k_norm = torch.linalg.vector_norm(keys, dim=-1, keepdim=True, out=key_norm_s[t]).clamp_min_(COSINE_EPS)
-        k_hat = torch.div(keys, k_norm, out=key_hat_s[t])
-        torch.linalg.vecdot(memory, memory, dim=1, out=mem_norm_s[t]).sqrt_().clamp_min_(COSINE_EPS)
-        sim = torch.bmm(k_hat, memory, out=cos_s[t]).div_(mem_norm_row[t])
-        if s.strength:
-            strength_logit[t].copy_(z_strength)
-            b = beta_s[t]
-            b.copy_(torch.nn.functional.softplus(z_strength).add_(1.0).unsqueeze(-1))
-            sim = sim * b
-        w_r = torch.softmax(sim, dim=-1, out=w_read_s[t])
-        torch.bmm(w_r, mem_t[t], out=reads)
-        r_out[t].copy_(reads_flat)
-        # Usage (eq. 5) and the least-used slots of the next step (eq. 6); no gradient.
-        torch.add(torch.sum(w_r, 1, out=sum_read), usage, alpha=decay, out=usage)
-        usage.add_(torch.sum(ww, 1, out=sum_write))
-        least_used.select(usage, least_next[t])
-        memory_prev = memory
-    if not store:
-        return hr, None
-    return hr, dict(cells=cells, acts=acts, tanh_c=tanh_c, ctrl=ctrl, checkpoints=checkpoints, key_norm=key_norm,
-                    key_hat=key_hat, mem_norm=mem_norm, cos=cos, beta=beta, w_read=w_read,
-                    w_write=w_write, least=least)
+        def buf(*shape, extra=0, ring=1):
+            return torch.empty(((T + extra) if store else ring), *shape, **opts)
+
+        self.hr = torch.empty(T + 1, B, s.F, **opts)
+        self.hr[0] = 0.0
+        self.cells = buf(B, H, extra=1, ring=2)
+        self.cells[0] = 0.0
+        self.acts = buf(B, 4 * H)  # sigma(i), sigma(f), tanh(g), sigma(o)
+        self.tanh_c = buf(B, H)
+        self.ctrl = buf(B, s.C)  # tanh(keys), sigma(gate) [, strength logit]
+        self.mem = torch.empty(2, B, W, N, **opts)  # this step's and the previous step's memory
+        # Storing M_t of every step would stream T memories through the caches twice; the
+        # memory at the start of every segment of SEGMENT steps is kept instead, and backward
+        # recomputes a segment's memories (the same two ops, so bit-identical) before using them.
+        self.checkpoints = torch.empty((T + SEGMENT - 1) // SEGMENT, B, W, N, **opts) if store else None
+        self.key_norm, self.key_hat = buf(B, R, 1), buf(B, R, W)
+        self.mem_norm, self.cos = buf(B, N), buf(B, R, N)
+        self.beta = buf(B, R, 1) if s.strength else None
+        self.w_read, self.w_write = buf(B, R, N, ring=2), buf(B, R, N)
+        self.least = buf(B, 2, N, extra=1, ring=2)  # [one-hot of the row to zero, w_lu]
+        self.usage_now = torch.zeros(B, N, **opts)
+        self.least_used = LeastUsed(self.usage_now, R)
+        self.least_used.select(self.usage_now, self.least[0])
+        self.memory_init = self.checkpoints[0] if store else torch.empty(B, W, N, **opts)
+        self.memory_init.fill_(MEMORY_INIT)
+        # Scratch buffers of one step.
+        self.pre, self.z = torch.empty(B, 4 * H, **opts), torch.empty(B, s.C, **opts)
+        self.reads = torch.empty(B, R, W, **opts)
+        self.sum_read, self.sum_write = torch.empty(B, N, **opts), torch.empty(B, N, **opts)
+
+    def _make_views(self, gates_in, s: _Sizes, store: bool) -> None:
+        T, B, H, R, RW = s.T, s.B, s.H, s.R, s.RW
+        acts, cells, ctrl, least, w_read, mem = self.acts, self.cells, self.ctrl, self.least, self.w_read, self.mem
+
+        def steps(buffer, shift=0):
+            return _steps(buffer, T, shift)
+
+        self.gates, self.hr_in = gates_in.unbind(0), self.hr.unbind(0)
+        self.h_out, self.r_out = self.hr[1:, :, :H].unbind(0), self.hr[1:, :, H:].unbind(0)
+        self.pre_g, self.z_keys = self.pre[:, 2 * H:3 * H], self.z[:, :RW]
+        self.z_gate, self.z_strength = self.z[:, RW:RW + R], self.z[:, RW + R:]
+        self.act, self.act_i, self.act_f = steps(acts), steps(acts[..., :H]), steps(acts[..., H:2 * H])
+        self.act_g, self.act_o = steps(acts[..., 2 * H:3 * H]), steps(acts[..., 3 * H:])
+        self.c_prev, self.c_next, self.tanh_cell = steps(cells), steps(cells, 1), steps(self.tanh_c)
+        self.keys_flat, self.gate = steps(ctrl[..., :RW]), steps(ctrl[..., RW:RW + R])
+        self.strength_logit = steps(ctrl[..., RW + R:])
+        keys_3d = ctrl[..., :RW].unflatten(-1, (R, s.W))
+        self.keys_s, self.keys_t = steps(keys_3d), steps(keys_3d.transpose(-1, -2))
+        self.alpha_s = steps(ctrl[..., RW:RW + R].unsqueeze(-1))
+        self.zero_s, self.least_next = steps(least[:, :, :1]), steps(least, 1)
+        self.w_lu_s = steps(least[:, :, 1:].expand(-1, -1, R, -1))
+        self.w_read_s, self.w_write_s = steps(w_read), steps(self.w_write)
+        self.w_read_prev = [torch.zeros_like(w_read[0])] + _steps(w_read, T - 1)
+        self.mem_s, self.mem_t = _steps(mem, T), _steps(mem.transpose(-1, -2), T)
+        if store:  # the last memory of a segment goes straight into the next segment's checkpoint
+            for t in range(SEGMENT - 1, T - 1, SEGMENT):
+                checkpoint = self.checkpoints[(t + 1) // SEGMENT]
+                self.mem_s[t], self.mem_t[t] = checkpoint, checkpoint.transpose(-1, -2)
+        self.key_norm_s, self.key_hat_s = steps(self.key_norm), steps(self.key_hat)
+        self.mem_norm_s, self.mem_norm_row = steps(self.mem_norm), steps(self.mem_norm.unsqueeze(-2))
+        self.cos_s = steps(self.cos)
+        self.beta_s = steps(self.beta) if s.strength else None
+        self.reads_flat = self.reads.view(B, RW)
+
+    def controller(self, t: int) -> torch.Tensor:
+        """The LSTM cell; the [x_t, y_{t-1}] part of the gates was projected outside. Returns h_t."""
+        pre = torch.addmm(self.gates[t], self.hr_in[t], self.w_rec_t, out=self.pre)
+        torch.sigmoid(pre, out=self.act[t])
+        torch.tanh(self.pre_g, out=self.act_g[t])
+        c = torch.mul(self.act_f[t], self.c_prev[t], out=self.c_next[t])
+        c.addcmul_(self.act_i[t], self.act_g[t])
+        torch.tanh(c, out=self.tanh_cell[t])
+        return torch.mul(self.act_o[t], self.tanh_cell[t], out=self.h_out[t])
+
+    def interface(self, t: int, h: torch.Tensor) -> None:
+        """Keys, write gate (and strength logit, and the strength) from one matmul."""
+        torch.addmm(self.b_ctrl, h, self.w_ctrl_t, out=self.z)
+        torch.tanh(self.z_keys, out=self.keys_flat[t])
+        torch.sigmoid(self.z_gate, out=self.gate[t])
+        if self.strength:
+            self.strength_logit[t].copy_(self.z_strength)
+            self.beta_s[t].copy_(torch.nn.functional.softplus(self.z_strength).add_(1.0).unsqueeze(-1))
+
+    def write(self, t: int, memory_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eqs. 7-8: the write weights ww = lerp(w_lu, w_r(t-1), alpha) and the write. Returns (ww, M_t)."""
+        ww = torch.lerp(self.w_lu_s[t], self.w_read_prev[t], self.alpha_s[t], out=self.w_write_s[t])
+        return ww, _write(memory_prev, self.zero_s[t], self.keys_t[t], ww, out=self.mem_s[t])
+
+    def read(self, t: int, memory: torch.Tensor) -> torch.Tensor:
+        """Eqs. 2-4: cosine similarity through the slot norms, softmax over slots; r_t goes into hr. Returns w_r."""
+        keys = self.keys_s[t]
+        k_norm = torch.linalg.vector_norm(keys, dim=-1, keepdim=True, out=self.key_norm_s[t]).clamp_min_(COSINE_EPS)
+        k_hat = torch.div(keys, k_norm, out=self.key_hat_s[t])
+        torch.linalg.vecdot(memory, memory, dim=1, out=self.mem_norm_s[t]).sqrt_().clamp_min_(COSINE_EPS)
+        sim = torch.bmm(k_hat, memory, out=self.cos_s[t]).div_(self.mem_norm_row[t])
+        if self.strength:
+            sim = sim * self.beta_s[t]
+        w_r = torch.softmax(sim, dim=-1, out=self.w_read_s[t])
+        torch.bmm(w_r, self.mem_t[t], out=self.reads)
+        self.r_out[t].copy_(self.reads_flat)
+        return w_r
+
+    def usage(self, t: int, w_r: torch.Tensor, ww: torch.Tensor) -> None:
+        """Usage (eq. 5) and the least-used slots of the next step (eq. 6); no gradient."""
+        usage = self.usage_now
+        torch.add(torch.sum(w_r, 1, out=self.sum_read), usage, alpha=self.decay, out=usage)
+        usage.add_(torch.sum(ww, 1, out=self.sum_write))
+        self.least_used.select(usage, self.least_next[t])
+
+    def saved(self) -> dict:
+        """The per-step buffers backward reads."""
+        return {name: getattr(self, name) for name in ("cells", "acts", "tanh_c", "ctrl", "checkpoints", "key_norm",
+                                                        "key_hat", "mem_norm", "cos", "beta", "w_read", "w_write", "least")}
+
+
+def _run_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, store: bool):
+    """The forward loop: controller, interface, write, read, usage, step by step. Returns hr
+    (T+1, B, F) with hr[0] = 0 and hr[t+1] = [h_t, r_t], and (when ``store``) the dict of
+    per-step buffers backward reads (``_Forward``)."""
+    f = _Forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s, decay, store)
+    memory = f.memory_init
+    for t in range(s.T):
+        h = f.controller(t)
+        f.interface(t, h)
+        ww, memory = f.write(t, memory)
+        w_r = f.read(t, memory)
+        f.usage(t, w_r, ww)
+    return f.hr, (f.saved() if store else None)
+
+
+class _Backward:
+    """Backpropagation through time: the buffers and per-step views of the backward loop and
+    one method per phase of a step, in reverse order: ``memories`` (recompute the segment),
+    ``read_weights``, ``similarity``, ``key_norm``, ``write``, ``interface``, ``controller``.
+
+    Everything that does not depend on the incoming gradient (activation derivatives,
+    reciprocal norms, masks) is computed for all steps at once (``_slopes``), so the loop
+    runs only what the recurrence forces. Carried from step to step: d M_t (``d_mem``,
+    transposed like M), d c_t (``d_cell``), d [h_t, r_t] over all paths (``g``) and d w_r(t)
+    through the write weights of step t+1 (``d_read_carry``).
+    """
+
+    def __init__(self, grad_out, saved, w_rec, w_ctrl, s: _Sizes):
+        self.w_rec, self.w_ctrl, self.strength, self.T, self.B, self.RW = w_rec, w_ctrl, s.strength, s.T, s.B, s.RW
+        self._slopes(saved, s)
+        self._allocate(grad_out, saved, s)
+        self._make_views(grad_out, saved, s)
+
+    def _slopes(self, saved, s: _Sizes) -> None:
+        """The factors of the backward that do not depend on the incoming gradient, all steps at once."""
+        T, H, R, RW = s.T, s.H, s.R, s.RW
+        acts, cells, tanh_c, ctrl, least = saved["acts"], saved["cells"], saved["tanh_c"], saved["ctrl"], saved["least"]
+        sig_i, sig_f, tanh_g, sig_o = acts.unflatten(-1, (4, H)).unbind(2)
+        # LSTM: d pre = [d_c tanh(g) sigma'(i), d_c c_prev sigma'(f), d_c sigma(i) tanh'(g), d_h tanh(c) sigma'(o)].
+        factors = torch.empty_like(acts)
+        fi, ff, fg, fo = factors.unflatten(-1, (4, H)).unbind(2)
+        torch.mul(tanh_g, sig_i * (1.0 - sig_i), out=fi)
+        torch.mul(cells[:-1], sig_f * (1.0 - sig_f), out=ff)
+        torch.mul(sig_i, 1.0 - tanh_g * tanh_g, out=fg)
+        torch.mul(tanh_c, sig_o * (1.0 - sig_o), out=fo)
+        self.factors_ifg, self.fo_s, self.sig_f_s = factors.unflatten(-1, (4, H))[:, :, :3].unbind(0), fo.unbind(0), sig_f.unbind(0)
+        self.h_to_c_s = (sig_o * (1.0 - tanh_c * tanh_c)).unbind(0)  # d c / d h through h = sigma(o) tanh(c)
+        keys_all, alpha_all = ctrl[:, :, :RW], ctrl[:, :, RW:RW + R]
+        self.key_slope_s = (1.0 - keys_all * keys_all).unbind(0)  # tanh'
+        self.gate_slope_s = (alpha_all * (1.0 - alpha_all)).unbind(0)  # sigma'
+        # Norms: 1/|x|, and the projection term that the clamp (|x| < eps) switches off.
+        inv_mem_norm = saved["mem_norm"].reciprocal().unsqueeze(2)  # (T, B, 1, N)
+        self.inv_mem_norm_s = inv_mem_norm.unbind(0)
+        self.row_scale_s = torch.where(saved["mem_norm"] > COSINE_EPS, -inv_mem_norm.squeeze(2), 0.0).unbind(0)
+        self.inv_key_norm_s = saved["key_norm"].reciprocal().unbind(0)
+        self.key_hat_masked_s = (saved["key_hat"] * (saved["key_norm"] > COSINE_EPS)).unbind(0)
+        # d alpha = sum_n d ww (w_r(t-1) - w_lu(t)).
+        gate_span = torch.empty_like(saved["w_write"])
+        gate_span[0] = least[0, :, 1:].neg()
+        torch.sub(saved["w_read"][:-1], least[1:T, :, 1:], out=gate_span[1:])
+        self.gate_span_s = gate_span.unbind(0)
+        self.softplus_slope_s = torch.sigmoid(ctrl[:, :, RW + R:]).unbind(0) if s.strength else None
+
+    def _allocate(self, grad_out, saved, s: _Sizes) -> None:
+        opts = dict(dtype=grad_out.dtype, device=grad_out.device)
+        self.checkpoints = saved["checkpoints"]
+        self.d_pre = torch.empty_like(saved["acts"])  # (T, B, 4H) = d gates_in
+        self.d_ctrl = torch.empty_like(saved["ctrl"])  # (T, B, RW + R [+ R]) d of the key/gate/strength logits
+        self.segment = torch.empty(SEGMENT, *self.checkpoints.shape[1:], **opts)
+        self.d_mem = torch.zeros_like(self.checkpoints[0])  # d M_t (transposed, like M) from later steps
+        self.d_read_carry = torch.zeros_like(saved["w_read"][0])  # d w_r(t) through the write weights of step t+1
+        self.d_cell = torch.zeros_like(saved["cells"][0])
+        self.g = torch.empty(s.B, s.F, **opts)  # d [h_t, r_t], all paths
+        self.g.copy_(grad_out[s.T - 1])
+        self.d_h = torch.empty(s.B, s.H, **opts)
+
+    def _make_views(self, grad_out, saved, s: _Sizes) -> None:
+        B, H, R, W, RW = s.B, s.H, s.R, s.W, s.RW
+        ctrl, d_ctrl, d_pre, key_hat = saved["ctrl"], self.d_ctrl, self.d_pre, saved["key_hat"]
+        self.g_h, self.g_reads = self.g[:, :H], self.g[:, H:].unflatten(-1, (R, W))
+        self.g_reads_t = self.g_reads.transpose(1, 2)
+        self.grads = grad_out.unbind(0)
+        keys_3d = ctrl[:, :, :RW].unflatten(-1, (R, W))
+        self.keys_s, self.keys_t = keys_3d.unbind(0), keys_3d.transpose(-1, -2).unbind(0)
+        self.alpha_s = ctrl[:, :, RW:RW + R].unsqueeze(-1).unbind(0)
+        self.zero_s = saved["least"][:, :, :1].unbind(0)
+        self.segment_s, self.segment_t = self.segment.unbind(0), self.segment.transpose(-1, -2).unbind(0)
+        self.w_read_s, self.w_write_s = saved["w_read"].unbind(0), saved["w_write"].unbind(0)
+        self.cos_s = saved["cos"].unbind(0)
+        self.beta_s = saved["beta"].unbind(0) if s.strength else None
+        self.key_hat_s, self.key_hat_t = key_hat.unbind(0), key_hat.transpose(-1, -2).unbind(0)
+        self.d_keys_s, self.d_gate_s = d_ctrl[..., :RW].unbind(0), d_ctrl[..., RW:RW + R].unbind(0)
+        self.d_strength_s, self.d_ctrl_s = d_ctrl[..., RW + R:].unbind(0), d_ctrl.unbind(0)
+        self.d_pre_s, self.d_pre_o = d_pre.unbind(0), d_pre[..., 3 * H:].unbind(0)
+        self.d_pre_ifg = d_pre.unflatten(-1, (4, H))[:, :, :3].unbind(0)
+        self.d_cell_ifg = self.d_cell.unsqueeze(1).expand(B, 3, H)
+
+    def memories(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """M_t and its transpose; at the last step of a segment, first recompute the segment's
+        memories from its checkpoint (the forward's two ops, so bit-identical)."""
+        if t == self.T - 1 or t % SEGMENT == SEGMENT - 1:
+            first = t - t % SEGMENT
+            memory = self.checkpoints[first // SEGMENT]
+            for u in range(first, t + 1):
+                memory = _write(memory, self.zero_s[u], self.keys_t[u], self.w_write_s[u], out=self.segment_s[u - first])
+        return self.segment_s[t % SEGMENT], self.segment_t[t % SEGMENT]
+
+    def read_weights(self, t: int, memory: torch.Tensor) -> torch.Tensor:
+        """r = w_r M, w_r = softmax(beta cos): d w_r (reads and the next write), the softmax,
+        the strength. Returns d (beta cos) / beta, i.e. d cos."""
+        w_r = self.w_read_s[t]
+        d_w_r = torch.baddbmm(self.d_read_carry, self.g_reads, memory)
+        d_sim = torch._softmax_backward_data(d_w_r, w_r, -1, w_r.dtype)
+        if self.strength:
+            d_beta = (d_sim * self.cos_s[t]).sum(-1)
+            torch.mul(d_beta, self.softplus_slope_s[t], out=self.d_strength_s[t])
+            d_sim = d_sim * self.beta_s[t]
+        return d_sim
+
+    def similarity(self, t: int, d_cos: torch.Tensor, memory: torch.Tensor, memory_t: torch.Tensor) -> torch.Tensor:
+        """cos = (k_hat . M_n) / |M_n|: adds this step's read gradient of M_t (the cosine's,
+        then r = w_r M's) into d_mem. Returns d k_hat."""
+        d_cos_scaled = d_cos.mul_(self.inv_mem_norm_s[t])  # d cos / |M_n|
+        d_k_hat = torch.bmm(d_cos_scaled, memory_t)
+        row_coef = (d_cos_scaled * self.cos_s[t]).sum(1).mul_(self.row_scale_s[t])
+        self.d_mem.addcmul_(memory, row_coef.unsqueeze(1))
+        self.d_mem.baddbmm_(self.key_hat_t[t], d_cos_scaled)
+        self.d_mem.baddbmm_(self.g_reads_t, self.w_read_s[t])
+        return d_k_hat
+
+    def key_norm(self, t: int, d_k_hat: torch.Tensor) -> torch.Tensor:
+        """k_hat = k / |k|. Returns d keys (B, R, W)."""
+        proj = (d_k_hat * self.key_hat_masked_s[t]).sum(-1, keepdim=True)
+        return torch.addcmul(d_k_hat, self.key_hat_s[t], proj, value=-1.0).mul_(self.inv_key_norm_s[t])
+
+    def write(self, t: int, d_keys: torch.Tensor) -> torch.Tensor:
+        """M_t = M_{t-1} (1 - onehot) + keys^T ww, ww = w_lu + alpha (w_r(t-1) - w_lu): adds the
+        write's term to d keys, sets d_read_carry, turns d_mem into d M_{t-1}. Returns d alpha."""
+        d_mem = self.d_mem
+        d_keys.baddbmm_(self.w_write_s[t], d_mem.transpose(1, 2))
+        d_ww = torch.bmm(self.keys_s[t], d_mem)
+        d_alpha = (d_ww * self.gate_span_s[t]).sum(-1)
+        self.d_read_carry = d_ww.mul_(self.alpha_s[t])
+        if t > 0:
+            d_mem.addcmul_(d_mem, self.zero_s[t], value=-1.0)
+        return d_alpha
+
+    def interface(self, t: int, d_keys: torch.Tensor, d_alpha: torch.Tensor) -> torch.Tensor:
+        """keys = tanh(.), alpha = sigma(.) of one linear layer of h_t. Returns d h_t (all paths)."""
+        torch.mul(d_keys.view(self.B, self.RW), self.key_slope_s[t], out=self.d_keys_s[t])
+        torch.mul(d_alpha, self.gate_slope_s[t], out=self.d_gate_s[t])
+        return torch.addmm(self.g_h, self.d_ctrl_s[t], self.w_ctrl, out=self.d_h)
+
+    def controller(self, t: int, d_h: torch.Tensor) -> None:
+        """The LSTM cell: d of its gates (d gates_in of step t); d c_{t-1} and d [h, r]_{t-1} for the step before."""
+        self.d_cell.addcmul_(d_h, self.h_to_c_s[t])
+        torch.mul(self.d_cell_ifg, self.factors_ifg[t], out=self.d_pre_ifg[t])
+        torch.mul(d_h, self.fo_s[t], out=self.d_pre_o[t])
+        if t > 0:
+            self.d_cell.mul_(self.sig_f_s[t])
+            torch.addmm(self.grads[t - 1], self.d_pre_s[t], self.w_rec, out=self.g)
+
+
+def _weight_grads(d_pre, d_ctrl, hr, s: _Sizes):
+    """d w_rec, d w_ctrl, d b_ctrl: one matmul each over all (time * batch) rows."""
+    rows = s.T * s.B
+    d_w_rec = d_pre.view(rows, -1).t().mm(hr[:-1].view(rows, -1))
+    d_ctrl_flat = d_ctrl.view(rows, -1)
+    d_w_ctrl = d_ctrl_flat.t().mm(hr[1:, :, :s.H].reshape(rows, s.H))
+    return d_w_rec, d_w_ctrl, d_ctrl_flat.sum(0)
 
 
 def _run_backward(grad_out, hr, saved, w_rec, w_ctrl, s: _Sizes):
-    """Backpropagation through time. grad_out: (T, B, F), the gradient of [h_t, r_t].
-
-    Everything that does not depend on the incoming gradient (activation derivatives,
-    reciprocal norms, masks) is computed for all steps at once before the loop, so the
-    loop runs only what the recurrence forces. Returns (d gates_in, d w_rec, d w_ctrl,
-    d b_ctrl).
-    """
-    T, B, H, R, W, RW = s.T, s.B, s.H, s.R, s.W, s.RW
-    acts, cells, tanh_c, ctrl = saved["acts"], saved["cells"], saved["tanh_c"], saved["ctrl"]
-    cos, beta, w_read, w_write = saved["cos"], saved["beta"], saved["w_read"], saved["w_write"]
-    key_hat, least, checkpoints = saved["key_hat"], saved["least"], saved["checkpoints"]
-    opts = dict(dtype=grad_out.dtype, device=grad_out.device)
-    sig_i, sig_f, tanh_g, sig_o = acts.unflatten(-1, (4, H)).unbind(2)
-    # LSTM: d pre = [d_c tanh(g) sigma'(i), d_c c_prev sigma'(f), d_c sigma(i) tanh'(g), d_h tanh(c) sigma'(o)].
-    factors = torch.empty_like(acts)
-    fi, ff, fg, fo = factors.unflatten(-1, (4, H)).unbind(2)
-    torch.mul(tanh_g, sig_i * (1.0 - sig_i), out=fi)
-    torch.mul(cells[:-1], sig_f * (1.0 - sig_f), out=ff)
-    torch.mul(sig_i, 1.0 - tanh_g * tanh_g, out=fg)
-    torch.mul(tanh_c, sig_o * (1.0 - sig_o), out=fo)
-    h_to_c = sig_o * (1.0 - tanh_c * tanh_c)  # d c / d h through h = sigma(o) tanh(c)
-    keys_all, alpha_all = ctrl[:, :, :RW], ctrl[:, :, RW:RW + R]
-    key_slope = 1.0 - keys_all * keys_all  # tanh'
-    gate_slope = alpha_all * (1.0 - alpha_all)  # sigma'
-    # Norms: 1/|x|, and the projection term that the clamp (|x| < eps) switches off.
-    inv_mem_norm = saved["mem_norm"].reciprocal().unsqueeze(2)  # (T, B, 1, N)
-    row_scale = torch.where(saved["mem_norm"] > COSINE_EPS, -inv_mem_norm.squeeze(2), 0.0)
-    inv_key_norm = saved["key_norm"].reciprocal()
-    key_hat_masked = key_hat * (saved["key_norm"] > COSINE_EPS)
-    # d alpha = sum_n d ww (w_r(t-1) - w_lu(t)).
-    gate_span = torch.empty_like(w_write)
-    gate_span[0] = least[0, :, 1:].neg()
-    torch.sub(w_read[:-1], least[1:T, :, 1:], out=gate_span[1:])
-    softplus_slope = torch.sigmoid(ctrl[:, :, RW + R:]) if s.strength else None
-
-    d_pre = torch.empty_like(acts)  # (T, B, 4H) = d gates_in
-    d_ctrl = torch.empty_like(ctrl)  # (T, B, RW + R [+ R]) d of the key/gate/strength logits
-    segment = torch.empty(SEGMENT, *checkpoints.shape[1:], **opts)
-    d_mem = torch.zeros_like(checkpoints[0])  # d M_t (transposed, like M) from later steps
-    d_read_carry = torch.zeros_like(w_read[0])  # d w_r(t) through the write weights of step t+1
-    d_cell = torch.zeros_like(cells[0])
-    # Per-step views and scratch buffers, made before the loop.
-    g = torch.empty(B, s.F, **opts)  # d [h_t, r_t], all paths
-    g.copy_(grad_out[T - 1])
-    g_h, g_reads = g[:, :H], g[:, H:].unflatten(-1, (R, W))
-    g_reads_t = g_reads.transpose(1, 2)
-    d_h = torch.empty(B, H, **opts)
-    grads = grad_out.unbind(0)
-    keys_3d = keys_all.unflatten(-1, (R, W))
-    keys_s, keys_t, alpha_s = keys_3d.unbind(0), keys_3d.transpose(-1, -2).unbind(0), alpha_all.unsqueeze(-1).unbind(0)
-    zero_s, segment_s, segment_t = least[:, :, :1].unbind(0), segment.unbind(0), segment.transpose(-1, -2).unbind(0)
-    w_read_s, w_write_s = w_read.unbind(0), w_write.unbind(0)
-    cos_s, inv_mem_norm_s, row_scale_s = cos.unbind(0), inv_mem_norm.unbind(0), row_scale.unbind(0)
-    key_hat_s, key_hat_t = key_hat.unbind(0), key_hat.transpose(-1, -2).unbind(0)
-    key_hat_masked_s, inv_key_norm_s = key_hat_masked.unbind(0), inv_key_norm.unbind(0)
-    gate_span_s = gate_span.unbind(0)
-    d_keys_s, d_gate_s = d_ctrl[..., :RW].unbind(0), d_ctrl[..., RW:RW + R].unbind(0)
-    d_strength_s, d_ctrl_s = d_ctrl[..., RW + R:].unbind(0), d_ctrl.unbind(0)
-    key_slope_s, gate_slope_s = key_slope.unbind(0), gate_slope.unbind(0)
-    h_to_c_s, sig_f_s, fo_s = h_to_c.unbind(0), sig_f.unbind(0), fo.unbind(0)
-    factors_ifg = factors.unflatten(-1, (4, H))[:, :, :3].unbind(0)
-    d_pre_s, d_pre_o = d_pre.unbind(0), d_pre[..., 3 * H:].unbind(0)
-    d_pre_ifg = d_pre.unflatten(-1, (4, H))[:, :, :3].unbind(0)
-    d_cell_ifg = d_cell.unsqueeze(1).expand(B, 3, H)
-    for t in range(T - 1, -1, -1):
-        if t == T - 1 or t % SEGMENT == SEGMENT - 1:  # recompute this segment's memories
-            first = t - t % SEGMENT
-            memory = checkpoints[first // SEGMENT]
-            for u in range(first, t + 1):
-                memory = _write(memory, zero_s[u], keys_t[u], w_write_s[u], out=segment_s[u - first])
-        memory, memory_t, w_r = segment_s[t % SEGMENT], segment_t[t % SEGMENT], w_read_s[t]
-        # Read and softmax.
-        d_w_r = torch.baddbmm(d_read_carry, g_reads, memory)
-        d_sim = torch._softmax_backward_data(d_w_r, w_r, -1, w_r.dtype)
-        if s.strength:
-            d_beta = (d_sim * cos_s[t]).sum(-1)
-            torch.mul(d_beta, softplus_slope[t], out=d_strength_s[t])
-            d_sim = d_sim * beta[t]
-        # Cosine similarity cos = (k_hat . M_n) / |M_n|.
-        d_cos_scaled = d_sim.mul_(inv_mem_norm_s[t])  # d cos / |M_n|
-        d_k_hat = torch.bmm(d_cos_scaled, memory_t)
-        row_coef = (d_cos_scaled * cos_s[t]).sum(1).mul_(row_scale_s[t])
-        d_mem.addcmul_(memory, row_coef.unsqueeze(1))
-        d_mem.baddbmm_(key_hat_t[t], d_cos_scaled)
-        d_mem.baddbmm_(g_reads_t, w_r)
-        # Key normalisation k_hat = k / |k|.
-        proj = (d_k_hat * key_hat_masked_s[t]).sum(-1, keepdim=True)
-        d_keys = torch.addcmul(d_k_hat, key_hat_s[t], proj, value=-1.0).mul_(inv_key_norm_s[t])
-        # Write: M_t = M_{t-1} (1 - onehot) + keys^T ww, ww = w_lu + alpha (w_r(t-1) - w_lu).
-        d_keys.baddbmm_(w_write_s[t], d_mem.transpose(1, 2))
-        d_ww = torch.bmm(keys_s[t], d_mem)
-        d_alpha = (d_ww * gate_span_s[t]).sum(-1)
-        d_read_carry = d_ww.mul_(alpha_s[t])
-        if t > 0:
-            d_mem.addcmul_(d_mem, zero_s[t], value=-1.0)
-        torch.mul(d_keys.view(B, RW), key_slope_s[t], out=d_keys_s[t])
-        torch.mul(d_alpha, gate_slope_s[t], out=d_gate_s[t])
-        torch.addmm(g_h, d_ctrl_s[t], w_ctrl, out=d_h)
-        # LSTM cell.
-        d_cell.addcmul_(d_h, h_to_c_s[t])
-        torch.mul(d_cell_ifg, factors_ifg[t], out=d_pre_ifg[t])
-        torch.mul(d_h, fo_s[t], out=d_pre_o[t])
-        if t > 0:
-            d_cell.mul_(sig_f_s[t])
-            torch.addmm(grads[t - 1], d_pre_s[t], w_rec, out=g)
-    # Weight gradients: one matmul each over all (time * batch) rows.
-    rows = T * B
-    d_w_rec = d_pre.view(rows, -1).t().mm(hr[:-1].view(rows, -1))
-    d_ctrl_flat = d_ctrl.view(rows, -1)
-    d_w_ctrl = d_ctrl_flat.t().mm(hr[1:, :, :H].reshape(rows, H))
-    d_b_ctrl = d_ctrl_flat.sum(0)
-    return d_pre, d_w_rec, d_w_ctrl, d_b_ctrl
+    """Backpropagation through time, step by step in reverse (``_Backward``). grad_out:
+    (T, B, F), the gradient of [h_t, r_t]. Returns (d gates_in, d w_rec, d w_ctrl, d b_ctrl)."""
+    b = _Backward(grad_out, saved, w_rec, w_ctrl, s)
+    for t in range(s.T - 1, -1, -1):
+        memory, memory_t = b.memories(t)
+        d_cos = b.read_weights(t, memory)
+        d_k_hat = b.similarity(t, d_cos, memory, memory_t)
+        d_keys = b.key_norm(t, d_k_hat)
+        d_alpha = b.write(t, d_keys)
+        d_h = b.interface(t, d_keys, d_alpha)
+        b.controller(t, d_h)
+    return (b.d_pre, *_weight_grads(b.d_pre, b.d_ctrl, hr, s))
 
 
 class _LRUASequence(torch.autograd.Function):
