@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from fewshot_mann.data.bank import ClassBank, SplitBanks
-from fewshot_mann.engine import pretrain as pretrain_module
 from fewshot_mann.engine.pretrain import PretrainConfig, pretrain, prototype_logits
 from fewshot_mann.errors import UserError
 from fewshot_mann.models.conv4 import Conv4

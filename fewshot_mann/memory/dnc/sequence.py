@@ -26,7 +26,7 @@ What backward needs of the (B, N, W) memories and (B, N, N) links is the step's 
 and outputs, alive anyway as the state of the recurrence; only (B, N)- and (B, R, N)-
 sized intermediates are kept besides.
 
-tests/test_dnc.py and tests/test_backends.py check outputs and gradients against ``reference.py``
+tests/memory/test_dnc.py and tests/memory/test_backends.py check outputs and gradients against ``reference.py``
 (the literal equations), against the autograd step, and with gradcheck.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 of ``memory.backend``, which ``auto`` picks on CPU.
 
 ``cpp_lrua_sequence`` has ``sequence.lrua_sequence``'s signature and results (to float
-rounding; tests/test_cpp.py holds outputs and every gradient to 1e-5 in float32 against
+rounding; tests/memory/test_cpp.py holds outputs and every gradient to 1e-5 in float32 against
 sequence.py and ``reference.py``). The forward loop over time and the hand-written
 backpropagation through time are one C++ call each, with sequence.py's formulas, layout and
 segment recomputation; the matmuls go to BLAS and the rest are plain loops over

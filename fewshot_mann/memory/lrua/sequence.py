@@ -1,10 +1,10 @@
 """The fast path of MANN with LRUA memory: the whole recurrence as one autograd Function.
 
-It computes the same mathematics as ``memory.LRUAMemory.step`` driven by ``models.MANN``
+It computes the same mathematics as ``memory/lrua/equations.py`` ``LRUAMemory.step`` driven by ``models.MANN``
 (controller LSTM, LRUA write, cosine read, usage, least-used slots, and the optional key
 strength), built for speed at small batches, where per-op dispatch, not arithmetic, is
-what costs. tests/test_fast.py checks outputs and gradients of every parameter against
-the autograd path (``MANN.fast = False``) and against ``reference.py``.
+what costs. tests/memory/test_fast.py checks outputs and gradients of every parameter against
+the autograd backend (``--memory-backend autograd``) and against ``reference.py``.
 
 - forward: one Python loop over time and no autograd graph. Keys, write gate and
   strength come from one matmul; heads are a tensor dimension; keys and memory slots

@@ -17,7 +17,7 @@ it. Here forward is plain tensor code and backward is written out:
 - what backward needs of the (B, N, W) memories is the step's input and output, alive
   anyway as the state of the recurrence; only small per-head tensors are saved.
 
-tests/test_ntm.py and tests/test_backends.py check outputs and gradients against ``reference.py``
+tests/memory/test_ntm.py and tests/memory/test_backends.py check outputs and gradients against ``reference.py``
 (the literal equations), against the autograd step, and with gradcheck. ``memory.backend``
 runs it (``sequence``, and ``auto``) for one write head; more write heads run the autograd step.
 """
