@@ -109,7 +109,11 @@ def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonf
     print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {kind} classes"))
     baselines = []
     if cfg.data.dataset == "folder":  # is the memory helping? the same episodes, nearest centroid
+        from fewshot_mann.config import is_backbone
         from fewshot_mann.engine.knn import folder_baselines
+        from fewshot_mann.engine.predict import warn_if_hard
+
+        warn_if_hard(bank, pixels, is_backbone(cfg.model.encoder), what=f"the {kind} classes'")
         baselines = folder_baselines(cfg, bank, pixels, episodes=args.episodes, seed=args.seed,
                                      batch_size=args.batch_size, device=device)
         for base in baselines:

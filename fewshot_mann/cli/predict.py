@@ -27,6 +27,9 @@ def parser() -> argparse.ArgumentParser:
              help="shuffled support orders / label assignments to average over")
     add_flag(p, "--threshold", type=float, default=None, problem=_probability,
              help="flag predictions whose probability is below this (default: (1 + 1/classes) / 2)")
+    add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt"),
+             help="first meta-fine-tune a copy of the model this many steps on episodes of the support set "
+                  "(0 = answer with the model as trained)")
     add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
     add_shared_flags(p, "json", "csv", "batch_size", "device", "threads", json_help="write the results as a JSON list",
                      batch_size=256, batch_size_help="sequences per forward pass")
@@ -54,11 +57,12 @@ def _predict(argv) -> int:
     model = load_model_from_checkpoint(ckpt, device)
     refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
     results, bank = predict(model, cfg, args.support, args.query, orders=args.orders, threshold=args.threshold,
-                            seed=args.seed, batch_size=args.batch_size, device=device)
+                            seed=args.seed, batch_size=args.batch_size, device=device, adapt=args.adapt)
     cut = (1 + 1 / bank.num_classes) / 2 if args.threshold is None else args.threshold
     print(f"{cfg.model.model} checkpoint, {bank.num_classes} support classes "
           f"({', '.join(f'{n} {c}' for n, c in zip(bank.names, bank.counts))} images), "
-          f"{len(results)} queries, {args.orders} orders, low confidence below {cut:.2f}")
+          f"{len(results)} queries, {args.orders} orders, low confidence below {cut:.2f}"
+          + (f", adapted {args.adapt} steps to the support set" if args.adapt else ""))
     print(format_results(results))
     if args.json:
         atomic_write_json(args.json, results)

@@ -137,19 +137,23 @@ def nearest_centroid_accuracy(bank: ClassBank, cfg: EpisodeConfig, shots: int, e
 
 def loo_accuracy(x: np.ndarray, labels: np.ndarray, norm: str = "none") -> float | None:
     """Leave-one-out nearest-centroid accuracy of a labelled set (N, ...) -> fraction, or None
-    when no class has two images (nothing to leave out)."""
-    v = _prepare(x[None], norm)[0]
-    right, total = 0, 0
-    classes = np.unique(labels)
-    for i in range(len(v)):
-        if np.sum(labels == labels[i]) < 2:
-            continue
-        keep = np.arange(len(v)) != i
-        cents = np.stack([v[keep & (labels == c)].mean(0) for c in classes if np.any(keep & (labels == c))])
-        names = [c for c in classes if np.any(keep & (labels == c))]
-        right += int(names[int(((cents - v[i]) ** 2).sum(-1).argmin())] == labels[i])
-        total += 1
-    return right / total if total else None
+    when no class has two images (nothing to leave out).
+
+    Each image with a class-mate is scored against every class's centroid, its own class's
+    taken without it: ``(sum - x) / (n - 1)``; O(N * classes * D), so it serves whole test sets."""
+    v = _prepare(x[None], norm)[0].reshape(len(x), -1).astype(np.float64)
+    classes, own, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(classes), v.shape[1]))
+    np.add.at(sums, own, v)
+    cents = sums / counts[:, None]
+    dist = (v * v).sum(1, keepdims=True) - 2 * v @ cents.T + (cents * cents).sum(1)[None]  # (N, classes)
+    scored = counts[own] >= 2
+    if not scored.any():
+        return None
+    rows = np.flatnonzero(scored)
+    without = (sums[own[rows]] - v[rows]) / (counts[own[rows]] - 1)[:, None]
+    dist[rows, own[rows]] = ((v[rows] - without) ** 2).sum(1)
+    return float((dist[rows].argmin(1) == own[rows]).mean())
 
 
 def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[int], shots_list: list[int],

@@ -50,7 +50,7 @@ import torch
 
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import STRING_LENGTH, STRING_SYMBOLS, Config
-from fewshot_mann.errors import DataError
+from fewshot_mann.errors import DataError, UserError
 from fewshot_mann.data.folder import BadImage, load_folder, read_image_file, report_problems, walk_images, warn
 
 _PREDICT_STREAM = 3  # distinct from the evaluation (1) and training (2) random streams
@@ -252,24 +252,41 @@ def read_queries(paths: list[str], cfg: Config, reader: dict, support) -> tuple[
     return np.stack(images), names
 
 
-def warn_if_hard(bank: ClassBank, raw: ClassBank, backbone: bool) -> None:
-    """A warning when the support set's leave-one-out nearest-centroid accuracy is at chance
-    (or, over backbone features, below that of the raw pixels): the answers will be unreliable."""
+def warn_if_hard(bank: ClassBank, raw: ClassBank, backbone: bool, what: str = "the support set's") -> None:
+    """A warning when ``what`` leave-one-out nearest-centroid accuracy is at chance (or, over
+    backbone features, below that of the raw pixels): the answers will be unreliable."""
     from fewshot_mann.engine.kshot import loo_accuracy
 
     labels = np.repeat(np.arange(bank.num_classes), bank.counts)
     loo = loo_accuracy(bank.images, labels, "center-l2" if backbone else "pixels")
     loo_raw = loo_accuracy(raw.images, labels, "pixels")
     if loo is not None and (loo <= 1.0 / bank.num_classes or (backbone and loo_raw is not None and loo < loo_raw)):
-        warn(f"the support set's leave-one-out nearest-centroid accuracy is {100 * loo:.0f} % "
+        warn(f"{what} leave-one-out nearest-centroid accuracy is {100 * loo:.0f} % "
              f"(raw pixels {100 * (loo_raw or 0):.0f} %, chance {100 / bank.num_classes:.0f} %): these classes are "
              "hard to tell apart from these examples; expect unreliable answers")
 
 
+def adapted(model: torch.nn.Module, cfg: Config, bank: ClassBank, steps: int, seed: int) -> torch.nn.Module:
+    """A copy of ``model`` meta-fine-tuned for ``steps`` steps on label-shifted episodes of the
+    support set (``adapt.adapt_to_support``; queries are never used); ``model`` is unchanged."""
+    import dataclasses
+
+    from fewshot_mann.engine.adapt import adapt_to_support
+
+    e = cfg.episodes
+    if e.labels == "onehot" and bank.num_classes != e.ways:
+        raise UserError(f"--adapt: this one-hot model answers {e.ways} classes and the support set has "
+                        f"{bank.num_classes}; adapt with {e.ways} support classes, or predict without --adapt")
+    episode_cfg = e if e.labels == "onehot" else dataclasses.replace(e, ways=bank.num_classes)
+    labels = np.repeat(np.arange(bank.num_classes), bank.counts)
+    return adapt_to_support(model, bank.images, labels, episode_cfg, steps, seed=[seed])
+
+
 def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list[str], orders: int = 8,
-            threshold: float | None = None, seed: int = 0, batch_size: int = 256, device="cpu"):
+            threshold: float | None = None, seed: int = 0, batch_size: int = 256, device="cpu", adapt: int = 0):
     """Classify the query images from the support folder: (results, support bank); see the
-    module docstring for the protocol and ``summarise`` for a result."""
+    module docstring for the protocol and ``summarise`` for a result. ``adapt`` > 0: answered
+    by a copy of the model meta-fine-tuned that many steps on the support set (``adapted``)."""
     from fewshot_mann.config import is_backbone
     from fewshot_mann.data.folder import reader_settings
     from fewshot_mann.data.loading import shrink
@@ -287,6 +304,8 @@ def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list
         bank = embed_bank(bank, cfg.model, digest=digest, cache=False, progress=False)
         queries = embed_images(queries, cfg.model, digest=digest, cache=False, progress=False)
     warn_if_hard(bank, raw, backbone)
+    if adapt:
+        model = adapted(model, cfg, bank, adapt, seed)
     probs = predict_probabilities(model, cfg, bank, queries, orders=orders, seed=seed, batch_size=batch_size,
                                   device=device)
     return summarise(bank.names, probs, threshold, names), bank

@@ -370,3 +370,36 @@ def test_predict_leaves_nothing_behind(support, tmp_path, monkeypatch):
                      "--query", str(support[1]["root"]), "--orders", "2"]) == 0
     assert not cache.exists() and not any(work.iterdir())
     assert sorted(p for p in tmp_path.rglob("*") if p != work) == before
+
+
+def test_adapt_answers_with_a_fine_tuned_copy_and_leaves_the_model_alone(support, tmp_path, capsys, monkeypatch):
+    from fewshot_mann.engine import adapt as adapt_module
+
+    cfg = support_cfg()
+    ckpt = write_checkpoint(tmp_path / "c.pt", cfg)
+    before = {k: v.clone() for k, v in torch.load(ckpt, weights_only=True)["model"].items()}
+    calls = []
+    real = adapt_module.adapt_to_support
+    monkeypatch.setattr(adapt_module, "adapt_to_support", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    outs = {}
+    for steps in (0, 3):
+        out = tmp_path / f"p{steps}.json"
+        argv = ["predict", "--checkpoint", str(ckpt), "--support", str(support[0]["root"]),
+                "--query", str(support[1]["root"]), "--orders", "2", "--json", str(out), "--adapt", str(steps)]
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        outs[steps] = json.loads(out.read_text())
+    assert "adapted 3 steps to the support set" in capsys.readouterr().out
+    assert calls == [3]  # only the --adapt run fine-tunes, with the steps asked for
+    probs = [[r["probabilities"][c] for c in sorted(r["probabilities"])] for r in outs[0]], \
+        [[r["probabilities"][c] for c in sorted(r["probabilities"])] for r in outs[3]]
+    assert probs[0] != probs[1]  # the fine-tuned copy answers, not the checkpoint's model
+    after = torch.load(ckpt, weights_only=True)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_adapt_refuses_a_one_hot_model_with_other_numbers_of_classes(support, tmp_path, capsys):
+    ckpt = write_checkpoint(tmp_path / "c.pt", support_cfg(ways=5))
+    assert cli.main(["predict", "--checkpoint", str(ckpt), "--support", str(support[0]["root"]),
+                     "--query", str(support[1]["root"]), "--adapt", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--adapt: this one-hot model answers 5 classes and the support set has 3" in err and "Traceback" not in err

@@ -128,6 +128,45 @@ def test_nearest_centroid_and_leave_one_out_on_separable_classes():
     assert loo_accuracy(np.random.default_rng(0).integers(0, 255, (24, 16)), labels) < 0.7
 
 
+def literal_loo(x, labels):
+    """Leave-one-out nearest centroid as its definition says: drop the image, recompute every centroid."""
+    v = x.reshape(len(x), -1).astype(np.float64)
+    right = total = 0
+    for i in range(len(v)):
+        if np.sum(labels == labels[i]) < 2:
+            continue
+        keep = np.arange(len(v)) != i
+        names = np.unique(labels)
+        cents = np.stack([v[keep & (labels == c)].mean(0) for c in names])
+        right += int(names[((cents - v[i]) ** 2).sum(1).argmin()] == labels[i])
+        total += 1
+    return right / total if total else None
+
+
+def test_leave_one_out_equals_its_literal_definition():
+    rng = np.random.default_rng(3)
+    for _ in range(25):
+        n, c = int(rng.integers(4, 40)), int(rng.integers(2, 6))
+        labels = rng.integers(0, c, n)
+        x = rng.normal(size=(n, 6)) + labels[:, None] * rng.uniform(0, 1.5)
+        assert loo_accuracy(x, labels) == pytest.approx(literal_loo(x, labels), abs=1e-12)
+    assert loo_accuracy(np.zeros((3, 4)), np.arange(3)) is None  # no class has two images
+
+
+def test_classes_no_centroid_can_tell_apart_are_warned_about_in_one_line(capsys):
+    from fewshot_mann.engine.predict import warn_if_hard
+
+    # interleaved grey levels: every image is nearer another class's centroid than its own
+    groups = [np.stack([np.full((1, 4, 4), 10 + 30 * i + 10 * c, np.uint8) for i in range(4)]) for c in range(3)]
+    bank = ClassBank.from_groups(groups, ["a", "b", "c"])
+    warn_if_hard(bank, bank, backbone=False, what="the test classes'")
+    err = capsys.readouterr().err
+    assert "the test classes' leave-one-out nearest-centroid accuracy is" in err and err.count("\n") == 1
+    apart = ClassBank.from_groups([np.full((4, 1, 4, 4), 80 * c, np.uint8) for c in range(3)], ["a", "b", "c"])
+    warn_if_hard(apart, apart, backbone=False)
+    assert capsys.readouterr().err == ""
+
+
 # ---------------------------------------------------------------------------- backbones
 
 @pytest.fixture(scope="module")
