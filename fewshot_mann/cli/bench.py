@@ -42,6 +42,11 @@ def bench_parser() -> argparse.ArgumentParser:
              help="also profile this many training steps of every loop with torch.profiler (top ops)")
     add_flag(p, "--rss-steps", type=int, default=0, problem=at_least(0, "--rss-steps"),
              help="also run this many project MANN training steps, sampling the resident memory")
+    p.add_argument("--backbones", default="", metavar="LIST",
+                   help="also time feature extraction of these backbones (comma list, e.g. "
+                        "fewshot:conv4,timm:tf_efficientnet_lite0), images/s")
+    p.add_argument("--backbone-weights", default="none",
+                   help="weights of --backbones (none = random: the same speed, nothing to download)")
     add_shared_flags(p, "seed", "json")
     return p
 
@@ -72,6 +77,7 @@ def _bench(argv) -> int:
     args.eval_batch_sizes = comma_list(args.eval_batch_sizes, "--eval-batch-sizes", int)
     if min(args.eval_batch_sizes) < 1:
         raise UserError(f"--eval-batch-sizes must be at least 1 each (got {min(args.eval_batch_sizes)})")
+    args.backbones = comma_list(args.backbones, "--backbones") if args.backbones.strip() else []
     set_threads(args.threads)
     run_bench(args, ["fewshot-mann", "bench", *argv])
     return 0

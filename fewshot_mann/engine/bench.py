@@ -171,6 +171,28 @@ def measure_evaluation(model: torch.nn.Module, cfg: Config, bank: ClassBank, bat
     return {"batch_size": batch, "episodes_per_s": full, "forward_episodes_per_s": forward}
 
 
+def measure_backbone(encoder: str, weights: str, seconds: float, batch: int = 32) -> dict:
+    """Images/s of feature extraction (``features.run_backbone``: inference mode, the path the
+    feature cache fills through) at the backbone's input size, in the contiguous and the
+    channels_last memory format; random uint8 images, so nothing is read from disk."""
+    from fewshot_mann.data.features import run_backbone
+    from fewshot_mann.models.backbones import build_backbone, preprocessing
+
+    prep = preprocessing(encoder)
+    net, _ = build_backbone(encoder, weights)
+    images = np.random.default_rng(0).integers(0, 256, (2 * batch, 3, prep.image_size, prep.image_size), dtype=np.uint8)
+    out = {"encoder": encoder, "weights": weights, "image_size": prep.image_size, "batch_size": batch}
+    for fmt, memory_format in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        model = net.to(memory_format=memory_format)
+        run_backbone(model, images[:batch], prep, progress=False, batch=batch)  # warm-up
+        done, wall0 = 0, time.perf_counter()
+        while time.perf_counter() - wall0 < seconds or done == 0:
+            run_backbone(model, images, prep, progress=False, batch=batch)
+            done += len(images)
+        out[f"{fmt}_images_per_s"] = done / (time.perf_counter() - wall0)
+    return out
+
+
 def profile_steps(loop: TrainingLoop, steps: int, top: int = 12) -> list[dict]:
     """The ``top`` operators by self CPU time over ``steps`` training steps (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -261,6 +283,12 @@ def format_report(res: dict) -> str:
         for r in res["evaluation"]:
             lines.append(f"{r['model']:<22}{r['batch_size']:7d}{r['episodes_per_s']:12.1f}"
                          f"{r['forward_episodes_per_s']:14.1f}")
+    if res.get("backbones"):
+        lines += ["", "backbone feature extraction (inference mode), images/s",
+                  f"{'backbone':<30}{'px':>5}{'batch':>7}{'contiguous':>12}{'channels_last':>15}"]
+        for r in res["backbones"]:
+            lines.append(f"{r['encoder']:<30}{r['image_size']:5d}{r['batch_size']:7d}"
+                         f"{r['contiguous_images_per_s']:12.1f}{r['channels_last_images_per_s']:15.1f}")
     if res.get("rss"):
         samples = res["rss"]["rss_mib"]
         lines += ["", f"resident memory over {res['rss']['steps']} MANN training steps (MiB): "
@@ -335,6 +363,10 @@ def run_bench(args, command: list[str]) -> dict:
     # The project's loops and evaluations run first, so the peak memory they need is
     # known before the reference (whose autograd graph is far larger) has run at all.
     evaluation = _time_evaluations(models, loops, bank, args.eval_batch_sizes, args.seconds / 2)
+    backbones = []
+    for encoder in getattr(args, "backbones", None) or []:
+        print(f"timing feature extraction of {encoder} ...", file=sys.stderr)
+        backbones.append(measure_backbone(encoder, args.backbone_weights, args.seconds / 2))
     for loop in loops.values():
         loop.step()
     peak_project = _peak_rss_mib()
@@ -354,7 +386,7 @@ def run_bench(args, command: list[str]) -> dict:
         "command": command, "config": _describe(base, args, bank),
         "compile_seconds": None,  # mann-compiled (torch.compile) was removed; the key stays for readers
         "cpp_load_seconds": cpp_seconds, "cpp_unavailable": cpp_reason,
-        "training": training, "evaluation": evaluation, "profiles": profiles, "rss": rss,
+        "training": training, "evaluation": evaluation, "backbones": backbones, "profiles": profiles, "rss": rss,
         "peak_rss_project_mib": peak_project, "peak_rss_mib": _peak_rss_mib(),
     }
     if "reference" in training and "mann" in training:

@@ -6,6 +6,8 @@ paper's sizes with a small batch; gradcheck checks the hand-written backward its
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -164,6 +166,19 @@ def test_bench_times_both_loops_and_writes_json(tmp_path, capsys):
     assert res["speedup_cpu"] > 0 and res["peak_rss_mib"] > 0
     assert [(r["model"], r["batch_size"]) for r in res["evaluation"]] == [("mann", 3), ("ff", 3)]
     assert "x ref (CPU)" in capsys.readouterr().out
+
+
+def test_bench_times_backbone_feature_extraction(tmp_path, capsys):
+    from fewshot_mann.cli import bench
+
+    out = tmp_path / "bench.json"
+    assert bench.main(["--threads", "1", "--seconds", "0.05", "--rounds", "1", "--eval-batch-sizes", "3",
+                       "--synthetic-classes", "10", "--no-reference", "--backbones", "fewshot:conv4",
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["backbones"]
+    assert [r["encoder"] for r in rows] == ["fewshot:conv4"] and rows[0]["image_size"] == 28
+    assert rows[0]["contiguous_images_per_s"] > 0 and rows[0]["channels_last_images_per_s"] > 0
+    assert "backbone feature extraction (inference mode), images/s" in capsys.readouterr().out
 
 
 def test_bench_rejects_unknown_models():
