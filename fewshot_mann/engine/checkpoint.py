@@ -116,17 +116,25 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def _weights_beside(cfg: Config, path: Path) -> None:
     """A backbone weights file recorded at a path that is not here (a run directory on another
-    machine) is looked for beside the checkpoint under the same name: a published checkpoint
-    travels with its weights file. The weights' sha256 is still checked against the recorded one."""
+    machine) is looked for beside the checkpoint: under the same name, else as any ``.pt`` file
+    there with the recorded sha256. A published checkpoint travels with its weights file; the
+    weights' sha256 is checked against the recorded one either way."""
     from fewshot_mann.config import is_backbone
+    from fewshot_mann.models.backbones import file_sha256
 
     m = cfg.model
     if not is_backbone(m.encoder) or m.encoder_weights in ("imagenet", "none"):
         return
     recorded = Path(m.encoder_weights).expanduser()
-    beside = Path(path).parent / recorded.name
-    if not recorded.is_file() and beside.is_file():
-        m.encoder_weights = str(beside)
+    if recorded.is_file():
+        return
+    folder = Path(path).parent
+    candidates = [folder / recorded.name] + sorted(p for p in folder.glob("*.pt") if p.name != recorded.name)
+    for candidate in candidates:
+        if candidate.is_file() and candidate.resolve() != Path(path).resolve() and (
+                candidate.name == recorded.name or (m.weights_hash and file_sha256(candidate) == m.weights_hash)):
+            m.encoder_weights = str(candidate)
+            return
 
 
 def _forget_absent_omniglot_root(cfg: Config) -> None:

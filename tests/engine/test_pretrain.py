@@ -126,8 +126,10 @@ def test_a_published_conv4_checkpoint_finds_its_weights_beside_it(tiny_parts, tm
     weights.rename(published / "conv4.pt")  # the recorded path is gone; the file travels with the checkpoint
     argv = ["evaluate", "--checkpoint", str(published / "mann.pt"), "--episodes", "2", "--no-progress"]
     assert cli.main(argv) == 0, capsys.readouterr().err
+    (published / "conv4.pt").rename(published / "conv4-published.pt")  # another name: found by its sha256
+    assert cli.main(argv) == 0, capsys.readouterr().err
     capsys.readouterr()
-    (published / "conv4.pt").unlink()
+    (published / "conv4-published.pt").unlink()
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "put that file (conv4.pt) beside the checkpoint" in err and "Traceback" not in err
