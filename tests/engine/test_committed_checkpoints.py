@@ -18,7 +18,10 @@ from fewshot_mann.engine import checkpoint
 from fewshot_mann.memory import backend
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKPOINTS = sorted([*ROOT.glob("reports/checkpoints/*.pt"), *ROOT.glob("fewshot_mann/assets/models/*.pt")])
+# backbone weights published beside the models that read their features (fewshot-mann pretrain)
+BACKBONES = sorted(ROOT.glob("reports/checkpoints/conv4-*.pt"))
+CHECKPOINTS = sorted({*ROOT.glob("reports/checkpoints/*.pt"), *ROOT.glob("fewshot_mann/assets/models/*.pt")}
+                     - set(BACKBONES))
 # name -> (sum, sum of |.|, logits[0, -1, 0]) of the logits of fixed_input, measured at b2b607d.
 RECORDED = {
     "omniglot-5way.pt": (-51.1861457824707, 481.4322509765625, -2.565218925476074),
@@ -26,6 +29,7 @@ RECORDED = {
     "ff-onehot-5way.pt": (6.555588722229004, 6.578506946563721, 0.034054335206747055),
     "lstm-onehot-5way.pt": (-32.64586639404297, 231.659912109375, 3.2369823455810547),
     "mann-onehot-5way-finetune2.pt": (-51.1861457824707, 481.4322509765625, -2.565218925476074),
+    "mann-conv-5way.pt": (-27.816450119018555, 226.68157958984375, -4.326476573944092),  # recorded when committed
     "mann-onehot-5way.pt": (-62.61835479736328, 428.9587097167969, -0.8287232518196106),
     "mann-string-15way-384slots.pt": (49.78346633911133, 745.6824340820312, -0.3914867639541626),
     "mann-string-5way-from-onehot.pt": (-182.43914794921875, 3128.40771484375, 15.124776840209961),
@@ -39,13 +43,23 @@ def fixed_input(cfg):
     """Two episodes of at most 20 steps: images (or backbone features) from seed 0, label 0 after step 0."""
     g = torch.Generator().manual_seed(0)
     steps = min(cfg.episodes.steps, 20)
-    if cfg.model.encoder.startswith(("timm:", "torchvision:")):
+    if cfg.model.encoder.startswith(("timm:", "torchvision:", "fewshot:")):
         x = torch.randn(2, steps, cfg.model.feature_dim, generator=g)
     else:
         x = torch.rand(2, steps, cfg.data.channels, cfg.data.image_size, cfg.data.image_size, generator=g)
     y = torch.zeros(2, steps, cfg.episodes.label_size)
     y[:, 1:, 0] = 1.0
     return x, y
+
+
+@pytest.mark.parametrize("path", BACKBONES, ids=[p.name for p in BACKBONES])
+def test_committed_backbone_weights_load_weights_only_into_their_network(path):
+    from fewshot_mann.models.conv4 import Conv4
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    net = Conv4()
+    net.load_state_dict(saved["state_dict"])  # strict
+    assert saved["best"]["accuracy"] == pytest.approx(max(c["validation_accuracy"] for c in saved["checks"]), abs=1e-5)
 
 
 def summary(logits: torch.Tensor) -> tuple[float, float, float]:
