@@ -70,7 +70,7 @@ def test_pretrain_is_seeded(tiny_parts, tmp_path):
 
 def test_pretrain_refuses_what_it_cannot_train(tiny_parts, tmp_path):
     with pytest.raises(UserError, match="fewshot: backbones"):
-        pretrain(PretrainConfig(encoder="timm:resnet18"), tmp_path / "w.pt", device=torch.device("cpu"))
+        pretrain(PretrainConfig(encoder="torchvision:resnet18"), tmp_path / "w.pt", device=torch.device("cpu"))
     with pytest.raises(UserError, match="cannot make a 40-way episode"):
         pretrain(PretrainConfig(ways=40, rotations=False), tmp_path / "w.pt", device=torch.device("cpu"))
 
