@@ -200,7 +200,7 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
             bar.update(1)
         if step % p.check_every == 0 or step == p.episodes:
             acc = check(net, val, p, device)
-            row = {"episode": step, "seconds": round(time.perf_counter() - t0, 1), "loss": round(float(loss), 4),
+            row = {"episode": step, "seconds": round(time.perf_counter() - t0, 1), "loss": round(float(loss.detach()), 4),
                    "validation_accuracy": round(acc, 5), "check": f"5-way {p.check_shots}-shot, {p.check_trials} trials"}
             checks.append(row)
             if acc > best["accuracy"]:
