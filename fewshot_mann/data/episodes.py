@@ -42,7 +42,8 @@ class Episodes:
     images: (B, T, C, H, W) uint8; labels: (B, T) episode-local label 0..ways-1;
     instance: (B, T) 0-based presentation index of the step's class;
     label_digits: (B, ways, G) the G-symbol code of each label (G=1 for one-hot);
-    classes: (B, ways) bank class index behind each label.
+    classes: (B, ways) bank class index behind each label;
+    image_index: (B, T) the bank row of each step's image (None where the images are not a bank's).
     """
 
     images: np.ndarray
@@ -50,14 +51,17 @@ class Episodes:
     instance: np.ndarray
     label_digits: np.ndarray
     classes: np.ndarray
+    image_index: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     @staticmethod
     def concat(parts: list["Episodes"]) -> "Episodes":
-        return Episodes(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                          ("images", "labels", "instance", "label_digits", "classes")))
+        fields = [np.concatenate([getattr(p, f) for p in parts]) for f in
+                  ("images", "labels", "instance", "label_digits", "classes")]
+        index = None if any(p.image_index is None for p in parts) else np.concatenate([p.image_index for p in parts])
+        return Episodes(*fields, image_index=index)
 
 
 def with_ways(cfg: EpisodeConfig, ways: int) -> EpisodeConfig:
@@ -106,7 +110,8 @@ def sample_episodes(bank: ClassBank, cfg: EpisodeConfig, rng: np.random.Generato
     onehot = slot[..., None] == np.arange(ways)
     instance = (np.cumsum(onehot, axis=1) - 1)[onehot].reshape(batch, steps)
     rows = np.arange(batch)[:, None]
-    images = bank.images[image_index[rows, slot, instance]]
+    step_index = image_index[rows, slot, instance]  # (B,T) bank row of each step's image
+    images = bank.images[step_index]
     labels = label_of_slot[rows, slot]
     # The class behind each label id (inverse of label_of_slot).
     classes_by_label = np.empty_like(classes)
@@ -117,7 +122,7 @@ def sample_episodes(bank: ClassBank, cfg: EpisodeConfig, rng: np.random.Generato
     else:
         label_digits = np.tile(np.arange(ways)[None, :, None], (batch, 1, 1))
     return Episodes(images, labels.astype(np.int64), instance.astype(np.int64),
-                    label_digits.astype(np.int64), classes_by_label)
+                    label_digits.astype(np.int64), classes_by_label, step_index.astype(np.int64))
 
 
 def evaluation_episodes(bank: ClassBank, cfg: EpisodeConfig, seed: int, start: int, count: int) -> Episodes:

@@ -79,6 +79,22 @@ def summarise(acc: np.ndarray) -> tuple[list[float], list[float]]:
     return [float(x) for x in mean], ci
 
 
+PROJECTION_CHUNK = 4096  # images per matmul when projecting a bank
+
+
+def bank_projection(model: torch.nn.Module, bank: ClassBank, device) -> torch.Tensor | None:
+    """Every image of ``bank`` through the model's encoder and the image columns of its input
+    layer, once: (N, 4H), or None where the model cannot use it (``projects_images``). An
+    episode then gathers its steps' rows instead of projecting each appearance again."""
+    if not getattr(model, "projects_images", False) or not len(bank.images):
+        return None
+    rows = []
+    for first in range(0, len(bank.images), PROJECTION_CHUNK):
+        x = torch.from_numpy(bank.images[first:first + PROJECTION_CHUNK]).to(device=device, dtype=torch.float32)
+        rows.append(model.project_images(x.div_(255.0) if bank.images.dtype == np.uint8 else x))
+    return torch.cat(rows)
+
+
 def scored_batches(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, *, seed: int, start: int,
                    episodes: int, batch_size: int, device, decode: str):
     """Yield ``(batch, logits, correct)`` for episodes start..start+episodes-1 of ``bank`` (each
@@ -92,10 +108,17 @@ def scored_batches(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
         was_training = model.training
         model.eval()
         try:
+            with torch.inference_mode():
+                projection = bank_projection(model, bank, device)
             for first in range(start, start + episodes, batch_size):
                 count = min(batch_size, start + episodes - first)
-                batch = to_tensors(evaluation_episodes(bank, cfg, seed, first, count), cfg, device)
-                logits = model(batch.images, batch.label_inputs)
+                drawn = evaluation_episodes(bank, cfg, seed, first, count)
+                batch = to_tensors(drawn, cfg, device)
+                if projection is not None:
+                    rows = torch.from_numpy(drawn.image_index).to(projection.device)
+                    logits = model.forward_projected(projection[rows], batch.label_inputs)
+                else:
+                    logits = model(batch.images, batch.label_inputs)
                 yield batch, logits, score(logits, batch.targets, cfg)
         finally:
             model.train(was_training)

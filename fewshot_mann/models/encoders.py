@@ -3,7 +3,9 @@
 ``build_encoder`` picks the one a config names: raw pixels (``linear``, the paper's
 input), a small CNN (``conv``), or the cached features of a frozen pretrained backbone
 (``timm:NAME`` / ``torchvision:NAME``, normalised by ``FeatureEncoder``). Each has
-``out_features``, the width it produces.
+``out_features``, the width it produces, and ``per_image``: whether an image's encoding
+depends on that image alone (then a model may encode each distinct image once, see
+``MANN.project_images``; not so for features centred on their episode's mean).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from fewshot_mann.errors import UserError
 class LinearEncoder(nn.Module):
     """The paper's input: raw pixels, flattened. (B,T,C,H,W) -> (B,T,C*H*W)."""
 
+    per_image = True
+
     def __init__(self, channels: int, image_size: int):
         super().__init__()
         self.out_features = channels * image_size * image_size
@@ -27,6 +31,8 @@ class LinearEncoder(nn.Module):
 
 class ConvEncoder(nn.Module):
     """A small CNN applied to every image: (B,T,C,H,W) -> (B,T,features)."""
+
+    per_image = True
 
     def __init__(self, channels: int, image_size: int, width: int = 64):
         super().__init__()
@@ -61,6 +67,7 @@ class FeatureEncoder(nn.Module):
         self.feature_dim, self.norm = feature_dim, norm
         self.proj = nn.Linear(feature_dim, project) if project else None
         self.out_features = project or feature_dim
+        self.per_image = norm != "center-l2"
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         x = feats.flatten(2)

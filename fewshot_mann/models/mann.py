@@ -78,19 +78,46 @@ class MANN(nn.Module):
         logits = self.output(hr)
         return logits.transpose(0, 1).contiguous() if time_major else logits
 
+    @property
+    def projects_images(self) -> bool:
+        """Whether ``project_images`` / ``forward_projected`` apply (a per-image encoder)."""
+        return bool(getattr(self.encoder, "per_image", False))
+
+    def project_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, 4H): each image's part of the controller's input gates, computed
+        once per distinct image (evaluation reuses it at every appearance; ``forward_projected``)."""
+        feats = self.encoder(images.unsqueeze(1)).squeeze(1)
+        return feats @ self.input_proj.weight[:, :self.encoder.out_features].t()
+
+    def forward_projected(self, image_gates: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+        """``forward`` from ``project_images`` rows gathered per step: image_gates (B,T,4H),
+        label_inputs (B,T,L) -> logits (B,T,L); the same maths, summed in another order."""
+        hr, time_major = self._controller_and_reads(image_gates, label_inputs, projected=True)
+        logits = self.output(hr)
+        return logits.transpose(0, 1).contiguous() if time_major else logits
+
+    def _gates_in(self, feats: torch.Tensor, label_inputs: torch.Tensor, projected: bool) -> torch.Tensor:
+        """The input part of the LSTM gates for every step: (B,T,4H). ``projected``: ``feats`` are
+        already ``project_images`` rows, only the label columns and the bias are added."""
+        if projected:
+            w = self.input_proj.weight[:, self.encoder.out_features:]
+            return feats + torch.nn.functional.linear(label_inputs, w, self.input_proj.bias)
+        return self.input_proj(torch.cat([feats, label_inputs], dim=-1))
+
     def features(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
         """What the output layer reads, ``[h_t, r_t]`` per step: (B, T, H + read_size)."""
         hr, time_major = self._controller_and_reads(self.encoder(images), label_inputs)
         return hr.transpose(0, 1) if time_major else hr
 
-    def _controller_and_reads(self, feats: torch.Tensor, label_inputs: torch.Tensor):
-        """feats (B,T,F), label_inputs (B,T,L) -> ([h_t, r_t] of every step, time_major):
-        (T,B,H+R) from a whole-sequence implementation, else (B,T,H+R)."""
+    def _controller_and_reads(self, feats: torch.Tensor, label_inputs: torch.Tensor, projected: bool = False):
+        """feats (B,T,F) (or, ``projected``, image gates (B,T,4H)), label_inputs (B,T,L) ->
+        ([h_t, r_t] of every step, time_major): (T,B,H+R) from a whole-sequence implementation,
+        else (B,T,H+R)."""
         implementation = backend.choose(self.memory_backend, self.memory, feats)
         run = backend.sequence_function(self.memory, implementation)
         if run is not None:
-            return self._sequence(run, feats, label_inputs), True
-        gates_in = self.input_proj(torch.cat([feats, label_inputs], dim=-1))  # (B,T,4H)
+            return self._sequence(run, feats, label_inputs, projected), True
+        gates_in = self._gates_in(feats, label_inputs, projected)  # (B,T,4H)
         batch = feats.shape[0]
         h = gates_in.new_zeros(batch, self.hidden)
         c = gates_in.new_zeros(batch, self.hidden)
@@ -108,7 +135,7 @@ class MANN(nn.Module):
             outs.append(torch.cat([h, reads], dim=-1))
         return torch.stack(outs, dim=1), False
 
-    def _sequence(self, run, feats: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+    def _sequence(self, run, feats: torch.Tensor, label_inputs: torch.Tensor, projected: bool = False) -> torch.Tensor:
         """The LRUA recurrence through ``run`` (sequence.lrua_sequence or the C++ kernel's
         cpp_lrua_sequence): feats (B,T,F), label_inputs (B,T,L) -> (T,B,H+R*W), time-major."""
         needs_grad = torch.is_grad_enabled() and (
@@ -116,10 +143,13 @@ class MANN(nn.Module):
         chunk = lrua_sequence.INFERENCE_CHUNK
         if feats.shape[0] > chunk and feats.device.type == "cpu" and not needs_grad:
             # CPU evaluation: episodes are independent; chunks keep a step's tensors in cache.
-            return torch.cat([self._sequence(run, f, y) for f, y in zip(
+            return torch.cat([self._sequence(run, f, y, projected) for f, y in zip(
                 feats.split(chunk), label_inputs.split(chunk))], dim=1)
         mem = self.memory
-        gates_in = self.input_proj(torch.cat([feats.transpose(0, 1), label_inputs.transpose(0, 1)], dim=-1))
+        if projected:
+            gates_in = self._gates_in(feats, label_inputs, True).transpose(0, 1).contiguous()  # (T,B,4H)
+        else:
+            gates_in = self.input_proj(torch.cat([feats.transpose(0, 1), label_inputs.transpose(0, 1)], dim=-1))
         layers = [mem.key, mem.gate] + ([mem.strength] if mem.strength is not None else [])
         return run(gates_in, self.recurrent.weight, torch.cat([l.weight for l in layers]),
                    torch.cat([l.bias for l in layers]), memory_slots=mem.memory_slots,

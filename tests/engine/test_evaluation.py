@@ -219,3 +219,66 @@ def test_evaluate_pooled_numbers_on_a_stub_model():
     assert res["ci95"] == [pytest.approx(0.3295798, abs=1e-6), pytest.approx(0.4344915, abs=1e-6),
                            pytest.approx(0.4344915, abs=1e-6)]
     assert res["_per_episode"].shape == (5, 3) and res["episodes"] == 5
+
+
+# ------------------------------------------------- each distinct image projected once
+
+def literal_evaluation(model, bank, cfg, episodes, batch_size):
+    """What evaluate computes, the plain way: every appearance of an image through model()."""
+    from fewshot_mann.engine.evaluation import per_episode_instance_accuracy
+
+    rows = []
+    with torch.inference_mode():
+        for first in range(0, episodes, batch_size):
+            tb = to_tensors(evaluation_episodes(bank, cfg, 0, first, min(batch_size, episodes - first)), cfg)
+            ok = correct_steps(model(tb.images, tb.label_inputs), tb.targets, cfg)
+            rows.append(per_episode_instance_accuracy(ok, tb.instance, cfg.instances).numpy())
+    return np.concatenate(rows).mean(0)
+
+
+@pytest.mark.parametrize("encoder", ["linear", "conv"])
+@pytest.mark.parametrize("backend_name", ["autograd", "sequence", "auto"])
+def test_projected_images_give_the_same_logits_and_accuracies(encoder, backend_name):
+    from fewshot_mann.engine.evaluation import bank_projection
+
+    cfg = tiny_config(encoder=encoder, memory_backend=backend_name)
+    cfg.data.image_size = 8
+    bank = synthetic_bank(classes=8, per_class=12, size=8)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert model.projects_images
+    with torch.inference_mode():
+        drawn = evaluation_episodes(bank, cfg.episodes, 3, 0, 7)
+        tb = to_tensors(drawn, cfg.episodes)
+        projection = bank_projection(model, bank, "cpu")
+        assert projection.shape == (len(bank.images), 4 * cfg.model.controller_size)
+        plain = model(tb.images, tb.label_inputs)
+        projected = model.forward_projected(projection[torch.from_numpy(drawn.image_index)], tb.label_inputs)
+    assert torch.allclose(plain, projected, atol=1e-5, rtol=1e-5)
+    # the episodes' image_index names the very images the episodes hold
+    assert np.array_equal(bank.images[drawn.image_index], drawn.images)
+    got = evaluate(model, bank, cfg.episodes, episodes=30, batch_size=8)["accuracy_by_instance"]
+    assert np.allclose(got, literal_evaluation(model, bank, cfg.episodes, 30, 8), atol=1e-12)
+
+
+def test_features_centred_on_their_episode_are_not_projected_per_image():
+    cfg = tiny_config(encoder="timm:test_efficientnet", feature_dim=6)
+    assert not build_model(cfg).projects_images
+    cfg.model.feature_norm = "l2"
+    assert build_model(cfg).projects_images
+
+
+@pytest.mark.parametrize("model_name", ["ntm", "dnc"])
+def test_projected_images_serve_every_memory(model_name):
+    from fewshot_mann.engine.evaluation import bank_projection
+
+    cfg = tiny_config(model=model_name)
+    bank = synthetic_bank(classes=8, per_class=12, size=cfg.data.image_size)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.inference_mode():
+        drawn = evaluation_episodes(bank, cfg.episodes, 1, 0, 4)
+        tb = to_tensors(drawn, cfg.episodes)
+        rows = bank_projection(model, bank, "cpu")[torch.from_numpy(drawn.image_index)]
+        assert torch.allclose(model(tb.images, tb.label_inputs), model.forward_projected(rows, tb.label_inputs),
+                              atol=1e-5, rtol=1e-5)
