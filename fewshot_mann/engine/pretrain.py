@@ -189,6 +189,23 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=p.episodes, desc=f"pretraining {p.encoder}", unit="ep", file=sys.stderr)
+
+    def record(step: int, loss: float | None) -> None:
+        nonlocal best
+        acc = check(net, val, p, device)
+        row = {"episode": step, "seconds": round(time.perf_counter() - t0, 1),
+               "loss": None if loss is None else round(loss, 4),
+               "validation_accuracy": round(acc, 5), "check": f"5-way {p.check_shots}-shot, {p.check_trials} trials"}
+        checks.append(row)
+        if acc > best["accuracy"]:
+            best = {"accuracy": acc, "episode": step}
+            save(out, whole, p, checks, best)
+        atomic_write_text(out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in checks))
+        msg = (f"episode {step}: validation {100 * acc:.2f}% (best {100 * best['accuracy']:.2f}% at "
+               f"{best['episode']}), {row['seconds']:.0f} s")
+        (bar.write if bar is not None else print)(msg)
+
+    record(0, None)  # the starting point: fine-tuning that never helps keeps the weights it started from
     for step in range(1, p.episodes + 1):
         x = draw(train, rng, p.ways, p.shots + p.queries).to(device).contiguous(memory_format=torch.channels_last)
         loss = F.cross_entropy(prototype_logits(net(x), p.ways, p.shots, p.queries), target)
@@ -199,17 +216,7 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
         if bar is not None:
             bar.update(1)
         if step % p.check_every == 0 or step == p.episodes:
-            acc = check(net, val, p, device)
-            row = {"episode": step, "seconds": round(time.perf_counter() - t0, 1), "loss": round(float(loss.detach()), 4),
-                   "validation_accuracy": round(acc, 5), "check": f"5-way {p.check_shots}-shot, {p.check_trials} trials"}
-            checks.append(row)
-            if acc > best["accuracy"]:
-                best = {"accuracy": acc, "episode": step}
-                save(out, whole, p, checks, best)
-            atomic_write_text(out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in checks))
-            msg = (f"episode {step}: validation {100 * acc:.2f}% (best {100 * best['accuracy']:.2f}% at "
-                   f"{best['episode']}), {row['seconds']:.0f} s")
-            (bar.write if bar is not None else print)(msg)
+            record(step, float(loss.detach()))
     if bar is not None:
         bar.close()
     return best

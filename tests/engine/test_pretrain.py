@@ -1,6 +1,8 @@
 """Conv4 backbone (models/conv4.py) and its prototypical pretraining (engine/pretrain.py), on tiny synthetic data."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -52,12 +54,14 @@ def test_pretrain_writes_the_best_validation_check_weights_only(tiny_parts, tmp_
     p = PretrainConfig(ways=4, shots=1, queries=2, episodes=4, check_every=2, check_trials=3, rotations=True)
     best = pretrain(p, tmp_path / "w.pt", device=torch.device("cpu"), progress=False)
     saved = torch.load(tmp_path / "w.pt", weights_only=True)
-    assert [c["episode"] for c in saved["checks"]][: len(saved["checks"])] == [2, 4][: len(saved["checks"])]
+    log = [json.loads(line) for line in (tmp_path / "w.jsonl").read_text().splitlines()]
+    assert [c["episode"] for c in log] == [0, 2, 4] and log[0]["loss"] is None  # the starting point is checked too
+    assert saved["checks"] == log[: len(saved["checks"])] and saved["checks"][-1]["episode"] == best["episode"]
     assert saved["best"] == best and 0.0 <= best["accuracy"] <= 1.0
-    assert best["accuracy"] == max(c["validation_accuracy"] for c in saved["checks"][: best["episode"] // 2])
+    assert best["accuracy"] == pytest.approx(max(c["validation_accuracy"] for c in log), abs=1e-5)
     net = Conv4()
     net.load_state_dict(saved["state_dict"])  # the backbone itself, nothing else
-    assert saved["pretrain"]["ways"] == 4 and (tmp_path / "w.jsonl").read_text().count("\n") == 2
+    assert saved["pretrain"]["ways"] == 4
 
 
 def test_pretrain_is_seeded(tiny_parts, tmp_path):
@@ -147,9 +151,13 @@ def test_a_timm_backbone_is_fine_tuned_in_its_last_stages_only(monkeypatch, tmp_
         return ClassBank.from_groups(groups, [f"{prefix}{i}" for i in range(classes)])
     parts = SplitBanks(colour_bank(6, "train"), colour_bank(5, "val"), colour_bank(5, "test"))
     monkeypatch.setattr(loading, "load_image_parts", lambda cfg, progress=True, recorded=None: parts)
+    from fewshot_mann.engine import pretrain as pretrain_module
+
+    scores = iter([0.1, 0.2, 0.3])  # every check improves, so the file holds the last step's weights
+    monkeypatch.setattr(pretrain_module, "check", lambda *a, **k: next(scores))
     p = PretrainConfig(encoder="timm:test_efficientnet", encoder_weights="none", ways=4, shots=1, queries=2,
                        episodes=2, check_every=1, check_trials=2, finetune_stages=2, lr=1e-2)
-    pretrain(p, tmp_path / "ft.pt", device=torch.device("cpu"), progress=False)
+    assert pretrain(p, tmp_path / "ft.pt", device=torch.device("cpu"), progress=False)["episode"] == 2
     saved = torch.load(tmp_path / "ft.pt", weights_only=True)["state_dict"]
     start, _ = build_backbone("timm:test_efficientnet", "none")  # the seeded random weights it started from
     fresh = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
@@ -162,3 +170,17 @@ def test_a_timm_backbone_is_fine_tuned_in_its_last_stages_only(monkeypatch, tmp_
     assert any(k.startswith("conv_head.") for k in changed)
     net, digest = build_backbone("timm:test_efficientnet", str(tmp_path / "ft.pt"))
     assert all(torch.equal(net.state_dict()[k], saved[k]) for k in saved) and len(digest) == 64
+
+
+def test_fine_tuning_that_never_helps_keeps_the_starting_weights(tiny_parts, tmp_path, monkeypatch):
+    from fewshot_mann.engine import pretrain as pretrain_module
+
+    scores = iter([0.5, 0.4, 0.3])  # the starting point is the best check
+    monkeypatch.setattr(pretrain_module, "check", lambda *a, **k: next(scores))
+    p = PretrainConfig(ways=4, queries=2, episodes=2, check_every=1, check_trials=2)
+    assert pretrain(p, tmp_path / "w.pt", device=torch.device("cpu"), progress=False) == {"accuracy": 0.5, "episode": 0}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(p.seed)
+        start = Conv4().state_dict()
+    saved = torch.load(tmp_path / "w.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(start[k], saved[k]) for k in start)
