@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
     add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt"),
              help="meta-fine-tune a copy of the model on each episode's support set for STEPS steps first")
     p.add_argument("--no-baselines", action="store_true", help="skip the nearest-centroid baselines")
+    p.add_argument("--within-alphabet", action="store_true",
+                   help="every trial's classes from one alphabet (Omniglot: the part of a class name before its "
+                        "last /), the harder original one-shot protocol; default: classes from all")
     add_shared_flags(p, "no_feature_cache", "no_progress", "json", "allow_trained_classes")
     return p
 
@@ -72,7 +75,7 @@ def _kshot(argv) -> int:
     rows, baselines = kshot_table(model, bank, pixels, cfg, args.ways or [cfg.episodes.ways], args.shots,
                                   args.episodes, args.seed, queries=args.queries, adapt=args.adapt,
                                   baselines=not args.no_baselines, backbone=is_backbone(cfg.model.encoder),
-                                  device=device, progress=not args.no_progress)
+                                  device=device, progress=not args.no_progress, within_alphabet=args.within_alphabet)
     if args.json:
         atomic_write_json(args.json, {"results": rows, "baselines": baselines, "classes": kind,
                                       "class_names": list(bank.names), "checkpoint": args.checkpoint,

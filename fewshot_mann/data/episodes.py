@@ -125,9 +125,41 @@ def sample_episodes(bank: ClassBank, cfg: EpisodeConfig, rng: np.random.Generato
                     label_digits.astype(np.int64), classes_by_label, step_index.astype(np.int64))
 
 
-def evaluation_episodes(bank: ClassBank, cfg: EpisodeConfig, seed: int, start: int, count: int) -> Episodes:
-    """Evaluation episodes start..start+count-1, each a pure function of (seed, index)."""
-    return Episodes.concat([sample_episodes(bank, cfg, episode_rng(seed, i), 1) for i in range(start, start + count)])
+def evaluation_episodes(bank: ClassBank, cfg: EpisodeConfig, seed: int, start: int, count: int,
+                        groups: list[np.ndarray] | None = None) -> Episodes:
+    """Evaluation episodes start..start+count-1, each a pure function of (seed, index).
+
+    ``groups`` (lists of class indices, e.g. ``name_groups``: Omniglot's alphabets): each
+    episode's classes all come from one group holding at least ``ways`` classes, drawn by the
+    episode's own generator (the harder, original one-shot protocol of Lake et al.)."""
+    if groups is None:
+        return Episodes.concat([sample_episodes(bank, cfg, episode_rng(seed, i), 1) for i in range(start, start + count)])
+    eligible = [np.asarray(g, dtype=np.int64) for g in groups if len(g) >= cfg.ways]
+    if not eligible:
+        raise UserError(f"no group of classes (alphabet) holds {cfg.ways} classes; largest: "
+                        f"{max((len(g) for g in groups), default=0)}")
+    subsets: dict[int, tuple[ClassBank, np.ndarray]] = {}
+    parts = []
+    for i in range(start, start + count):
+        rng = episode_rng(seed, i)
+        k = int(rng.integers(len(eligible)))
+        if k not in subsets:  # the group's classes as a bank, and its rows' rows in ``bank``
+            rows = np.concatenate([np.arange(bank.offsets[c], bank.offsets[c] + bank.counts[c]) for c in eligible[k]])
+            subsets[k] = (bank.subset(eligible[k]), rows)
+        sub, rows = subsets[k]
+        ep = sample_episodes(sub, cfg, rng, 1)
+        ep.classes, ep.image_index = eligible[k][ep.classes], rows[ep.image_index]
+        parts.append(ep)
+    return Episodes.concat(parts)
+
+
+def name_groups(names: list[str]) -> list[np.ndarray]:
+    """Class indices grouped by the part of each name before its last ``/`` (an Omniglot
+    character ``evaluation/Angelic/character01`` -> its alphabet ``evaluation/Angelic``)."""
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        groups.setdefault(n.rsplit("/", 1)[0], []).append(i)
+    return [np.asarray(v, dtype=np.int64) for v in groups.values()]
 
 
 @dataclass

@@ -38,13 +38,13 @@ from fewshot_mann.engine.evaluation import correct_steps, summarise
 
 
 def support_query_episodes(bank: ClassBank, cfg: EpisodeConfig, shots: int, seed: int, start: int,
-                           count: int, queries: int = 1) -> Episodes:
+                           count: int, queries: int = 1, groups=None) -> Episodes:
     """(count * ways * queries) sequences of length ways*shots + 1: the support set, then one query.
 
     Rows e*ways*queries ... are episode e's support sequence followed by each of its queries,
     in order of label (then presentation).
     """
-    drawn = evaluation_episodes(bank, dataclasses.replace(cfg, instances=shots + queries), seed, start, count)
+    drawn = evaluation_episodes(bank, dataclasses.replace(cfg, instances=shots + queries), seed, start, count, groups)
     steps = cfg.ways * shots
     images, labels, instance, digits, classes = [], [], [], [], []
     for e in range(count):
@@ -64,8 +64,9 @@ def support_query_episodes(bank: ClassBank, cfg: EpisodeConfig, shots: int, seed
 
 def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, shots: int,
                    episodes: int = 1000, seed: int = 0, batch_episodes: int | None = None, device="cpu",
-                   queries: int = 1, adapt: int = 0, progress: bool = False) -> dict:
+                   queries: int = 1, adapt: int = 0, progress: bool = False, groups=None) -> dict:
     """N-way ``shots``-shot accuracy (mean over each episode's queries) and its 95% CI over episodes.
+    ``groups``: each episode's classes from one group (``episodes.name_groups``: an alphabet).
 
     ``adapt`` > 0: each episode is answered by a copy of the model meta-fine-tuned for that
     many steps on its support set (``adapt.adapt_to_support``)."""
@@ -80,7 +81,7 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
         bar = tqdm(total=episodes, desc=f"{cfg.ways}-way {shots}-shot", unit="ep", leave=False, file=sys.stderr)
     for first in range(0, episodes, batch_episodes):
         count = min(batch_episodes, episodes - first)
-        seq = support_query_episodes(bank, cfg, shots, seed, first, count, queries)
+        seq = support_query_episodes(bank, cfg, shots, seed, first, count, queries, groups)
         tb = to_tensors(seq, cfg, device)
         net = model
         if adapt:
@@ -113,7 +114,8 @@ def _prepare(x: np.ndarray, norm: str) -> np.ndarray:
 
 
 def nearest_centroid_accuracy(bank: ClassBank, cfg: EpisodeConfig, shots: int, episodes: int, seed: int,
-                              queries: int = 1, norm: str = "none", name: str = "nearest-centroid") -> dict:
+                              queries: int = 1, norm: str = "none", name: str = "nearest-centroid",
+                              groups=None) -> dict:
     """Nearest centroid (Euclidean) on the same episodes as ``kshot_accuracy`` over a bank with
     the same classes and counts: images (pixels) or features. ``norm``: pixels (x / 255), none,
     or center-l2 (centred on the episode's mean, as ``models.FeatureEncoder``, then unit length)."""
@@ -121,7 +123,7 @@ def nearest_centroid_accuracy(bank: ClassBank, cfg: EpisodeConfig, shots: int, e
     accs = []
     for first in range(0, episodes, 100):
         count = min(100, episodes - first)
-        drawn = evaluation_episodes(bank, ep_cfg, seed, first, count)
+        drawn = evaluation_episodes(bank, ep_cfg, seed, first, count, groups)
         x = _prepare(drawn.images, norm)  # (E, S, D)
         sup = drawn.instance < shots
         for e in range(count):
@@ -158,11 +160,14 @@ def loo_accuracy(x: np.ndarray, labels: np.ndarray, norm: str = "none") -> float
 
 def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[int], shots_list: list[int],
                 episodes: int, seed: int, queries: int = 1, adapt: int = 0, baselines: bool = True,
-                backbone: bool = False, device="cpu", progress: bool = True, log=print) -> tuple[list, list]:
+                backbone: bool = False, device="cpu", progress: bool = True, log=print,
+                within_alphabet: bool = False) -> tuple[list, list]:
     """``kshot_accuracy`` for every (ways, shots), and the nearest-centroid baselines on the
     same episodes; ``pixels``: the raw-pixel bank of the same classes (``bank`` may hold
     backbone features). Classes with fewer than shots + queries images are left out of
-    that row, with a warning. Returns (rows, baseline rows); ``log`` gets a line for each."""
+    that row, with a warning. Returns (rows, baseline rows); ``log`` gets a line for each.
+    ``within_alphabet``: every episode's classes from one alphabet (``episodes.name_groups``)."""
+    from fewshot_mann.data.episodes import name_groups
     from fewshot_mann.data.folder import drop_small_classes
 
     rows, base_rows = [], []
@@ -174,15 +179,19 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
                 drop_small_classes(bank, shots + queries, f"{shots}-shot {queries}-query")
             kept, kept_pixels = bank.subset(keep), pixels.subset(keep)
             check_bank(kept, dataclasses.replace(ep_cfg, instances=shots + queries), "held-out classes")
+            groups = name_groups(kept.names) if within_alphabet else None
             t0 = time.perf_counter()
             res = kshot_accuracy(model, kept, ep_cfg, shots, episodes, seed, device=device,
-                                 queries=queries, adapt=adapt, progress=progress)
+                                 queries=queries, adapt=adapt, progress=progress, groups=groups)
+            if within_alphabet:
+                res["within"] = "alphabet"
             res["seconds"] = round(time.perf_counter() - t0, 2)
             res["num_classes"] = kept.num_classes
             rows.append(res)
             log(f"{ways}-way {shots}-shot: {100 * res['accuracy']:.1f} ± {100 * res['ci95']:.1f} % "
                 f"({cfg.model.model}{f', adapt {adapt}' if adapt else ''}; {episodes} episodes, "
-                f"{queries} queries per class, {kept.num_classes} classes, seed {seed})")
+                f"{queries} queries per class, {kept.num_classes} classes, seed {seed}"
+                f"{', classes of one alphabet per episode' if within_alphabet else ''})")
             if not baselines:
                 continue
             runs = [("nearest-centroid-raw-pixels", kept_pixels, "pixels")]
@@ -190,7 +199,7 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
                 runs += [("nearest-centroid-features", kept, "none"),
                          ("nearest-centroid-features-center-l2", kept, "center-l2")]
             for name, b, norm in runs:
-                base = nearest_centroid_accuracy(b, ep_cfg, shots, episodes, seed, queries, norm, name)
+                base = nearest_centroid_accuracy(b, ep_cfg, shots, episodes, seed, queries, norm, name, groups)
                 base_rows.append(base)
                 log(f"  {name:<38} {100 * base['accuracy']:.1f} ± {100 * base['ci95']:.1f} %")
     return rows, base_rows

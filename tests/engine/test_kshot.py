@@ -1,13 +1,17 @@
 """The K-shot protocol: support then one query per copy; a nearest-neighbour oracle scores 100%."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
 from helpers import synthetic_bank
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import EpisodeConfig
 from fewshot_mann.engine.kshot import kshot_accuracy, support_query_episodes
+from fewshot_mann.errors import UserError
 
 
 class NearestEarlier(torch.nn.Module):
@@ -45,3 +49,28 @@ def test_oracle_gets_everything_right_on_separable_classes():
     for shots in (1, 3):
         res = kshot_accuracy(NearestEarlier(), bank, EpisodeConfig(ways=5, instances=10), shots, episodes=12, seed=1)
         assert res["accuracy"] == 1.0 and res["shots"] == shots
+
+
+def test_episodes_within_one_group_draw_all_their_classes_from_it():
+    from fewshot_mann.data.episodes import evaluation_episodes, name_groups
+    from fewshot_mann.engine.kshot import support_query_episodes
+
+    bank = synthetic_bank(classes=12)
+    bank = dataclasses.replace(bank, names=[f"alphabet{i % 3}/character{i}" for i in range(12)])
+    groups = name_groups(bank.names)
+    assert [g.tolist() for g in groups] == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
+    cfg = EpisodeConfig(ways=3, instances=2)
+    drawn = evaluation_episodes(bank, cfg, 5, 0, 40, groups)
+    used = set()
+    for e in range(40):
+        alphabets = {bank.names[c].split("/")[0] for c in drawn.classes[e]}
+        assert len(alphabets) == 1
+        used |= alphabets
+        assert np.array_equal(bank.images[drawn.image_index[e]], drawn.images[e])  # rows of the whole bank
+    assert used == {"alphabet0", "alphabet1", "alphabet2"}
+    again = evaluation_episodes(bank, cfg, 5, 10, 5, groups)  # a pure function of (seed, index)
+    assert np.array_equal(again.images, drawn.images[10:15])
+    seq = support_query_episodes(bank, cfg, 1, 5, 0, 4, groups=groups)
+    assert all(len({bank.names[c].split("/")[0] for c in row}) == 1 for row in seq.classes)
+    with pytest.raises(UserError, match="no group of classes"):
+        evaluation_episodes(bank, EpisodeConfig(ways=5, instances=2), 0, 0, 1, groups)
