@@ -347,6 +347,10 @@ class TrainConfig:
     device: str = option("auto", problem=device_problem, help="auto, cpu, cuda or cuda:N")
     threads: int = option(0, problem=threads_problem, help="torch threads (0 = torch default)")  # 0 = torch default
     skip_nonfinite: bool = option(False, negatable=False, help="skip batches with a NaN/inf loss instead of stopping")
+    # a time budget: the run ends as if its last episode were reached (checks, checkpoint, final evaluation)
+    max_minutes: float = option(0.0, low=0, high=math.inf, high_open=True, note="0 = no limit",
+                                help="end the run once training has taken this many minutes (0 = no limit; "
+                                     "single-process runs)")
 
 
 @dataclass

@@ -47,6 +47,11 @@ def bench_parser() -> argparse.ArgumentParser:
                         "fewshot:conv4,timm:tf_efficientnet_lite0), images/s")
     p.add_argument("--backbone-weights", default="none",
                    help="weights of --backbones (none = random: the same speed, nothing to download)")
+    p.add_argument("--time-to-accuracy", metavar="PRESET", default=None,
+                   help="instead: train PRESET (a train -c JSON, e.g. configs/table1.json) from scratch and report "
+                        "the training time at which each of the paper's Table 1 MANN targets is first met on the "
+                        "validation classes")
+    p.add_argument("--out", default=None, help="--time-to-accuracy: the run directory (default: a temporary one)")
     add_shared_flags(p, "seed", "json")
     return p
 
@@ -65,10 +70,40 @@ def main(argv=None) -> int:
     return run_guarded(_bench, argv)
 
 
+def time_to_accuracy(args, argv) -> int:
+    """Train the preset from scratch; print when each Table 1 target is first met on validation classes."""
+    import tempfile
+    from pathlib import Path
+
+    from fewshot_mann.cli.train import config_from_args, parse_train_args
+    from fewshot_mann.engine.trainer import train
+    from fewshot_mann.fileio import atomic_write_json
+    from fewshot_mann.reporting.time_to_accuracy import TARGETS, first_met, format_first_met, validation_checks
+
+    train_argv = ["-c", args.time_to_accuracy] + (["--threads", str(args.threads)] if args.threads else [])
+    cfg = config_from_args(parse_train_args(train_argv))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out or Path(tmp) / "run")
+        summary = train(cfg, out, overwrite=bool(args.out), progress=True)
+        checks = validation_checks(out / "metrics.jsonl")
+    met = first_met(checks)
+    print(format_first_met(met))
+    if args.json:
+        atomic_write_json(args.json, {"preset": args.time_to_accuracy, "config": cfg.to_dict(), "targets": TARGETS,
+                                      "first_met": {str(k): v for k, v in met.items()}, "checks": checks,
+                                      "train_seconds": summary["train_seconds"],
+                                      "episodes": summary["episodes_done"], "command": ["fewshot-mann", "bench", *argv]})
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _bench(argv) -> int:
     from fewshot_mann.engine.bench import VARIANTS, run_bench
 
     args = parse_checked(bench_parser(), argv)
+    if args.time_to_accuracy:
+        set_threads(args.threads)
+        return time_to_accuracy(args, argv)
     args.models = comma_list(args.models, "--models")
     unknown = [m for m in args.models if m not in MODELS and m not in VARIANTS]
     if unknown:

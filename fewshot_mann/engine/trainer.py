@@ -417,8 +417,10 @@ class Trainer:
         self.announce()
         interrupted = None
         self.model.train()
+        if self.cfg.train.max_minutes and self.ctx.enabled:
+            raise UserError("--max-minutes is for single-process runs (ranks would stop at different steps)")
         with _StopFlag() as stop:
-            while self.state["step"] < self.total_steps:
+            while self.state["step"] < self.total_steps and not self.out_of_time():
                 agreed_signal = self.step(stop)
                 self.after_step()
                 # one look at the flag per step; under torchrun the ranks agreed on it in step()
@@ -523,10 +525,18 @@ class Trainer:
         self.state["nonfinite_skipped"] += 1
         self.log(f"warning: skipped a batch with a non-finite loss/gradient at step {step}")
 
+    def out_of_time(self) -> bool:
+        """The time budget (``train.max_minutes`` of training time, resumes included) is spent."""
+        budget = self.cfg.train.max_minutes
+        return bool(budget) and self.state["train_seconds"] >= 60 * budget
+
     def after_step(self) -> None:
         """The log line, validation and checkpoint that fall due after the step just taken."""
         done = self.state["step"]
-        last = done == self.total_steps
+        last = done == self.total_steps or self.out_of_time()
+        if last and done < self.total_steps:
+            (self.bar.write if self.bar is not None else self.log)(
+                f"time budget of {self.cfg.train.max_minutes:g} min reached at {self.state['episodes_done']:,} episodes")
         if done % self.steps_per_log == 0 or last:
             self.log_training()
         if self.steps_per_eval and (done % self.steps_per_eval == 0 or last):

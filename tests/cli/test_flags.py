@@ -68,6 +68,7 @@ TODAY = [
     ('--device', 'auto', None, 'str'),
     ('--threads', 0, None, 'int'),
     ('--skip-nonfinite', False, None, 'store_true'),
+    ('--max-minutes', 0.0, None, 'float'),  # added since b2b607d: a time budget (issue 20)
     ('--out', 'runs/mann', None, 'str'),
     ('--resume', False, None, 'store_true'),
     ('--overwrite', False, None, 'store_true'),

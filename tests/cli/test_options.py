@@ -81,6 +81,8 @@ TRAIN_BAD = [
     (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
     (["--grad-clip", "-1"], "--grad-clip must be >= 0"),
     (["--lr-decay-at", "-1"], "--lr-decay-at must be >= 0"),
+    (["--max-minutes", "-1"], "--max-minutes must be"),
+    (["--max-minutes", "inf"], "--max-minutes must be"),
     (["--lr-decay-factor", "0"], "--lr-decay-factor must be in (0, 1]"),
     (["--lr-decay-factor", "1.5"], "--lr-decay-factor must be in (0, 1]"),
     (["--grad-clip", "inf"], "--grad-clip must be >= 0"),

@@ -197,3 +197,50 @@ def test_training_draws_and_rotates_training_classes_only(tmp_path, monkeypatch)
     assert all(values == {1} for _, values in drawn)  # pixel values 10..12: training images only
     assert checked and all(c == (["validation0", "validation1", "validation2", "validation3"], {2})
                            for c in checked)
+
+
+def test_a_time_budget_ends_the_run_as_its_last_episode_would(tmp_path, monkeypatch):
+    clock = iter(range(0, 10_000, 30))  # every perf_counter() call: 30 s later, so each step "takes" 30 s
+    monkeypatch.setattr(training.time, "perf_counter", lambda: float(next(clock)))
+    cfg = small_cfg(episodes=400)
+    cfg.train.max_minutes = 1.5  # three 30 s steps
+    logs = []
+    summary = training.train(cfg, tmp_path / "r", progress=False, log=logs.append)
+    assert summary["steps"] == 3 and summary["interrupted"] is None
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert ckpt["episodes_done"] == 12  # the checkpoint of the last step taken
+    rows = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl")]
+    assert rows[-1]["kind"] == "eval" and rows[-1]["episodes"] == 12  # the final check, as at a run's end
+    assert any("time budget of 1.5 min reached at 12 episodes" in m for m in logs)
+
+
+def test_time_to_accuracy_finds_the_first_check_at_each_target():
+    from fewshot_mann.reporting.time_to_accuracy import TARGETS, first_met, format_first_met
+
+    def check(episodes, seconds, accs):
+        return {"kind": "eval", "episodes": episodes, "train_seconds": seconds, "accuracy_by_instance": accs}
+    checks = [check(100, 10.0, [0.30, 0.70, 0.80, 0.90, 0.90, 0.9, 0.9, 0.9, 0.9, 0.90]),
+              check(200, 20.0, [0.40, 0.85, 0.92, 0.93, 0.95, 0.9, 0.9, 0.9, 0.9, 0.97]),
+              check(300, 30.0, [0.35, 0.90, 0.95, 0.96, 0.97, 0.9, 0.9, 0.9, 0.9, 0.99])]
+    met = first_met(checks)
+    assert TARGETS == {1: 36.4, 2: 82.8, 3: 91.0, 4: 92.6, 5: 94.9, 10: 98.1}
+    assert {i: (h or {}).get("train_seconds") for i, h in met.items()} == {1: 20.0, 2: 20.0, 3: 20.0, 4: 20.0,
+                                                                        5: 20.0, 10: 30.0}
+    assert "every target met after 30 s of training" in format_first_met(met)
+    assert first_met(checks[:1])[1] is None and "0 of 6 targets met" in format_first_met(first_met(checks[:1]))
+
+
+def test_bench_time_to_accuracy_trains_the_preset_and_reports(tmp_path, capsys, monkeypatch):
+    from fewshot_mann.cli import bench
+
+    preset = tmp_path / "preset.json"
+    cfg = small_cfg(episodes=32)
+    preset.write_text(json.dumps({"data": {"image_size": 6, "rotations": False}, "episodes": {"ways": 3, "instances": 4},
+                                  "model": {k: getattr(cfg.model, k) for k in ("controller_size", "memory_slots",
+                                                                               "memory_width", "num_read_heads")},
+                                  "train": {"episodes": 32, "batch_size": 4, "eval_every": 16, "eval_episodes": 8}}))
+    out = tmp_path / "tta.json"
+    assert bench.main(["--time-to-accuracy", str(preset), "--json", str(out)]) == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert [c["episodes"] for c in res["checks"]] == [16, 32] and set(res["first_met"]) == {"1", "2", "3", "4", "5", "10"}
+    assert "targets met" in capsys.readouterr().out

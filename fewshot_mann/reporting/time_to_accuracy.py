@@ -1,0 +1,54 @@
+"""Time to accuracy: when a run's validation checks first reach the paper's Table 1 MANN row.
+
+A run's ``metrics.jsonl`` holds, for every in-training check on the validation classes, the
+accuracy by instance and the training seconds spent so far (``train_seconds``: optimiser
+steps only, checks and data loading excluded). ``first_met`` reads, for each instance the
+paper reports (1st, 2nd, 3rd, 4th, 5th, 10th), the first check at or above its target.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fewshot_mann.reporting.paper import PAPER_INSTANCES, TABLE1
+
+TARGETS = dict(zip(PAPER_INSTANCES, TABLE1["MANN"]))  # instance -> accuracy % (Santoro et al. 2016, Table 1)
+
+
+def validation_checks(metrics: str | Path) -> list[dict]:
+    """The run's checks on validation classes, in order: {episodes, train_seconds, accuracy_by_instance}."""
+    rows = []
+    for line in Path(metrics).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("kind") == "eval" and row.get("classes", "validation") == "validation":
+            rows.append(row)
+    return rows
+
+
+def first_met(checks: list[dict], targets: dict[int, float] = TARGETS) -> dict[int, dict | None]:
+    """instance -> the first check whose accuracy at that instance reaches its target
+    ({"episodes", "train_seconds", "accuracy"}), or None where no check did."""
+    out: dict[int, dict | None] = {}
+    for instance, target in targets.items():
+        out[instance] = None
+        for row in checks:
+            acc = row["accuracy_by_instance"]
+            if instance <= len(acc) and 100 * acc[instance - 1] >= target:
+                out[instance] = {"episodes": row["episodes"], "train_seconds": row["train_seconds"],
+                                 "accuracy": acc[instance - 1]}
+                break
+    return out
+
+
+def format_first_met(met: dict[int, dict | None], targets: dict[int, float] = TARGETS) -> str:
+    lines = [f"{'instance':>8} {'target %':>9} {'first met at':>24}"]
+    for instance, hit in met.items():
+        when = (f"{hit['train_seconds']:8.0f} s, {hit['episodes']:>9,} ep" if hit else "not met")
+        lines.append(f"{instance:>8} {targets[instance]:>9.1f} {when:>24}")
+    done = [h["train_seconds"] for h in met.values() if h]
+    lines.append(f"every target met after {max(done):.0f} s of training" if len(done) == len(met)
+                 else f"{len(done)} of {len(met)} targets met")
+    return "\n".join(lines)
