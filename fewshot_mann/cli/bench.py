@@ -52,6 +52,7 @@ def bench_parser() -> argparse.ArgumentParser:
                         "the training time at which each of the paper's Table 1 MANN targets is first met on the "
                         "validation classes")
     p.add_argument("--out", default=None, help="--time-to-accuracy: the run directory (default: a temporary one)")
+    add_shared_flags(p, "plot", plot_help="--time-to-accuracy: a plot of accuracy vs training seconds")
     add_shared_flags(p, "seed", "json")
     return p
 
@@ -78,7 +79,8 @@ def time_to_accuracy(args, argv) -> int:
     from fewshot_mann.cli.train import config_from_args, parse_train_args
     from fewshot_mann.engine.trainer import train
     from fewshot_mann.fileio import atomic_write_json
-    from fewshot_mann.reporting.time_to_accuracy import TARGETS, first_met, format_first_met, validation_checks
+    from fewshot_mann.reporting.time_to_accuracy import (TARGETS, first_met, format_first_met, plot_curves,
+                                                         validation_checks)
 
     train_argv = ["-c", args.time_to_accuracy] + (["--threads", str(args.threads)] if args.threads else [])
     cfg = config_from_args(parse_train_args(train_argv))
@@ -88,6 +90,9 @@ def time_to_accuracy(args, argv) -> int:
         checks = validation_checks(out / "metrics.jsonl")
     met = first_met(checks)
     print(format_first_met(met))
+    if args.plot:
+        plot_curves(checks, args.plot, f"{args.time_to_accuracy}")
+        print(f"wrote {args.plot}")
     if args.json:
         atomic_write_json(args.json, {"preset": args.time_to_accuracy, "config": cfg.to_dict(), "targets": TARGETS,
                                       "first_met": {str(k): v for k, v in met.items()}, "checks": checks,

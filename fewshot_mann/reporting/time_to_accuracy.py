@@ -52,3 +52,30 @@ def format_first_met(met: dict[int, dict | None], targets: dict[int, float] = TA
     lines.append(f"every target met after {max(done):.0f} s of training" if len(done) == len(met)
                  else f"{len(done)} of {len(met)} targets met")
     return "\n".join(lines)
+
+
+def plot_curves(checks: list[dict], path: str | Path, title: str = "time to accuracy (validation classes)") -> None:
+    """Accuracy at each Table 1 instance vs training seconds, the targets dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fewshot_mann.fileio import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    seconds = [row["train_seconds"] for row in checks]
+    for k, (instance, target) in enumerate(TARGETS.items()):
+        colour = f"C{k}"
+        ys = [100 * row["accuracy_by_instance"][instance - 1] for row in checks
+              if instance <= len(row["accuracy_by_instance"])]
+        ax.plot(seconds[:len(ys)], ys, marker=".", color=colour, label=f"instance {instance}")
+        ax.axhline(target, color=colour, linestyle="--", linewidth=0.8, alpha=0.7)
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title + "; dashed: Santoro et al. 2016, Table 1")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=110))
+    plt.close(fig)

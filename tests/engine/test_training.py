@@ -240,7 +240,10 @@ def test_bench_time_to_accuracy_trains_the_preset_and_reports(tmp_path, capsys, 
                                                                                "memory_width", "num_read_heads")},
                                   "train": {"episodes": 32, "batch_size": 4, "eval_every": 16, "eval_episodes": 8}}))
     out = tmp_path / "tta.json"
-    assert bench.main(["--time-to-accuracy", str(preset), "--json", str(out)]) == 0, capsys.readouterr().err
+    plot = tmp_path / "tta.png"
+    assert bench.main(["--time-to-accuracy", str(preset), "--json", str(out), "--plot", str(plot)]) == 0, \
+        capsys.readouterr().err
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = json.loads(out.read_text())
     assert [c["episodes"] for c in res["checks"]] == [16, 32] and set(res["first_met"]) == {"1", "2", "3", "4", "5", "10"}
     assert "targets met" in capsys.readouterr().out
