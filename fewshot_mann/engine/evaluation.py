@@ -79,20 +79,32 @@ def summarise(acc: np.ndarray) -> tuple[list[float], list[float]]:
     return [float(x) for x in mean], ci
 
 
-PROJECTION_CHUNK = 4096  # images per matmul when projecting a bank
+class BankProjection:
+    """Each image of ``bank`` through the model's encoder and the image columns of its input
+    layer at most once, when an episode first needs it (``MANN.project_images``): episodes
+    then gather their steps' rows instead of projecting every appearance again. Never more
+    projections than the plain path; ``for_model`` is None where the model cannot use it."""
 
+    def __init__(self, model: torch.nn.Module, bank: ClassBank, device):
+        self.model, self.bank, self.device = model, bank, device
+        self.table: torch.Tensor | None = None
+        self.done = np.zeros(len(bank.images), dtype=bool)
 
-def bank_projection(model: torch.nn.Module, bank: ClassBank, device) -> torch.Tensor | None:
-    """Every image of ``bank`` through the model's encoder and the image columns of its input
-    layer, once: (N, 4H), or None where the model cannot use it (``projects_images``). An
-    episode then gathers its steps' rows instead of projecting each appearance again."""
-    if not getattr(model, "projects_images", False) or not len(bank.images):
-        return None
-    rows = []
-    for first in range(0, len(bank.images), PROJECTION_CHUNK):
-        x = torch.from_numpy(bank.images[first:first + PROJECTION_CHUNK]).to(device=device, dtype=torch.float32)
-        rows.append(model.project_images(x.div_(255.0) if bank.images.dtype == np.uint8 else x))
-    return torch.cat(rows)
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, bank: ClassBank, device) -> "BankProjection | None":
+        return cls(model, bank, device) if getattr(model, "projects_images", False) and len(bank.images) else None
+
+    def rows(self, image_index: np.ndarray) -> torch.Tensor:
+        """(B, T) bank rows -> (B, T, 4H) projected images."""
+        new = np.unique(image_index[~self.done[image_index]])
+        if len(new):
+            x = torch.from_numpy(self.bank.images[new]).to(device=self.device, dtype=torch.float32)
+            projected = self.model.project_images(x.div_(255.0) if self.bank.images.dtype == np.uint8 else x)
+            if self.table is None:
+                self.table = projected.new_empty(len(self.bank.images), projected.shape[1])
+            self.table[torch.from_numpy(new).to(self.device)] = projected
+            self.done[new] = True
+        return self.table[torch.from_numpy(image_index).to(self.device)]
 
 
 def scored_batches(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, *, seed: int, start: int,
@@ -108,15 +120,13 @@ def scored_batches(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
         was_training = model.training
         model.eval()
         try:
-            with torch.inference_mode():
-                projection = bank_projection(model, bank, device)
+            projection = BankProjection.for_model(model, bank, device)
             for first in range(start, start + episodes, batch_size):
                 count = min(batch_size, start + episodes - first)
                 drawn = evaluation_episodes(bank, cfg, seed, first, count)
                 batch = to_tensors(drawn, cfg, device)
                 if projection is not None:
-                    rows = torch.from_numpy(drawn.image_index).to(projection.device)
-                    logits = model.forward_projected(projection[rows], batch.label_inputs)
+                    logits = model.forward_projected(projection.rows(drawn.image_index), batch.label_inputs)
                 else:
                     logits = model(batch.images, batch.label_inputs)
                 yield batch, logits, score(logits, batch.targets, cfg)

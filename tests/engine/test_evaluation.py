@@ -239,7 +239,7 @@ def literal_evaluation(model, bank, cfg, episodes, batch_size):
 @pytest.mark.parametrize("encoder", ["linear", "conv"])
 @pytest.mark.parametrize("backend_name", ["autograd", "sequence", "auto"])
 def test_projected_images_give_the_same_logits_and_accuracies(encoder, backend_name):
-    from fewshot_mann.engine.evaluation import bank_projection
+    from fewshot_mann.engine.evaluation import BankProjection
 
     cfg = tiny_config(encoder=encoder, memory_backend=backend_name)
     cfg.data.image_size = 8
@@ -250,10 +250,14 @@ def test_projected_images_give_the_same_logits_and_accuracies(encoder, backend_n
     with torch.inference_mode():
         drawn = evaluation_episodes(bank, cfg.episodes, 3, 0, 7)
         tb = to_tensors(drawn, cfg.episodes)
-        projection = bank_projection(model, bank, "cpu")
-        assert projection.shape == (len(bank.images), 4 * cfg.model.controller_size)
+        projection = BankProjection.for_model(model, bank, "cpu")
+        rows = projection.rows(drawn.image_index)
+        assert rows.shape == (7, cfg.episodes.steps, 4 * cfg.model.controller_size)
+        assert projection.done.sum() == len(np.unique(drawn.image_index))  # only the images these episodes show
         plain = model(tb.images, tb.label_inputs)
-        projected = model.forward_projected(projection[torch.from_numpy(drawn.image_index)], tb.label_inputs)
+        projected = model.forward_projected(rows, tb.label_inputs)
+        again = projection.rows(drawn.image_index[:2])  # from the table: nothing projected twice
+        assert torch.equal(again, rows[:2]) and projection.done.sum() == len(np.unique(drawn.image_index))
     assert torch.allclose(plain, projected, atol=1e-5, rtol=1e-5)
     # the episodes' image_index names the very images the episodes hold
     assert np.array_equal(bank.images[drawn.image_index], drawn.images)
@@ -270,7 +274,7 @@ def test_features_centred_on_their_episode_are_not_projected_per_image():
 
 @pytest.mark.parametrize("model_name", ["ntm", "dnc"])
 def test_projected_images_serve_every_memory(model_name):
-    from fewshot_mann.engine.evaluation import bank_projection
+    from fewshot_mann.engine.evaluation import BankProjection
 
     cfg = tiny_config(model=model_name)
     bank = synthetic_bank(classes=8, per_class=12, size=cfg.data.image_size)
@@ -279,6 +283,6 @@ def test_projected_images_serve_every_memory(model_name):
     with torch.inference_mode():
         drawn = evaluation_episodes(bank, cfg.episodes, 1, 0, 4)
         tb = to_tensors(drawn, cfg.episodes)
-        rows = bank_projection(model, bank, "cpu")[torch.from_numpy(drawn.image_index)]
+        rows = BankProjection.for_model(model, bank, "cpu").rows(drawn.image_index)
         assert torch.allclose(model(tb.images, tb.label_inputs), model.forward_projected(rows, tb.label_inputs),
                               atol=1e-5, rtol=1e-5)
