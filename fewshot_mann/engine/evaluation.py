@@ -80,31 +80,30 @@ def summarise(acc: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 class BankProjection:
-    """Each image of ``bank`` through the model's encoder and the image columns of its input
-    layer at most once, when an episode first needs it (``MANN.project_images``): episodes
-    then gather their steps' rows instead of projecting every appearance again. Never more
-    projections than the plain path; ``for_model`` is None where the model cannot use it."""
+    """Each distinct image of a batch of episodes through the model's encoder and the image
+    columns of its input layer once (``MANN.project_images``): the batch's steps then gather
+    their rows instead of projecting every appearance again (an image appears in many of a
+    batch's episodes). Never more projections than the plain path; ``for_model`` is None where
+    the model cannot use it (``projects_images``)."""
 
     def __init__(self, model: torch.nn.Module, bank: ClassBank, device):
         self.model, self.bank, self.device = model, bank, device
-        self.table: torch.Tensor | None = None
-        self.done = np.zeros(len(bank.images), dtype=bool)
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, bank: ClassBank, device) -> "BankProjection | None":
         return cls(model, bank, device) if getattr(model, "projects_images", False) and len(bank.images) else None
 
-    def rows(self, image_index: np.ndarray) -> torch.Tensor:
-        """(B, T) bank rows -> (B, T, 4H) projected images."""
-        new = np.unique(image_index[~self.done[image_index]])
-        if len(new):
-            x = torch.from_numpy(self.bank.images[new]).to(device=self.device, dtype=torch.float32)
-            projected = self.model.project_images(x.div_(255.0) if self.bank.images.dtype == np.uint8 else x)
-            if self.table is None:
-                self.table = projected.new_empty(len(self.bank.images), projected.shape[1])
-            self.table[torch.from_numpy(new).to(self.device)] = projected
-            self.done[new] = True
-        return self.table[torch.from_numpy(image_index).to(self.device)]
+    WORTH = 0.5  # project when a batch shows each distinct image at least twice on average
+
+    def rows(self, image_index: np.ndarray) -> torch.Tensor | None:
+        """(B, T) bank rows -> (B, T, 4H) projected images; None where the batch shows too few
+        images more than once for it to pay (a large bank: the plain path is faster then)."""
+        distinct, where = np.unique(image_index, return_inverse=True)
+        if len(distinct) > self.WORTH * image_index.size:
+            return None
+        x = torch.from_numpy(self.bank.images[distinct]).to(device=self.device, dtype=torch.float32)
+        projected = self.model.project_images(x.div_(255.0) if self.bank.images.dtype == np.uint8 else x)
+        return projected[torch.from_numpy(where.reshape(image_index.shape)).to(self.device)]
 
 
 def scored_batches(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, *, seed: int, start: int,
@@ -125,8 +124,9 @@ def scored_batches(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
                 count = min(batch_size, start + episodes - first)
                 drawn = evaluation_episodes(bank, cfg, seed, first, count)
                 batch = to_tensors(drawn, cfg, device)
-                if projection is not None:
-                    logits = model.forward_projected(projection.rows(drawn.image_index), batch.label_inputs)
+                rows = projection.rows(drawn.image_index) if projection is not None else None
+                if rows is not None:
+                    logits = model.forward_projected(rows, batch.label_inputs)
                 else:
                     logits = model(batch.images, batch.label_inputs)
                 yield batch, logits, score(logits, batch.targets, cfg)

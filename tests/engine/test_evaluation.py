@@ -253,11 +253,13 @@ def test_projected_images_give_the_same_logits_and_accuracies(encoder, backend_n
         projection = BankProjection.for_model(model, bank, "cpu")
         rows = projection.rows(drawn.image_index)
         assert rows.shape == (7, cfg.episodes.steps, 4 * cfg.model.controller_size)
-        assert projection.done.sum() == len(np.unique(drawn.image_index))  # only the images these episodes show
         plain = model(tb.images, tb.label_inputs)
         projected = model.forward_projected(rows, tb.label_inputs)
-        again = projection.rows(drawn.image_index[:2])  # from the table: nothing projected twice
-        assert torch.equal(again, rows[:2]) and projection.done.sum() == len(np.unique(drawn.image_index))
+        calls = []
+        real = model.project_images
+        model.project_images = lambda x: calls.append(len(x)) or real(x)
+        projection.rows(drawn.image_index)
+        assert calls == [len(np.unique(drawn.image_index))]  # each distinct image once
     assert torch.allclose(plain, projected, atol=1e-5, rtol=1e-5)
     # the episodes' image_index names the very images the episodes hold
     assert np.array_equal(bank.images[drawn.image_index], drawn.images)
@@ -286,3 +288,17 @@ def test_projected_images_serve_every_memory(model_name):
         rows = BankProjection.for_model(model, bank, "cpu").rows(drawn.image_index)
         assert torch.allclose(model(tb.images, tb.label_inputs), model.forward_projected(rows, tb.label_inputs),
                               atol=1e-5, rtol=1e-5)
+
+
+def test_a_batch_that_shows_most_images_once_is_not_projected():
+    from fewshot_mann.engine.evaluation import BankProjection
+
+    cfg = tiny_config()
+    bank = synthetic_bank(classes=40, per_class=12, size=cfg.data.image_size)  # 480 images
+    model = build_model(cfg).eval()
+    projection = BankProjection.for_model(model, bank, "cpu")
+    with torch.inference_mode():
+        few = evaluation_episodes(bank, cfg.episodes, 0, 0, 2)  # 100 steps, nearly all distinct images
+        many = evaluation_episodes(bank, cfg.episodes, 0, 0, 40)  # 2,000 steps over 480 images
+        assert projection.rows(few.image_index) is None
+        assert projection.rows(many.image_index).shape == (40, cfg.episodes.steps, 4 * cfg.model.controller_size)
