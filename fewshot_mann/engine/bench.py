@@ -183,11 +183,10 @@ def measure_backbone(encoder: str, weights: str, seconds: float, batch: int = 32
     images = np.random.default_rng(0).integers(0, 256, (2 * batch, 3, prep.image_size, prep.image_size), dtype=np.uint8)
     out = {"encoder": encoder, "weights": weights, "image_size": prep.image_size, "batch_size": batch}
     for fmt, memory_format in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        model = net.to(memory_format=memory_format)
-        run_backbone(model, images[:batch], prep, progress=False, batch=batch)  # warm-up
+        run_backbone(net, images[:batch], prep, progress=False, batch=batch, memory_format=memory_format)  # warm-up
         done, wall0 = 0, time.perf_counter()
         while time.perf_counter() - wall0 < seconds or done == 0:
-            run_backbone(model, images, prep, progress=False, batch=batch)
+            run_backbone(net, images, prep, progress=False, batch=batch, memory_format=memory_format)
             done += len(images)
         out[f"{fmt}_images_per_s"] = done / (time.perf_counter() - wall0)
     return out
