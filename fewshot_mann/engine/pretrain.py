@@ -93,15 +93,14 @@ def split_timm(model: torch.nn.Module, stages: int) -> tuple[torch.nn.Module, to
 
 
 @torch.inference_mode()
-def stem_outputs(stem: torch.nn.Module, bank: ClassBank, prep, batch: int = 32) -> ClassBank:
-    """The frozen stem's output for every image of ``bank`` (normalised as the backbone expects)."""
-    mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
-    out = []
-    for first in range(0, len(bank.images), batch):
-        x = torch.from_numpy(bank.images[first:first + batch]).float().div_(255.0)
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        out.append(stem((x - mean) / std).numpy())
-    return ClassBank(np.concatenate(out), bank.offsets, bank.counts, bank.names)
+def stem_outputs(stem: torch.nn.Module, bank: ClassBank, prep, progress: bool = False) -> ClassBank:
+    """The frozen stem's output (N, C, H, W) for every image of ``bank``, through
+    ``features.run_backbone`` (the backbone's normalisation, grey to RGB, channels_last)."""
+    from fewshot_mann.data.features import run_backbone
+
+    shape = stem(torch.zeros(1, 3, *bank.images.shape[-2:])).shape[1:]
+    flat = run_backbone(stem, bank.images, prep, progress=progress, desc="stem outputs (once)")
+    return ClassBank(flat.reshape(len(flat), *shape), bank.offsets, bank.counts, bank.names)
 
 
 def load_parts(p: PretrainConfig, size: int, progress: bool):
@@ -171,13 +170,13 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
         whole, _ = build_backbone(p.encoder, p.encoder_weights)
         stem, net = split_timm(whole, p.finetune_stages)
         train, val = load_parts(p, prep.image_size, progress)
-        train, val = stem_outputs(stem, train, prep), stem_outputs(stem, val, prep)
+        train, val = stem_outputs(stem, train, prep, progress), stem_outputs(stem, val, prep, progress)
     else:
-        whole, size = fewshot_backbone(p.encoder)
-        train, val = load_parts(p, size, progress)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # the seeded initialisation, built once
             torch.manual_seed(p.seed)
-            whole = net = fewshot_backbone(p.encoder)[0]
+            whole, size = fewshot_backbone(p.encoder)
+        net = whole
+        train, val = load_parts(p, size, progress)
     net = net.to(device).to(memory_format=torch.channels_last)
     net.train()
     opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=p.lr)
