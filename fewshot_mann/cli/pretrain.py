@@ -38,6 +38,13 @@ def parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         flag = f"--{name.replace('_', '-')}"
         add_flag(p, flag, type=int, default=getattr(d, name), help=text, problem=at_least(1, flag))
+    tune = p.add_mutually_exclusive_group()
+    add_flag(tune, "--finetune-stages", type=int, default=d.finetune_stages,
+             help="timm backbones: how many of the last stages train (with the head convolution); the rest stays "
+                  "frozen and its outputs are computed once; 0 = the whole network",
+             problem=lambda v: None if v >= 0 else f"--finetune-stages must be >= 0 (got {v})")
+    tune.add_argument("--finetune-backbone", choices=("last", "all"), default=None,
+                      help="timm backbones: 'last' = --finetune-stages 1, 'all' = --finetune-stages 0 (every layer)")
     add_flag(p, "--lr", type=float, default=d.lr, help="Adam learning rate",
              problem=lambda v: None if v > 0 else f"--lr must be > 0 (got {v})")
     add_shared_flags(p, "device", "threads", "seed", "no_progress")
@@ -50,6 +57,8 @@ def _main(argv) -> int:
     set_threads(args.threads)
     from fewshot_mann.engine.trainer import resolve_device
 
+    if args.finetune_backbone:
+        args.finetune_stages = {"last": 1, "all": 0}[args.finetune_backbone]
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     p = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     best = pretrain(p, args.out, device=resolve_device(args.device), progress=not args.no_progress)

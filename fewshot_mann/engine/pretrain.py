@@ -15,7 +15,8 @@ A pretrained timm backbone (``--encoder timm:NAME``, e.g. the offline ImageNet
 ``timm:tf_efficientnet_lite0``) is *fine-tuned* the same way on a folder of the user's classes:
 only its last ``finetune_stages`` stages (and its head convolution) train; the frozen stem's
 output is computed once per image (inference mode) and the episodes run through the tail
-only, so a step costs a fraction of a forward pass of the whole network.
+only, so a step costs a fraction of a forward pass of the whole network. ``finetune_stages = 0``
+trains the whole network, stem convolution included (``--finetune-backbone all``).
 
 Output: a weights-only file ``{"state_dict", "pretrain", "checks", "best"}`` (``--encoder-weights``
 reads its ``state_dict``: for a timm backbone, the whole network), written atomically after
@@ -59,7 +60,7 @@ class PretrainConfig:
     check_every: int = 250
     check_trials: int = 300
     check_shots: int = 1
-    finetune_stages: int = 2  # timm backbones: the last stages that train (the rest is frozen)
+    finetune_stages: int = 2  # timm backbones: the last stages that train (the rest is frozen); 0 = all of it
     seed: int = 0
 
 
@@ -77,16 +78,21 @@ def fewshot_backbone(encoder: str) -> tuple[torch.nn.Module, int]:
 
 def split_timm(model: torch.nn.Module, stages: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(frozen stem, trainable tail) of a timm EfficientNet/MobileNet-style backbone: the tail is
-    its last ``stages`` stages, head convolution and pooling; ``tail(stem(x))`` is its features."""
+    its last ``stages`` stages, head convolution and pooling (``stages = 0``: the whole network,
+    the stem an identity); ``tail(stem(x))`` is its features."""
     from torch import nn
 
     if not all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")):
         raise UserError("pretrain fine-tunes timm backbones built of conv_stem / blocks / conv_head "
                         "(EfficientNet, MobileNet); this one is not")
-    if not 1 <= stages <= len(model.blocks):
-        raise UserError(f"--finetune-stages must be between 1 and {len(model.blocks)} (got {stages})")
-    stem = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:-stages]).eval()
-    tail = nn.Sequential(*model.blocks[-stages:], model.conv_head, model.bn2, model.global_pool)
+    if not 0 <= stages <= len(model.blocks):
+        raise UserError(f"--finetune-stages must be between 0 (all) and {len(model.blocks)} (got {stages})")
+    if stages == 0:
+        stem, tail = nn.Identity(), nn.Sequential(model.conv_stem, model.bn1, *model.blocks, model.conv_head,
+                                                  model.bn2, model.global_pool)
+    else:
+        stem = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:-stages]).eval()
+        tail = nn.Sequential(*model.blocks[-stages:], model.conv_head, model.bn2, model.global_pool)
     for q in tail.parameters():
         q.requires_grad_(True)
     return stem, tail

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fewshot_mann.data.bank import ClassBank, SplitBanks
-from fewshot_mann.engine.pretrain import PretrainConfig, pretrain, prototype_logits
+from fewshot_mann.engine.pretrain import PretrainConfig, pretrain, prototype_logits, split_timm
 from fewshot_mann.errors import UserError
 from fewshot_mann.models.conv4 import Conv4
 
@@ -184,3 +184,43 @@ def test_fine_tuning_that_never_helps_keeps_the_starting_weights(tiny_parts, tmp
         start = Conv4().state_dict()
     saved = torch.load(tmp_path / "w.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(start[k], saved[k]) for k in start)
+
+
+def test_finetune_stages_zero_trains_the_whole_timm_network():
+    pytest.importorskip("timm")
+    from fewshot_mann.models.backbones import build_backbone
+
+    whole, _ = build_backbone("timm:test_efficientnet", "none")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = whole.eval()(x)
+    stem, tail = split_timm(whole, 0)
+    trained = {id(q) for q in tail.parameters()}
+    assert isinstance(stem, torch.nn.Identity)
+    assert all(id(q) in trained for q in whole.parameters())  # every layer, the stem convolution too
+    with torch.no_grad():
+        assert torch.allclose(tail.eval()(stem(x)), expected, atol=1e-6)
+    with pytest.raises(UserError, match="between 0"):
+        split_timm(whole, len(whole.blocks) + 1)
+
+
+@pytest.mark.parametrize("flags, stages", [([], 2), (["--finetune-stages", "3"], 3),
+                                           (["--finetune-backbone", "last"], 1), (["--finetune-backbone", "all"], 0)])
+def test_pretrain_cli_finetune_flags(monkeypatch, tmp_path, flags, stages):
+    from fewshot_mann.cli import pretrain as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "pretrain", lambda p, out, **k: seen.setdefault("p", p) and {"accuracy": 0.5,
+                                                                                            "episode": 1})
+    assert cli.main(["--encoder", "timm:test_efficientnet", "--out", str(tmp_path / "w.pt"), *flags]) == 0
+    assert seen["p"].finetune_stages == stages
+
+
+def test_pretrain_cli_refuses_both_finetune_flags(tmp_path, capsys):
+    from fewshot_mann.cli import pretrain as cli
+
+    with pytest.raises(SystemExit) as exc:  # argparse's one-line refusal
+        cli.main(["--out", str(tmp_path / "w.pt"), "--finetune-stages", "1", "--finetune-backbone", "all"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "not allowed with" in err and "Traceback" not in err
