@@ -31,6 +31,7 @@ RESIZE_POLICIES = ("pad", "crop", "stretch")  # folder datasets: how any aspect 
 # folder datasets, raw-pixel encoders: keep the pixels, invert them, or (auto) invert each image
 # whose border is light, so every image has a dark background as the Omniglot reader gives.
 POLARITIES = ("auto", "keep", "invert")
+INK_FRAMES = ("auto", "keep")
 BACKBONE_LIBRARIES = ("timm", "torchvision", "fewshot")  # --encoder LIBRARY:NAME, a pretrained backbone (backbones.py)
 FEATURE_NORMS = ("none", "l2", "center-l2")  # how backbone features enter a model (models.FeatureEncoder)
 
@@ -128,6 +129,13 @@ def legacy_polarity(data: dict) -> str:
     """The polarity a config saved before ``polarity`` existed was trained with: the Omniglot
     reader always gave dark backgrounds (so on a folder such a model needs ``auto``); a folder
     dataset was read as it is (``keep``)."""
+    return "keep" if data.get("dataset", "omniglot") == "folder" else "auto"
+
+
+def legacy_ink_frame(data: dict) -> str:
+    """The ink framing a config saved before ``ink_frame`` existed gets: an Omniglot-trained
+    model ``auto`` (a no-op on characters framed like its training ones, which is what it
+    saw); a folder-trained one ``keep`` (its folder was read as it is)."""
     return "keep" if data.get("dataset", "omniglot") == "folder" else "auto"
 
 
@@ -246,6 +254,12 @@ class DataConfig:
     polarity: str = option("auto", choices=POLARITIES,
                            help="folder datasets, raw-pixel encoders: auto = invert each image whose border is "
                                 "light, so every image is bright on dark like the Omniglot reader's; keep; invert")
+    # Folder datasets with a raw-pixel encoder: see folder.apply_ink_frame. Configs saved before
+    # this option existed read it as legacy_ink_frame() (from_dict).
+    ink_frame: str = option("auto", choices=INK_FRAMES,
+                            help="folder datasets, raw-pixel encoders: auto = an image whose ink box spans more than "
+                                 "0.9 or less than 0.3 of its side (outside the Omniglot training characters' range) "
+                                 "is cropped to its ink and centred with the characters' usual margin; keep")
     # Training-only photometric augmentation for raw-pixel encoders: each episode inverted with
     # probability augment_invert; each image's contrast and brightness scaled/shifted by up to
     # +-augment_contrast / +-augment_brightness (fractions of the 0..1 range).
@@ -386,6 +400,8 @@ class Config:
             sub_cls = f.default_factory  # type: ignore[misc]
             if f.name == "data" and "polarity" not in sub:
                 sub = {**sub, "polarity": legacy_polarity(sub)}
+            if f.name == "data" and "ink_frame" not in sub:
+                sub = {**sub, "ink_frame": legacy_ink_frame(sub)}
             sub = {k: v for k, v in sub.items() if k not in OBSOLETE_KEYS.get(f.name, ())}
             names = {g.name for g in dataclasses.fields(sub_cls)}
             unknown = set(sub) - names

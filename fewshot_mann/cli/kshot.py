@@ -7,7 +7,7 @@ import time
 
 from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, classes_option, parse_checked, run_guarded,
                                      set_threads)
-from fewshot_mann.config import POLARITIES
+from fewshot_mann.config import INK_FRAMES, POLARITIES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -18,6 +18,8 @@ def parser() -> argparse.ArgumentParser:
                                   "by default)",
                      test_classes_help="folder datasets: classes to evaluate on: all, a fraction or a comma list")
     p.add_argument("--polarity", choices=POLARITIES, default=None, help="override the checkpoint's polarity (raw pixels)")
+    p.add_argument("--ink-frame", choices=INK_FRAMES, default=None,
+                   help="override the checkpoint's ink framing (raw pixels; see train --help)")
     add_shared_flags(p, "ways", ways_nargs="+", ways_help="default: the checkpoint's ways")
     add_flag(p, "--shots", type=int, nargs="+", default=[1, 5], problem=at_least(1, "--shots"))
     add_flag(p, "--queries", type=int, default=1, problem=at_least(1, "--queries"),
@@ -42,6 +44,8 @@ def apply_overrides(cfg, args) -> None:
         cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
     if args.polarity:
         cfg.data.polarity = args.polarity
+    if args.ink_frame:
+        cfg.data.ink_frame = args.ink_frame
     cfg.episodes.instances = min(cfg.episodes.instances, min(args.shots) + args.queries)  # the loader's minimum
 
 

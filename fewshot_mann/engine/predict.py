@@ -206,7 +206,7 @@ def load_support(path, cfg: Config, reader: dict):
     only partly use. ``reader``: ``folder.reader_settings(cfg)``."""
     e = cfg.episodes
     support = load_folder(path, reader["image_size"], reader["channels"], cfg.data.resize, progress=False,
-                          cache=False, option="--support", polarity=reader["polarity"])
+                          cache=False, option="--support", polarity=reader["polarity"], ink_frame=reader["ink_frame"])
     report_problems(support, "--support")
     bank = support.bank
     if bank.num_classes < 2:
@@ -234,7 +234,7 @@ def read_queries(paths: list[str], cfg: Config, reader: dict, support) -> tuple[
     for path in expand_queries(paths):
         try:
             image, _, digest = read_image_file(path, reader["image_size"], reader["channels"], cfg.data.resize,
-                                               polarity=reader["polarity"])
+                                               polarity=reader["polarity"], ink_frame=reader["ink_frame"])
         except BadImage as exc:
             warn(f"skipped --query {path}: {exc}")
             continue

@@ -49,6 +49,7 @@ TODAY = [
     ('--key-strength --no-key-strength', False, None, 'bool'),
     ('--compile --no-compile', None, None, 'bool'),  # obsolete since the torch.compile path went: a notice, ignored
     ('--memory-backend', 'auto', ('auto', 'autograd', 'sequence', 'kernel'), 'str'),  # memory/backend.py
+    ('--ink-frame', 'auto', ('auto', 'keep'), 'str'),  # folder.apply_ink_frame (issue 18, handwriting)
     ('--write-heads', 1, None, 'int'),
     ('--shift-range', 1, None, 'int'),
     ('--transformer-layers', 3, None, 'int'),
