@@ -181,14 +181,18 @@ def _resize(im: Image.Image, size: int, policy: str) -> Image.Image:
     return ImageOps.pad(im, (size, size), method=method, color=0)
 
 
+def _border(a: np.ndarray) -> np.ndarray:
+    """The outer 5% of an (H, W) or (H, W, C) array on every side, as (pixels, ...)."""
+    h, w = a.shape[:2]
+    bh, bw = max(1, h // 20), max(1, w // 20)
+    return np.concatenate([a[:bh].reshape(-1, *a.shape[2:]), a[-bh:].reshape(-1, *a.shape[2:]),
+                           a[:, :bw].reshape(-1, *a.shape[2:]), a[:, -bw:].reshape(-1, *a.shape[2:])])
+
+
 def light_background(im: Image.Image) -> bool:
     """True when the image's border (its outer 5% on every side) is mostly light: ink on
     paper, a scan, a drawing on white. Judged on luma, median over the border pixels."""
-    luma = np.asarray(im.convert("L"), dtype=np.uint8)
-    h, w = luma.shape
-    bh, bw = max(1, h // 20), max(1, w // 20)
-    border = np.concatenate([luma[:bh].ravel(), luma[-bh:].ravel(), luma[:, :bw].ravel(), luma[:, -bw:].ravel()])
-    return float(np.median(border)) > 127.5
+    return float(np.median(_border(np.asarray(im.convert("L"), dtype=np.uint8)))) > 127.5
 
 
 def apply_polarity(im: Image.Image, polarity: str) -> Image.Image:
@@ -203,14 +207,6 @@ def apply_polarity(im: Image.Image, polarity: str) -> Image.Image:
 # 0.30-0.90 of the image side for 97.4% of them (1.7% below, 0.8% above; median 0.65).
 INK_FRAME_RANGE = (0.3, 0.9)
 INK_FRAME_TARGET = 0.65
-
-
-def _border(a: np.ndarray) -> np.ndarray:
-    """The outer 5% of an (H, W) or (H, W, C) array on every side, as (pixels, ...)."""
-    h, w = a.shape[:2]
-    bh, bw = max(1, h // 20), max(1, w // 20)
-    return np.concatenate([a[:bh].reshape(-1, *a.shape[2:]), a[-bh:].reshape(-1, *a.shape[2:]),
-                           a[:, :bw].reshape(-1, *a.shape[2:]), a[:, -bw:].reshape(-1, *a.shape[2:])])
 
 
 def ink_box(im: Image.Image) -> tuple[int, int, int, int] | None:
