@@ -403,3 +403,39 @@ def test_adapt_refuses_a_one_hot_model_with_other_numbers_of_classes(support, tm
                      "--query", str(support[1]["root"]), "--adapt", "2"]) == 2
     err = capsys.readouterr().err
     assert "--adapt: this one-hot model answers 5 classes and the support set has 3" in err and "Traceback" not in err
+
+
+def test_lake_model_predicts_twenty_classes_from_one_image_each(tmp_path):
+    """Issue 19: the committed lake-20way model (its Conv4 backbone found beside it) with 20
+    support classes of one image each, from one evaluation alphabet it never trained on."""
+    from PIL import Image
+
+    from fewshot_mann.data.omniglot import split_banks
+    try:
+        from fewshot_mann.data.embedded import available, load_embedded
+        bank = load_embedded() if available() else None
+    except ImportError:
+        bank = None
+    if bank is None:
+        pytest.skip("the embedded Omniglot is not available")
+    test = split_banks(bank, "lake")[-1]
+    alphabet = test.names[0].rsplit("/", 1)[0]
+    chars = [c for c, n in enumerate(test.names) if n.startswith(alphabet + "/")][:20]
+    assert len(chars) == 20
+    queries = []
+    for c in chars:
+        name = test.names[c].rsplit("/", 1)[1]
+        (tmp_path / "support" / name).mkdir(parents=True)
+        first = test.offsets[c]
+        Image.fromarray(255 - test.images[first, 0]).save(tmp_path / "support" / name / "a.png")  # dark on light
+        query = tmp_path / f"{name}__q.png"
+        Image.fromarray(255 - test.images[first + 1, 0]).save(query)
+        queries.append(str(query))
+    out = tmp_path / "p.json"
+    checkpoint = Path(__file__).resolve().parents[2] / "reports" / "checkpoints" / "lake-20way.pt"
+    assert cli.main(["predict", "--checkpoint", str(checkpoint), "--support", str(tmp_path / "support"), "--query", *queries,
+                "--orders", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 20
+    right = sum(r["prediction"] == Path(r["query"]).name.split("__")[0] for r in rows)
+    assert right >= 10, right  # chance is 1 in 20
