@@ -15,7 +15,7 @@ RUNS = {  # label: [(metrics.jsonl, episodes before this stage)]
     "mann-conv-5way (santoro, 5-way)": [("reports/runs/mann-conv-5way/metrics.jsonl", 0)],
     "mann-conv-20way (santoro, 20-way)": [("reports/runs/mann-conv-20way/stage1-metrics.jsonl", 0),
                                           ("reports/runs/mann-conv-20way/metrics.jsonl", 100_000)],
-    "lake-20way (background alphabets, 20-way)": [("reports/runs/lake-20way/metrics.jsonl", 0)],
+    "lake-20way-mann (background alphabets, 20-way)": [("reports/runs/lake-20way/metrics.jsonl", 0)],
 }
 
 
