@@ -125,18 +125,15 @@ def is_backbone(encoder: str) -> bool:
     return bool(sep) and lib in BACKBONE_LIBRARIES and bool(name)
 
 
-def legacy_polarity(data: dict) -> str:
-    """The polarity a config saved before ``polarity`` existed was trained with: the Omniglot
-    reader always gave dark backgrounds (so on a folder such a model needs ``auto``); a folder
-    dataset was read as it is (``keep``)."""
+def legacy_reading(data: dict) -> str:
+    """How a config saved before ``polarity`` / ``ink_frame`` existed was read, for each of them:
+    a model trained on the Omniglot reader gets ``auto`` (that reader always gave bright strokes
+    on dark, and auto framing is a no-op on characters framed like its own); a folder dataset
+    was read as it is (``keep``)."""
     return "keep" if data.get("dataset", "omniglot") == "folder" else "auto"
 
 
-def legacy_ink_frame(data: dict) -> str:
-    """The ink framing a config saved before ``ink_frame`` existed gets: an Omniglot-trained
-    model ``auto`` (a no-op on characters framed like its training ones, which is what it
-    saw); a folder-trained one ``keep`` (its folder was read as it is)."""
-    return "keep" if data.get("dataset", "omniglot") == "folder" else "auto"
+LEGACY_READING_FIELDS = ("polarity", "ink_frame")  # DataConfig fields a config may predate (legacy_reading)
 
 
 # ------------------------------------------------------------------ one declaration per option
@@ -249,13 +246,13 @@ class DataConfig:
     resize: str = option("pad", choices=RESIZE_POLICIES,
                          help="folder datasets: pad (whole image, letterboxed), crop (centre square) or stretch")
     # Folder datasets with a raw-pixel encoder (linear/conv): see POLARITIES. Configs saved
-    # before this option existed read it as legacy_polarity() (from_dict), so they keep
+    # before this option existed read it as legacy_reading() (from_dict), so they keep
     # what they were trained on. Backbone encoders always see the photo as it is.
     polarity: str = option("auto", choices=POLARITIES,
                            help="folder datasets, raw-pixel encoders: auto = invert each image whose border is "
                                 "light, so every image is bright on dark like the Omniglot reader's; keep; invert")
     # Folder datasets with a raw-pixel encoder: see folder.apply_ink_frame. Configs saved before
-    # this option existed read it as legacy_ink_frame() (from_dict).
+    # this option existed read it as legacy_reading() (from_dict).
     ink_frame: str = option("auto", choices=INK_FRAMES,
                             help="folder datasets, raw-pixel encoders: auto = an image whose ink box spans more than "
                                  "0.9 or less than 0.3 of its side (outside the Omniglot training characters' range) "
@@ -398,10 +395,8 @@ class Config:
             if not isinstance(sub, dict):
                 raise UserError(f"config section {f.name!r} is not a mapping")
             sub_cls = f.default_factory  # type: ignore[misc]
-            if f.name == "data" and "polarity" not in sub:
-                sub = {**sub, "polarity": legacy_polarity(sub)}
-            if f.name == "data" and "ink_frame" not in sub:
-                sub = {**sub, "ink_frame": legacy_ink_frame(sub)}
+            if f.name == "data":
+                sub = {**{name: legacy_reading(sub) for name in LEGACY_READING_FIELDS}, **sub}
             sub = {k: v for k, v in sub.items() if k not in OBSOLETE_KEYS.get(f.name, ())}
             names = {g.name for g in dataclasses.fields(sub_cls)}
             unknown = set(sub) - names
