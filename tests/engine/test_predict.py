@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import held_out_characters, tiny_config
 from helpers.images import make_image_folder
 from fewshot_mann.cli import main as cli
 from fewshot_mann.cli.train import main as train_main
@@ -410,15 +410,7 @@ def test_lake_model_predicts_twenty_classes_from_one_image_each(tmp_path):
     support classes of one image each, from one evaluation alphabet it never trained on."""
     from PIL import Image
 
-    from fewshot_mann.data.omniglot import split_banks
-    try:
-        from fewshot_mann.data.embedded import available, load_embedded
-        bank = load_embedded() if available() else None
-    except ImportError:
-        bank = None
-    if bank is None:
-        pytest.skip("the embedded Omniglot is not available")
-    test = split_banks(bank, "lake")[-1]
+    test = held_out_characters("lake")
     alphabet = test.names[0].rsplit("/", 1)[0]
     chars = [c for c, n in enumerate(test.names) if n.startswith(alphabet + "/")][:20]
     assert len(chars) == 20

@@ -48,6 +48,24 @@ def real_omniglot() -> Path | None:
     return None
 
 
+def held_out_characters(split: str = "santoro") -> ClassBank:
+    """The test characters of an Omniglot ``split`` at 20 x 20, from the embedded copy or the
+    real zips; the calling test is skipped where neither is available."""
+    import pytest
+
+    from fewshot_mann.data.omniglot import load_omniglot, split_banks
+    try:
+        from fewshot_mann.data.embedded import available, load_embedded  # the packaged copy, where present
+        bank = load_embedded() if available() else None
+    except ImportError:
+        bank = None
+    if bank is None:
+        if not (OMNIGLOT / "images_background.zip").exists():
+            pytest.skip(f"neither the embedded Omniglot nor the real zips ({OMNIGLOT}) are available")
+        bank = load_omniglot(OMNIGLOT, 20, progress=False)
+    return split_banks(bank, split)[1]
+
+
 def tiny_config(**model) -> Config:
     cfg = Config()
     cfg.data.image_size = 6

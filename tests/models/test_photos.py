@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import OMNIGLOT, synthetic_bank, tiny_config
+from helpers import held_out_characters, synthetic_bank, tiny_config
 from helpers.images import make_image_folder
 
 from fewshot_mann.cli import main as cli
@@ -59,21 +59,6 @@ def test_configs_saved_before_polarity_keep_their_behaviour():
         bad.validate()
 
 
-def _omniglot_20px():
-    """The held-out (santoro test) characters at 20 x 20, from the embedded copy or the real zips."""
-    from fewshot_mann.data.omniglot import load_omniglot, split_banks
-    try:
-        from fewshot_mann.data.embedded import available, load_embedded  # the packaged copy, where present
-        bank = load_embedded() if available() else None
-    except ImportError:
-        bank = None
-    if bank is None:
-        if not (OMNIGLOT / "images_background.zip").exists():
-            pytest.skip(f"neither the embedded Omniglot nor the real zips ({OMNIGLOT}) are available")
-        bank = load_omniglot(OMNIGLOT, 20, progress=False)
-    return split_banks(bank, "santoro")[1]
-
-
 def test_omniglot_model_scores_the_same_on_dark_on_light_png_folders(tmp_path):
     """The issue's collapse: Omniglot characters as a user has them (dark ink on white PNGs)
     gave a one-class answer. Read with the checkpoint's polarity they score within 2 points
@@ -81,7 +66,7 @@ def test_omniglot_model_scores_the_same_on_dark_on_light_png_folders(tmp_path):
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
     from fewshot_mann.data.loading import load_banks
 
-    held = _omniglot_20px().subset(range(60))
+    held = held_out_characters().subset(range(60))
     for c, name in enumerate(held.names):  # strokes dark on white, as the files are drawn
         folder = tmp_path / "chars" / name.replace("/", "__")
         folder.mkdir(parents=True)
