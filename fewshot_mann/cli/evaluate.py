@@ -110,14 +110,16 @@ def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonf
     baselines = []
     if cfg.data.dataset == "folder":  # is the memory helping? the same episodes, nearest centroid
         from fewshot_mann.config import is_backbone
-        from fewshot_mann.engine.knn import folder_baselines
+        from fewshot_mann.engine.baselines import baselines_for, by_instance_baselines
         from fewshot_mann.engine.predict import warn_if_hard
 
         warn_if_hard(bank, pixels, is_backbone(cfg.model.encoder), what=f"the {kind} classes'")
-        baselines = folder_baselines(cfg, bank, pixels, episodes=args.episodes, seed=args.seed,
-                                     batch_size=args.batch_size, device=device)
+        baselines = by_instance_baselines({"pixels": pixels, "features": bank},
+                                          baselines_for(is_backbone(cfg.model.encoder)), cfg.episodes,
+                                          episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
+                                          device=device)
         for base in baselines:
-            print(f"{base['name']:<28} " + " ".join(f"{100 * a:7.1f}" for a in base["accuracy_by_instance"]))
+            print(f"{base['name']:<32} " + " ".join(f"{100 * a:7.1f}" for a in base["accuracy_by_instance"]))
     out = {**res, "classes": kind, "class_names": list(bank.names), "num_classes": bank.num_classes,
            **({"baselines": baselines} if baselines else {}),
            "checkpoint": str(args.checkpoint),

@@ -101,7 +101,8 @@ def _knn(argv) -> int:
     kind = classes_option(args)
     cfg, embed, what, ckpt = _features(args, device)
     recorded = recorded_classes(ckpt) if ckpt is not None and not (args.dataset or args.test_classes) else None
-    parts = loading.load_split_banks(cfg, progress=not args.no_progress, recorded=recorded)
+    parts, pixel_parts = loading.load_split_banks(cfg, progress=not args.no_progress, recorded=recorded,
+                                                  with_pixels=True)
     bank = parts.part(kind)
     check_bank(bank, cfg.episodes, f"{kind} classes")
     if ckpt is not None:
@@ -112,7 +113,15 @@ def _knn(argv) -> int:
     seconds = time.perf_counter() - t0
     res.pop("_per_episode")
     print(format_table(res, f"kNN ({what}) on {bank.num_classes} {kind} classes"))
+    from fewshot_mann.config import is_backbone
+    from fewshot_mann.engine.baselines import baselines_for, by_instance_baselines
+    baselines = by_instance_baselines({"pixels": pixel_parts.part(kind), "features": bank},
+                                      baselines_for(is_backbone(cfg.model.encoder)), cfg.episodes, episodes=args.episodes,
+                                      seed=args.seed, batch_size=args.batch_size, device=device)
+    for base in baselines:
+        print(f"{base['name']:<32} " + " ".join(f"{100 * a:7.1f}" for a in base["accuracy_by_instance"]))
     out = {**res, "classes": kind, "class_names": list(bank.names), "num_classes": bank.num_classes, "method": "knn",
+           **({"baselines": baselines} if baselines else {}),
            "features": "raw" if ckpt is None else str(args.features),
            "layer": None if ckpt is None else args.layer,
            "checkpoint": None if ckpt is None else str(args.features),

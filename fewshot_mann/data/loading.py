@@ -55,6 +55,23 @@ def shrink(bank: ClassBank, size: int = RAW_BASELINE_SIZE) -> ClassBank:
     return ClassBank(small, bank.offsets, bank.counts, bank.names)
 
 
+def plain_pixels(cfg: Config, images: SplitBanks, progress: bool = True, recorded: dict | None = None) -> SplitBanks:
+    """The raw-pixel baselines' input: the images as read at the model's input size, without the polarity
+    inversion or ink re-framing a raw-pixel model's folder reader applies (``images`` where it applies
+    neither). The same classes and files, so the same trials draw the same rows."""
+    d = cfg.data
+    if d.dataset != "folder" or (d.polarity == "keep" and d.ink_frame == "keep"):
+        return images
+    plain_cfg = dataclasses.replace(cfg, data=dataclasses.replace(d, polarity="keep", ink_frame="keep"))
+    plain = load_image_parts(plain_cfg, progress, recorded)
+    for part in ("train", "validation", "test"):
+        a, b = getattr(images, part), getattr(plain, part)
+        if list(a.names) != list(b.names) or list(a.counts) != list(b.counts):
+            raise UserError("the plain-pixel reading of this folder kept other images than the model's reading "
+                            "(duplicates differ once re-framed); use --polarity keep --ink-frame keep")
+    return plain
+
+
 def load_split_banks(cfg: Config, progress: bool = True, recorded: dict | None = None, *,
                      feature_cache: bool = True, with_pixels: bool = False):
     """Training, validation and test class banks (pairwise disjoint), without rotations: images,
@@ -62,7 +79,7 @@ def load_split_banks(cfg: Config, progress: bool = True, recorded: dict | None =
     the second the same images as raw pixels in the same order."""
     images = load_image_parts(cfg, progress, recorded)
     if not is_backbone(cfg.model.encoder):
-        return (images, images) if with_pixels else images
+        return (images, plain_pixels(cfg, images, progress, recorded)) if with_pixels else images
     from fewshot_mann.data.features import embed_bank, resolve_weights
     digest = resolve_weights(cfg.model, trained=bool(cfg.model.weights_hash))
     kw = dict(digest=digest, cache=feature_cache, progress=progress)

@@ -95,26 +95,6 @@ class CentroidClassifier(nn.Module):
         return scores.masked_fill(counts == 0, -1e4)
 
 
-def folder_baselines(cfg, bank, pixel_bank, *, episodes: int, seed: int, batch_size: int, device) -> list[dict]:
-    """Nearest centroid on the same episodes as ``evaluate`` (same seed, same class order):
-    on raw pixels, and on the backbone's features for a backbone model (one-hot labels only)."""
-    from fewshot_mann.config import is_backbone
-    from fewshot_mann.engine.evaluation import evaluate
-
-    if cfg.episodes.labels != "onehot":
-        return []
-    runs = [("nearest-centroid-raw-pixels", pixel_bank)]
-    if is_backbone(cfg.model.encoder):
-        runs.append(("nearest-centroid-features", bank))
-    out = []
-    for name, b in runs:
-        res = evaluate(CentroidClassifier(raw_pixels), b, cfg.episodes, episodes=episodes, seed=seed,
-                       batch_size=batch_size, device=device)
-        out.append({"name": name, "accuracy_by_instance": res["accuracy_by_instance"], "ci95": res["ci95"],
-                    "accuracy": res["accuracy"], "episodes": res["episodes"]})
-    return out
-
-
 class CheckpointFeatures:
     """Features of a trained model (see the module docstring for the two layers)."""
 

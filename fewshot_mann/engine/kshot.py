@@ -9,10 +9,10 @@ another. The answer is the model's prediction at the query step, i.e. after K la
 presentations of every class. Episode i is a pure function of (seed, i); accuracy is the
 mean over the episode's queries, with a 95% CI over episodes.
 
-Baselines on the same episodes (the same support and query images): nearest centroid
-(Euclidean distance to each class's mean support vector) on raw pixels, and, for a
-backbone checkpoint, on the backbone's features as they are and centred + unit length
-(the model's own input). JSON ``"baselines"``: rows like ``"results"`` plus ``"name"``.
+Baselines on the same trials (the same support and query images), fitted on each trial's
+support set alone: nearest centroid and logistic regression on the plain pixels and, for a
+backbone checkpoint, on the backbone's features (``engine/baselines.py``). JSON
+``"baselines"``: rows like ``"results"`` plus ``"name"``.
 
 The cross-domain protocol (CD-FSL), a contract other tools rely on::
 
@@ -113,30 +113,6 @@ def _prepare(x: np.ndarray, norm: str) -> np.ndarray:
     return x
 
 
-def nearest_centroid_accuracy(bank: ClassBank, cfg: EpisodeConfig, shots: int, episodes: int, seed: int,
-                              queries: int = 1, norm: str = "none", name: str = "nearest-centroid",
-                              groups=None) -> dict:
-    """Nearest centroid (Euclidean) on the same episodes as ``kshot_accuracy`` over a bank with
-    the same classes and counts: images (pixels) or features. ``norm``: pixels (x / 255), none,
-    or center-l2 (centred on the episode's mean, as ``models.FeatureEncoder``, then unit length)."""
-    ep_cfg = dataclasses.replace(cfg, instances=shots + queries)
-    accs = []
-    for first in range(0, episodes, 100):
-        count = min(100, episodes - first)
-        drawn = evaluation_episodes(bank, ep_cfg, seed, first, count, groups)
-        x = _prepare(drawn.images, norm)  # (E, S, D)
-        sup = drawn.instance < shots
-        for e in range(count):
-            xs, ys = x[e, sup[e]], drawn.labels[e, sup[e]]
-            xq, yq = x[e, ~sup[e]], drawn.labels[e, ~sup[e]]
-            centroids = np.stack([xs[ys == c].mean(0) for c in range(cfg.ways)])
-            d = ((xq[:, None, :] - centroids[None]) ** 2).sum(-1)
-            accs.append(float((d.argmin(1) == yq).mean()))
-    mean, ci = summarise(np.array(accs)[:, None])
-    return {"name": name, "ways": cfg.ways, "shots": shots, "accuracy": mean[0], "ci95": ci[0],
-            "episodes": episodes, "queries": queries, "seed": seed}
-
-
 def loo_accuracy(x: np.ndarray, labels: np.ndarray, norm: str = "none") -> float | None:
     """Leave-one-out nearest-centroid accuracy of a labelled set (N, ...) -> fraction, or None
     when no class has two images (nothing to leave out).
@@ -194,12 +170,10 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
                 f"{', classes of one alphabet per episode' if within_alphabet else ''})")
             if not baselines:
                 continue
-            runs = [("nearest-centroid-raw-pixels", kept_pixels, "pixels")]
-            if backbone:
-                runs += [("nearest-centroid-features", kept, "none"),
-                         ("nearest-centroid-features-center-l2", kept, "center-l2")]
-            for name, b, norm in runs:
-                base = nearest_centroid_accuracy(b, ep_cfg, shots, episodes, seed, queries, norm, name, groups)
+            from fewshot_mann.engine.baselines import baselines_for, kshot_baselines
+            for result in kshot_baselines({"pixels": kept_pixels, "features": kept}, baselines_for(backbone), ep_cfg,
+                                          shots, episodes, seed, queries, groups):
+                base = result.row()
                 base_rows.append(base)
-                log(f"  {name:<38} {100 * base['accuracy']:.1f} ± {100 * base['ci95']:.1f} %")
+                log(f"  {base['name']:<38} {100 * base['accuracy']:.1f} ± {100 * base['ci95']:.1f} %")
     return rows, base_rows

@@ -54,8 +54,9 @@ class FeatureEncoder(nn.Module):
     """Backbone features (B,T,D) -> (B,T,D), normalised so that a cosine read compares
     directions that tell the episode's classes apart:
 
-    - ``center-l2``: minus the episode's mean feature (over its T steps; SimpleShot's
-      centring, computed per episode so it follows the domain), then unit length;
+    - ``center-l2``: minus the mean feature of the episode's earlier steps (steps < t; step 0
+      as it is): SimpleShot's centring, computed per episode so it follows the domain, and
+      causal, so the answer at step t never depends on an image shown later; then unit length;
     - ``l2``: unit length; ``none``: as they are.
 
     Then scaled by sqrt(D), so each component is of order 1, like pixels; with ``project`` > 0,
@@ -73,9 +74,16 @@ class FeatureEncoder(nn.Module):
         x = feats.flatten(2)
         if self.norm != "none":
             if self.norm == "center-l2":
-                x = x - x.mean(dim=1, keepdim=True)
+                x = x - running_mean_before(x)
             x = torch.nn.functional.normalize(x, dim=-1) * self.feature_dim ** 0.5
         return self.proj(x) if self.proj is not None else x
+
+
+def running_mean_before(x: torch.Tensor) -> torch.Tensor:
+    """(B,T,D) -> (B,T,D): at step t the mean of steps 0..t-1 (zeros at step 0)."""
+    sums = x.cumsum(dim=1) - x
+    steps = torch.arange(x.shape[1], device=x.device, dtype=x.dtype).clamp_min(1).view(1, -1, 1)
+    return sums / steps
 
 
 def build_encoder(cfg: Config) -> nn.Module:

@@ -1,0 +1,113 @@
+"""The yardstick cannot cheat: baselines recomputed literally on the very trials the model gets, from the
+support set alone; the model and its baselines draw the same trials; models are causal."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from fewshot_mann.config import EpisodeConfig
+from fewshot_mann.data.bank import ClassBank
+from fewshot_mann.data.episodes import evaluation_episodes
+from fewshot_mann.engine import baselines as B
+
+
+def random_bank(classes=7, per_class=9, shape=(1, 4, 4), seed=0) -> ClassBank:
+    """Distinct random images: a centroid or a fit that used the wrong images would score differently."""
+    rng = np.random.default_rng(seed)
+    groups = [rng.integers(0, 256, (per_class, *shape), dtype=np.uint8) for _ in range(classes)]
+    return ClassBank.from_groups(groups, [f"c{i}" for i in range(classes)])
+
+
+def literal_trial_accuracy(bank, cfg, shots, queries, seed, index, head):
+    ep = evaluation_episodes(bank, dataclasses.replace(cfg, instances=shots + queries), seed, index, 1)
+    x = ep.images[0].reshape(ep.images.shape[1], -1).astype(np.float64) / 255.0
+    y, sup = ep.labels[0], ep.instance[0] < shots
+    if head == "centroid":
+        cents = np.stack([x[sup & (y == c)].mean(0) for c in range(cfg.ways)])
+        pred = ((x[~sup][:, None] - cents[None]) ** 2).sum(-1).argmin(1)
+    else:
+        pred = LogisticRegression(C=1.0, tol=1e-10, max_iter=100000).fit(x[sup], y[sup]).predict(x[~sup])
+    return float((pred == y[~sup]).mean())
+
+
+@pytest.mark.parametrize("head", ["centroid", "logistic"])
+def test_kshot_baselines_equal_a_literal_recomputation_on_the_same_trials(head):
+    bank, cfg = random_bank(), EpisodeConfig(ways=4)
+    chosen = tuple(b for b in B.BASELINES if b.inputs == "pixels" and b.head == head)
+    [res] = B.kshot_baselines({"pixels": bank}, chosen, cfg, shots=2, episodes=12, seed=3, queries=3, chunk=5)
+    literal = [literal_trial_accuracy(bank, cfg, 2, 3, 3, i, head) for i in range(12)]
+    np.testing.assert_array_equal(res.per_episode, literal)  # trial by trial: another seed or a query in a centroid fails
+    assert 0.1 < np.mean(literal) < 0.95  # the data tells trials and methods apart
+
+
+def test_kshot_model_and_baselines_draw_the_same_trials(monkeypatch):
+    """Every (seed, episode index, episode shape) the model is scored on is one the baselines are scored on."""
+    from fewshot_mann.engine import kshot
+
+    calls = {"model": set(), "baselines": set()}
+    real = evaluation_episodes
+
+    def spy(who):
+        def draw(bank, cfg, seed, start, count, groups=None):
+            calls[who].update((seed, i, cfg.ways, cfg.instances) for i in range(start, start + count))
+            return real(bank, cfg, seed, start, count, groups)
+        return draw
+
+    monkeypatch.setattr(kshot, "evaluation_episodes", spy("model"))
+    monkeypatch.setattr(B, "evaluation_episodes", spy("baselines"))
+    from fewshot_mann.config import Config
+    cfg = Config()
+    cfg.episodes.ways, cfg.data.image_size = 3, 4
+    model = torch.nn.Sequential()  # never asked: replaced below
+    monkeypatch.setattr(kshot, "kshot_accuracy", lambda m, bank, ep_cfg, shots, episodes, seed, **kw: (
+        [kshot.support_query_episodes(bank, ep_cfg, shots, seed, 0, episodes, kw["queries"])] and
+        {"accuracy": 0.5, "ci95": 0.0}))
+    bank = random_bank(classes=5, per_class=6)
+    kshot.kshot_table(model, bank, bank, cfg, [3], [1, 2], episodes=7, seed=11, queries=2, progress=False,
+                      log=lambda *_: None)
+    assert calls["model"] and calls["model"] == calls["baselines"]
+
+
+def test_by_instance_baselines_equal_a_literal_causal_recomputation():
+    bank, cfg = random_bank(classes=6, per_class=5), EpisodeConfig(ways=3, instances=4)
+    [res] = B.by_instance_baselines({"pixels": bank}, (B.BASELINES[0],), cfg, episodes=10, seed=5, batch_size=4)
+    right = np.zeros((10, 4))
+    for i in range(10):
+        ep = evaluation_episodes(bank, cfg, 5, i, 1)
+        x = ep.images[0].reshape(12, -1).astype(np.float64) / 255.0
+        y, inst = ep.labels[0], ep.instance[0]
+        for t in range(12):
+            told = [c for c in range(3) if np.any(y[:t] == c)]
+            if not told:
+                pred = 0
+            else:
+                cents = {c: x[:t][y[:t] == c].mean(0) for c in told}
+                pred = min(told, key=lambda c: ((x[t] - cents[c]) ** 2).sum())
+            right[i, inst[t]] += (pred == y[t]) / 3
+    np.testing.assert_allclose(res["accuracy_by_instance"], right.mean(0), atol=1e-12)
+
+
+def test_feature_models_are_causal():
+    """A change to a later image leaves every earlier answer bit-identical (centring uses steps seen so far)."""
+    from fewshot_mann.config import Config
+    from fewshot_mann.models.encoders import FeatureEncoder
+    from fewshot_mann.models.keyed import KeyedMemory
+
+    torch.manual_seed(0)
+    feats = torch.randn(2, 9, 16)
+    later = feats.clone()
+    later[:, 6:] += torch.randn(2, 3, 16)
+    enc = FeatureEncoder(16, "center-l2")
+    assert torch.equal(enc(feats)[:, :6], enc(later)[:, :6])
+    cfg = Config()
+    cfg.model.model, cfg.model.encoder, cfg.model.feature_dim = "keyed", "timm:x", 16
+    cfg.episodes.ways = 3
+    model = KeyedMemory(cfg).eval()
+    labels = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 9)), 3).float()
+    labels[:, 0] = 0
+    with torch.no_grad():
+        assert torch.equal(model(feats, labels)[:, :6], model(later, labels)[:, :6])

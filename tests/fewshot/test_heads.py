@@ -1,0 +1,50 @@
+"""The batched few-shot heads against their literal definitions: scikit-learn's LogisticRegression and
+nearest centroid written out per trial."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from fewshot_mann.fewshot import centroid_scores, fit_logistic, logistic_scores
+
+
+@pytest.mark.parametrize("dim,scale", [(8, 1.0), (300, 0.2), (64, 3.0)])
+def test_logistic_regression_matches_scikit_learn(dim, scale):
+    rng = np.random.default_rng(dim)
+    e, ways, shots, q = 4, 3, 4, 6
+    xs = rng.normal(size=(e, ways * shots, dim)) * scale
+    xq = rng.normal(size=(e, q, dim)) * scale
+    ys = np.tile(np.repeat(np.arange(ways), shots), (e, 1))
+    ours = logistic_scores(torch.tensor(xs), torch.tensor(ys), torch.tensor(xq), ways).exp().numpy()
+    for i in range(e):
+        ref = LogisticRegression(C=1.0, tol=1e-12, max_iter=100000).fit(xs[i], ys[i]).predict_proba(xq[i])
+        np.testing.assert_allclose(ours[i], ref, atol=2e-4)
+
+
+def test_logistic_regression_weights_leave_points_out_and_absent_labels_never_win():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 6, 5))
+    y = np.array([[0, 1, 2, 0, 1, 2]])
+    w = np.array([[1, 1, 0, 1, 1, 0]], float)  # label 2 never given
+    gram = torch.tensor(x @ x.transpose(0, 2, 1))
+    a, b, present = fit_logistic(gram, torch.tensor(y), torch.tensor(w), 3)
+    assert present.tolist() == [[True, True, False]]
+    assert torch.all(a[0, [2, 5]] == 0)  # points outside the support never enter the solution
+    ref = LogisticRegression(C=1.0, tol=1e-12, max_iter=100000).fit(x[0, [0, 1, 3, 4]], y[0, [0, 1, 3, 4]])
+    logits = (gram[0] @ a[0] + b[0])[:, :2]
+    np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), ref.predict_proba(x[0]), atol=2e-4)
+
+
+def test_nearest_centroid_is_the_distance_to_each_class_mean():
+    rng = np.random.default_rng(1)
+    xs, xq = rng.normal(size=(3, 8, 7)), rng.normal(size=(3, 5, 7))
+    ys = rng.integers(0, 3, (3, 8))
+    ys[:, :3] = [0, 1, 2]
+    got = centroid_scores(torch.tensor(xs), torch.tensor(ys), torch.tensor(xq), 4).numpy()
+    for e in range(3):
+        for label in range(3):
+            c = xs[e, ys[e] == label].mean(0)
+            np.testing.assert_allclose(got[e, :, label], -((xq[e] - c) ** 2).sum(-1), rtol=1e-10)
+        assert np.all(got[e, :, 3] < -1e29)  # label 3 has no support image
