@@ -14,7 +14,7 @@ from helpers.images import make_image_folder
 
 from fewshot_mann.cli import main as cli
 from fewshot_mann.data.bank import ClassBank
-from fewshot_mann.config import Config, EpisodeConfig
+from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
 from fewshot_mann.data.folder import decode_image
 from fewshot_mann.engine.kshot import kshot_accuracy, loo_accuracy
