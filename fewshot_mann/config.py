@@ -27,7 +27,10 @@ LABEL_ENCODINGS = ("onehot", "string")
 DECODES = ("free", "seen")  # evaluation: any label may be answered / only labels given so far
 DATASETS = ("omniglot", "folder")
 ENCODERS = ("linear", "conv")
-RESIZE_POLICIES = ("pad", "crop", "stretch")  # folder datasets: how any aspect becomes a square
+# folder datasets: how any aspect becomes a square. auto: backbone for a timm/torchvision backbone, pad otherwise;
+# backbone: the backbone's own eval transform (timm's data config: shorter side to size / crop_pct, bicubic,
+# centre crop); pad: whole image, letterboxed; crop: centre square; stretch
+RESIZE_POLICIES = ("auto", "backbone", "pad", "crop", "stretch")
 # folder datasets, raw-pixel encoders: keep the pixels, invert them, or (auto) invert each image
 # whose border is light, so every image has a dark background as the Omniglot reader gives.
 POLARITIES = ("auto", "keep", "invert")
@@ -243,8 +246,10 @@ class DataConfig:
         None, help="folder datasets: validation classes (every in-training check and choice) drawn from the "
                    "non-test classes: a fraction of all classes (default 0.2, seeded by --seed), a comma list, "
                    "or none; Omniglot splits name theirs")
-    resize: str = option("pad", choices=RESIZE_POLICIES,
-                         help="folder datasets: pad (whole image, letterboxed), crop (centre square) or stretch")
+    resize: str = option("auto", choices=RESIZE_POLICIES,
+                         help="folder datasets: auto (backbone for a timm/torchvision backbone, else pad), backbone "
+                              "(the backbone's own resize and centre crop), pad (whole image, letterboxed), crop "
+                              "(centre square) or stretch")
     # Folder datasets with a raw-pixel encoder (linear/conv): see POLARITIES. Configs saved
     # before this option existed read it as legacy_reading() (from_dict), so they keep
     # what they were trained on. Backbone encoders always see the photo as it is.

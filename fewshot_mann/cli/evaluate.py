@@ -10,7 +10,7 @@ import sys
 import time
 
 from fewshot_mann.cli.common import add_shared_flags, classes_option, parse_checked, run_guarded, set_threads
-from fewshot_mann.config import DECODES
+from fewshot_mann.config import DECODES, RESIZE_POLICIES
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         "seen: the answer restricted to the labels given so far in the episode, as predict does "
                         "(a class's 1st presentation is then wrong, except at the episode's first step, "
                         "where no label has been given and the free answer is kept)")
+    p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
+                   help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
     add_shared_flags(p, "batch_size", "device", "threads", "json", "plot", "no_progress")
     return p
 
@@ -50,8 +52,10 @@ def apply_overrides(cfg, args) -> None:
         cfg.data.test_classes = "all"  # cross-domain: every class of the folder is held out
     if args.test_classes is not None:
         cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
+    if args.resize:
+        cfg.data.resize = args.resize
     if args.ways is not None:
-        cfg.episodes = with_ways(cfg.episodes, args.ways)
+        cfg.episodes = with_ways(cfg.episodes, args.ways, cfg.model.model == "keyed")
     if args.instances is not None:
         cfg.episodes.instances = args.instances  # the models read episodes of any length
     if args.ways is not None or args.instances is not None:

@@ -7,7 +7,7 @@ import time
 
 from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, classes_option, parse_checked, run_guarded,
                                      set_threads)
-from fewshot_mann.config import INK_FRAMES, POLARITIES
+from fewshot_mann.config import INK_FRAMES, POLARITIES, RESIZE_POLICIES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,6 +20,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--polarity", choices=POLARITIES, default=None, help="override the checkpoint's polarity (raw pixels)")
     p.add_argument("--ink-frame", choices=INK_FRAMES, default=None,
                    help="override the checkpoint's ink framing (raw pixels; see train --help)")
+    p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
+                   help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
     add_shared_flags(p, "ways", ways_nargs="+", ways_help="default: the checkpoint's ways")
     add_flag(p, "--shots", type=int, nargs="+", default=[1, 5], problem=at_least(1, "--shots"))
     add_flag(p, "--queries", type=int, default=1, problem=at_least(1, "--queries"),
@@ -46,6 +48,8 @@ def apply_overrides(cfg, args) -> None:
         cfg.data.polarity = args.polarity
     if args.ink_frame:
         cfg.data.ink_frame = args.ink_frame
+    if args.resize:
+        cfg.data.resize = args.resize
     cfg.episodes.instances = min(cfg.episodes.instances, min(args.shots) + args.queries)  # the loader's minimum
 
 

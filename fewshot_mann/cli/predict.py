@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_checked, run_guarded, set_threads
+from fewshot_mann.config import RESIZE_POLICIES
 from fewshot_mann.errors import DataError
 
 
@@ -30,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt"),
              help="first meta-fine-tune a copy of the model this many steps on episodes of the support set "
                   "(0 = answer with the model as trained)")
+    p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
+                   help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
     add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
     add_shared_flags(p, "json", "csv", "batch_size", "device", "threads", json_help="write the results as a JSON list",
                      batch_size=256, batch_size_help="sequences per forward pass")
@@ -54,6 +57,8 @@ def _predict(argv) -> int:
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt["config_obj"]
+    if args.resize:
+        cfg.data.resize = args.resize
     model = load_model_from_checkpoint(ckpt, device)
     refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
     results, bank = predict(model, cfg, args.support, args.query, orders=args.orders, threshold=args.threshold,

@@ -64,13 +64,14 @@ class Episodes:
         return Episodes(*fields, image_index=index)
 
 
-def with_ways(cfg: EpisodeConfig, ways: int) -> EpisodeConfig:
+def with_ways(cfg: EpisodeConfig, ways: int, any_ways: bool = False) -> EpisodeConfig:
     """``cfg`` at ``ways`` classes per episode, for evaluating a trained checkpoint: string
     labels answer any number of ways; one-hot checkpoints have one input and one output per
-    trained way, so only their own. One clear error otherwise."""
+    trained way, so only their own, unless the model answers any number (``any_ways``: the
+    label-keyed memory). One clear error otherwise."""
     if ways < 1:
         raise UserError(f"--ways must be at least 1 (got {ways})")
-    if cfg.labels == "onehot" and ways != cfg.ways:
+    if cfg.labels == "onehot" and ways != cfg.ways and not any_ways:
         raise UserError(f"--ways {ways}: this checkpoint reads and answers {cfg.ways}-way one-hot labels, so it "
                         f"evaluates {cfg.ways}-way episodes only (string-label checkpoints answer any number of ways)")
     return dataclasses.replace(cfg, ways=ways)

@@ -42,14 +42,14 @@ def feature_cache_dir() -> Path:
 def weights_id(m: ModelConfig) -> str | None:
     """The sha256 of the backbone weights ``m`` names, known without building the backbone;
     None where the weights are not available here."""
-    from fewshot_mann.models.backbones import OFFLINE_LITE0, file_sha256, offline_lite0_path, split_encoder
+    from fewshot_mann.models.backbones import OFFLINE_WEIGHTS, file_sha256, offline_weights_path, split_encoder
 
     lib, name = split_encoder(m.encoder)
     if m.encoder_weights == "none":
         return "none"
     if m.encoder_weights == "imagenet":
-        if lib == "timm" and name == OFFLINE_LITE0:
-            path = offline_lite0_path()
+        if lib == "timm" and name in OFFLINE_WEIGHTS:
+            path = offline_weights_path(name)
             return file_sha256(path) if path is not None else None
         return f"{lib}:{name}:imagenet"  # the library's own download, identified by name
     path = Path(m.encoder_weights).expanduser()

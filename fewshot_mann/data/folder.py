@@ -171,8 +171,27 @@ def _to_mode(im: Image.Image, channels: int) -> Image.Image:
     return im.convert("L" if channels == 1 else "RGB")
 
 
+def resize_problem(policy: str) -> str | None:
+    """None if ``policy`` is one the reader applies (a RESIZE_POLICIES name but auto/backbone, which
+    ``reader_settings`` resolves, or ``fraction:F``: shorter side to size / F, centre crop)."""
+    if policy in RESIZE_POLICIES and policy not in ("auto", "backbone"):
+        return None
+    if policy.startswith("fraction:"):
+        try:
+            if 0.1 <= float(policy.split(":", 1)[1]) <= 1.0:
+                return None
+        except ValueError:
+            pass
+    return f"--resize must be one of {', '.join(RESIZE_POLICIES)} (got {policy!r})"
+
+
 def _resize(im: Image.Image, size: int, policy: str) -> Image.Image:
     w, h = im.size
+    if policy.startswith("fraction:"):  # timm's eval transform: shorter side to size / crop_pct, centre crop
+        scale = size / float(policy.split(":", 1)[1]) / min(w, h)
+        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+        left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+        return im.crop((left, top, left + size, top + size))
     method = Image.Resampling.BOX if min(w, h) >= size else Image.Resampling.BICUBIC
     if policy == "stretch":
         return im.resize((size, size), method)
@@ -263,8 +282,8 @@ def decode_image(data: bytes, image_size: int, channels: int, resize: str = "pad
     ``BadImage`` (a ``DataError``) for anything unusable; the header's declared size is
     checked against ``max_pixels`` before any pixel is decoded.
     """
-    if resize not in RESIZE_POLICIES:
-        raise UserError(f"--resize must be one of {', '.join(RESIZE_POLICIES)} (got {resize!r})")
+    if resize_problem(resize):
+        raise UserError(resize_problem(resize))
     with warnings.catch_warnings():
         # PIL's own DecompressionBombWarning and EXIF chatter: we check and report ourselves.
         warnings.simplefilter("ignore")
@@ -524,8 +543,8 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
                 progress: bool = True, cache: bool = True, option: str = "--data-root",
                 max_pixels: int = MAX_PIXELS, polarity: str = "keep", ink_frame: str = "keep") -> FolderData:
     """Decode (or load from the cache) every usable image of a class-per-folder dataset."""
-    if resize not in RESIZE_POLICIES:
-        raise UserError(f"--resize must be one of {', '.join(RESIZE_POLICIES)} (got {resize!r})")
+    if resize_problem(resize):
+        raise UserError(resize_problem(resize))
     root, classes, problems = scan_folder(root, option)
     class_folders = sorted(set(classes) | {p.path.rstrip("/") for p in problems if p.kind == "empty-class"})
     cache_path, prefix = _cache_paths(root, classes, image_size, channels, resize, max_pixels, polarity, ink_frame)
@@ -758,15 +777,17 @@ def reader_settings(cfg: Config) -> dict:
     reads RGB at its own input size, the photo as it is (ImageNet features know light
     backgrounds)."""
     d = cfg.data
+    pixels_resize = "pad" if d.resize in ("auto", "backbone") else d.resize
     if is_backbone(cfg.model.encoder) and cfg.model.encoder.startswith("fewshot:"):
         from fewshot_mann.models.backbones import preprocessing  # grayscale, trained on bright strokes: as pixels
-        return {"image_size": preprocessing(cfg.model.encoder).image_size, "channels": 1, "resize": d.resize,
+        return {"image_size": preprocessing(cfg.model.encoder).image_size, "channels": 1, "resize": pixels_resize,
                 "polarity": d.polarity, "ink_frame": d.ink_frame}
     if is_backbone(cfg.model.encoder):
         from fewshot_mann.models.backbones import preprocessing
-        return {"image_size": preprocessing(cfg.model.encoder).image_size, "channels": 3, "resize": d.resize,
-                "polarity": "keep", "ink_frame": "keep"}
-    return {"image_size": d.image_size, "channels": d.channels, "resize": d.resize, "polarity": d.polarity,
+        prep = preprocessing(cfg.model.encoder)
+        resize = f"fraction:{prep.crop_pct:g}" if d.resize in ("auto", "backbone") else d.resize
+        return {"image_size": prep.image_size, "channels": 3, "resize": resize, "polarity": "keep", "ink_frame": "keep"}
+    return {"image_size": d.image_size, "channels": d.channels, "resize": pixels_resize, "polarity": d.polarity,
             "ink_frame": d.ink_frame}
 
 

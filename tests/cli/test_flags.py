@@ -27,7 +27,7 @@ TODAY = [
     ('--test-root', None, None, 'str'),
     ('--test-classes', None, None, 'str'),
     ('--validation-classes', None, None, 'str'),
-    ('--resize', 'pad', ('pad', 'crop', 'stretch'), 'str'),
+    ('--resize', 'auto', ('auto', 'backbone', 'pad', 'crop', 'stretch'), 'str'),
     ('--polarity', 'auto', ('auto', 'keep', 'invert'), 'str'),
     ('--augment-invert', 0.0, None, 'float'),
     ('--augment-contrast', 0.0, None, 'float'),

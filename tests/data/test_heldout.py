@@ -120,8 +120,9 @@ def test_evaluate_on_a_folder_reports_nearest_centroid_on_the_same_episodes(fold
     assert evaluate_main(["--checkpoint", str(folder_run["run"] / "checkpoint.pt"), "--episodes", "20",
                               "--json", str(out), "--no-progress"]) == 0
     res = json.loads(out.read_text())
-    (base,) = res["baselines"]  # a raw-pixel model: the raw-pixel baseline only
+    base, logistic = res["baselines"]  # a raw-pixel model: the raw-pixel baselines only
     assert base["name"] == "nearest-centroid-raw-pixels" and base["episodes"] == 20
+    assert logistic["name"] == "logistic-regression-raw-pixels" and logistic["accuracy_by_instance"][3] > 0.5
     assert len(base["accuracy_by_instance"]) == len(res["accuracy_by_instance"]) == 4
     assert base["accuracy_by_instance"][0] <= 0.5 + 1e-9  # 2-way: nothing stored at a class's 1st presentation
     assert base["accuracy_by_instance"][3] > 0.5  # synthetic shapes: centroids of raw pixels separate them
