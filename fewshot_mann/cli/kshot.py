@@ -65,6 +65,7 @@ def _kshot(argv) -> int:
     from fewshot_mann.engine.kshot import kshot_table
     from fewshot_mann.engine.trainer import resolve_device
     from fewshot_mann.fileio import atomic_write_json
+    from fewshot_mann.reporting.records import environment
 
     args = parse_checked(parser(), argv)
     kind = classes_option(args)
@@ -89,7 +90,7 @@ def _kshot(argv) -> int:
                                       "class_names": list(bank.names), "checkpoint": args.checkpoint,
                                       "command": ["fewshot-mann", "kshot", *argv], "config": cfg.to_dict(),
                                       "training": {"episodes": ckpt.get("episodes_done")},
-                                      "date": time.strftime("%Y-%m-%d")})
+                                      "date": time.strftime("%Y-%m-%d"), "environment": environment()})
     return 0
 
 

@@ -18,11 +18,35 @@ def training_record(ckpt: dict | None) -> dict | None:
     return record
 
 
+PACKAGES = ("torch", "torchvision", "timm", "numpy", "PIL", "sklearn")
+
+
+def environment() -> dict:
+    """What made a number, so that it can be reproduced: python and package versions, the machine."""
+    import importlib
+    import os
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = str(getattr(importlib.import_module(name), "__version__", "?"))
+        except ImportError:
+            versions[name] = None
+    try:
+        import torch
+        threads = torch.get_num_threads()
+    except ImportError:
+        threads = None
+    return {"versions": versions, "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                                              "cpus": os.cpu_count(), "torch_threads": threads}}
+
+
 def write_evaluation(out: dict, json_path, plot_path, label: str) -> None:
-    """Write an evaluation's JSON (``out``) and/or its accuracy-by-instance plot; say so."""
+    """Write an evaluation's JSON (``out``, plus ``environment()``) and/or its accuracy-by-instance plot; say so."""
     if json_path:
         from fewshot_mann.fileio import atomic_write_json
-        atomic_write_json(json_path, out)
+        atomic_write_json(json_path, {**out, "environment": environment()})
         print(f"wrote {json_path}")
     if plot_path:
         plot_by_instance([(f"{label} ({out['episodes']} episodes, 95% CI)", out)], plot_path)

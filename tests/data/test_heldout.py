@@ -120,6 +120,7 @@ def test_evaluate_on_a_folder_reports_nearest_centroid_on_the_same_episodes(fold
     assert evaluate_main(["--checkpoint", str(folder_run["run"] / "checkpoint.pt"), "--episodes", "20",
                               "--json", str(out), "--no-progress"]) == 0
     res = json.loads(out.read_text())
+    assert set(res["environment"]["versions"]) >= {"python", "torch", "numpy", "PIL", "timm", "torchvision"}
     base, logistic = res["baselines"]  # a raw-pixel model: the raw-pixel baselines only
     assert base["name"] == "nearest-centroid-raw-pixels" and base["episodes"] == 20
     assert logistic["name"] == "logistic-regression-raw-pixels" and logistic["accuracy_by_instance"][3] > 0.5

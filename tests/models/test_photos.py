@@ -255,6 +255,8 @@ def test_kshot_contract_with_baselines(photo_run, tmp_path, capsys):
     assert names == {"nearest-centroid-raw-pixels", "logistic-regression-raw-pixels", "nearest-centroid-features",
                      "logistic-regression-features"}
     assert "nearest-centroid-features" in capsys.readouterr().out
+    import torch as _torch
+    assert res["environment"]["versions"]["torch"] == _torch.__version__  # what made the number
 
 
 def test_feature_cache_is_reused_listed_cleared_and_optional(photo_run, tmp_path, capsys):
