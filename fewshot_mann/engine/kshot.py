@@ -76,7 +76,7 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
     model.eval()
     per_episode = []
     bar = None
-    if progress:
+    if progress and not callable(progress):  # callable: the caller's own report, progress(done, total)
         from tqdm import tqdm
         bar = tqdm(total=episodes, desc=f"{cfg.ways}-way {shots}-shot", unit="ep", leave=False, file=sys.stderr)
     for first in range(0, episodes, batch_episodes):
@@ -94,6 +94,8 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
         per_episode.append(correct.double().view(count, per_row).mean(1).cpu().numpy())
         if bar is not None:
             bar.update(count)
+        if callable(progress):
+            progress(first + count, episodes)
     if bar is not None:
         bar.close()
     acc = np.concatenate(per_episode)[:, None]

@@ -204,9 +204,15 @@ def load_support(path, cfg: Config, reader: dict):
     """The ``--support`` folder (never cached: patient images stay where the user keeps them),
     refused when the model cannot choose between its classes, with a warning for what it can
     only partly use. ``reader``: ``folder.reader_settings(cfg)``."""
-    e = cfg.episodes
     support = load_folder(path, reader["image_size"], reader["channels"], cfg.data.resize, progress=False,
                           cache=False, option="--support", polarity=reader["polarity"], ink_frame=reader["ink_frame"])
+    return check_support(support, cfg, path)
+
+
+def check_support(support, cfg: Config, path):
+    """``load_support``'s checks of a decoded support folder (``FolderData``): problems warned, an error
+    when the model cannot choose between its classes; returns ``support``."""
+    e = cfg.episodes
     report_problems(support, "--support")
     bank = support.bank
     if bank.num_classes < 2:
@@ -243,13 +249,18 @@ def read_queries(paths: list[str], cfg: Config, reader: dict, support) -> tuple[
         digests.append(digest)
     if not images:
         raise DataError("no readable query images (see the warnings above)")
+    warn_support_copies(names, digests, support)
+    return np.stack(images), names
+
+
+def warn_support_copies(names: list[str], digests: list[str], support) -> None:
+    """A warning naming each query that is the same file (sha256) as a support image."""
     bank = support.bank
     support_digests = dict(zip(support.digests.tolist(), np.repeat(np.arange(bank.num_classes), bank.counts).tolist()))
     for query, digest in zip(names, digests):
         if digest in support_digests:
             warn(f"--query {query} is the same file as a support image of class "
                  f"{bank.names[support_digests[digest]]!r}")
-    return np.stack(images), names
 
 
 def warn_if_hard(bank: ClassBank, raw: ClassBank, backbone: bool, what: str = "the support set's") -> None:
@@ -287,25 +298,49 @@ def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list
     """Classify the query images from the support folder: (results, support bank); see the
     module docstring for the protocol and ``summarise`` for a result. ``adapt`` > 0: answered
     by a copy of the model meta-fine-tuned that many steps on the support set (``adapted``)."""
-    from fewshot_mann.config import is_backbone
     from fewshot_mann.data.folder import reader_settings
-    from fewshot_mann.data.loading import shrink
 
     reader = reader_settings(cfg)
-    backbone = is_backbone(cfg.model.encoder)
-    if backbone:
-        from fewshot_mann.data.features import embed_bank, embed_images, resolve_weights
-        digest = resolve_weights(cfg.model, trained=True)
+    _backbone_weights(cfg)  # missing or different weights fail before any image is read
     support = load_support(support_path, cfg, reader)
     queries, names = read_queries(query_paths, cfg, reader, support)
-    bank = support.bank
-    raw = shrink(bank)
-    if backbone:  # support and queries are the user's images: features never cached here
-        bank = embed_bank(bank, cfg.model, digest=digest, cache=False, progress=False)
-        queries = embed_images(queries, cfg.model, digest=digest, cache=False, progress=False)
-    warn_if_hard(bank, raw, backbone)
+    bank, _ = support_inputs(cfg, support)
+    queries = query_inputs(cfg, queries)
     if adapt:
         model = adapted(model, cfg, bank, adapt, seed)
     probs = predict_probabilities(model, cfg, bank, queries, orders=orders, seed=seed, batch_size=batch_size,
                                   device=device)
     return summarise(bank.names, probs, threshold, names), bank
+
+
+def _backbone_weights(cfg: Config) -> str | None:
+    """The sha256 of a backbone checkpoint's weights (``features.resolve_weights``); None for pixels."""
+    from fewshot_mann.config import is_backbone
+
+    if not is_backbone(cfg.model.encoder):
+        return None
+    from fewshot_mann.data.features import resolve_weights
+    return resolve_weights(cfg.model, trained=True)
+
+
+def support_inputs(cfg: Config, support) -> tuple[ClassBank, ClassBank]:
+    """(the support bank as the model reads it, its raw pixels shrunk for the baselines), with
+    ``warn_if_hard``'s warning. A backbone's features are never cached: they are the user's images."""
+    from fewshot_mann.data.loading import shrink
+
+    digest = _backbone_weights(cfg)
+    bank, raw = support.bank, shrink(support.bank)
+    if digest is not None:
+        from fewshot_mann.data.features import embed_bank
+        bank = embed_bank(bank, cfg.model, digest=digest, cache=False, progress=False)
+    warn_if_hard(bank, raw, digest is not None)
+    return bank, raw
+
+
+def query_inputs(cfg: Config, queries: np.ndarray) -> np.ndarray:
+    """(Q, C, H, W) uint8 query images as the model reads them: backbone features (never cached), or the pixels."""
+    digest = _backbone_weights(cfg)
+    if digest is None:
+        return queries
+    from fewshot_mann.data.features import embed_images
+    return embed_images(queries, cfg.model, digest=digest, cache=False, progress=False)
