@@ -158,6 +158,17 @@ def number(fields: dict, name: str, kind=int, default=None):
         raise UserError(f"{name} must be a number (got {text[:40]!r})") from None
 
 
+async def json_body(request) -> dict:
+    """A small JSON object from the request body; a malformed one is a user error."""
+    try:
+        body = json.loads((await request.body())[:10_000] or b"{}")
+    except ValueError:
+        raise UserError("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise UserError("the request body must be a JSON object")
+    return body
+
+
 def create_app(session, token: str, limits: Limits = Limits()) -> Starlette:
     """The app over ``session`` (``session.Session``); every request needs ``?token=<token>``."""
     async def asset(request):
@@ -170,7 +181,7 @@ def create_app(session, token: str, limits: Limits = Limits()) -> Starlette:
                              "support": session.support_view() if session.support else None})
 
     async def model(request):
-        body = json.loads((await request.body())[:10_000] or b"{}")
+        body = await json_body(request)
         return JSONResponse(await run_in_threadpool(session.choose_model, str(body.get("name", ""))))
 
     async def support(request):
@@ -186,8 +197,11 @@ def create_app(session, token: str, limits: Limits = Limits()) -> Starlette:
         return JSONResponse(await run_in_threadpool(session.give_cases, files, threshold))
 
     async def reliability(request):
-        body = json.loads((await request.body())[:10_000] or b"{}")
-        return JSONResponse(session.start_reliability(int(body.get("episodes", 200))))
+        body = await json_body(request)
+        episodes = body.get("episodes", 200)
+        if not isinstance(episodes, int) or isinstance(episodes, bool):
+            raise UserError(f"episodes must be a whole number (got {str(episodes)[:40]!r})")
+        return JSONResponse(session.start_reliability(episodes))
 
     async def job(request):
         return JSONResponse(dict(session.job))

@@ -86,6 +86,8 @@ def test_the_page_loads_only_the_models_it_offers(folders):
     client = client_for(folders)
     r = client.post(f"/api/model?token={TOKEN}", json={"name": "/etc/passwd"})
     assert r.status_code == 400 and "unknown model '/etc/passwd'" in r.json()["error"]
+    r = client.post(f"/api/model?token={TOKEN}", content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"] == "the request body is not valid JSON"
 
 
 def test_uploads_are_bounded(folders):
