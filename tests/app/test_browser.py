@@ -33,7 +33,7 @@ from helpers.images import make_image_folder  # noqa: E402
 from fewshot_mann.app.server import create_app  # noqa: E402
 from fewshot_mann.app.session import Session  # noqa: E402
 from fewshot_mann.cli import main as cli  # noqa: E402
-from test_server import flat_cases, tiny_checkpoint  # noqa: E402
+from helpers.app import flat_cases, tiny_checkpoint  # noqa: E402
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "app"
 TOKEN = "browser-test-token"

@@ -16,25 +16,13 @@ pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (pip ins
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from helpers import tiny_config  # noqa: E402
+from helpers.app import flat_cases, tiny_checkpoint  # noqa: E402
 from helpers.images import make_image_folder  # noqa: E402
 from fewshot_mann.app.server import Limits, create_app  # noqa: E402
 from fewshot_mann.app.session import Session, nearest_support  # noqa: E402
 from fewshot_mann.cli import main as cli  # noqa: E402
-from fewshot_mann.engine.checkpoint import save_checkpoint  # noqa: E402
-from fewshot_mann.engine.trainer import new_model  # noqa: E402
 
 TOKEN = "test-token-123"
-
-
-def tiny_checkpoint(path: Path) -> Path:
-    cfg = tiny_config()
-    cfg.data.dataset, cfg.data.image_size, cfg.data.channels = "folder", 8, 3
-    cfg.episodes.ways, cfg.episodes.instances = 3, 4
-    cfg.validate()
-    save_checkpoint(path, {"config": cfg.to_dict(), "command": None, "model": new_model(cfg).state_dict(),
-                           "optimizer": None, "step": 0, "episodes_done": 0})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +41,6 @@ def client_for(folders, limits: Limits | None = None) -> TestClient:
 
 def support_files(root: Path):
     return [("files", (p.relative_to(root).as_posix(), p.read_bytes())) for p in sorted(root.rglob("*")) if p.is_file()]
-
-
-def flat_cases(root: Path, out: Path) -> Path:
-    """The cases as one flat folder (``<class>_<file>``: the class folders reuse file names)."""
-    out.mkdir(exist_ok=True)
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            (out / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
-    return out
 
 
 def case_files(root: Path):
