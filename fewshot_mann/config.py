@@ -122,6 +122,12 @@ def check_type(section: str, name: str, value, where: str = "config"):
     return value
 
 
+def answers_any_ways(cfg: "Config") -> bool:
+    """True for a model with nothing learned per label (the label-keyed memory, one-hot): it answers
+    as many classes as a support set holds, whatever ways it was trained on."""
+    return cfg.model.model == "keyed" and cfg.episodes.labels == "onehot"
+
+
 def is_backbone(encoder: str) -> bool:
     """``encoder`` names a pretrained backbone (LIBRARY:NAME), not a raw-pixel encoder."""
     lib, sep, name = str(encoder).partition(":")

@@ -34,7 +34,8 @@ def test_wheel_holds_the_run_time_files(wheel):
     for needed in ("fewshot_mann/data/splits/omniglot_santoro.json", "fewshot_mann/data/splits/omniglot_lake.json",
                    "fewshot_mann/memory/lrua/lrua.cpp", "fewshot_mann/assets/omniglot-20px.npy.xz",
                    "fewshot_mann/assets/omniglot-20px.json", "fewshot_mann/assets/LICENSE.omniglot",
-                   "fewshot_mann/assets/models/models.json", "fewshot_mann/assets/models/omniglot-5way.pt"):
+                   "fewshot_mann/assets/models/models.json", "fewshot_mann/assets/models/omniglot-5way.pt",
+                   "fewshot_mann/app/page/index.html", "fewshot_mann/app/page/app.js", "fewshot_mann/app/page/app.css"):
         assert needed in names, needed
     assert not any(n.startswith(("tests/", "reports/", "data/")) for n in names)
 

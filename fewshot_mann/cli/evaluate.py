@@ -10,7 +10,7 @@ import sys
 import time
 
 from fewshot_mann.cli.common import add_shared_flags, classes_option, parse_checked, run_guarded, set_threads
-from fewshot_mann.config import DECODES, RESIZE_POLICIES
+from fewshot_mann.config import DECODES, RESIZE_POLICIES, answers_any_ways
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -55,7 +55,7 @@ def apply_overrides(cfg, args) -> None:
     if args.resize:
         cfg.data.resize = args.resize
     if args.ways is not None:
-        cfg.episodes = with_ways(cfg.episodes, args.ways, cfg.model.model == "keyed")
+        cfg.episodes = with_ways(cfg.episodes, args.ways, answers_any_ways(cfg))
     if args.instances is not None:
         cfg.episodes.instances = args.instances  # the models read episodes of any length
     if args.ways is not None or args.instances is not None:

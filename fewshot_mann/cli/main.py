@@ -26,6 +26,7 @@ VERBS = {
     "cache": ("fewshot_mann.cli.cache", "list or clear the caches (decoded images, backbone features)"),
     "pretrain": ("fewshot_mann.cli.pretrain", "pretrain a Conv4 backbone on the training classes (prototypical loss)"),
     "report": ("fewshot_mann.cli.report", "regenerate the reports' tables and plots"),
+    "serve": ("fewshot_mann.cli.serve", "a local web page: support folder, cases, answers, checks"),
 }
 
 

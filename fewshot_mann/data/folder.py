@@ -586,16 +586,66 @@ def _decode_classes(root: Path, classes: dict[str, list], image_size: int, chann
             transient = transient or exc.transient
             continue
         decoded[name].append((rel, image, digest))
-        s = stats.setdefault(name, {"size_min": info["size"], "size_max": info["size"], "modes": [], "formats": []})
-        s["size_min"] = [min(a, b) for a, b in zip(s["size_min"], info["size"])]
-        s["size_max"] = [max(a, b) for a, b in zip(s["size_max"], info["size"])]
-        for key, value in (("modes", info["mode"]), ("formats", info["format"])):
-            if value not in s[key]:
-                s[key].append(value)
+        _add_stats(stats, name, info)
     for s in stats.values():
         s["modes"].sort()
         s["formats"].sort()
     return decoded, stats, problems, transient
+
+
+def _add_stats(stats: dict[str, dict], name: str, info: dict) -> None:
+    s = stats.setdefault(name, {"size_min": info["size"], "size_max": info["size"], "modes": [], "formats": []})
+    s["size_min"] = [min(a, b) for a, b in zip(s["size_min"], info["size"])]
+    s["size_max"] = [max(a, b) for a, b in zip(s["size_max"], info["size"])]
+    for key, value in (("modes", info["mode"]), ("formats", info["format"])):
+        if value not in s[key]:
+            s[key].append(value)
+
+
+def decode_uploads(files: list[tuple[str, bytes]], image_size: int, channels: int, resize: str = "pad", *,
+                   max_pixels: int = MAX_PIXELS, polarity: str = "keep", ink_frame: str = "keep",
+                   option: str = "support") -> FolderData:
+    """``load_folder`` for a folder given as bytes in memory (the web app's uploads): ``files`` are
+    (relative path ``<class>/.../<image>``, file bytes). The same decoding, checks and problems
+    (stray files, non-images, unreadable, duplicates, empty classes); nothing is read from or
+    written to disk, nothing cached."""
+    problems: list[Problem] = []
+    classes: dict[str, list[tuple[str, bytes]]] = {}
+    for rel, data in sorted(files, key=lambda f: f[0]):
+        parts = [p for p in rel.replace("\\", "/").split("/") if p]
+        if not parts or any(p.startswith(".") for p in parts):  # .DS_Store, as walk_images
+            continue
+        if len(parts) == 1:
+            problems.append(Problem("stray-file", rel, "file outside any class folder (each class is a sub-folder)"))
+        elif not is_image_name(parts[-1]):
+            problems.append(Problem("not-image", rel, f"not an image file (extension not one of {' '.join(IMAGE_EXTENSIONS)})"))
+        else:
+            classes.setdefault(parts[0], []).append(("/".join(parts), data))
+    if not classes:
+        raise DataError(f"{option} has no class sub-folders with image files; expected <class name>/<images> "
+                        f"({', '.join(IMAGE_EXTENSIONS)})")
+    decoded: dict[str, list[tuple[str, np.ndarray, str]]] = {name: [] for name in classes}
+    stats: dict[str, dict] = {}
+    for name, items in classes.items():
+        for rel, data in items:
+            try:
+                if len(data) > MAX_FILE_BYTES:
+                    raise BadImage("too-large", f"file is {len(data) / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} "
+                                   "MB limit; not read")
+                if not data:
+                    raise BadImage("unreadable", "empty file")
+                image, info = decode_image(data, image_size, channels, resize, max_pixels, polarity, ink_frame)
+            except BadImage as exc:
+                problems.append(Problem(exc.kind, rel, str(exc)))
+                continue
+            decoded[name].append((rel, image, hashlib.sha256(data).hexdigest()))
+            _add_stats(stats, name, info)
+    for s in stats.values():
+        s["modes"].sort()
+        s["formats"].sort()
+    drop = _drop_duplicates(decoded, problems)
+    bank, digests = _bank_of(decoded, drop, problems, image_size, channels)
+    return FolderData(Path(option), bank, digests, problems, stats, sorted(classes), False)
 
 
 def _drop_duplicates(decoded: dict[str, list], problems: list[Problem]) -> set[str]:

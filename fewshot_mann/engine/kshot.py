@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fewshot_mann.data.bank import ClassBank
-from fewshot_mann.config import EpisodeConfig
+from fewshot_mann.config import EpisodeConfig, answers_any_ways
 from fewshot_mann.data.episodes import Episodes, check_bank, evaluation_episodes, to_tensors, with_ways
 from fewshot_mann.engine.evaluation import correct_steps, summarise
 
@@ -76,7 +76,7 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
     model.eval()
     per_episode = []
     bar = None
-    if progress:
+    if progress and not callable(progress):  # callable: the caller's own report, progress(done, total)
         from tqdm import tqdm
         bar = tqdm(total=episodes, desc=f"{cfg.ways}-way {shots}-shot", unit="ep", leave=False, file=sys.stderr)
     for first in range(0, episodes, batch_episodes):
@@ -94,6 +94,8 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
         per_episode.append(correct.double().view(count, per_row).mean(1).cpu().numpy())
         if bar is not None:
             bar.update(count)
+        if callable(progress):
+            progress(first + count, episodes)
     if bar is not None:
         bar.close()
     acc = np.concatenate(per_episode)[:, None]
@@ -148,7 +150,7 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
 
     rows, base_rows = [], []
     for ways in ways_list:
-        ep_cfg = with_ways(cfg.episodes, ways, getattr(model, "answers_any_ways", False))
+        ep_cfg = with_ways(cfg.episodes, ways, answers_any_ways(cfg))
         for shots in shots_list:
             keep = [i for i, n in enumerate(bank.counts) if n >= shots + queries]
             if len(keep) < bank.num_classes:

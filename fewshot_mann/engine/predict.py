@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from fewshot_mann.data.bank import ClassBank
-from fewshot_mann.config import STRING_LENGTH, STRING_SYMBOLS, Config
+from fewshot_mann.config import STRING_LENGTH, STRING_SYMBOLS, Config, answers_any_ways
 from fewshot_mann.errors import DataError, UserError
 from fewshot_mann.data.folder import BadImage, load_folder, read_image_file, report_problems, walk_images, warn
 
@@ -201,20 +201,35 @@ def to_csv(results: list[dict], names: list[str]) -> str:
     return buf.getvalue()
 
 
-def load_support(path, cfg: Config, reader: dict, any_ways: bool = False):
+def with_support_ways(cfg: Config, classes: int) -> Config:
+    """``cfg`` with one label per support class, for a model that answers any number of them."""
+    if not answers_any_ways(cfg) or cfg.episodes.ways == classes:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.episodes.ways = classes
+    return cfg
+
+
+def load_support(path, cfg: Config, reader: dict):
     """The ``--support`` folder (never cached: patient images stay where the user keeps them),
     refused when the model cannot choose between its classes, with a warning for what it can
-    only partly use. ``reader``: ``folder.reader_settings(cfg)``; ``any_ways``: the model answers any
-number of classes (a label-keyed memory), so more classes than its trained ways are fine."""
-    e = cfg.episodes
+    only partly use. ``reader``: ``folder.reader_settings(cfg)``."""
     support = load_folder(path, reader["image_size"], reader["channels"], reader["resize"], progress=False,
                           cache=False, option="--support", polarity=reader["polarity"], ink_frame=reader["ink_frame"])
+    return check_support(support, cfg, path)
+
+
+def check_support(support, cfg: Config, path):
+    """``load_support``'s checks of a decoded support folder (``FolderData``): problems warned, an error
+    when the model cannot choose between its classes; returns ``support``. A model that answers any
+    number of classes (``config.answers_any_ways``: the label-keyed memory) takes them all."""
+    e = cfg.episodes
     report_problems(support, "--support")
     bank = support.bank
     if bank.num_classes < 2:
         raise DataError(f"--support {path} has {bank.num_classes} usable class folder(s); "
                         "predict needs at least 2 classes to choose between")
-    if e.labels == "onehot" and bank.num_classes > e.ways and not any_ways:
+    if e.labels == "onehot" and bank.num_classes > e.ways and not answers_any_ways(cfg):
         raise DataError(f"--support has {bank.num_classes} classes but the checkpoint's model answers with "
                         f"{e.ways} one-hot labels (--ways {e.ways}); use at most {e.ways} classes, or a model "
                         f"trained with --ways {bank.num_classes} or --labels string")
@@ -245,13 +260,18 @@ def read_queries(paths: list[str], cfg: Config, reader: dict, support) -> tuple[
         digests.append(digest)
     if not images:
         raise DataError("no readable query images (see the warnings above)")
+    warn_support_copies(names, digests, support)
+    return np.stack(images), names
+
+
+def warn_support_copies(names: list[str], digests: list[str], support) -> None:
+    """A warning naming each query that is the same file (sha256) as a support image."""
     bank = support.bank
     support_digests = dict(zip(support.digests.tolist(), np.repeat(np.arange(bank.num_classes), bank.counts).tolist()))
     for query, digest in zip(names, digests):
         if digest in support_digests:
             warn(f"--query {query} is the same file as a support image of class "
                  f"{bank.names[support_digests[digest]]!r}")
-    return np.stack(images), names
 
 
 def warn_if_hard(bank: ClassBank, raw: ClassBank, backbone: bool, what: str = "the support set's") -> None:
@@ -289,29 +309,50 @@ def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list
     """Classify the query images from the support folder: (results, support bank); see the
     module docstring for the protocol and ``summarise`` for a result. ``adapt`` > 0: answered
     by a copy of the model meta-fine-tuned that many steps on the support set (``adapted``)."""
-    from fewshot_mann.config import is_backbone
     from fewshot_mann.data.folder import reader_settings
-    from fewshot_mann.data.loading import shrink
 
     reader = reader_settings(cfg)
-    backbone = is_backbone(cfg.model.encoder)
-    if backbone:
-        from fewshot_mann.data.features import embed_bank, embed_images, resolve_weights
-        digest = resolve_weights(cfg.model, trained=True)
-    any_ways = getattr(model, "answers_any_ways", False)
-    support = load_support(support_path, cfg, reader, any_ways)
-    bank = support.bank
-    if any_ways and cfg.episodes.labels == "onehot":  # one label per support class, however many
-        cfg = copy.deepcopy(cfg)
-        cfg.episodes.ways = bank.num_classes
+    _backbone_weights(cfg)  # missing or different weights fail before any image is read
+    support = load_support(support_path, cfg, reader)
+    cfg = with_support_ways(cfg, support.bank.num_classes)
     queries, names = read_queries(query_paths, cfg, reader, support)
-    raw = shrink(bank)
-    if backbone:  # support and queries are the user's images: features never cached here
-        bank = embed_bank(bank, cfg.model, digest=digest, cache=False, progress=False)
-        queries = embed_images(queries, cfg.model, digest=digest, cache=False, progress=False)
-    warn_if_hard(bank, raw, backbone)
+    bank, _ = support_inputs(cfg, support)
+    queries = query_inputs(cfg, queries)
     if adapt:
         model = adapted(model, cfg, bank, adapt, seed)
     probs = predict_probabilities(model, cfg, bank, queries, orders=orders, seed=seed, batch_size=batch_size,
                                   device=device)
     return summarise(bank.names, probs, threshold, names), bank
+
+
+def _backbone_weights(cfg: Config) -> str | None:
+    """The sha256 of a backbone checkpoint's weights (``features.resolve_weights``); None for pixels."""
+    from fewshot_mann.config import is_backbone
+
+    if not is_backbone(cfg.model.encoder):
+        return None
+    from fewshot_mann.data.features import resolve_weights
+    return resolve_weights(cfg.model, trained=True)
+
+
+def support_inputs(cfg: Config, support) -> tuple[ClassBank, ClassBank]:
+    """(the support bank as the model reads it, its raw pixels shrunk for the baselines), with
+    ``warn_if_hard``'s warning. A backbone's features are never cached: they are the user's images."""
+    from fewshot_mann.data.loading import shrink
+
+    digest = _backbone_weights(cfg)
+    bank, raw = support.bank, shrink(support.bank)
+    if digest is not None:
+        from fewshot_mann.data.features import embed_bank
+        bank = embed_bank(bank, cfg.model, digest=digest, cache=False, progress=False)
+    warn_if_hard(bank, raw, digest is not None)
+    return bank, raw
+
+
+def query_inputs(cfg: Config, queries: np.ndarray) -> np.ndarray:
+    """(Q, C, H, W) uint8 query images as the model reads them: backbone features (never cached), or the pixels."""
+    digest = _backbone_weights(cfg)
+    if digest is None:
+        return queries
+    from fewshot_mann.data.features import embed_images
+    return embed_images(queries, cfg.model, digest=digest, cache=False, progress=False)

@@ -17,7 +17,7 @@ must learn to carry each image to the next step to bind it to its label, which i
 slowly on 1,280-wide features (measured in docs/your-own-dataset.md).
 
 One-hot labels only, any number of them: nothing learned depends on the number of labels, so
-a model trained on 5-way episodes answers 2- to 20-way ones (``answers_any_ways``; kshot
+a model trained on 5-way episodes answers 2- to 20-way ones (``config.answers_any_ways``; kshot
 ``--ways``, predict with as many support classes as the folder holds). Slots are computed in closed form for all steps at once: with z the
 unit features and y_s the label of step s, slot_t[l] = sum_{s<t} y_s[l] z_s, so
 z_t . slot_t[l] comes from the causal Gram matrix and |slot_t[l]|^2 from a running sum.
@@ -32,8 +32,6 @@ from fewshot_mann.models.encoders import build_encoder
 
 
 class KeyedMemory(nn.Module):
-    answers_any_ways = True  # no parameter depends on the number of labels: one slot per label given
-
     def __init__(self, cfg: Config):
         super().__init__()
         self.encoder = build_encoder(cfg)

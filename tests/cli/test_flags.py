@@ -190,7 +190,7 @@ def test_dispatcher_lists_every_verb_and_the_report_slot(capsys):
     out = capsys.readouterr().out
     assert "report    regenerate the reports' tables and plots" in out
     assert set(cli.VERBS) == {"train", "evaluate", "inspect", "predict", "bench", "knn", "export", "kshot",
-                              "models", "cache", "report", "pretrain"}
+                              "models", "cache", "report", "pretrain", "serve"}
     assert cli.main(["nope"]) == 2
 
 

@@ -331,3 +331,23 @@ def test_inspect_checks_the_same_split_as_training(messy):
         train, test = load_folder_banks(cfg, progress=False, report=lambda m: None)
         assert report["split"]["test_names"] == test.names
         assert (report["split"]["train"], report["split"]["test"]) == (train.num_classes, test.num_classes)
+
+
+def test_an_uploaded_folder_decodes_and_is_checked_as_the_folder_on_disk(messy):
+    """``decode_uploads`` (the web app's in-memory folder) gives load_folder's bank, digests and problems."""
+    from fewshot_mann.data.folder import decode_uploads
+
+    root = messy["root"]
+    files = [(p.relative_to(root).as_posix(), p.read_bytes()) for p in sorted(root.rglob("*"))
+             if p.is_file() and not p.is_symlink()]  # a browser never sends a link out of the folder
+    disk = load_folder(root, 12, 3, progress=False, cache=False)
+    upload = decode_uploads(files + [("../../etc/passwd", b"x"), (".hidden/a.png", b"x")], 12, 3)
+    assert upload.bank.names == disk.bank.names
+    assert np.array_equal(upload.bank.images, disk.bank.images) and list(upload.digests) == list(disk.digests)
+    kinds = {p.kind: p.path for p in upload.problems}
+    on_disk = {p.kind: p.path for p in disk.problems if p.kind not in ("outside-link", "empty-class")}
+    for kind, path in on_disk.items():
+        assert kinds.get(kind) == path, kind
+    assert "../../etc/passwd" not in {p.path for p in upload.problems}  # dot segments are never a class
+    with pytest.raises(DataError, match="no class sub-folders"):
+        decode_uploads([("loose.png", b"x")], 12, 3)
