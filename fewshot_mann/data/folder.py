@@ -64,10 +64,11 @@ import numpy as np
 from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from fewshot_mann.data import cache_files
 from fewshot_mann.data.bank import ClassBank, SplitBanks, empty_bank
 from fewshot_mann.config import RESIZE_POLICIES, Config, is_backbone
 from fewshot_mann.errors import DataError, UserError
-from fewshot_mann.fileio import InputError, atomic_write, atomic_write_json, read_regular_file
+from fewshot_mann.fileio import InputError, atomic_write_json, read_regular_file
 from fewshot_mann.data.omniglot import cache_dir
 
 IMAGE_EXTENSIONS = tuple(IMG_EXTENSIONS)
@@ -511,13 +512,11 @@ def _save_cache(path: Path, prefix: str, bank: ClassBank, digests, problems, sta
     def write(f):
         np.savez(f, images=bank.images, counts=bank.counts, digests=np.asarray(digests, dtype="<U64"),
                  meta=np.array(meta))
-    try:
-        atomic_write(path, write)
-        for old in path.parent.glob(f"{prefix}-*.npz"):  # the folder changed: drop the stale decode
-            if old != path:
-                old.unlink(missing_ok=True)
-    except OSError:
-        pass  # a read-only cache only costs the decode next time
+    if not cache_files.write(path, write):
+        return  # a read-only cache only costs the decode next time
+    for old in path.parent.glob(f"{prefix}-*.npz"):  # the folder changed: drop the stale decode (only the cache's own)
+        if old != path and cache_files.is_owned(old):
+            old.unlink(missing_ok=True)
 
 
 def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1, resize: str = "pad", *,
