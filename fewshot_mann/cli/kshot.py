@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, classes_option, parse_checked, run_guarded,
                                      set_threads)
 from fewshot_mann.config import INK_FRAMES, POLARITIES
@@ -21,11 +22,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ink-frame", choices=INK_FRAMES, default=None,
                    help="override the checkpoint's ink framing (raw pixels; see train --help)")
     add_shared_flags(p, "ways", ways_nargs="+", ways_help="default: the checkpoint's ways")
-    add_flag(p, "--shots", type=int, nargs="+", default=[1, 5], problem=at_least(1, "--shots"))
-    add_flag(p, "--queries", type=int, default=1, problem=at_least(1, "--queries"),
+    add_flag(p, "--shots", type=int, nargs="+", default=[1, 5], problem=at_least(1, "--shots", high=limits.MAX_SHOTS))
+    add_flag(p, "--queries", type=int, default=1, problem=at_least(1, "--queries", high=limits.MAX_SHOTS),
              help="query images per class in each episode")
     add_shared_flags(p, "episodes", "seed", "device", "threads")
-    add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt"),
+    add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt", high=limits.MAX_ADAPT_STEPS),
              help="meta-fine-tune a copy of the model on each episode's support set for STEPS steps first")
     p.add_argument("--no-baselines", action="store_true", help="skip the nearest-centroid baselines")
     p.add_argument("--within-alphabet", action="store_true",

@@ -12,6 +12,7 @@ import time
 import typing
 from pathlib import Path
 
+from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_deprecated, add_flag, add_shared_flags, at_least, explicit_flags,
                                      parse_checked, run_guarded)
 from fewshot_mann.config import OBSOLETE_KEYS, SECTIONS, Config, check_type, dest_of, flagged_fields, kind_of
@@ -68,7 +69,7 @@ def train_parser() -> argparse.ArgumentParser:
     # obsolete: the torch.compile path was removed; a one-line notice, then ignored
     groups["model"].add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=argparse.SUPPRESS)
     add_flag(groups["run"], "--final-eval", type=int, default=1000, metavar="EPISODES",
-             problem=at_least(0, "--final-eval"),
+             problem=at_least(0, "--final-eval", high=limits.MAX_EVAL_EPISODES),
              help="at the end, score this many held-out (test-class) episodes as evaluate.py does and print "
                   "the table (0 = skip)")
     return p
@@ -153,8 +154,11 @@ def main(argv=None) -> int:
 def _train(argv) -> int:
     from fewshot_mann.engine.trainer import train
 
+    from fewshot_mann.models.registry import check_size
+
     args = parse_train_args(argv)
     cfg = config_from_args(args)
+    check_size(cfg)  # before the run folder is touched
     if args.download:
         from fewshot_mann.data.omniglot import default_data_root, download_omniglot
         root = Path(args.data_root) if args.data_root else default_data_root()

@@ -109,6 +109,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         ckpt["config_obj"] = Config.from_dict(ckpt["config"])
     except (UserError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid config: {exc}") from exc
+    from fewshot_mann.models.registry import check_size
+    try:
+        check_size(ckpt["config_obj"])
+    except UserError as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid config: {exc}") from exc
     _forget_absent_omniglot_root(ckpt["config_obj"])
     _weights_beside(ckpt["config_obj"], path)
     return ckpt

@@ -57,8 +57,8 @@ def parameter_count(result: dict) -> int | None:
         return 0
     if not isinstance(result.get("config"), dict):
         return None
-    from fewshot_mann.models.registry import build_model, count_parameters
-    return count_parameters(build_model(Config.from_dict(result["config"])))
+    from fewshot_mann.models.registry import parameters_on_meta
+    return parameters_on_meta(Config.from_dict(result["config"]))  # counted on meta: nothing is allocated
 
 
 def training_summary(result: dict, metrics: Path | None) -> dict:
