@@ -22,6 +22,7 @@ from pathlib import Path
 from fewshot_mann import limits
 from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_checked, set_threads
 from fewshot_mann.errors import UserError
+from fewshot_mann.fileio import check_output_path
 
 REPORTS = ("results", "memory-comparison", "second-instance")
 
@@ -111,6 +112,9 @@ def _report(argv) -> int:
     reports = Path(args.reports_dir)
     if not reports.is_dir():
         raise UserError(f"--reports-dir {reports} is not a folder")
+    # every place a report writes, checked before any work (a file or a read-only folder: one line now)
+    check_output_path(Path(args.out_dir or reports) / "memory_comparison.md", "--out-dir" if args.out_dir else "--reports-dir")
+    check_output_path(reports / "README.md", "--reports-dir")
     for name in args.only or REPORTS:
         if not args.only and not has_inputs(name, args, reports):
             print(f"{name}: skipped (no inputs; see fewshot-mann report --help)", file=sys.stderr)
