@@ -56,6 +56,8 @@ def new_model(cfg: Config) -> torch.nn.Module:
 
 
 RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl")
+# what a run writes besides: results of the old run, which a new run (--overwrite, a restart) removes too
+RESULT_FILES = ("final_eval.json", "split.json")
 
 
 # settings a resumed run takes from the new command line; every other one is the run's own
@@ -90,11 +92,11 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, lock: RunLock | No
     if resume and ckpt.exists():
         return True
     if init_from:
-        for name in RUN_FILES:
+        for name in RUN_FILES + RESULT_FILES:
             if same_file(init_from, out / name):
                 raise UserError(f"--init-from {init_from} is this run's own {name}, which starting the run in "
                                 f"{out} would delete; copy it elsewhere first, or train into another --out")
-    for name in RUN_FILES:
+    for name in RUN_FILES + RESULT_FILES:
         (out / name).unlink(missing_ok=True)
     return False
 
