@@ -63,7 +63,9 @@ def resolve_weights(m: ModelConfig, *, trained: bool) -> str:
     digest = weights_id(m)
     if digest is None:
         if not trained and m.encoder_weights not in ("imagenet", "none"):
-            raise UserError(f"--encoder-weights {m.encoder_weights}: no such file (give imagenet, none or a weights file)")
+            from fewshot_mann.models.backbone_checks import weights_file_problem
+            why = weights_file_problem(m.encoder_weights) or "no such file (give imagenet, none or a weights file)"
+            raise UserError(f"--encoder-weights {m.encoder_weights}: {why}")
         raise UserError(missing_weights_message(m))
     if trained and m.weights_hash and digest != m.weights_hash:
         raise UserError(f"the backbone weights here (sha256 {digest[:16]}) differ from the ones this checkpoint was "
