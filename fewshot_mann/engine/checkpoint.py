@@ -185,6 +185,9 @@ def check_structure(ckpt: dict, path) -> None:
         bad("command is not a list of strings")
     if ckpt.get("init_from") is not None and not isinstance(ckpt["init_from"], dict):
         bad("init_from is not a mapping")
+    from fewshot_mann.data import image_record
+    if ckpt.get(image_record.KEY) is not None and image_record.problem(ckpt[image_record.KEY]):
+        bad(image_record.problem(ckpt[image_record.KEY]))
 
 
 def structure_problem(obj, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> str | None:

@@ -23,6 +23,7 @@ from fewshot_mann.engine import distributed
 from fewshot_mann.engine.checkpoint import (check_weights_fit, load_checkpoint, load_model_from_checkpoint, refuse_nonfinite,
                          save_checkpoint)
 from fewshot_mann.config import Config
+from fewshot_mann.data import image_record
 from fewshot_mann.data.loading import load_split_banks
 from fewshot_mann.data.episodes import Compose, Jitter, Photometric, batch_rng, check_bank, sample_episodes, to_tensors
 from fewshot_mann.errors import CheckpointError, UserError
@@ -363,7 +364,8 @@ class Trainer:
             from fewshot_mann.data.folder import write_split
             write_split(self.out / "split.json", cfg, parts.train, parts.test, parts.validation)
         self.classes_record = parts.class_names()  # which classes this model trains on, is checked on and is tested on
-        self.train_digests = sorted({x for n in parts.train.names for x in parts.digests.get(n, [])}) \
+        # which images it trains on: a record of fixed size whatever their number (data/image_record.py)
+        self.train_images = image_record.compact(x for n in parts.train.names for x in parts.digests.get(n, [])) \
             if parts.digests else None
         if cfg.data.rotations:
             train_bank = train_bank.with_rotations()
@@ -595,7 +597,7 @@ class Trainer:
             "step": state["step"], "episodes_done": state["episodes_done"],
             **({"init_from": self.origin} if self.origin else {}),
             "classes": self.classes_record,
-            **({"train_digests": self.train_digests} if self.train_digests is not None else {}),
+            **({image_record.KEY: self.train_images} if self.train_images is not None else {}),
         })
 
     def finish(self, interrupted) -> dict:
