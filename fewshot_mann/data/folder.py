@@ -139,6 +139,7 @@ class BadImage(DataError):
         super().__init__(message)
         self.kind = kind
         self.transient = transient
+        self.digest: str | None = None  # SHA-256 of the bytes that failed to decode, where they were read
 
 
 def warn(message: str) -> None:
@@ -336,10 +337,15 @@ def read_image_file(path: Path, image_size: int, channels: int, resize: str,
     except MemoryError as exc:
         raise BadImage("unreadable", "out of memory while reading (not cached; tried again next run)",
                        transient=True) from exc
-    if not data:
-        raise BadImage("unreadable", "empty file")
-    image, info = decode_image(data, image_size, channels, resize, max_pixels, polarity, ink_frame)
-    return image, info, hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        if not data:
+            raise BadImage("unreadable", "empty file")
+        image, info = decode_image(data, image_size, channels, resize, max_pixels, polarity, ink_frame)
+    except BadImage as exc:
+        exc.digest = digest  # the decode cache is keyed on the bytes that were decoded (or failed to)
+        raise
+    return image, info, digest
 
 
 # ---------------------------------------------------------------------------- scanning
@@ -465,27 +471,39 @@ def scan_folder(root: str | os.PathLike, option: str = "--data-root") -> tuple[P
     return root, classes, problems
 
 
+def _stat_stamp(f: Path) -> str:
+    """The key of a file whose content could not be read: its size, times and inode."""
+    try:
+        st = f.stat()
+        return f"unread:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+    except OSError:
+        return "missing"
+
+
 def _cache_paths(root: Path, classes: dict[str, list[Path]], image_size: int, channels: int,
-                 resize: str, max_pixels: int, polarity: str = "keep", ink_frame: str = "keep") -> tuple[Path, str]:
+                 resize: str, max_pixels: int, polarity: str = "keep", ink_frame: str = "keep",
+                 stamps: dict | None = None) -> tuple[Path, str]:
     """(cache file, prefix shared by every cache of this folder and settings).
 
     The key holds every file's class, path and SHA-256 of its bytes: sizes and times can stay
     the same while pixels change (fixed-size BMP/PGM/TIFF re-created with the same times) or
-    files move between classes (``mv`` keeps both), so only the content is trusted."""
+    files move between classes (``mv`` keeps both), so only the content is trusted.
+    ``stamps`` (path -> SHA-256 or None): the digests of the reads that were decoded, so a
+    cache is keyed on the very bytes that filled it (a file changed between the look-up and
+    the decode files the result under the new content, never under the old)."""
     settings = json.dumps([CACHE_VERSION, str(root), image_size, channels, resize, max_pixels]
                           + ([] if polarity == "keep" else [polarity]) + ([] if ink_frame == "keep" else
                                                                           [f"ink-frame-{ink_frame}"]))
     listing = hashlib.sha256()
     for name, files in classes.items():
         for f in files:
-            try:
-                stamp = hashlib.sha256(read_regular_file(f, MAX_FILE_BYTES, "image")).hexdigest()
-            except (InputError, OSError, MemoryError):  # unreadable now: its problem is found when decoding
+            if stamps is not None:
+                stamp = stamps.get(f) or _stat_stamp(f)
+            else:
                 try:
-                    st = f.stat()
-                    stamp = f"unread:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
-                except OSError:
-                    stamp = "missing"
+                    stamp = hashlib.sha256(read_regular_file(f, MAX_FILE_BYTES, "image")).hexdigest()
+                except (InputError, OSError, MemoryError):  # unreadable now: its problem is found when decoding
+                    stamp = _stat_stamp(f)
             listing.update(f"{name}\0{_rel(f, root)}\0{stamp}\n".encode("utf-8", "surrogateescape"))
     prefix = "folder-" + hashlib.sha256(settings.encode("utf-8", "surrogateescape")).hexdigest()[:12]
     return cache_dir() / f"{prefix}-{listing.hexdigest()[:16]}.npz", prefix
@@ -538,9 +556,20 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
                                                                  max_pixels, polarity, progress, ink_frame)
     drop = _drop_duplicates(decoded, decode_problems)
     bank, digests_arr = _bank_of(decoded, drop, decode_problems, image_size, channels)
-    if cache and not transient:
+    if cache and not transient:  # keyed on the bytes just decoded, not on the look-up's read
+        cache_path, prefix = _cache_paths(root, classes, image_size, channels, resize, max_pixels, polarity, ink_frame,
+                                          stamps=decoded.stamps)
         _save_cache(cache_path, prefix, bank, digests_arr, decode_problems, stats)
     return FolderData(root, bank, digests_arr, problems + decode_problems, stats, class_folders, False)
+
+
+class _Decoded(dict):
+    """``{class: [(rel, image, digest)]}``, and ``stamps``: path -> SHA-256 of the bytes read
+    (None where the content could not be read)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.stamps: dict[Path, str | None] = {}
 
 
 def _decode_classes(root: Path, classes: dict[str, list], image_size: int, channels: int, resize: str,
@@ -554,7 +583,7 @@ def _decode_classes(root: Path, classes: dict[str, list], image_size: int, chann
     if progress:
         from tqdm import tqdm
         iterator = tqdm(jobs, desc=f"decoding {root.name} at {image_size}px (once)", unit="img", leave=False)
-    decoded: dict[str, list[tuple[str, np.ndarray, str]]] = {name: [] for name in classes}
+    decoded = _Decoded({name: [] for name in classes})
     stats: dict[str, dict] = {}
     transient = False
     for name, path in iterator:
@@ -564,7 +593,9 @@ def _decode_classes(root: Path, classes: dict[str, list], image_size: int, chann
         except BadImage as exc:
             problems.append(Problem(exc.kind, rel, str(exc)))
             transient = transient or exc.transient
+            decoded.stamps[path] = exc.digest
             continue
+        decoded.stamps[path] = digest
         decoded[name].append((rel, image, digest))
         s = stats.setdefault(name, {"size_min": info["size"], "size_max": info["size"], "modes": [], "formats": []})
         s["size_min"] = [min(a, b) for a, b in zip(s["size_min"], info["size"])]
