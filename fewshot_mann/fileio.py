@@ -93,6 +93,8 @@ def check_output_path(path, option: str, suffixes: tuple[str, ...] | None = None
     (or can be made) and a file can be created in it. ``None`` or ``"-"`` (stdout) pass."""
     if path is None or str(path) == "-":
         return
+    if not str(path).strip():
+        raise OutputError(f"{option}: an empty path; name a file")
     given = Path(path).expanduser()
     if suffixes and given.suffix.lower() not in suffixes:
         raise OutputError(f"{option} {path}: the file name must end in {' or '.join(suffixes)} "

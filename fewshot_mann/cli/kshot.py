@@ -55,7 +55,15 @@ def main(argv=None) -> int:
 
 
 def _kshot(argv) -> int:
+    from fewshot_mann.data.wording import KSHOT, naming_instances
+
+    with naming_instances(KSHOT):  # kshot has no --instances: messages name --shots and --queries
+        return _kshot_rows(argv)
+
+
+def _kshot_rows(argv) -> int:
     from fewshot_mann.config import is_backbone
+    from fewshot_mann.errors import DataError
     from fewshot_mann.data.heldout import bank_digests, check_scored, recorded_classes
     from fewshot_mann.data.loading import load_split_banks
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
@@ -77,16 +85,30 @@ def _kshot(argv) -> int:
                                           feature_cache=not args.no_feature_cache, with_pixels=True)
     bank, pixels = parts.part(kind), pixel_parts.part(kind)
     check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
-    rows, baselines = kshot_table(model, bank, pixels, cfg, args.ways or [cfg.episodes.ways], args.shots,
-                                  args.episodes, args.seed, queries=args.queries, adapt=args.adapt,
-                                  baselines=not args.no_baselines, backbone=is_backbone(cfg.model.encoder),
-                                  device=device, progress=not args.no_progress, within_alphabet=args.within_alphabet)
-    if args.json:
+    rows, baselines, failed = [], [], []
+    for ways in args.ways or [cfg.episodes.ways]:  # row by row: a row that cannot run keeps the others
+        for shots in args.shots:
+            try:
+                row, base = kshot_table(model, bank, pixels, cfg, [ways], [shots], args.episodes, args.seed,
+                                        queries=args.queries, adapt=args.adapt, baselines=not args.no_baselines,
+                                        backbone=is_backbone(cfg.model.encoder), device=device,
+                                        progress=not args.no_progress, within_alphabet=args.within_alphabet)
+            except DataError as exc:
+                failed.append({"ways": ways, "shots": shots, "error": str(exc)})
+                print(f"{ways}-way {shots}-shot: not run ({exc})", file=sys.stderr)
+                continue
+            rows += row
+            baselines += base
+    if args.json and rows:
         atomic_write_json(args.json, {"results": rows, "baselines": baselines, "classes": kind,
                                       "class_names": list(bank.names), "checkpoint": args.checkpoint,
                                       "command": ["fewshot-mann", "kshot", *argv], "config": cfg.to_dict(),
                                       "training": {"episodes": ckpt.get("episodes_done")},
-                                      "date": time.strftime("%Y-%m-%d")})
+                                      **({"not_run": failed} if failed else {}), "date": time.strftime("%Y-%m-%d")})
+        print(f"wrote {args.json}" + (f" ({len(rows)} of {len(rows) + len(failed)} rows)" if failed else ""))
+    if failed:
+        raise DataError(f"{len(failed)} of the {len(rows) + len(failed)} rows could not run (first: "
+                        f"{failed[0]['ways']}-way {failed[0]['shots']}-shot: {failed[0]['error']})")
     return 0
 
 

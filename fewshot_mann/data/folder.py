@@ -66,12 +66,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from fewshot_mann.data import cache_files
 from fewshot_mann.data.bank import ClassBank, SplitBanks, empty_bank
+from fewshot_mann.data.wording import instances_name, instances_option, lower_instances
 from fewshot_mann.config import RESIZE_POLICIES, Config, is_backbone
 from fewshot_mann.errors import DataError, UserError
 from fewshot_mann.fileio import InputError, atomic_write_json, read_regular_file
 from fewshot_mann.data.omniglot import cache_dir
 
-IMAGE_EXTENSIONS = tuple(IMG_EXTENSIONS)
+IMAGE_EXTENSIONS = tuple(IMG_EXTENSIONS) + (".gif",)  # GIF: its first frame (PIL decodes it)
 MAX_PIXELS = 50_000_000  # refuse images declaring more (a 50 MP RGBA decode is already 200 MB)
 MAX_FILE_BYTES = 256 * 2**20
 DEFAULT_TEST_FRACTION = 0.3
@@ -658,8 +659,8 @@ def _bank_of(decoded: dict[str, list], drop: set[str], problems: list[Problem], 
 def too_few_images(bank: ClassBank, instances: int) -> list[Problem]:
     """One problem per class with fewer than ``instances`` usable images."""
     return [Problem("too-few-images", name + "/",
-                    f"{int(n)} usable image(s); an episode with --instances {instances} needs {instances} "
-                    "(class skipped; lower --instances or add images)")
+                    f"{int(n)} usable image(s); an episode with {instances_option(instances)} needs {instances} "
+                    f"(class skipped; lower {lower_instances()} or add images)")
             for name, n in zip(bank.names, bank.counts) if n < instances]
 
 
@@ -865,10 +866,10 @@ def load_folder_parts(cfg: Config, progress: bool = True, report=warn, recorded:
     if test_bank.num_classes < e.ways:
         small = held_before - test_bank.num_classes
         raise DataError(
-            f"--ways {e.ways} needs {e.ways} held-out classes with at least {e.instances} images each (--instances), "
+            f"--ways {e.ways} needs {e.ways} held-out classes with at least {e.instances} images each ({instances_name()}), "
             f"but {where} gives {test_bank.num_classes}"
             + (f" ({small} more have fewer than {e.instances} images)" if small else "")
-            + "; hold out more classes, lower --ways or --instances, or add images "
+            + f"; hold out more classes, lower --ways or {lower_instances()}, or add images "
             "(`fewshot-mann inspect DIR` lists what is usable)")
     if val_bank.num_classes == 0:
         val_bank = empty_bank(d.channels, d.image_size)
