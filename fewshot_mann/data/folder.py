@@ -358,6 +358,17 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _link_problem(path: Path, root: Path, shown: str) -> Problem | None:
+    """The problem of a symbolic link that is not followed: a loop (named as one), or a link out of the folder."""
+    try:
+        path.resolve(strict=False)
+    except (OSError, RuntimeError):
+        return Problem("unreadable", shown, "symbolic link loop (the link leads back to itself); not followed")
+    if not _inside(path, root):
+        return Problem("outside-link", shown, PROBLEM_KINDS["outside-link"])
+    return None
+
+
 def _rel(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -385,8 +396,8 @@ def walk_images(folder: Path, root: Path, problems: list[Problem], visited: set,
         if entry.name.startswith("."):  # .DS_Store, .ipynb_checkpoints, editor temp files
             continue
         path = Path(entry.path)
-        if entry.is_symlink() and not _inside(path, root):
-            problems.append(Problem("outside-link", _rel(path, root), PROBLEM_KINDS["outside-link"]))
+        if entry.is_symlink() and (bad := _link_problem(path, root, _rel(path, root))):
+            problems.append(bad)
             continue
         try:
             is_dir, is_file = entry.is_dir(), entry.is_file()
@@ -442,8 +453,8 @@ def scan_folder(root: str | os.PathLike, option: str = "--data-root") -> tuple[P
         if entry.name.startswith("."):
             continue
         path = Path(entry.path)
-        if entry.is_symlink() and not _inside(path, root):
-            problems.append(Problem("outside-link", entry.name, PROBLEM_KINDS["outside-link"]))
+        if entry.is_symlink() and (bad := _link_problem(path, root, entry.name)):
+            problems.append(bad)
             continue
         try:
             is_dir = entry.is_dir()

@@ -104,3 +104,13 @@ def test_kshot_names_its_own_flags_and_a_failing_row_keeps_the_others(run_dir, t
     assert [(r["ways"], r["shots"]) for r in saved["results"]] == [(3, 1)]
     assert saved["not_run"][0]["shots"] == 15
     assert os.path.getsize(out) > 0
+
+
+def test_a_symlink_loop_is_named_as_a_loop(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_MANN_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=3, size_range=(8, 12))
+    cls = sorted(data["root"].iterdir())[0]
+    (cls / "a.png").symlink_to(cls / "b.png")
+    (cls / "b.png").symlink_to(cls / "a.png")
+    problems = {p.path: p for p in folder.load_folder(data["root"], image_size=8, progress=False).problems}
+    assert "loop" in problems[f"{cls.name}/a.png"].message and problems[f"{cls.name}/a.png"].kind != "outside-link"
