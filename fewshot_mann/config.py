@@ -415,6 +415,12 @@ class Config:
         cfg.validate()
         return cfg
 
+    def batch_inputs(self) -> int:
+        """Input values of one training batch: episodes x steps x (pixels, or a backbone's features)."""
+        d = self.data
+        width = (self.model.feature_dim or 1) if is_backbone(self.model.encoder) else d.channels * d.image_size ** 2
+        return self.train.batch_size * self.episodes.steps * width
+
     def validate(self) -> None:
         """Raise ``UserError`` with one clear line for any invalid value: types first, then each
         field's own bounds and choices (its ``option`` metadata), then the rules between fields."""
@@ -432,6 +438,14 @@ class Config:
             (e.steps <= limits.MAX_EPISODE_STEPS,
              f"--ways x --instances must be at most {limits.MAX_EPISODE_STEPS:,} steps an episode "
              f"(got {e.ways} x {e.instances} = {e.steps:,})"),
+            (self.batch_inputs() <= limits.MAX_BATCH_VALUES,
+             f"one training batch would hold {self.batch_inputs():,} input values (--batch-size x --ways x --instances "
+             f"x pixels), over {limits.MAX_BATCH_VALUES:,}: lower --batch-size, --image-size or the episode"),
+            (m.model not in ("mann", "ntm", "dnc")
+             or self.train.batch_size * m.memory_slots * m.memory_width <= limits.MAX_BATCH_VALUES,
+             f"the memories of one training batch (--batch-size x --memory-slots x --memory-width = "
+             f"{self.train.batch_size * m.memory_slots * m.memory_width:,} values) are over {limits.MAX_BATCH_VALUES:,}: "
+             "lower one of them"),
             (e.labels != "string" or e.ways <= STRING_SYMBOLS**STRING_LENGTH,
              f"--ways must be at most {STRING_SYMBOLS**STRING_LENGTH} with string labels"),
             (m.encoder in ENCODERS or is_backbone(m.encoder),

@@ -22,5 +22,6 @@ MAX_ADAPT_STEPS = 10_000  # predict/kshot --adapt: fine-tuning steps
 MAX_SHOTS = 10_000  # kshot: labelled examples per class
 MAX_ROUNDS = 10_000  # bench rounds, profile and rss steps
 MAX_CLASSES = 1_000_000  # bench's synthetic classes
+MAX_BATCH_VALUES = 2**31  # values of one training batch's inputs or memories (8 GiB of float32)
 MAX_PARAMETERS = 2**28  # a model's parameters (1 GiB of float32); the paper's models have about 0.5 M
 MAX_SECONDS = 7 * 24 * 3600.0  # bench --seconds

@@ -151,3 +151,15 @@ def test_a_checkpoint_config_with_a_huge_number_is_one_line(tmp_path, capsys):
 
 def test_the_limits_are_far_above_real_use():
     assert limits.MAX_WAYS >= 5_000 and limits.MAX_PARAMETERS >= 100 * 680_453  # 5,000-class folders, the models
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--memory-slots", "65536", "--memory-width", "16384", "--read-heads", "1"], "the memories of one training batch"),
+    (["--image-size", "1024", "--ways", "50", "--instances", "20", "--batch-size", "64"], "input values"),
+])
+def test_a_training_batch_too_large_to_hold_is_one_line(flags, needle, tmp_path, capsys):
+    argv = TINY
+    for flag in flags[::2]:
+        argv = without(argv, flag)
+    assert cli.main(["train", *argv, *flags, "--out", str(tmp_path / "run")]) == 2
+    assert needle in one_line(capsys)
