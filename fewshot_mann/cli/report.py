@@ -112,13 +112,19 @@ def _report(argv) -> int:
     reports = Path(args.reports_dir)
     if not reports.is_dir():
         raise UserError(f"--reports-dir {reports} is not a folder")
-    # every place a report writes, checked before any work (a file or a read-only folder: one line now)
-    check_output_path(Path(args.out_dir or reports) / "memory_comparison.md", "--out-dir" if args.out_dir else "--reports-dir")
-    check_output_path(reports / "README.md", "--reports-dir")
+    chosen = []
     for name in args.only or REPORTS:
         if not args.only and not has_inputs(name, args, reports):
             print(f"{name}: skipped (no inputs; see fewshot-mann report --help)", file=sys.stderr)
             continue
+        chosen.append(name)
+    # every place a report writes, checked before any work (a file or a read-only folder: one line now)
+    if set(chosen) - {"results"}:
+        check_output_path(Path(args.out_dir or reports) / "memory_comparison.md",
+                          "--out-dir" if args.out_dir else "--reports-dir")
+    if "results" in chosen:
+        check_output_path(reports / "README.md", "--reports-dir")
+    for name in chosen:
         for path in RUNNERS[name](args, reports):
             print(f"wrote {path}")
     return 0

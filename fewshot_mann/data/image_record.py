@@ -59,7 +59,7 @@ def seen_count(ckpt: dict, digests) -> int:
     digests = [d for d in digests if isinstance(d, str) and len(d) >= 16]
     record = ckpt.get(KEY)
     if isinstance(record, dict) and problem(record) is None:
-        known = record["prefixes"].numpy()
+        known = np.sort(record["prefixes"].numpy())  # sorted when written; a hand-made record may not be
         if not len(known) or not digests:
             return 0
         wanted = _prefixes(digests)

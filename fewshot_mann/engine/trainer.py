@@ -98,7 +98,10 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, lock: RunLock | No
                 raise UserError(f"--init-from {init_from} is this run's own {name}, which starting the run in "
                                 f"{out} would delete; copy it elsewhere first, or train into another --out")
     for name in RUN_FILES + RESULT_FILES:
-        (out / name).unlink(missing_ok=True)
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as exc:  # a folder or an unwritable file under a run file's name
+            raise UserError(f"cannot replace the old run's {out / name}: {exc.strerror or exc}") from exc
     return False
 
 
