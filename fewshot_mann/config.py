@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from fewshot_mann import limits
 from fewshot_mann.errors import UserError
 
 # mann = LSTM controller + LRUA memory (the paper); ntm, dnc = the same controller with the
@@ -154,7 +155,8 @@ LEGACY_READING_FIELDS = ("polarity", "ink_frame")  # DataConfig fields a config 
 
 def option(default=None, *, help: str | None = None, flag: str | bool | None = None, aliases: tuple[str, ...] = (),
            choices: tuple | None = None, low=None, high=None, low_open: bool = False, high_open: bool = False,
-           bounds: str | None = None, note: str | None = None, problem=None, negatable: bool = True):
+           bounds: str | None = None, note: str | None = None, problem=None, negatable: bool = True,
+           limit: int | None = None):
     """A dataclass field with its command-line and validation metadata.
 
     ``flag``: the train flag (default ``--field-name``; False: no flag, set by the program).
@@ -164,10 +166,11 @@ def option(default=None, *, help: str | None = None, flag: str | bool | None = N
     error ("must be {bounds}"), ``note`` is added after the value ("0 = never").
     ``problem``: ``value -> message | None``, a rule shared with other commands (device, seed).
     ``negatable``: a bool flag gets ``--no-X`` too (argparse.BooleanOptionalAction); else store_true.
+    ``limit``: an integer's upper bound against absurd values (``limits``), checked after the others.
     """
     meta = {"help": help, "flag": flag, "aliases": aliases, "choices": choices, "low": low, "high": high,
             "low_open": low_open, "high_open": high_open, "bounds": bounds, "note": note, "problem": problem,
-            "negatable": negatable}
+            "negatable": negatable, "limit": limit}
     return field(default=default, metadata=meta)
 
 
@@ -211,14 +214,15 @@ def field_problem(f: dataclasses.Field, value) -> str | None:
             return f"{name} must be one of {', '.join(choices)} (got {value!r})"
         return f"{name} must be {' or '.join(map(str, choices))} (got {value})"
     low, high = meta.get("low"), meta.get("high")
-    if low is None and high is None:
-        return None
     ok = low is None or (value > low if meta["low_open"] else value >= low)
     ok = ok and (high is None or (value < high if meta["high_open"] else value <= high))
-    if ok:
-        return None
-    note = f"; {meta['note']}" if meta.get("note") else ""
-    return f"{name} must be {_bounds_text(meta)} (got {value}{note})"
+    if not ok:
+        note = f"; {meta['note']}" if meta.get("note") else ""
+        return f"{name} must be {_bounds_text(meta)} (got {value}{note})"
+    limit = meta.get("limit")
+    if limit is not None and value > limit:
+        return f"{name} must be at most {limit:,} (got {value:.3g})"
+    return None
 
 
 def flagged_fields():
@@ -281,8 +285,8 @@ class DataConfig:
 
 @dataclass
 class EpisodeConfig:
-    ways: int = option(5, low=1)
-    instances: int = option(10, low=1)
+    ways: int = option(5, low=1, limit=limits.MAX_WAYS)
+    instances: int = option(10, low=1, limit=limits.MAX_INSTANCES)
     labels: str = option("onehot", choices=LABEL_ENCODINGS)
 
     @property
@@ -311,10 +315,10 @@ class ModelConfig:
     encoder: str = option("linear", help=f"{' or '.join(ENCODERS)} (raw pixels), or a frozen pretrained backbone "
                                          "LIBRARY:NAME, e.g. timm:tf_efficientnet_lite0 (pip install -e \".[photos]\"; "
                                          "features computed once and cached)")
-    controller_size: int = option(200, low=1)
-    memory_slots: int = option(128, low=1)
-    memory_width: int = option(40, low=1)
-    num_read_heads: int = option(4, flag="--read-heads", low=1)
+    controller_size: int = option(200, low=1, limit=limits.MAX_WIDTH)
+    memory_slots: int = option(128, low=1, limit=limits.MAX_SLOTS)
+    memory_width: int = option(40, low=1, limit=limits.MAX_WIDTH)
+    num_read_heads: int = option(4, flag="--read-heads", low=1, limit=limits.MAX_HEADS)
     usage_decay: float = option(0.95, low=0, high=1)
     key_strength: bool = option(  # extension: learned sharpening of the read softmax
         False, help="extension: learned sharpening of the read softmax (not in the paper)")
@@ -325,13 +329,13 @@ class ModelConfig:
         "imagenet", help="backbone weights: imagenet (the library's; tf_efficientnet_lite0 offline from the "
                          "[photos] extra), none (random, tests) or PATH of a state-dict file")
     weights_hash: str = option("", flag=False)  # sha256 of the backbone weights the features came from (set at training)
-    feature_dim: int = option(0, flag=False, low=0)  # backbone feature width (set at training)
+    feature_dim: int = option(0, flag=False, low=0, limit=limits.MAX_FEATURE_DIM)  # backbone feature width (set at training)
     feature_norm: str = option(
         "center-l2", choices=FEATURE_NORMS,
         help="backbone features: centred on the episode mean and unit length, unit length, or as they are")
     # > 0: a learned linear map of the normalised features to this width (e.g. 400, the input
     # width of the 20x20 Omniglot models, so --init-from one of them reuses its whole memory model)
-    feature_proj: int = option(0, low=0, note="0 = none",
+    feature_proj: int = option(0, low=0, limit=limits.MAX_WIDTH, note="0 = none",
                                help="backbone features: learned linear map to this width first (0 = none; 400 lets "
                                     "--init-from a 20x20 Omniglot model reuse its memory model)")
     # which implementation of the memory runs (memory/backend.py; the same maths)
@@ -339,33 +343,34 @@ class ModelConfig:
         "auto", choices=MEMORY_BACKENDS,
         help="mann/ntm/dnc: which implementation of the memory runs (the same maths): auto = the fastest here; "
              "autograd = the readable equations; sequence = hand-written BPTT; kernel = mann's C++ kernel (CPU)")
-    num_write_heads: int = option(1, flag="--write-heads", low=1,  # ntm (the dnc has exactly one write head)
+    num_write_heads: int = option(1, flag="--write-heads", low=1, limit=limits.MAX_HEADS,  # ntm (the dnc has exactly one write head)
                                   help="ntm: write heads (dnc: always 1)")
-    shift_range: int = option(1, low=0,  # ntm: location shifts -S..+S (the NTM paper's {-1, 0, +1})
+    shift_range: int = option(1, low=0, limit=limits.MAX_SHIFT,  # ntm: location shifts -S..+S (the NTM paper's {-1, 0, +1})
                               help="ntm: location shifts -S..+S of the previous weighting")
-    transformer_layers: int = option(3, low=1)
-    transformer_heads: int = option(4, low=1)
-    transformer_width: int = option(128)  # a positive multiple of transformer_heads (validate)
+    transformer_layers: int = option(3, low=1, limit=limits.MAX_LAYERS)
+    transformer_heads: int = option(4, low=1, limit=limits.MAX_HEADS)
+    transformer_width: int = option(128, limit=limits.MAX_WIDTH)  # a positive multiple of transformer_heads (validate)
     transformer_max_steps: int = option(  # learned positions: the longest episode it can read
-        256, low=1, help="transformer: learned positions, the longest episode (ways x instances) it can read")
+        256, low=1, limit=limits.MAX_EPISODE_STEPS, help="transformer: learned positions, the longest episode (ways x instances) it can read")
 
 
 @dataclass
 class TrainConfig:
-    episodes: int = option(100_000, low=0, help="total training episodes")
-    batch_size: int = option(16, low=1)
+    episodes: int = option(100_000, low=0, limit=limits.MAX_EPISODES, help="total training episodes")
+    batch_size: int = option(16, low=1, limit=limits.MAX_BATCH)
     lr: float = option(1e-3, low=0, low_open=True, high=math.inf, high_open=True, bounds="a finite number > 0")
     grad_clip: float = option(10.0, low=0, high=math.inf, high_open=True, note="0 disables clipping",
                               help="gradient-norm clip (0 = off)")
     # after this many episodes the learning rate is multiplied by lr_decay_factor (0 = never)
-    lr_decay_at: int = option(0, low=0, bounds=">= 0 episodes", note="0 = never",
+    lr_decay_at: int = option(0, low=0, limit=limits.MAX_EPISODES, bounds=">= 0 episodes", note="0 = never",
                               help="episodes after which the learning rate is multiplied by --lr-decay-factor "
                                    "(0 = never)")
     lr_decay_factor: float = option(0.1, low=0, low_open=True, high=1)
     seed: int = option(0, problem=seed_problem, help="seed in [0, 2**63)")
-    eval_every: int = option(10_000, low=0, note="0 = never", help="episodes between held-out evaluations (0 = never)")
-    eval_episodes: int = option(400, low=1)
-    checkpoint_every: int = option(5_000, low=1, help="episodes between checkpoints")
+    eval_every: int = option(10_000, low=0, limit=limits.MAX_EPISODES, note="0 = never",
+                            help="episodes between held-out evaluations (0 = never)")
+    eval_episodes: int = option(400, low=1, limit=limits.MAX_EVAL_EPISODES)
+    checkpoint_every: int = option(5_000, low=1, limit=limits.MAX_EPISODES, help="episodes between checkpoints")
     device: str = option("auto", problem=device_problem, help="auto, cpu, cuda or cuda:N")
     threads: int = option(0, problem=threads_problem, help="torch threads (0 = torch default)")  # 0 = torch default
     skip_nonfinite: bool = option(False, negatable=False, help="skip batches with a NaN/inf loss instead of stopping")
@@ -421,6 +426,12 @@ class Config:
         cfg.validate()
         return cfg
 
+    def batch_inputs(self) -> int:
+        """Input values of one training batch: episodes x steps x (pixels, or a backbone's features)."""
+        d = self.data
+        width = (self.model.feature_dim or 1) if is_backbone(self.model.encoder) else d.channels * d.image_size ** 2
+        return self.train.batch_size * self.episodes.steps * width
+
     def validate(self) -> None:
         """Raise ``UserError`` with one clear line for any invalid value: types first, then each
         field's own bounds and choices (its ``option`` metadata), then the rules between fields."""
@@ -435,6 +446,17 @@ class Config:
         checks = [
             (0 <= d.jitter_shift < d.image_size,
              f"--jitter-shift must be >= 0 and below --image-size {d.image_size} (got {d.jitter_shift})"),
+            (e.steps <= limits.MAX_EPISODE_STEPS,
+             f"--ways x --instances must be at most {limits.MAX_EPISODE_STEPS:,} steps an episode "
+             f"(got {e.ways} x {e.instances} = {e.steps:,})"),
+            (self.batch_inputs() <= limits.MAX_BATCH_VALUES,
+             f"one training batch would hold {self.batch_inputs():,} input values (--batch-size x --ways x --instances "
+             f"x pixels), over {limits.MAX_BATCH_VALUES:,}: lower --batch-size, --image-size or the episode"),
+            (m.model not in ("mann", "ntm", "dnc")
+             or self.train.batch_size * m.memory_slots * m.memory_width <= limits.MAX_BATCH_VALUES,
+             f"the memories of one training batch (--batch-size x --memory-slots x --memory-width = "
+             f"{self.train.batch_size * m.memory_slots * m.memory_width:,} values) are over {limits.MAX_BATCH_VALUES:,}: "
+             "lower one of them"),
             (e.labels != "string" or e.ways <= STRING_SYMBOLS**STRING_LENGTH,
              f"--ways must be at most {STRING_SYMBOLS**STRING_LENGTH} with string labels"),
             (m.encoder in ENCODERS or is_backbone(m.encoder),

@@ -93,6 +93,8 @@ def check_output_path(path, option: str, suffixes: tuple[str, ...] | None = None
     (or can be made) and a file can be created in it. ``None`` or ``"-"`` (stdout) pass."""
     if path is None or str(path) == "-":
         return
+    if not str(path).strip():
+        raise OutputError(f"{option}: an empty path; name a file")
     given = Path(path).expanduser()
     if suffixes and given.suffix.lower() not in suffixes:
         raise OutputError(f"{option} {path}: the file name must end in {' or '.join(suffixes)} "
@@ -127,11 +129,14 @@ class _RawFile(io.FileIO):
         return os.write(self.fileno(), b)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None], *, lock: bool = False) -> None:
     """Call ``write(f)`` on a temporary file next to ``path`` and rename it into place.
 
     Raises ``OutputError`` for any ``OSError`` (naming ``path``); a failing ``write`` leaves
-    the old file as it was and no temporary file behind."""
+    the old file as it was and no temporary file behind. ``lock``: hold an exclusive
+    ``flock`` on the temporary file until it is renamed, so a cleaner can tell the temporary
+    file of a live writer (locked) from one left by a writer killed halfway (the kernel
+    dropped its lock): ``temporary_is_abandoned``."""
     shown = path
     path = write_target(path)
     try:
@@ -139,6 +144,51 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise _output_error(exc, f"cannot write {shown}: {_reason(exc)}") from exc
+    held = _hold_lock(fd) if lock else None
+    try:
+        _write_and_rename(fd, tmp, path, shown, write)
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def _hold_lock(fd: int) -> int | None:
+    """A duplicate of ``fd`` holding an exclusive flock (released when it is closed), or None."""
+    import fcntl
+
+    try:
+        held = os.dup(fd)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(held)
+        return None
+    return held
+
+
+def temporary_is_abandoned(path: str | os.PathLike) -> bool:
+    """True if the temporary file ``path`` of an ``atomic_write(..., lock=True)`` has no live
+    writer: it is a regular file (not a link) and its flock can be taken now."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _write_and_rename(fd: int, tmp: str, path: Path, shown, write) -> None:
     try:
         os.fchmod(fd, _mode_for(path))  # mkstemp makes 0600; results should read like any other file
         with io.BufferedWriter(_RawFile(fd, "wb", closefd=True), buffer_size=2**20) as f:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fewshot_mann import limits
 from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_checked, run_guarded, set_threads
 from fewshot_mann.config import MODELS
 from fewshot_mann.errors import UserError
 
 
 def _positive(flag: str):
-    return lambda value: None if value > 0 else f"{flag} must be > 0 (got {value})"
+    return lambda value: None if 0 < value <= limits.MAX_SECONDS else \
+        f"{flag} must be > 0 and at most {limits.MAX_SECONDS:.0f} (got {value})"
 
 
 def bench_parser() -> argparse.ArgumentParser:
@@ -23,7 +25,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch-sizes", default="250,1000", help="comma list of evaluation batch sizes")
     add_flag(p, "--seconds", type=float, default=10.0, problem=_positive("--seconds"),
              help="seconds per measurement (split into --rounds)")
-    add_flag(p, "--rounds", type=int, default=3, problem=at_least(1, "--rounds"),
+    add_flag(p, "--rounds", type=int, default=3, problem=at_least(1, "--rounds", high=limits.MAX_ROUNDS),
              help="interleaved rounds per training measurement")
     p.add_argument("--models", default="mann",
                    help=f"comma list of models to time ({', '.join(MODELS)}; "
@@ -34,13 +36,13 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="skip the plain reference loop")
     p.add_argument("--key-strength", action="store_true", help="MANN with the key-strength extension")
     add_shared_flags(p, "data_root", data_root_help="real Omniglot instead of synthetic images")
-    add_flag(p, "--synthetic-classes", type=int, default=1200, problem=at_least(5, "--synthetic-classes"),
+    add_flag(p, "--synthetic-classes", type=int, default=1200, problem=at_least(5, "--synthetic-classes", high=limits.MAX_CLASSES),
              help="synthetic classes (before x4 rotations)")
     p.add_argument("--jitter-shift", type=float, default=0.0, help="training augmentation, as train.py")
     p.add_argument("--jitter-rotate", type=float, default=0.0, help="training augmentation, as train.py")
-    add_flag(p, "--profile", type=int, default=0, metavar="STEPS", problem=at_least(0, "--profile"),
+    add_flag(p, "--profile", type=int, default=0, metavar="STEPS", problem=at_least(0, "--profile", high=limits.MAX_ROUNDS),
              help="also profile this many training steps of every loop with torch.profiler (top ops)")
-    add_flag(p, "--rss-steps", type=int, default=0, problem=at_least(0, "--rss-steps"),
+    add_flag(p, "--rss-steps", type=int, default=0, problem=at_least(0, "--rss-steps", high=limits.MAX_ROUNDS),
              help="also run this many project MANN training steps, sampling the resident memory")
     p.add_argument("--backbones", default="", metavar="LIST",
                    help="also time feature extraction of these backbones (comma list, e.g. "
@@ -115,8 +117,8 @@ def _bench(argv) -> int:
         raise UserError(f"--models: unknown model(s) {', '.join(unknown)}; "
                         f"choose from {', '.join(MODELS + tuple(VARIANTS))}")
     args.eval_batch_sizes = comma_list(args.eval_batch_sizes, "--eval-batch-sizes", int)
-    if min(args.eval_batch_sizes) < 1:
-        raise UserError(f"--eval-batch-sizes must be at least 1 each (got {min(args.eval_batch_sizes)})")
+    if min(args.eval_batch_sizes) < 1 or max(args.eval_batch_sizes) > limits.MAX_BATCH:
+        raise UserError(f"--eval-batch-sizes must be in [1, {limits.MAX_BATCH}] each (got {args.eval_batch_sizes})")
     args.backbones = comma_list(args.backbones, "--backbones") if args.backbones.strip() else []
     set_threads(args.threads)
     run_bench(args, ["fewshot-mann", "bench", *argv])

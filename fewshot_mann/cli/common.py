@@ -13,6 +13,7 @@ import dataclasses
 import os
 import sys
 
+from fewshot_mann import limits
 from fewshot_mann.config import DATASETS, SECTIONS, field_problem
 from fewshot_mann.data.heldout import CLASS_CHOICES, normalise
 from fewshot_mann.errors import UserError, first_line, is_allocation_error
@@ -54,11 +55,13 @@ def run_guarded(fn, argv) -> int:
 
 # ------------------------------------------------------------------------------------ checks
 
-def at_least(low: int, flag: str):
-    """A check: an integer >= ``low``."""
+def at_least(low: int, flag: str, *, high: int):
+    """A check: an integer in [``low``, ``high``] (every count has an upper bound: ``limits``)."""
     def problem(value) -> str | None:
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             return f"{flag} must be {'at least 1' if low == 1 else f'>= {low}'} (got {value!r:.40})"
+        if value > high:
+            return f"{flag} must be at most {high:,} (got {value:.3g})"
         return None
     return problem
 
@@ -98,10 +101,10 @@ SHARED_FLAGS = {
     "threads": {"type": int, "default": 0, "help": config_help("train", "threads"),
                 "problem": config_rule("train", "threads")},
     "seed": {"type": int, "default": 0, "help": config_help("train", "seed"), "problem": config_rule("train", "seed")},
-    "batch_size": {"type": int, "default": 250, "problem": at_least(1, "--batch-size")},
-    "episodes": {"type": int, "default": 1000, "problem": at_least(1, "--episodes")},
-    "ways": {"type": int, "default": None, "problem": at_least(1, "--ways")},
-    "instances": {"type": int, "default": None, "problem": at_least(1, "--instances")},
+    "batch_size": {"type": int, "default": 250, "problem": at_least(1, "--batch-size", high=limits.MAX_BATCH)},
+    "episodes": {"type": int, "default": 1000, "problem": at_least(1, "--episodes", high=limits.MAX_EVAL_EPISODES)},
+    "ways": {"type": int, "default": None, "problem": at_least(1, "--ways", high=limits.MAX_WAYS)},
+    "instances": {"type": int, "default": None, "problem": at_least(1, "--instances", high=limits.MAX_INSTANCES)},
     "image_size": {"type": int, "default": None, "problem": config_rule("data", "image_size")},
     "channels": {"type": int, "default": None, "help": config_help("data", "channels"),
                  "problem": config_rule("data", "channels")},

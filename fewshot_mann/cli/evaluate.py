@@ -36,7 +36,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         "where no label has been given and the free answer is kept)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
                    help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
-    add_shared_flags(p, "batch_size", "device", "threads", "json", "plot", "no_progress")
+    add_shared_flags(p, "batch_size", "device", "threads", "json", "plot", "no_progress", "no_feature_cache")
     return p
 
 
@@ -87,7 +87,8 @@ def _evaluate(argv) -> int:
     apply_overrides(cfg, args)
     model = load_model_from_checkpoint(ckpt, device)
     nonfinite = warn_nonfinite(ckpt, args.checkpoint) if ctx.is_main else False
-    parts, pixel_parts = load_split_banks(cfg, progress=not args.no_progress, recorded=recorded, with_pixels=True)
+    parts, pixel_parts = load_split_banks(cfg, progress=not args.no_progress, recorded=recorded, with_pixels=True,
+                                          feature_cache=not args.no_feature_cache)
     bank = parts.part(kind)
     check_bank(bank, cfg.episodes, f"{kind} classes")
     check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))

@@ -37,7 +37,7 @@ def knn_parser() -> argparse.ArgumentParser:
              help="--features raw on a folder: the seed that chose the held-out classes (use the --seed the "
                   "model you compare with was trained with; default: the checkpoint's, else --seed)")
     add_shared_flags(p, "allow_trained_classes", "episodes", "batch_size", "seed", "device", "threads", "json", "plot",
-                     "no_progress", seed_help="episode seed (evaluate.py's --seed)",
+                     "no_progress", "no_feature_cache", seed_help="episode seed (evaluate.py's --seed)",
                      json_help="write the results as JSON (evaluate.py's keys)")
     return p
 
@@ -102,7 +102,7 @@ def _knn(argv) -> int:
     cfg, embed, what, ckpt = _features(args, device)
     recorded = recorded_classes(ckpt) if ckpt is not None and not (args.dataset or args.test_classes) else None
     parts, pixel_parts = loading.load_split_banks(cfg, progress=not args.no_progress, recorded=recorded,
-                                                  with_pixels=True)
+                                                  with_pixels=True, feature_cache=not args.no_feature_cache)
     bank = parts.part(kind)
     check_bank(bank, cfg.episodes, f"{kind} classes")
     if ckpt is not None:

@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, classes_option, parse_checked, run_guarded,
                                      set_threads)
 from fewshot_mann.config import INK_FRAMES, POLARITIES, RESIZE_POLICIES
@@ -23,11 +24,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
                    help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
     add_shared_flags(p, "ways", ways_nargs="+", ways_help="default: the checkpoint's ways")
-    add_flag(p, "--shots", type=int, nargs="+", default=[1, 5], problem=at_least(1, "--shots"))
-    add_flag(p, "--queries", type=int, default=1, problem=at_least(1, "--queries"),
+    add_flag(p, "--shots", type=int, nargs="+", default=[1, 5], problem=at_least(1, "--shots", high=limits.MAX_SHOTS))
+    add_flag(p, "--queries", type=int, default=1, problem=at_least(1, "--queries", high=limits.MAX_SHOTS),
              help="query images per class in each episode")
     add_shared_flags(p, "episodes", "seed", "device", "threads")
-    add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt"),
+    add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt", high=limits.MAX_ADAPT_STEPS),
              help="meta-fine-tune a copy of the model on each episode's support set for STEPS steps first")
     p.add_argument("--no-baselines", action="store_true", help="skip the nearest-centroid baselines")
     p.add_argument("--within-alphabet", action="store_true",
@@ -58,7 +59,15 @@ def main(argv=None) -> int:
 
 
 def _kshot(argv) -> int:
+    from fewshot_mann.data.wording import KSHOT, naming_instances
+
+    with naming_instances(KSHOT):  # kshot has no --instances: messages name --shots and --queries
+        return _kshot_rows(argv)
+
+
+def _kshot_rows(argv) -> int:
     from fewshot_mann.config import is_backbone
+    from fewshot_mann.errors import DataError
     from fewshot_mann.data.heldout import bank_digests, check_scored, recorded_classes
     from fewshot_mann.data.loading import load_split_banks
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
@@ -81,16 +90,31 @@ def _kshot(argv) -> int:
                                           feature_cache=not args.no_feature_cache, with_pixels=True)
     bank, pixels = parts.part(kind), pixel_parts.part(kind)
     check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
-    rows, baselines = kshot_table(model, bank, pixels, cfg, args.ways or [cfg.episodes.ways], args.shots,
-                                  args.episodes, args.seed, queries=args.queries, adapt=args.adapt,
-                                  baselines=not args.no_baselines, backbone=is_backbone(cfg.model.encoder),
-                                  device=device, progress=not args.no_progress, within_alphabet=args.within_alphabet)
-    if args.json:
+    rows, baselines, failed = [], [], []
+    for ways in args.ways or [cfg.episodes.ways]:  # row by row: a row that cannot run keeps the others
+        for shots in args.shots:
+            try:
+                row, base = kshot_table(model, bank, pixels, cfg, [ways], [shots], args.episodes, args.seed,
+                                        queries=args.queries, adapt=args.adapt, baselines=not args.no_baselines,
+                                        backbone=is_backbone(cfg.model.encoder), device=device,
+                                        progress=not args.no_progress, within_alphabet=args.within_alphabet)
+            except DataError as exc:
+                failed.append({"ways": ways, "shots": shots, "error": str(exc)})
+                print(f"{ways}-way {shots}-shot: not run ({exc})", file=sys.stderr)
+                continue
+            rows += row
+            baselines += base
+    if args.json and rows:
         atomic_write_json(args.json, {"results": rows, "baselines": baselines, "classes": kind,
                                       "class_names": list(bank.names), "checkpoint": args.checkpoint,
                                       "command": ["fewshot-mann", "kshot", *argv], "config": cfg.to_dict(),
                                       "training": {"episodes": ckpt.get("episodes_done")},
-                                      "date": time.strftime("%Y-%m-%d"), "environment": environment()})
+                                      **({"not_run": failed} if failed else {}), "date": time.strftime("%Y-%m-%d"),
+                                      "environment": environment()})
+        print(f"wrote {args.json}" + (f" ({len(rows)} of {len(rows) + len(failed)} rows)" if failed else ""))
+    if failed:
+        raise DataError(f"{len(failed)} of the {len(rows) + len(failed)} rows could not run (first: "
+                        f"{failed[0]['ways']}-way {failed[0]['shots']}-shot: {failed[0]['error']})")
     return 0
 
 

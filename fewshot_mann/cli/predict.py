@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fewshot_mann import limits
 from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_checked, run_guarded, set_threads
 from fewshot_mann.config import RESIZE_POLICIES
 from fewshot_mann.errors import DataError
@@ -24,11 +25,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by train.py")
     p.add_argument("--support", required=True, metavar="DIR", help="one sub-folder per class with a few labelled images")
     p.add_argument("--query", required=True, nargs="+", metavar="PATH", help="image files and/or folders to classify")
-    add_flag(p, "--orders", type=int, default=8, problem=at_least(1, "--orders"),
+    add_flag(p, "--orders", type=int, default=8, problem=at_least(1, "--orders", high=limits.MAX_ORDERS),
              help="shuffled support orders / label assignments to average over")
     add_flag(p, "--threshold", type=float, default=None, problem=_probability,
              help="flag predictions whose probability is below this (default: (1 + 1/classes) / 2)")
-    add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt"),
+    add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt", high=limits.MAX_ADAPT_STEPS),
              help="first meta-fine-tune a copy of the model this many steps on episodes of the support set "
                   "(0 = answer with the model as trained)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,

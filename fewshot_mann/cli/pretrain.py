@@ -9,9 +9,14 @@ import argparse
 import dataclasses
 import sys
 
+from fewshot_mann import limits
 from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_checked, run_guarded, set_threads
 from fewshot_mann.engine.pretrain import PretrainConfig, pretrain
 from fewshot_mann.fileio import check_output_path
+
+
+PRETRAIN_HIGH = {"ways": limits.MAX_WAYS, "shots": limits.MAX_SHOTS, "queries": limits.MAX_SHOTS,
+                 "check_shots": limits.MAX_SHOTS, "check_trials": limits.MAX_EVAL_EPISODES}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,12 +42,13 @@ def parser() -> argparse.ArgumentParser:
              "5-way trials per check", "check_shots": "support images per class in the checks"}
     for name, text in helps.items():
         flag = f"--{name.replace('_', '-')}"
-        add_flag(p, flag, type=int, default=getattr(d, name), help=text, problem=at_least(1, flag))
+        add_flag(p, flag, type=int, default=getattr(d, name), help=text,
+                 problem=at_least(1, flag, high=PRETRAIN_HIGH.get(name, limits.MAX_EPISODES)))
     tune = p.add_mutually_exclusive_group()
     add_flag(tune, "--finetune-stages", type=int, default=d.finetune_stages,
              help="timm backbones: how many of the last stages train (with the head convolution); the rest stays "
                   "frozen and its outputs are computed once; 0 = the whole network",
-             problem=lambda v: None if v >= 0 else f"--finetune-stages must be >= 0 (got {v})")
+             problem=at_least(0, "--finetune-stages", high=limits.MAX_LAYERS))
     tune.add_argument("--finetune-backbone", choices=("last", "all"), default=None,
                       help="timm backbones: 'last' = --finetune-stages 1, 'all' = --finetune-stages 0 (every layer)")
     add_flag(p, "--lr", type=float, default=d.lr, help="Adam learning rate",

@@ -19,7 +19,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from fewshot_mann import limits
+from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_checked, set_threads
 from fewshot_mann.errors import UserError
+from fewshot_mann.fileio import check_output_path
 
 REPORTS = ("results", "memory-comparison", "second-instance")
 
@@ -39,8 +42,8 @@ def report_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("second-instance")
     g.add_argument("--checkpoints", nargs="+", default=[], metavar="CHECKPOINT")
     g.add_argument("--data-root", default=None, help="Omniglot root of the checkpoints' held-out classes")
-    g.add_argument("--episodes", type=int, default=500)
-    g.add_argument("--threads", type=int, default=1)
+    add_flag(g, "--episodes", type=int, default=500, problem=at_least(1, "--episodes", high=limits.MAX_EVAL_EPISODES))
+    add_shared_flags(g, "threads", threads=1)
     return p
 
 
@@ -73,15 +76,12 @@ def run_memory_comparison(args, reports: Path) -> list[Path]:
 
 
 def run_second_instance(args, reports: Path) -> list[Path]:
-    import torch
 
     from fewshot_mann.fileio import atomic_write_text
     from fewshot_mann.reporting.second_instance import second_instance_markdown
     if not args.checkpoints:
         raise UserError("second-instance needs --checkpoints CHECKPOINT [...] (and --data-root for their data)")
-    if args.episodes < 1:
-        raise UserError(f"--episodes must be >= 1 (got {args.episodes})")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     command = shlex.join(["fewshot-mann", "report", "--only", "second-instance",
                           *(["--data-root", args.data_root] if args.data_root else []),
                           *(["--episodes", str(args.episodes)] if args.episodes != 500 else []),
@@ -108,14 +108,23 @@ def has_inputs(name: str, args, reports: Path) -> bool:
 
 
 def _report(argv) -> int:
-    args = report_parser().parse_args(argv)
+    args = parse_checked(report_parser(), argv)
     reports = Path(args.reports_dir)
     if not reports.is_dir():
         raise UserError(f"--reports-dir {reports} is not a folder")
+    chosen = []
     for name in args.only or REPORTS:
         if not args.only and not has_inputs(name, args, reports):
             print(f"{name}: skipped (no inputs; see fewshot-mann report --help)", file=sys.stderr)
             continue
+        chosen.append(name)
+    # every place a report writes, checked before any work (a file or a read-only folder: one line now)
+    if set(chosen) - {"results"}:
+        check_output_path(Path(args.out_dir or reports) / "memory_comparison.md",
+                          "--out-dir" if args.out_dir else "--reports-dir")
+    if "results" in chosen:
+        check_output_path(reports / "README.md", "--reports-dir")
+    for name in chosen:
         for path in RUNNERS[name](args, reports):
             print(f"wrote {path}")
     return 0

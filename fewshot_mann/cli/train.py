@@ -12,6 +12,7 @@ import time
 import typing
 from pathlib import Path
 
+from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_deprecated, add_flag, add_shared_flags, at_least, explicit_flags,
                                      parse_checked, run_guarded)
 from fewshot_mann.config import OBSOLETE_KEYS, SECTIONS, Config, check_type, dest_of, flagged_fields, kind_of
@@ -45,8 +46,6 @@ def _add_config_flag(group, section: str, f, flag: str) -> None:
 # flags of the run, not of the config: (group, flag, argparse keywords), each after its group's config flags
 RUN_FLAGS = [
     ("data", "--download", {"action": "store_true", "help": "download Omniglot into --data-root through torchvision"}),
-    ("model", "--no-feature-cache", {"action": "store_true",
-                                     "help": "backbone features: neither read nor write the feature cache (privacy)"}),
     ("run", "--out", {"default": "runs/mann", "help": "run directory"}),
     ("run", "--resume", {"action": "store_true",
                          "help": "continue the run in --out (starts it if it has no checkpoint)"}),
@@ -65,11 +64,12 @@ def train_parser() -> argparse.ArgumentParser:
         _add_config_flag(groups[GROUP_TITLES[section]], section, f, flag)
     for title, flag, kwargs in RUN_FLAGS:
         groups[title].add_argument(flag, **kwargs)
+    add_shared_flags(groups["model"], "no_feature_cache")  # one flag for every command that embeds images
     add_shared_flags(groups["run"], "no_progress")
     # obsolete: the torch.compile path was removed; a one-line notice, then ignored
     groups["model"].add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=argparse.SUPPRESS)
     add_flag(groups["run"], "--final-eval", type=int, default=1000, metavar="EPISODES",
-             problem=at_least(0, "--final-eval"),
+             problem=at_least(0, "--final-eval", high=limits.MAX_EVAL_EPISODES),
              help="at the end, score this many held-out (test-class) episodes as evaluate.py does and print "
                   "the table (0 = skip)")
     return p
@@ -154,8 +154,11 @@ def main(argv=None) -> int:
 def _train(argv) -> int:
     from fewshot_mann.engine.trainer import train
 
+    from fewshot_mann.models.registry import check_size
+
     args = parse_train_args(argv)
     cfg = config_from_args(args)
+    check_size(cfg)  # before the run folder is touched
     if args.download:
         from fewshot_mann.data.omniglot import default_data_root, download_omniglot
         root = Path(args.data_root) if args.data_root else default_data_root()
@@ -177,11 +180,12 @@ def _train(argv) -> int:
         acc = " ".join(f"{100 * a:.1f}" for a in summary["last_eval"]["accuracy_by_instance"])
         print(f"validation accuracy by instance (%): {acc}")
     if args.final_eval:
-        final_evaluation(Path(args.out) / "checkpoint.pt", args.final_eval, progress=not args.no_progress)
+        final_evaluation(Path(args.out) / "checkpoint.pt", args.final_eval, progress=not args.no_progress,
+                         feature_cache=not args.no_feature_cache)
     return 0
 
 
-def final_evaluation(checkpoint: Path, episodes: int, progress: bool) -> dict:
+def final_evaluation(checkpoint: Path, episodes: int, progress: bool, feature_cache: bool = True) -> dict:
     """The end of ``train``: the held-out table of ``evaluate.py --checkpoint C --episodes N``
     (seed 0), printed, and written to ``RUN/final_eval.json``."""
     from fewshot_mann.data.loading import load_banks
@@ -194,7 +198,7 @@ def final_evaluation(checkpoint: Path, episodes: int, progress: bool) -> dict:
     cfg = ckpt["config_obj"]
     device = resolve_device(cfg.train.device)
     model = load_model_from_checkpoint(ckpt, device)
-    _, test_bank = load_banks(cfg, progress=False)
+    _, test_bank = load_banks(cfg, progress=False, feature_cache=feature_cache)  # --no-feature-cache holds here too
     res = evaluate(model, test_bank, cfg.episodes, episodes=episodes, seed=0, device=device, progress=progress)
     res.pop("_per_episode", None)
     print(format_table(res, f"{cfg.model.model} on {test_bank.num_classes} held-out (test) classes"))

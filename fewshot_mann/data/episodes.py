@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fewshot_mann.data.bank import ClassBank
+from fewshot_mann.data.wording import instances_option
 from fewshot_mann.config import STRING_LENGTH, STRING_SYMBOLS, EpisodeConfig
 from fewshot_mann.errors import DataError, UserError
 
@@ -84,7 +85,7 @@ def check_bank(bank: ClassBank, cfg: EpisodeConfig, what: str = "data") -> None:
     if bank.min_count < cfg.instances:
         small = int(np.sum(bank.counts < cfg.instances))
         raise DataError(
-            f"--instances {cfg.instances} needs {cfg.instances} images per class but {small} class(es) of the "
+            f"{instances_option(cfg.instances)} needs {cfg.instances} images per class but {small} class(es) of the "
             f"{what} have fewer (smallest: {bank.min_count})")
 
 

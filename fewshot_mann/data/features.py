@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fewshot_mann.data import cache_files
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import ModelConfig
 from fewshot_mann.errors import UserError
-from fewshot_mann.fileio import atomic_write
 from fewshot_mann.data.omniglot import cache_dir
 
 CACHE_VERSION = 1
@@ -64,7 +63,9 @@ def resolve_weights(m: ModelConfig, *, trained: bool) -> str:
     digest = weights_id(m)
     if digest is None:
         if not trained and m.encoder_weights not in ("imagenet", "none"):
-            raise UserError(f"--encoder-weights {m.encoder_weights}: no such file (give imagenet, none or a weights file)")
+            from fewshot_mann.models.backbone_checks import weights_file_problem
+            why = weights_file_problem(m.encoder_weights) or "no such file (give imagenet, none or a weights file)"
+            raise UserError(f"--encoder-weights {m.encoder_weights}: {why}")
         raise UserError(missing_weights_message(m))
     if trained and m.weights_hash and digest != m.weights_hash:
         raise UserError(f"the backbone weights here (sha256 {digest[:16]}) differ from the ones this checkpoint was "
@@ -80,28 +81,39 @@ def _cache_file(m: ModelConfig, digest: str) -> Path:
     return feature_cache_dir() / f"features-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 
 
-def _read_cache(path: Path) -> dict[str, np.ndarray]:
+def _read_cache(path: Path, meta: dict, width: int = 0) -> dict[str, np.ndarray]:
+    """The usable entries of the feature cache ``path``: only a file the cache owns
+    (``cache_files``) whose meta names these weights and preprocessing, whose features are one
+    2-D float array (of ``width`` columns when known); rows that are not finite are dropped
+    (recomputed). Anything else reads as empty, so it is recomputed and never used."""
+    if not cache_files.is_owned(path):
+        return {}
     try:
         with np.load(path, allow_pickle=False) as z:
-            digests, feats = z["digests"], z["features"]
-        if len(digests) != len(feats):
-            return {}
-        return dict(zip(digests.tolist(), feats))
+            digests, feats, saved = z["digests"], z["features"], json.loads(str(z["meta"]))
     except Exception:  # noqa: BLE001 - absent, damaged or foreign: recomputed
         return {}
+    same = isinstance(saved, dict) and all(saved.get(k) == json.loads(json.dumps(meta[k]))
+                                             for k in ("encoder", "weights_sha256", "preprocessing"))
+    if (not same or digests.ndim != 1 or feats.ndim != 2 or len(digests) != len(feats) or feats.dtype.kind != "f"
+            or digests.dtype.kind != "U" or (width and feats.shape[1] != width) or not feats.shape[1]):
+        return {}
+    finite = np.isfinite(feats).all(axis=1)
+    return dict(zip(digests[finite].tolist(), feats[finite]))
 
 
 def _write_cache(path: Path, table: dict[str, np.ndarray], meta: dict) -> None:
-    digests = np.asarray(list(table), dtype="<U64")
-    feats = np.stack(list(table.values())).astype(np.float32)
+    """Add ``table`` to the cache file: under a lock on the folder, what another process wrote
+    meanwhile is read again and kept (entries of another width are not mixed in)."""
+    with cache_files.folder_lock(path.parent):
+        width = len(next(iter(table.values())))
+        merged = {**_read_cache(path, meta, width), **table} if path.exists() else dict(table)
+        digests = np.asarray(list(merged), dtype="<U64")
+        feats = np.stack(list(merged.values())).astype(np.float32)
 
-    def write(f):
-        np.savez(f, digests=digests, features=feats, meta=np.array(json.dumps(meta)))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, write)
-    except OSError:
-        pass  # a read-only cache only costs the extraction next time
+        def fill(f):
+            np.savez(f, digests=digests, features=feats, meta=np.array(json.dumps(meta)))
+        cache_files.write(path, fill)
 
 
 def image_digests(images: np.ndarray) -> list[str]:
@@ -151,17 +163,24 @@ def embed_images(images: np.ndarray, m: ModelConfig, *, digest: str | None = Non
         raise UserError(f"images are {images.shape[-1]} px; {m.encoder} reads {prep.image_size} px")
     keys = image_digests(images)
     path = _cache_file(m, digest)
-    table = _read_cache(path) if cache and path.exists() else {}
-    todo = sorted({k: i for i, k in enumerate(keys) if k not in table}.values())
+    meta = {"encoder": m.encoder, "weights": m.encoder_weights, "weights_sha256": digest,
+            "preprocessing": prep.key(), "created": time.strftime("%Y-%m-%d")}
+    table = _read_cache(path, meta, m.feature_dim) if cache and path.exists() else {}
     t0 = time.perf_counter()
-    if todo:
+    backbone = None
+    if table and not m.feature_dim:  # the width is not known yet: one image checks the cache's
         backbone, _ = build_backbone(m.encoder, m.encoder_weights)
+        if len(next(iter(table.values()))) != run_backbone(backbone, images[:1], prep, progress=False).shape[1]:
+            table = {}  # a cache of another width is never used (and is replaced below)
+    todo = sorted({k: i for i, k in enumerate(keys) if k not in table}.values())
+    if todo:
+        backbone = backbone or build_backbone(m.encoder, m.encoder_weights)[0]
         feats = run_backbone(backbone, images[todo], prep, progress=progress,
                              desc=f"{m.encoder} features of {len(todo)} images (once)")
-        table.update({keys[i]: f for i, f in zip(todo, feats)})
+        fresh = {keys[i]: f for i, f in zip(todo, feats)}
+        table.update(fresh)
         if cache:
-            _write_cache(path, table, {"encoder": m.encoder, "weights": m.encoder_weights, "weights_sha256": digest,
-                                       "preprocessing": prep.key(), "created": time.strftime("%Y-%m-%d")})
+            _write_cache(path, fresh, meta)
     if stats is not None:
         stats.update({"computed": len(todo), "cached": len(keys) - len(set(keys[i] for i in todo)),
                       "seconds": time.perf_counter() - t0})
@@ -179,20 +198,15 @@ def embed_bank(bank: ClassBank, m: ModelConfig, **kw) -> ClassBank:
 # ---------------------------------------------------------------------------- fewshot-mann cache
 
 def cache_entries() -> list[tuple[str, Path, int]]:
-    """(kind, path, bytes) of every cache file: decoded images and backbone features."""
-    root = cache_dir()
-    rows = []
-    for kind, pattern in (("images", "omniglot-*.npz"), ("images", "folder-*.npz"), ("features", "features/*.npz")):
-        for p in sorted(root.glob(pattern)):
-            try:
-                rows.append((kind, p, p.stat().st_size))
-            except OSError:
-                pass
-    return rows
+    """(kind, path, bytes) of every cache file the caches own (``cache_files``): decoded images,
+    backbone features, and temporary files of writes that died halfway (kind ``partial``)."""
+    return [(row.kind, row.path, row.size) for row in cache_files.entries()]
 
 
 def describe_cache_file(kind: str, path: Path) -> str:
     """What a feature cache file holds (empty for an image cache; 'unreadable' if damaged)."""
+    if kind == "partial":
+        return "left by a write that stopped halfway"
     if kind != "features":
         return ""
     try:
@@ -205,15 +219,5 @@ def describe_cache_file(kind: str, path: Path) -> str:
 
 
 def clear_caches(features_only: bool = False) -> int:
-    """Remove the cache files (``cache_entries``; only the feature caches with ``features_only``);
-    returns how many. Downloaded datasets under the cache folder are never touched."""
-    removed = 0
-    for kind, path, _size in cache_entries():
-        if features_only and kind != "features":
-            continue
-        try:
-            os.unlink(path)
-            removed += 1
-        except OSError as exc:
-            raise UserError(f"cannot remove {path}: {exc.strerror or exc}") from exc
-    return removed
+    """Remove the cache files (``cache_files.clear``: only the caches' own files); returns how many."""
+    return cache_files.clear(features_only)

@@ -64,13 +64,15 @@ import numpy as np
 from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from fewshot_mann.data import cache_files
 from fewshot_mann.data.bank import ClassBank, SplitBanks, empty_bank
+from fewshot_mann.data.wording import instances_name, instances_option, lower_instances
 from fewshot_mann.config import RESIZE_POLICIES, Config, is_backbone
 from fewshot_mann.errors import DataError, UserError
-from fewshot_mann.fileio import InputError, atomic_write, atomic_write_json, read_regular_file
+from fewshot_mann.fileio import InputError, atomic_write_json, read_regular_file
 from fewshot_mann.data.omniglot import cache_dir
 
-IMAGE_EXTENSIONS = tuple(IMG_EXTENSIONS)
+IMAGE_EXTENSIONS = tuple(IMG_EXTENSIONS) + (".gif",)  # GIF: its first frame (PIL decodes it)
 MAX_PIXELS = 50_000_000  # refuse images declaring more (a 50 MP RGBA decode is already 200 MB)
 MAX_FILE_BYTES = 256 * 2**20
 DEFAULT_TEST_FRACTION = 0.3
@@ -138,6 +140,7 @@ class BadImage(DataError):
         super().__init__(message)
         self.kind = kind
         self.transient = transient
+        self.digest: str | None = None  # SHA-256 of the bytes that failed to decode, where they were read
 
 
 def warn(message: str) -> None:
@@ -354,10 +357,15 @@ def read_image_file(path: Path, image_size: int, channels: int, resize: str,
     except MemoryError as exc:
         raise BadImage("unreadable", "out of memory while reading (not cached; tried again next run)",
                        transient=True) from exc
-    if not data:
-        raise BadImage("unreadable", "empty file")
-    image, info = decode_image(data, image_size, channels, resize, max_pixels, polarity, ink_frame)
-    return image, info, hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        if not data:
+            raise BadImage("unreadable", "empty file")
+        image, info = decode_image(data, image_size, channels, resize, max_pixels, polarity, ink_frame)
+    except BadImage as exc:
+        exc.digest = digest  # the decode cache is keyed on the bytes that were decoded (or failed to)
+        raise
+    return image, info, digest
 
 
 # ---------------------------------------------------------------------------- scanning
@@ -367,6 +375,17 @@ def _inside(path: Path, root: Path) -> bool:
         return path.resolve().is_relative_to(root)
     except (OSError, RuntimeError):  # broken or looping link
         return False
+
+
+def _link_problem(path: Path, root: Path, shown: str) -> Problem | None:
+    """The problem of a symbolic link that is not followed: a loop (named as one), or a link out of the folder."""
+    try:
+        path.resolve(strict=False)
+    except (OSError, RuntimeError):
+        return Problem("unreadable", shown, "symbolic link loop (the link leads back to itself); not followed")
+    if not _inside(path, root):
+        return Problem("outside-link", shown, PROBLEM_KINDS["outside-link"])
+    return None
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -396,8 +415,8 @@ def walk_images(folder: Path, root: Path, problems: list[Problem], visited: set,
         if entry.name.startswith("."):  # .DS_Store, .ipynb_checkpoints, editor temp files
             continue
         path = Path(entry.path)
-        if entry.is_symlink() and not _inside(path, root):
-            problems.append(Problem("outside-link", _rel(path, root), PROBLEM_KINDS["outside-link"]))
+        if entry.is_symlink() and (bad := _link_problem(path, root, _rel(path, root))):
+            problems.append(bad)
             continue
         try:
             is_dir, is_file = entry.is_dir(), entry.is_file()
@@ -453,8 +472,8 @@ def scan_folder(root: str | os.PathLike, option: str = "--data-root") -> tuple[P
         if entry.name.startswith("."):
             continue
         path = Path(entry.path)
-        if entry.is_symlink() and not _inside(path, root):
-            problems.append(Problem("outside-link", entry.name, PROBLEM_KINDS["outside-link"]))
+        if entry.is_symlink() and (bad := _link_problem(path, root, entry.name)):
+            problems.append(bad)
             continue
         try:
             is_dir = entry.is_dir()
@@ -483,27 +502,39 @@ def scan_folder(root: str | os.PathLike, option: str = "--data-root") -> tuple[P
     return root, classes, problems
 
 
+def _stat_stamp(f: Path) -> str:
+    """The key of a file whose content could not be read: its size, times and inode."""
+    try:
+        st = f.stat()
+        return f"unread:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+    except OSError:
+        return "missing"
+
+
 def _cache_paths(root: Path, classes: dict[str, list[Path]], image_size: int, channels: int,
-                 resize: str, max_pixels: int, polarity: str = "keep", ink_frame: str = "keep") -> tuple[Path, str]:
+                 resize: str, max_pixels: int, polarity: str = "keep", ink_frame: str = "keep",
+                 stamps: dict | None = None) -> tuple[Path, str]:
     """(cache file, prefix shared by every cache of this folder and settings).
 
     The key holds every file's class, path and SHA-256 of its bytes: sizes and times can stay
     the same while pixels change (fixed-size BMP/PGM/TIFF re-created with the same times) or
-    files move between classes (``mv`` keeps both), so only the content is trusted."""
+    files move between classes (``mv`` keeps both), so only the content is trusted.
+    ``stamps`` (path -> SHA-256 or None): the digests of the reads that were decoded, so a
+    cache is keyed on the very bytes that filled it (a file changed between the look-up and
+    the decode files the result under the new content, never under the old)."""
     settings = json.dumps([CACHE_VERSION, str(root), image_size, channels, resize, max_pixels]
                           + ([] if polarity == "keep" else [polarity]) + ([] if ink_frame == "keep" else
                                                                           [f"ink-frame-{ink_frame}"]))
     listing = hashlib.sha256()
     for name, files in classes.items():
         for f in files:
-            try:
-                stamp = hashlib.sha256(read_regular_file(f, MAX_FILE_BYTES, "image")).hexdigest()
-            except (InputError, OSError, MemoryError):  # unreadable now: its problem is found when decoding
+            if stamps is not None:
+                stamp = stamps.get(f) or _stat_stamp(f)
+            else:
                 try:
-                    st = f.stat()
-                    stamp = f"unread:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
-                except OSError:
-                    stamp = "missing"
+                    stamp = hashlib.sha256(read_regular_file(f, MAX_FILE_BYTES, "image")).hexdigest()
+                except (InputError, OSError, MemoryError):  # unreadable now: its problem is found when decoding
+                    stamp = _stat_stamp(f)
             listing.update(f"{name}\0{_rel(f, root)}\0{stamp}\n".encode("utf-8", "surrogateescape"))
     prefix = "folder-" + hashlib.sha256(settings.encode("utf-8", "surrogateescape")).hexdigest()[:12]
     return cache_dir() / f"{prefix}-{listing.hexdigest()[:16]}.npz", prefix
@@ -530,13 +561,11 @@ def _save_cache(path: Path, prefix: str, bank: ClassBank, digests, problems, sta
     def write(f):
         np.savez(f, images=bank.images, counts=bank.counts, digests=np.asarray(digests, dtype="<U64"),
                  meta=np.array(meta))
-    try:
-        atomic_write(path, write)
-        for old in path.parent.glob(f"{prefix}-*.npz"):  # the folder changed: drop the stale decode
-            if old != path:
-                old.unlink(missing_ok=True)
-    except OSError:
-        pass  # a read-only cache only costs the decode next time
+    if not cache_files.write(path, write):
+        return  # a read-only cache only costs the decode next time
+    for old in path.parent.glob(f"{prefix}-*.npz"):  # the folder changed: drop the stale decode (only the cache's own)
+        if old != path and cache_files.is_owned(old):
+            old.unlink(missing_ok=True)
 
 
 def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1, resize: str = "pad", *,
@@ -558,9 +587,20 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
                                                                  max_pixels, polarity, progress, ink_frame)
     drop = _drop_duplicates(decoded, decode_problems)
     bank, digests_arr = _bank_of(decoded, drop, decode_problems, image_size, channels)
-    if cache and not transient:
+    if cache and not transient:  # keyed on the bytes just decoded, not on the look-up's read
+        cache_path, prefix = _cache_paths(root, classes, image_size, channels, resize, max_pixels, polarity, ink_frame,
+                                          stamps=decoded.stamps)
         _save_cache(cache_path, prefix, bank, digests_arr, decode_problems, stats)
     return FolderData(root, bank, digests_arr, problems + decode_problems, stats, class_folders, False)
+
+
+class _Decoded(dict):
+    """``{class: [(rel, image, digest)]}``, and ``stamps``: path -> SHA-256 of the bytes read
+    (None where the content could not be read)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.stamps: dict[Path, str | None] = {}
 
 
 def _decode_classes(root: Path, classes: dict[str, list], image_size: int, channels: int, resize: str,
@@ -574,7 +614,7 @@ def _decode_classes(root: Path, classes: dict[str, list], image_size: int, chann
     if progress:
         from tqdm import tqdm
         iterator = tqdm(jobs, desc=f"decoding {root.name} at {image_size}px (once)", unit="img", leave=False)
-    decoded: dict[str, list[tuple[str, np.ndarray, str]]] = {name: [] for name in classes}
+    decoded = _Decoded({name: [] for name in classes})
     stats: dict[str, dict] = {}
     transient = False
     for name, path in iterator:
@@ -584,7 +624,9 @@ def _decode_classes(root: Path, classes: dict[str, list], image_size: int, chann
         except BadImage as exc:
             problems.append(Problem(exc.kind, rel, str(exc)))
             transient = transient or exc.transient
+            decoded.stamps[path] = exc.digest
             continue
+        decoded.stamps[path] = digest
         decoded[name].append((rel, image, digest))
         _add_stats(stats, name, info)
     for s in stats.values():
@@ -697,8 +739,8 @@ def _bank_of(decoded: dict[str, list], drop: set[str], problems: list[Problem], 
 def too_few_images(bank: ClassBank, instances: int) -> list[Problem]:
     """One problem per class with fewer than ``instances`` usable images."""
     return [Problem("too-few-images", name + "/",
-                    f"{int(n)} usable image(s); an episode with --instances {instances} needs {instances} "
-                    "(class skipped; lower --instances or add images)")
+                    f"{int(n)} usable image(s); an episode with {instances_option(instances)} needs {instances} "
+                    f"(class skipped; lower {lower_instances()} or add images)")
             for name, n in zip(bank.names, bank.counts) if n < instances]
 
 
@@ -906,10 +948,10 @@ def load_folder_parts(cfg: Config, progress: bool = True, report=warn, recorded:
     if test_bank.num_classes < e.ways:
         small = held_before - test_bank.num_classes
         raise DataError(
-            f"--ways {e.ways} needs {e.ways} held-out classes with at least {e.instances} images each (--instances), "
+            f"--ways {e.ways} needs {e.ways} held-out classes with at least {e.instances} images each ({instances_name()}), "
             f"but {where} gives {test_bank.num_classes}"
             + (f" ({small} more have fewer than {e.instances} images)" if small else "")
-            + "; hold out more classes, lower --ways or --instances, or add images "
+            + f"; hold out more classes, lower --ways or {lower_instances()}, or add images "
             "(`fewshot-mann inspect DIR` lists what is usable)")
     if val_bank.num_classes == 0:
         val_bank = empty_bank(d.channels, d.image_size)

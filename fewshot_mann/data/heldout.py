@@ -2,7 +2,7 @@
 
 Every checkpoint written by ``train`` records the class names it trained on, was checked on
 (validation) and left for testing (``ckpt["classes"]``), and, for folder datasets, the
-SHA-256 of every training image (``ckpt["train_digests"]``). ``evaluate``, ``kshot``, ``knn``
+training images (``ckpt["train_images"]``, ``image_record.py``; older ones: ``ckpt["train_digests"]``). ``evaluate``, ``kshot``, ``knn``
 and ``predict`` hold what they are asked to score against that record: scoring trained
 classes or images as "held-out" is refused by default (one line) and warned about otherwise.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from fewshot_mann.data import image_record
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.errors import DataError
 
@@ -34,10 +35,7 @@ def trained_overlap(ckpt: dict, names: list[str], digests=None) -> tuple[list[st
     rec = recorded_classes(ckpt)
     trained = set(rec["train"]) if rec else set()
     classes = sorted(set(names) & trained)
-    images = 0
-    if digests is not None and isinstance(ckpt.get("train_digests"), list):
-        seen = set(ckpt["train_digests"])
-        images = sum(1 for d in digests if d in seen)
+    images = image_record.seen_count(ckpt, digests) if digests is not None else 0
     return classes, images
 
 

@@ -246,7 +246,7 @@ def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress
     def write(f):
         np.savez(f, images=bank.images, counts=bank.counts, names=np.array(bank.names))
     try:
-        atomic_write(cache, write)
+        atomic_write(cache, write, lock=True)  # locked: an abandoned one is known (cache_files)
     except OSError:
         pass  # a read-only cache only costs the decode next time
     return bank

@@ -109,6 +109,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         ckpt["config_obj"] = Config.from_dict(ckpt["config"])
     except (UserError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid config: {exc}") from exc
+    from fewshot_mann.models.registry import check_size
+    try:
+        check_size(ckpt["config_obj"])
+    except UserError as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid config: {exc}") from exc
     _forget_absent_omniglot_root(ckpt["config_obj"])
     _weights_beside(ckpt["config_obj"], path)
     return ckpt
@@ -180,6 +185,9 @@ def check_structure(ckpt: dict, path) -> None:
         bad("command is not a list of strings")
     if ckpt.get("init_from") is not None and not isinstance(ckpt["init_from"], dict):
         bad("init_from is not a mapping")
+    from fewshot_mann.data import image_record
+    if ckpt.get(image_record.KEY) is not None and image_record.problem(ckpt[image_record.KEY]):
+        bad(image_record.problem(ckpt[image_record.KEY]))
 
 
 def structure_problem(obj, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 
 from fewshot_mann.errors import DataError, UserError
+from fewshot_mann.text import printable
 from fewshot_mann.data.folder import (DEFAULT_TEST_FRACTION, PROBLEM_KINDS, Problem, choose_test_classes, load_folder,
                      parse_test_classes, too_few_images)
 
@@ -78,7 +79,7 @@ def _size(s) -> str:
 
 
 def format_report(report: dict) -> str:
-    classes = report["classes"]
+    classes = [{**c, "name": printable(c["name"])} for c in report["classes"]]  # a newline in a name: one row still
     width = max([len("class")] + [len(c["name"]) for c in classes])
     lines = [f"{report['root']}: {len(classes)} class folder(s), {report['images']} usable image(s), "
              f"{report['usable_classes']} class(es) with at least {report['instances']} (--instances)"]
@@ -99,7 +100,7 @@ def format_report(report: dict) -> str:
     lines.append(f"{len(problems)} problem(s):")
     kind_width = max(len(p["kind"]) for p in problems)
     for p in problems:
-        lines.append(f"  {p['kind']:<{kind_width}}  {p['path'] or '.'}: {p['message']}")
+        lines.append(f"  {p['kind']:<{kind_width}}  {printable(p['path'] or '.')}: {printable(p['message'])}")
     fatal = [p for p in problems if p["kind"] == "too-few-classes"]
     if fatal:
         lines.append("training would stop: " + fatal[0]["message"])

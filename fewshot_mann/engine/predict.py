@@ -42,7 +42,6 @@ saved except the outputs asked for (``--json``, ``--csv``).
 from __future__ import annotations
 
 import copy
-import csv
 import io
 from pathlib import Path
 
@@ -52,6 +51,7 @@ import torch
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import STRING_LENGTH, STRING_SYMBOLS, Config, answers_any_ways
 from fewshot_mann.errors import DataError, UserError
+from fewshot_mann.text import csv_writer, printable
 from fewshot_mann.data.folder import BadImage, load_folder, read_image_file, report_problems, walk_images, warn
 
 _PREDICT_STREAM = 3  # distinct from the evaluation (1) and training (2) random streams
@@ -179,6 +179,8 @@ def summarise(names: list[str], probs: np.ndarray, threshold: float | None, quer
 
 
 def format_results(results: list[dict], top: int = 3) -> str:
+    results = [{**r, "query": printable(r["query"]), "prediction": printable(r["prediction"]),  # one line a row
+                "probabilities": {printable(n): p for n, p in r["probabilities"].items()}} for r in results]
     width = max([len("query")] + [len(r["query"]) for r in results])
     pw = max([len("prediction")] + [len(r["prediction"]) for r in results])
     lines = [f"{'query':<{width}}  {'prediction':<{pw}}  prob   agree  other classes"]
@@ -193,7 +195,7 @@ def format_results(results: list[dict], top: int = 3) -> str:
 
 def to_csv(results: list[dict], names: list[str]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv_writer(buf)  # names starting with = + - @ written as text, never as spreadsheet formulas
     w.writerow(["query", "prediction", "confidence", "low_confidence", "order_agreement", *[f"p({n})" for n in names]])
     for r in results:
         w.writerow([r["query"], r["prediction"], f"{r['confidence']:.6f}", str(r["low_confidence"]).lower(),

@@ -118,6 +118,9 @@ def load_parts(p: PretrainConfig, size: int, progress: bool):
     d.dataset, d.data_root, d.split, d.image_size, d.channels = p.dataset, p.data_root, p.split, size, 1
     d.test_classes, d.validation_classes = p.test_classes, p.validation_classes
     cfg.model.encoder = p.encoder  # a backbone's reader: its input size, RGB for timm
+    # the loader's episode needs are pretrain's own (--ways, --shots + --queries below), never the
+    # defaults of train (5 held-out classes of 10 images): the test classes are only kept out
+    cfg.episodes.ways, cfg.episodes.instances = 1, p.shots + p.queries
     parts = load_image_parts(cfg, progress=progress)
     train = parts.train.with_rotations() if p.rotations else parts.train
     for name, bank, need, shots, queries in (("training", train, p.ways, p.shots, p.queries),

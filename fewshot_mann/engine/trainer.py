@@ -23,6 +23,7 @@ from fewshot_mann.engine import distributed
 from fewshot_mann.engine.checkpoint import (check_weights_fit, load_checkpoint, load_model_from_checkpoint, refuse_nonfinite,
                          save_checkpoint)
 from fewshot_mann.config import Config
+from fewshot_mann.data import image_record
 from fewshot_mann.data.loading import load_split_banks
 from fewshot_mann.data.episodes import Compose, Jitter, Photometric, batch_rng, check_bank, sample_episodes, to_tensors
 from fewshot_mann.errors import CheckpointError, UserError
@@ -56,6 +57,8 @@ def new_model(cfg: Config) -> torch.nn.Module:
 
 
 RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl")
+# what a run writes besides: results of the old run, which a new run (--overwrite, a restart) removes too
+RESULT_FILES = ("final_eval.json", "split.json")
 
 
 # settings a resumed run takes from the new command line; every other one is the run's own
@@ -90,12 +93,15 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, lock: RunLock | No
     if resume and ckpt.exists():
         return True
     if init_from:
-        for name in RUN_FILES:
+        for name in RUN_FILES + RESULT_FILES:
             if same_file(init_from, out / name):
                 raise UserError(f"--init-from {init_from} is this run's own {name}, which starting the run in "
                                 f"{out} would delete; copy it elsewhere first, or train into another --out")
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
+    for name in RUN_FILES + RESULT_FILES:
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as exc:  # a folder or an unwritable file under a run file's name
+            raise UserError(f"cannot replace the old run's {out / name}: {exc.strerror or exc}") from exc
     return False
 
 
@@ -361,7 +367,8 @@ class Trainer:
             from fewshot_mann.data.folder import write_split
             write_split(self.out / "split.json", cfg, parts.train, parts.test, parts.validation)
         self.classes_record = parts.class_names()  # which classes this model trains on, is checked on and is tested on
-        self.train_digests = sorted({x for n in parts.train.names for x in parts.digests.get(n, [])}) \
+        # which images it trains on: a record of fixed size whatever their number (data/image_record.py)
+        self.train_images = image_record.compact(x for n in parts.train.names for x in parts.digests.get(n, [])) \
             if parts.digests else None
         if cfg.data.rotations:
             train_bank = train_bank.with_rotations()
@@ -593,7 +600,7 @@ class Trainer:
             "step": state["step"], "episodes_done": state["episodes_done"],
             **({"init_from": self.origin} if self.origin else {}),
             "classes": self.classes_record,
-            **({"train_digests": self.train_digests} if self.train_digests is not None else {}),
+            **({image_record.KEY: self.train_images} if self.train_images is not None else {}),
         })
 
     def finish(self, interrupted) -> dict:

@@ -38,6 +38,7 @@ from torch import nn
 
 from fewshot_mann.config import BACKBONE_LIBRARIES, ModelConfig, is_backbone
 from fewshot_mann.errors import UserError
+from fewshot_mann.models import backbone_checks
 
 PHOTOS_HINT = 'pip install -e ".[photos]"'
 OFFLINE_LITE0 = "tf_efficientnet_lite0"
@@ -88,7 +89,7 @@ def preprocessing(encoder: str) -> Preprocessing:
         except Exception:  # noqa: BLE001 - any model without a pretrained config
             cfg = None
         if cfg is None:
-            if name not in timm.list_models():
+            if not timm.is_model(name):  # tagged names (resnet18.a1_in1k) too
                 raise UserError(f"--encoder timm:{name}: timm has no model of that name (timm.list_models() lists them)")
             return Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         size = cfg.input_size[-1] if hasattr(cfg, "input_size") else cfg["input_size"][-1]
@@ -147,6 +148,7 @@ def offline_lite0_path() -> Path | None:
 def _load_state(model: nn.Module, state: dict, where: str, by_order: bool = False) -> None:
     """Load ``state`` into ``model``; ``by_order`` maps another implementation's keys onto the
     model's by position, refusing any shape mismatch (then it is another architecture)."""
+    backbone_checks.check_state(state, where)
     if by_order:
         target = model.state_dict()
         if len(target) != len(state) or any(a.shape != b.shape for a, b in zip(target.values(), state.values())):
@@ -155,7 +157,7 @@ def _load_state(model: nn.Module, state: dict, where: str, by_order: bool = Fals
     own = set(model.state_dict())
     head = ("classifier.", "fc.", "head.fc.")  # an ImageNet head the features-only model lacks
     state = {k: v for k, v in state.items() if k in own or not k.startswith(head)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = backbone_checks.load_strictly(model, state, where)
     missing = [k for k in missing if not k.startswith(("classifier.", "fc.", "head.fc."))]
     if missing or unexpected:
         raise UserError(f"{where} does not fit this architecture ({len(missing)} missing, "
@@ -177,7 +179,7 @@ def build_backbone(encoder: str, weights: str, classifier: bool = False) -> tupl
         digest = "none" if weights == "none" else file_sha256(weights)
     elif lib == "timm":
         timm = _timm()
-        if name not in timm.list_models():
+        if not timm.is_model(name):  # tagged names (resnet18.a1_in1k) too
             raise UserError(f"--encoder timm:{name}: timm has no model of that name (timm.list_models() lists them)")
         kwargs = {} if classifier else {"num_classes": 0}
         if weights == "imagenet" and offline_weights_path(name) is not None:
@@ -214,17 +216,7 @@ def _random_or_file(make, weights: str) -> nn.Module:
         torch.manual_seed(0)  # "none": the same random backbone every time (features stay cacheable)
         model = make()
     if weights != "none":
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise UserError(f"--encoder-weights {weights}: no such file (give imagenet, none or a weights file)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(f"--encoder-weights {weights}: not a readable weights file ({type(exc).__name__})") from exc
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise UserError(f"--encoder-weights {weights}: not a state dict")
+        state = backbone_checks.read_state(weights)  # a regular file of text keys and finite tensors
         try:
             _load_state(model, state, f"--encoder-weights {weights}")
         except UserError:
@@ -247,6 +239,7 @@ def _torchvision_backbone(name: str, weights: str, classifier: bool) -> tuple[nn
         builder = torchvision.models.get_model_builder(name)
     except ValueError as exc:
         raise UserError(f"--encoder torchvision:{name}: torchvision has no model of that name") from exc
+    backbone_checks.check_torchvision_name(name)  # detection, video, optical flow: no feature vector
     if weights == "imagenet":
         try:
             model = builder(weights="DEFAULT")
@@ -258,10 +251,11 @@ def _torchvision_backbone(name: str, weights: str, classifier: bool) -> tuple[nn
         model = _random_or_file(lambda: builder(weights=None), weights)
         digest = "none" if weights == "none" else file_sha256(weights)
     if not classifier:
-        for attr in ("fc", "classifier", "heads"):
+        for attr in ("fc", "classifier", "heads", "head"):
             if hasattr(model, attr):
                 setattr(model, attr, nn.Identity())
                 break
+        backbone_checks.refuse_logits(model, f"torchvision:{name}")
     return model, digest
 
 

@@ -45,3 +45,29 @@ def build_model(cfg: Config) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def parameters_on_meta(cfg: Config) -> int | None:
+    """Parameters of ``cfg``'s model, counted on the meta device (nothing is allocated, so a config
+    asking for a huge model costs nothing to measure); None where it cannot be built there."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return count_parameters(build_model(cfg))
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta: its real build decides
+        return None
+
+
+def check_size(cfg: Config, where: str = "") -> int | None:
+    """``UserError`` (one line) if ``cfg`` asks for a model of more than ``limits.MAX_PARAMETERS``
+    parameters, before anything is allocated; else its parameter count (None: unknown)."""
+    from fewshot_mann.errors import UserError
+    from fewshot_mann.limits import MAX_PARAMETERS
+
+    n = parameters_on_meta(cfg)
+    if n is not None and n > MAX_PARAMETERS:
+        raise UserError(f"{where + ': ' if where else ''}the {cfg.model.model} model of this config would have "
+                        f"{n:,} parameters, over the limit of {MAX_PARAMETERS:,} (lower --controller-size, "
+                        "--memory-width, --memory-slots, --read-heads or --transformer-width)")
+    return n

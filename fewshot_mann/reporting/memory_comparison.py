@@ -16,12 +16,12 @@ commands, dates; a warning when rows were not evaluated on the same episodes),
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import atomic_write_text
+from fewshot_mann.reporting import inputs
 from fewshot_mann.reporting.plots import plot_by_instance, plot_learning_curves
 from fewshot_mann.reporting.run_logs import read_metrics
 from fewshot_mann.reporting.tables import accuracy_cell, command_cell, duration, instance_columns
@@ -31,21 +31,9 @@ LEARNING_CURVE_INSTANCE = 2
 ROWS_FILE = "memory_comparison.json"
 
 
-def read_json(path: Path) -> dict:
-    """A JSON file, or a one-line UserError saying why not."""
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from exc
-
-
 def read_rows(path: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """``({name: evaluation JSON}, {name: metrics.jsonl})`` from a rows file (see the module doc)."""
-    rows = read_json(path).get("rows")
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and r.get("name") and r.get("eval") for r in rows):
-        raise UserError(f"{path}: expected {{\"rows\": [{{\"name\": ..., \"eval\": PATH, \"metrics\": PATH}}, ...]}}")
+    rows = inputs.rows(inputs.read_json(path, "rows file"), path)
     evals = {r["name"]: path.parent / r["eval"] for r in rows}
     metrics = {r["name"]: path.parent / r["metrics"] for r in rows if r.get("metrics")}
     return evals, metrics
@@ -57,8 +45,11 @@ def parameter_count(result: dict) -> int | None:
         return 0
     if not isinstance(result.get("config"), dict):
         return None
-    from fewshot_mann.models.registry import build_model, count_parameters
-    return count_parameters(build_model(Config.from_dict(result["config"])))
+    from fewshot_mann.models.registry import parameters_on_meta
+    try:  # every field type- and bound-checked, then counted on meta: nothing is allocated
+        return parameters_on_meta(Config.from_dict(result["config"]))
+    except UserError as exc:
+        raise UserError(f"{result.get('_path', 'an evaluation JSON')}: its config: {exc}") from exc
 
 
 def training_summary(result: dict, metrics: Path | None) -> dict:
@@ -69,16 +60,14 @@ def training_summary(result: dict, metrics: Path | None) -> dict:
     evaluated_at = info.get("episodes") or result.get("checkpoint_episodes")
     if metrics is not None and metrics.exists():
         train_lines = [m for m in read_metrics(metrics) if m.get("kind") == "train"
-                       and (not evaluated_at or (m.get("episodes") or 0) <= evaluated_at)]
+                       and isinstance(m.get("episodes"), (int, float)) and isinstance(m.get("train_seconds"), (int, float))
+                       and (not evaluated_at or m["episodes"] <= evaluated_at)]
         if train_lines:
             info["episodes"] = train_lines[-1].get("episodes")
             info["train_seconds"] = train_lines[-1].get("train_seconds")
         run_config = metrics.parent / "config.json"
         if run_config.exists() and not info.get("command"):
-            try:
-                info["command"] = json.loads(run_config.read_text()).get("command")
-            except ValueError:
-                pass
+            info["command"] = inputs.config_command(run_config)
     episodes, seconds = info.get("episodes"), info.get("train_seconds")
     info["episodes_per_second"] = episodes / seconds if episodes and seconds else None
     info["threads"] = ((result.get("config") or {}).get("train") or {}).get("threads")
@@ -89,10 +78,7 @@ def collect(evals: dict[str, Path], metrics: dict[str, Path]) -> list[dict]:
     """One entry per row: its result, training log, parameter count and training summary."""
     entries = []
     for name, path in evals.items():
-        result = read_json(path)
-        for key in ("accuracy_by_instance", "ci95", "episodes", "ways", "seed"):
-            if key not in result:
-                raise UserError(f"{path} is not an evaluation JSON (no {key!r}); write one with evaluate.py --json")
+        result = {**inputs.evaluation_file(path), "_path": str(path)}
         run_metrics = metrics.get(name)
         if run_metrics is None and result.get("checkpoint"):
             sibling = Path(result["checkpoint"]).parent / "metrics.jsonl"

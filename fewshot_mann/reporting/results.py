@@ -9,11 +9,11 @@ table, and ``learning_curves.png``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import atomic_write_text
+from fewshot_mann.reporting import inputs
 from fewshot_mann.reporting.paper import PAPER_INSTANCES, TABLE1, TABLE2
 from fewshot_mann.reporting.plots import plot_by_instance, plot_learning_curves
 from fewshot_mann.reporting.tables import accuracy_cell, hours, instance_columns
@@ -31,11 +31,11 @@ def load_results(folder: Path) -> list[tuple[str, dict]]:
     out = []
     for path in sorted(folder.glob("*.json")):
         try:
-            res = json.loads(path.read_text())
-        except ValueError:
-            continue
-        if "accuracy_by_instance" in res:
-            out.append((path.stem, res))
+            res = inputs.read_json(path, "evaluation JSON")
+        except UserError:
+            continue  # not JSON (or not a file): not a result
+        if isinstance(res, dict) and "accuracy_by_instance" in res:
+            out.append((path.stem, inputs.evaluation(res, path)))
     return out
 
 
@@ -86,7 +86,7 @@ def kshot_lines(folder: Path) -> list[str]:
     lines = ["### Standard N-way K-shot accuracy (protocol: `fewshot_mann/engine/kshot.py`)\n",
              "| model | N-way K-shot | accuracy (%) ± 95% CI | episodes | command |\n|---|---|---|---|---|"]
     for path in paths:
-        data = json.loads(path.read_text())
+        data = inputs.kshot(inputs.read_json(path, "kshot JSON"), path)
         for row in data["results"]:
             lines.append(f"| **{path.stem}** | {row['ways']}-way {row['shots']}-shot | "
                          f"{100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f} | {row['episodes']} | "
@@ -116,7 +116,7 @@ def write_results_report(reports: Path) -> list[Path]:
     results = load_results(reports / "results")
     written = []
     readme = reports / "README.md"
-    body = readme.read_text() if readme.exists() else f"# Results\n\n{START}\n{END}\n"
+    body = inputs.read_text(readme, "report") if readme.exists() else f"# Results\n\n{START}\n{END}\n"
     if START in body and END in body:
         atomic_write_text(readme, replace_section(body, results_markdown(reports, results)))
         written.append(readme)

@@ -584,8 +584,8 @@ def test_allocation_error_building_a_checkpoint_model_keeps_digits_and_names_no_
 
 def test_a_checkpoint_config_asking_for_a_huge_model_is_refused_before_allocating(run_dir, tmp_path, capsys):
     bad = edited_checkpoint(run_dir / "checkpoint.pt", tmp_path / "huge.pt",
-                            lambda c: c["config"]["model"].__setitem__("controller_size", 10**7))
-    assert evaluate_script.main(["--checkpoint", str(bad), "--no-progress"]) == 2  # 4e14 weights: never built
+                            lambda c: c["config"]["model"].__setitem__("controller_size", 5_000))
+    assert evaluate_script.main(["--checkpoint", str(bad), "--no-progress"]) == 2  # 1e8 weights: never built
     assert "do not fit" in one_line(capsys)
 
 

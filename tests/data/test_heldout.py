@@ -36,7 +36,7 @@ def test_a_folder_run_records_three_disjoint_class_lists_and_its_images(folder_r
     train, val, test = (set(classes[k]) for k in ("train", "validation", "test"))
     assert (len(train), len(val), len(test)) == (5, 2, 3)  # 0.3 and 0.2 of 10 classes, seeded
     assert not train & val and not train & test and not val & test
-    assert len(ckpt["train_digests"]) == 5 * 5 and all(len(d) == 64 for d in ckpt["train_digests"])
+    assert ckpt["train_images"]["count"] == 5 * 5 and len(ckpt["train_images"]["prefixes"]) == 5 * 5
     split = json.loads((folder_run["run"] / "split.json").read_text())
     assert set(split["validation"]) == val and set(split["test"]) == test
 
@@ -108,7 +108,7 @@ def test_kshot_json_names_the_classes_it_scored(folder_run, tmp_path):
 
 def test_an_old_checkpoint_without_records_is_scored_with_a_note(folder_run, tmp_path, capsys):
     old = torch.load(folder_run["run"] / "checkpoint.pt", weights_only=True)
-    for key in ("classes", "train_digests"):
+    for key in ("classes", "train_images"):
         old.pop(key)
     torch.save(old, tmp_path / "old.pt")
     assert evaluate_main(["--checkpoint", str(tmp_path / "old.pt"), "--episodes", "4", "--no-progress"]) == 0

@@ -224,3 +224,16 @@ def test_pretrain_cli_refuses_both_finetune_flags(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "not allowed with" in err and "Traceback" not in err
+
+
+def test_pretrain_asks_of_a_folder_only_what_its_own_episodes_need(tmp_path, monkeypatch):
+    """Issue 31: not train's default 5 held-out classes x 10 images, whatever --ways."""
+    from fewshot_mann.engine.pretrain import PretrainConfig, load_parts
+    from helpers.images import make_image_folder
+
+    monkeypatch.setenv("FEWSHOT_MANN_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=10, per_class=4, size_range=(8, 12))
+    p = PretrainConfig(dataset="folder", data_root=str(data["root"]), test_classes="0.3", validation_classes="0.5",
+                       rotations=False, ways=2, shots=1, queries=2)
+    train, validation = load_parts(p, 8, progress=False)
+    assert (train.num_classes, validation.num_classes) == (2, 5)

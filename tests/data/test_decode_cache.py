@@ -1,0 +1,47 @@
+"""Issue 31, cause 2: the folder decode cache is keyed on the very bytes that filled it. A file
+changed between the look-up and the decode files that decode under the new content; the old
+content (restored) is decoded afresh, never answered from the changed one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fewshot_mann.data import folder
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("FEWSHOT_MANN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def picture(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (12, 12), dtype=np.uint8)).save(path)
+
+
+def test_a_file_changed_while_the_folder_is_read_never_poisons_the_cache(tmp_path, cache, monkeypatch):
+    root = tmp_path / "data"
+    for c in range(2):
+        for i in range(3):
+            picture(root / f"class{c}" / f"{i}.png", 10 * c + i)
+    a, b = root / "class0" / "0.png", root / "class1" / "0.png"
+    original = b.read_bytes()
+    real = folder._decode_classes
+
+    def changed_meanwhile(*args, **kwargs):  # after the look-up hashed every file, before the decode reads them
+        b.write_bytes(a.read_bytes())
+        return real(*args, **kwargs)
+    monkeypatch.setattr(folder, "_decode_classes", changed_meanwhile)
+    during = folder.load_folder(root, image_size=8, progress=False)
+    assert any(p.kind == "duplicate" for p in during.problems)  # what the folder held when decoded
+    monkeypatch.setattr(folder, "_decode_classes", real)
+    b.write_bytes(original)  # the files differ again
+    after = folder.load_folder(root, image_size=8, progress=False)
+    assert not any(p.kind == "duplicate" for p in after.problems)
+    assert after.bank.counts.tolist() == [3, 3]
+    again = folder.load_folder(root, image_size=8, progress=False)  # and that decode is cached
+    assert again.from_cache and again.bank.counts.tolist() == [3, 3]
