@@ -188,6 +188,28 @@ def temporary_is_abandoned(path: str | os.PathLike) -> bool:
         os.close(fd)
 
 
+def remove_abandoned_temporaries(folder: str | os.PathLike, owns: Callable[[str], bool]) -> int:
+    """Remove from ``folder`` the temporary files ``.NAME.XXXX.tmp`` of ``atomic_write(..., lock=True)``
+    whose ``NAME`` ``owns`` accepts and whose writer is gone (``temporary_is_abandoned``); how many."""
+    import re
+
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        m = re.fullmatch(r"\.(?P<name>[^/]+)\.[A-Za-z0-9_]{1,32}\.tmp", name)
+        path = Path(folder) / name
+        if m and owns(m["name"]) and temporary_is_abandoned(path):
+            try:
+                os.unlink(path)
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 def _write_and_rename(fd: int, tmp: str, path: Path, shown, write) -> None:
     try:
         os.fchmod(fd, _mode_for(path))  # mkstemp makes 0600; results should read like any other file

@@ -1,5 +1,7 @@
 """``fewshot-mann cache list|clear``: the caches of decoded images and backbone features
-(data/features.py). Downloaded datasets under the cache folder are never touched."""
+(data/features.py). Only the caches' own files are listed or removed (data/cache_files.py:
+exact names and contents, no link followed, abandoned temporary files included); downloaded
+datasets and anything else under the cache folder are never touched."""
 from __future__ import annotations
 
 import argparse

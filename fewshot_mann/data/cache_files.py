@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from fewshot_mann.errors import UserError
-from fewshot_mann.fileio import atomic_write, temporary_is_abandoned
+from fewshot_mann.fileio import atomic_write, remove_abandoned_temporaries, temporary_is_abandoned
 from fewshot_mann.data.omniglot import cache_dir
 
 FEATURES = "features"  # the sub-folder of the feature caches
@@ -139,15 +139,10 @@ def entries(*, partial: bool = True) -> list[CacheFile]:
 
 def remove_abandoned(folder: Path) -> int:
     """Remove the temporary files of cache writes that died halfway in ``folder``; returns how many."""
-    removed = 0
-    for row in entries(partial=True):
-        if row.kind == "partial" and row.path.parent == folder:
-            try:
-                os.unlink(row.path)
-                removed += 1
-            except OSError:
-                pass
-    return removed
+    sub = next((name for name, path in folders() if path == folder), None)
+    if sub is None:
+        return 0
+    return remove_abandoned_temporaries(folder, lambda name: kind_of(sub, name) is not None)
 
 
 def clear(features_only: bool = False) -> int:

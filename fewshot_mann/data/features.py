@@ -10,8 +10,10 @@ Cache: one file per (backbone, weights sha256, preprocessing) under
 content after decoding, EXIF orientation and resizing, so the resize policy is part of
 it) to its features. Only images not yet in it go through the backbone. The cache is
 derived from the user's images (possibly patient data): ``fewshot-mann cache list``
-shows it, ``fewshot-mann cache clear`` removes it, and ``--no-feature-cache`` neither
-reads nor writes it.
+shows it, ``fewshot-mann cache clear`` removes it (only the caches' own files:
+``cache_files.py``), and ``--no-feature-cache`` neither reads nor writes it. An entry is used
+only if the file names these weights and preprocessing, holds features of the backbone's width
+and the row is finite; two processes filling one cache merge their work.
 """
 from __future__ import annotations
 

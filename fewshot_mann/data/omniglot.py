@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import sys
 import zipfile
 import zlib
@@ -28,7 +29,7 @@ from PIL import Image
 
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.errors import DataError, UserError
-from fewshot_mann.fileio import InputError, atomic_write, read_json_file, read_regular_file
+from fewshot_mann.fileio import InputError, atomic_write, read_json_file, read_regular_file, remove_abandoned_temporaries
 
 
 def _reason(exc: BaseException) -> str:
@@ -246,6 +247,7 @@ def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress
     def write(f):
         np.savez(f, images=bank.images, counts=bank.counts, names=np.array(bank.names))
     try:
+        remove_abandoned_temporaries(cache.parent, lambda name: re.fullmatch(r"omniglot-\d+px-[0-9a-f]{16}\.npz", name))
         atomic_write(cache, write, lock=True)  # locked: an abandoned one is known (cache_files)
     except OSError:
         pass  # a read-only cache only costs the decode next time
