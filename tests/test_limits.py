@@ -16,26 +16,16 @@ from fewshot_mann.cli import main as cli
 from fewshot_mann.cli import bench, evaluate, knn, kshot, predict, pretrain, report, train
 from fewshot_mann.config import SECTIONS, Config, field_problem, flag_of, kind_of
 from fewshot_mann.engine import trainer as training
-from helpers import as_split, patch_banks, synthetic_bank, tiny_config
+from helpers import SYNTHETIC_BANKS, TINY_TRAIN, one_error_line, as_split, patch_banks, tiny_config
 
 HUGE = 10_000_000_000_000_000_000  # past a C long long
-BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
-TINY = ["--episodes", "8", "--image-size", "6", "--controller-size", "16", "--memory-slots", "10", "--memory-width", "5",
-        "--read-heads", "3", "--ways", "3", "--instances", "4", "--no-rotations", "--batch-size", "4",
-        "--eval-every", "0", "--no-progress", "--threads", "1"]
+BANKS = SYNTHETIC_BANKS
+TINY = TINY_TRAIN
 
 
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
     patch_banks(monkeypatch, BANKS)
-
-
-def one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def int_fields():
@@ -75,11 +65,11 @@ FLAGGED = [(s, f) for s, f in INT_FIELDS if flag_of(f)]
 def test_a_huge_number_is_one_line_from_the_command_line_and_a_config_file(section, f, tmp_path, capsys):
     flag = flag_of(f)
     assert cli.main(["train", *TINY, flag, str(HUGE), "--out", str(tmp_path / "a")]) == 2
-    assert flag in one_line(capsys)
+    assert flag in one_error_line(capsys)
     config = tmp_path / "c.json"
     config.write_text(json.dumps({section: {f.name: HUGE}}))
     assert cli.main(["train", *without(TINY, flag), "-c", str(config), "--out", str(tmp_path / "b")]) == 2
-    assert flag in one_line(capsys)
+    assert flag in one_error_line(capsys)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -120,13 +110,13 @@ def test_every_integer_flag_of_every_command_has_an_upper_bound(command, action)
 ])
 def test_predict_kshot_and_report_counts_are_bounded(argv, capsys):
     assert cli.main(argv) == 2
-    assert "must be" in one_line(capsys)
+    assert "must be" in one_error_line(capsys)
 
 
 def test_a_config_asking_for_a_huge_model_is_refused_before_anything_is_allocated(tmp_path, capsys):
     big = ["--controller-size", "16384", "--memory-width", "16384", "--read-heads", "64", "--memory-slots", "128"]
     assert cli.main(["train", *TINY, *big, "--out", str(tmp_path / "run")]) == 2
-    assert "parameters, over the limit" in one_line(capsys)
+    assert "parameters, over the limit" in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
 
 
@@ -145,7 +135,7 @@ def test_a_checkpoint_config_with_a_huge_number_is_one_line(tmp_path, capsys):
             ckpt["config"]["model"].update(controller_size=16384, memory_width=16384, num_read_heads=64)
         torch.save(ckpt, tmp_path / "bad.pt")
         assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "bad.pt"), "--episodes", "2", "--no-progress"]) == 2
-        line = one_line(capsys)
+        line = one_error_line(capsys)
         assert "invalid config" in line, line
 
 
@@ -162,4 +152,4 @@ def test_a_training_batch_too_large_to_hold_is_one_line(flags, needle, tmp_path,
     for flag in flags[::2]:
         argv = without(argv, flag)
     assert cli.main(["train", *argv, *flags, "--out", str(tmp_path / "run")]) == 2
-    assert needle in one_line(capsys)
+    assert needle in one_error_line(capsys)

@@ -16,7 +16,7 @@ from PIL import Image
 
 import evaluate as evaluate_script
 import train as train_script
-from helpers import as_split, patch_banks, synthetic_bank, tiny_config
+from helpers import SYNTHETIC_BANKS, TINY_TRAIN, one_error_line, as_split, patch_banks, tiny_config
 from fewshot_mann.engine import checkpoint
 from fewshot_mann.cli import main as cli
 from fewshot_mann import fileio
@@ -27,23 +27,13 @@ from fewshot_mann.config import Config
 from fewshot_mann.errors import CheckpointError, DataError, UserError
 from helpers.images import make_image_folder
 
-BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
-TINY = ["--episodes", "8", "--image-size", "6", "--controller-size", "16", "--memory-slots", "10", "--memory-width", "5",
-        "--read-heads", "3", "--ways", "3", "--instances", "4", "--no-rotations", "--batch-size", "4",
-        "--eval-every", "0", "--no-progress", "--threads", "1"]
+BANKS = SYNTHETIC_BANKS
+TINY = TINY_TRAIN
 
 
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
     patch_banks(monkeypatch, BANKS)
-
-
-def one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def code_of(main, argv) -> int:
@@ -111,12 +101,12 @@ SHARED_CASES = [(command, bad, needle) for command in sorted(COMMANDS) for bad, 
 def test_shared_flags_are_checked_by_every_command(command, bad, needle, tmp_path, capsys):
     argv = [a.replace("OUT", str(tmp_path / "run")) for a in COMMANDS[command]]
     assert code_of(cli.main, [*argv, *bad]) == 2
-    assert needle in one_line(capsys)  # the flag, not the missing checkpoint or folder: checked first
+    assert needle in one_error_line(capsys)  # the flag, not the missing checkpoint or folder: checked first
 
 
 def test_inspect_image_size_has_an_upper_bound(capsys):
     assert code_of(cli.main, ["inspect", "missing_folder", "--image-size", "100000"]) == 2
-    assert "--image-size must be at most 1024" in one_line(capsys)
+    assert "--image-size must be at most 1024" in one_error_line(capsys)
 
 
 CONFIG_BAD = [({"rotations": "false"}, "data.rotations must be true or false"),
@@ -135,7 +125,7 @@ def test_config_file_values_are_type_checked(values, needle, tmp_path, capsys):
     path = tmp_path / "c.json"
     path.write_text(json.dumps(values))
     assert code_of(train_script.main, ["-c", str(path), *TINY, "--out", str(tmp_path / "run")]) == 2
-    line = one_line(capsys)
+    line = one_error_line(capsys)
     assert needle in line and str(path) in line
     assert not (tmp_path / "run").exists()
 
@@ -236,7 +226,7 @@ def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
              (["--plot", str(tmp_path / "p.xyz")], "must end in .png or .pdf or .svg")]
     for argv, needle in cases:
         assert code_of(evaluate_script.main, ["--checkpoint", str(tmp_path / "missing.pt"), *argv]) == 2
-        line = one_line(capsys)
+        line = one_error_line(capsys)
         assert needle in line and "missing.pt" not in line, line
     assert stat_is_fifo(tmp_path / "fifo")
 
@@ -269,7 +259,7 @@ def test_full_disk_during_evaluate_is_one_line(run_dir, tmp_path, monkeypatch, c
     out = tmp_path / "e.json"
     assert evaluate_script.main(["--checkpoint", str(run_dir / "checkpoint.pt"), "--episodes", "2",
                                  "--json", str(out), "--no-progress", "--threads", "1"]) == 2
-    assert f"cannot write {out}: No space left on device" in one_line(capsys)
+    assert f"cannot write {out}: No space left on device" in one_error_line(capsys)
 
 
 def test_fifo_and_device_targets_are_refused_and_symlinks_written_through(tmp_path):
@@ -301,11 +291,11 @@ def test_read_only_places_fail_before_the_work(run_dir, tmp_path, monkeypatch, c
     monkeypatch.setattr(os, "open", read_only)
     assert code_of(evaluate_script.main, ["--checkpoint", str(tmp_path / "missing.pt"),
                                           "--json", str(ro / "e.json")]) == 2
-    assert "Read-only file system" in one_line(capsys)
+    assert "Read-only file system" in one_error_line(capsys)
     started = []
     monkeypatch.setattr(training, "load_split_banks", as_split(lambda *a, **k: started.append(1) or BANKS))
     assert train_script.main([*TINY, "--out", str(ro / "run")]) == 2
-    assert "Read-only file system" in one_line(capsys) and not started
+    assert "Read-only file system" in one_error_line(capsys) and not started
 
 
 def test_nan_is_written_as_null_never_as_bare_nan(tmp_path):
@@ -323,13 +313,13 @@ def test_single_file_inputs_are_regular_and_bounded(tmp_path, capsys):
     try:
         for source in ("/dev/zero", str(tmp_path / "fifo")):
             assert code_of(train_script.main, ["-c", source, *TINY, "--out", str(tmp_path / "run")]) == 2
-            assert "not a regular file" in one_line(capsys)
+            assert "not a regular file" in one_error_line(capsys)
             with pytest.raises(folder.BadImage, match="not a regular file"):
                 folder.read_image_file(Path(source), 6, 1, "pad")
         big = tmp_path / "big.json"
         big.write_bytes(b" " * (fileio.MAX_JSON_BYTES + 1))
         assert code_of(train_script.main, ["-c", str(big), *TINY, "--out", str(tmp_path / "run")]) == 2
-        assert "over the" in one_line(capsys)
+        assert "over the" in one_error_line(capsys)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
@@ -339,7 +329,7 @@ def test_deeply_nested_config_json_is_one_line(tmp_path, capsys):
     path = tmp_path / "deep.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
     assert code_of(train_script.main, ["-c", str(path), *TINY, "--out", str(tmp_path / "run")]) == 2
-    assert "nested more than 64 levels" in one_line(capsys)
+    assert "nested more than 64 levels" in one_error_line(capsys)
     assert fileio.json_depth('{"a": "[[[[", "b": [[1]]}', 10) == 3  # brackets inside strings do not count
 
 
@@ -376,13 +366,13 @@ def test_checkpoint_that_expands_when_walked_is_refused_quickly(run_dir, tmp_pat
     with pytest.raises(CheckpointError, match="nested values"):
         load_checkpoint(bad)
     assert evaluate_script.main(["--checkpoint", str(bad), "--no-progress"]) == 2
-    assert "a structure that expands when read" in one_line(capsys)
+    assert "a structure that expands when read" in one_error_line(capsys)
     assert checkpoint.structure_problem(torch.load(run_dir / "checkpoint.pt", weights_only=True)) is None
 
 
 def test_a_checkpoint_that_is_a_device_is_never_opened(capsys):
     assert evaluate_script.main(["--checkpoint", "/dev/zero", "--no-progress"]) == 2
-    assert "is not a regular file" in one_line(capsys)
+    assert "is not a regular file" in one_error_line(capsys)
 
 
 # --------------------------------------------------------- 4. runs never destroy their work (cause 1)
@@ -394,11 +384,11 @@ def test_overwrite_never_deletes_the_source_of_init_from(run_dir, tmp_path, caps
         (run / name).write_bytes((run_dir / name).read_bytes())
     before = (run / "checkpoint.pt").read_bytes()
     assert train_script.main([*TINY, "--out", str(run), "--overwrite", "--init-from", str(run / "checkpoint.pt")]) == 2
-    assert "is this run's own checkpoint.pt" in one_line(capsys)
+    assert "is this run's own checkpoint.pt" in one_error_line(capsys)
     assert (run / "checkpoint.pt").read_bytes() == before and (run / "metrics.jsonl").exists()
     (tmp_path / "alias.pt").symlink_to(run / "checkpoint.pt")  # the same file under another name
     assert train_script.main([*TINY, "--out", str(run), "--overwrite", "--init-from", str(tmp_path / "alias.pt")]) == 2
-    assert "is this run's own checkpoint.pt" in one_line(capsys)
+    assert "is this run's own checkpoint.pt" in one_error_line(capsys)
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
@@ -407,7 +397,7 @@ def test_a_bad_init_from_fails_before_overwrite_deletes_anything(run_dir, tmp_pa
     run.mkdir()
     (run / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
     assert train_script.main([*TINY, "--out", str(run), "--overwrite", "--init-from", str(tmp_path / "nope.pt")]) == 2
-    assert "does not exist" in one_line(capsys)
+    assert "does not exist" in one_error_line(capsys)
     assert (run / "checkpoint.pt").exists()
 
 
@@ -419,7 +409,7 @@ def test_export_onto_its_own_source_is_refused(run_dir, tmp_path, capsys):
     os.link(src, tmp_path / "hard.pt")
     for dst in (src, tmp_path / "sym.pt", tmp_path / "hard.pt", tmp_path / "." / "checkpoint.pt"):
         assert cli.main(["export", str(src), str(dst)]) == 2
-        assert "the output is the checkpoint itself" in one_line(capsys)
+        assert "the output is the checkpoint itself" in one_error_line(capsys)
     assert src.read_bytes() == before
     assert cli.main(["export", str(src), str(tmp_path / "small.pt")]) == 0
 
@@ -431,7 +421,7 @@ def test_a_second_training_into_a_locked_run_folder_gets_one_line(tmp_path, caps
     holder.acquire(out)  # another training holds the folder (a flock conflicts across open files)
     try:
         assert train_script.main([*TINY, "--out", str(out)]) == 2
-        assert f"--out {out} is in use by another training (pid {os.getpid()})" in one_line(capsys)
+        assert f"--out {out} is in use by another training (pid {os.getpid()})" in one_error_line(capsys)
         assert not (out / "checkpoint.pt").exists() and not (out / "config.json").exists()
     finally:
         holder.release()
@@ -447,10 +437,10 @@ def test_nan_weights_are_refused_by_predict_and_init_from_and_flagged_by_evaluat
     support = make_image_folder(tmp_path / "support", classes=3, per_class=4, size_range=(8, 12))
     assert cli.main(["predict", "--checkpoint", str(bad), "--support", str(support["root"]),
                      "--query", str(support["root"]), "--json", str(tmp_path / "p.json"), "--threads", "1"]) == 2
-    assert "non-finite weights" in one_line(capsys)
+    assert "non-finite weights" in one_error_line(capsys)
     assert not (tmp_path / "p.json").exists()
     assert train_script.main([*TINY, "--out", str(tmp_path / "init"), "--init-from", str(bad)]) == 2
-    assert "non-finite weights" in one_line(capsys)
+    assert "non-finite weights" in one_error_line(capsys)
     out = tmp_path / "e.json"
     assert evaluate_script.main(["--checkpoint", str(bad), "--episodes", "4", "--json", str(out),
                                  "--no-progress", "--threads", "1"]) == 0
@@ -464,7 +454,7 @@ def test_resume_from_a_nan_checkpoint_is_refused(run_dir, tmp_path, capsys):
     run.mkdir()
     nan_checkpoint(run_dir, tmp_path).rename(run / "checkpoint.pt")
     assert train_script.main([*TINY, "--episodes", "12", "--out", str(run), "--resume"]) == 2
-    assert "non-finite weights" in one_line(capsys)
+    assert "non-finite weights" in one_error_line(capsys)
 
 
 def test_non_finite_stop_names_a_checkpoint_only_when_there_is_one(tmp_path, monkeypatch):
@@ -578,7 +568,7 @@ def test_allocation_error_building_a_checkpoint_model_keeps_digits_and_names_no_
                            "123456789012345678901234567890 bytes. Error code 12 (Cannot allocate memory)")
     monkeypatch.setattr(models, "build_model", huge)
     assert evaluate_script.main(["--checkpoint", str(run_dir / "checkpoint.pt"), "--no-progress"]) == 2
-    line = one_line(capsys)
+    line = one_error_line(capsys)
     assert "123456789012345678901234567890 bytes" in line and "--batch-size" not in line
 
 
@@ -586,7 +576,7 @@ def test_a_checkpoint_config_asking_for_a_huge_model_is_refused_before_allocatin
     bad = edited_checkpoint(run_dir / "checkpoint.pt", tmp_path / "huge.pt",
                             lambda c: c["config"]["model"].__setitem__("controller_size", 5_000))
     assert evaluate_script.main(["--checkpoint", str(bad), "--no-progress"]) == 2  # 1e8 weights: never built
-    assert "do not fit" in one_line(capsys)
+    assert "do not fit" in one_error_line(capsys)
 
 
 # --------------------------------------------------------------- 8. smaller tracebacks (cause 8)

@@ -15,7 +15,7 @@ from fewshot_mann.cli import main as cli
 from fewshot_mann.data import folder
 from fewshot_mann.engine import trainer as training
 from fewshot_mann.text import csv_cell, printable
-from helpers import as_split, patch_banks, synthetic_bank, tiny_config
+from helpers import one_error_line, as_split, patch_banks, synthetic_bank, tiny_config
 from helpers.images import make_image_folder
 
 BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
@@ -36,14 +36,6 @@ def run_dir(tmp_path_factory):
         m.setattr(training, "load_split_banks", as_split(lambda cfg, progress=True: BANKS))
         training.train(cfg, out, progress=False, log=lambda msg: None)
     return out
-
-
-def one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_predict_csv_never_writes_a_cell_a_spreadsheet_would_run(run_dir, tmp_path, capsys):
@@ -89,7 +81,7 @@ def test_gif_images_are_decoded(tmp_path, monkeypatch):
 @pytest.mark.parametrize("command", [["evaluate", "--checkpoint", "missing.pt"], ["knn"]])
 def test_an_empty_json_path_says_so(command, capsys):
     assert cli.main([*command, "--json", ""]) == 2
-    line = one_line(capsys)
+    line = one_error_line(capsys)
     assert "empty path" in line and ". is a folder" not in line
 
 

@@ -8,9 +8,9 @@ import pytest
 
 from fewshot_mann.cli import main as cli
 from fewshot_mann.engine.trainer import RESULT_FILES, RUN_FILES
-from helpers import patch_banks, synthetic_bank
+from helpers import SYNTHETIC_BANKS, patch_banks
 
-BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
+BANKS = SYNTHETIC_BANKS
 TINY = ["--episodes", "4", "--image-size", "6", "--controller-size", "16", "--memory-slots", "10", "--memory-width", "5",
         "--read-heads", "3", "--ways", "3", "--instances", "4", "--no-rotations", "--batch-size", "2",
         "--eval-every", "0", "--no-progress", "--threads", "1"]

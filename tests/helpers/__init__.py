@@ -87,3 +87,19 @@ def synthetic_bank(classes: int = 12, per_class: int = 12, size: int = 6, channe
         noise = rng.integers(-20, 21, (per_class, channels, size, size))
         groups.append(np.clip(base + noise, 0, 255).astype(np.uint8))
     return ClassBank.from_groups(groups, [f"class{i:02d}" for i in range(classes)])
+
+
+# Two synthetic banks (training, held-out) and the flags of a seconds-long training on them, for CLI tests.
+SYNTHETIC_BANKS = (synthetic_bank(classes=10, per_class=12, seed=1), synthetic_bank(classes=6, per_class=12, seed=2))
+TINY_TRAIN = ["--episodes", "8", "--image-size", "6", "--controller-size", "16", "--memory-slots", "10", "--memory-width",
+              "5", "--read-heads", "3", "--ways", "3", "--instances", "4", "--no-rotations", "--batch-size", "4",
+              "--eval-every", "0", "--no-progress", "--threads", "1"]
+
+
+def one_error_line(capsys) -> str:
+    """The one ``error:`` line a command printed on stderr (no traceback, exactly one error)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]

@@ -3,6 +3,8 @@ only, bounded, JSON depth and types checked), counts an evaluation's parameters 
 building its model, and checks where it writes before any work."""
 from __future__ import annotations
 
+from helpers import one_error_line
+
 import json
 import os
 import signal
@@ -12,14 +14,6 @@ import pytest
 
 from fewshot_mann.cli import report
 from fewshot_mann.reporting import memory_comparison
-
-
-def one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def result(**extra):
@@ -60,7 +54,7 @@ def test_an_evaluation_that_is_not_a_regular_file_is_one_line_and_never_read(kin
         path = str(tmp_path / "fifo.json")
         os.mkfifo(path)
     assert run(tmp_path, path) == 2
-    assert "not a regular file" in one_line(capsys)
+    assert "not a regular file" in one_error_line(capsys)
 
 
 BAD_JSON = {
@@ -90,7 +84,7 @@ def test_a_malformed_evaluation_json_is_one_line_or_a_report(name, tmp_path, cap
         assert name == "config-huge-model"
         assert "87,007,117,381" in (tmp_path / "out" / "memory_comparison.md").read_text()  # counted, never built
     else:
-        assert code == 2 and "eval.json" in one_line(capsys)
+        assert code == 2 and "eval.json" in one_error_line(capsys)
 
 
 def test_the_parameters_of_an_evaluation_config_are_counted_without_building_it():
@@ -112,7 +106,7 @@ def test_out_dir_onto_a_file_fails_before_any_work(tmp_path, capsys, monkeypatch
     (tmp_path / "out").write_text("mine")
     monkeypatch.setattr(memory_comparison, "collect", lambda *a: pytest.fail("the work started"))
     assert run(tmp_path, write(tmp_path, json.dumps(result()))) == 2
-    assert "--out-dir" in one_line(capsys)
+    assert "--out-dir" in one_error_line(capsys)
     assert (tmp_path / "out").read_text() == "mine"
 
 
