@@ -115,6 +115,10 @@ SHARED_FLAGS = {
                 "help": "which classes to score: test (= held-out; the default), validation, or training"},
     "allow_trained_classes": {"action": "store_true",
                               "help": "score test classes even where the checkpoint records training on some of them"},
+    "finetune": {"type": int, "nargs": "?", "const": limits.FINETUNE_STEPS, "default": 0, "metavar": "STEPS",
+                 "problem": at_least(0, "--finetune", high=limits.MAX_FINETUNE_STEPS),
+                 "help": "timm backbone checkpoints: fine-tune the backbone's last layers to the support images "
+                         f"(augmented views; never a query) for STEPS steps first; bare: {limits.FINETUNE_STEPS}; 0: off"},
     "no_feature_cache": {"action": "store_true",
                          "help": "backbone features: neither read nor write the feature cache (privacy)"},
     "json": {"default": None, "metavar": "PATH", "help": "write the results as JSON", "problem": output_file("--json")},

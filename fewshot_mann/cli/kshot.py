@@ -30,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     add_shared_flags(p, "episodes", "seed", "device", "threads")
     add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt", high=limits.MAX_ADAPT_STEPS),
              help="meta-fine-tune a copy of the model on each episode's support set for STEPS steps first")
+    add_shared_flags(p, "finetune")
     p.add_argument("--no-baselines", action="store_true", help="skip the nearest-centroid baselines")
     p.add_argument("--within-alphabet", action="store_true",
                    help="every trial's classes from one alphabet (Omniglot: the part of a class name before its "
@@ -90,6 +91,13 @@ def _kshot_rows(argv) -> int:
                                           feature_cache=not args.no_feature_cache, with_pixels=True)
     bank, pixels = parts.part(kind), pixel_parts.part(kind)
     check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
+    finetuner = None
+    if args.finetune:
+        from fewshot_mann.data.loading import load_image_parts
+        from fewshot_mann.fewshot.finetune import Finetuner, settings_for
+
+        images = load_image_parts(cfg, progress=False, recorded=recorded).part(kind)
+        finetuner = Finetuner(cfg.model, settings_for(args.finetune), images.images, seed=args.seed)
     rows, baselines, failed = [], [], []
     for ways in args.ways or [cfg.episodes.ways]:  # row by row: a row that cannot run keeps the others
         for shots in args.shots:
@@ -97,7 +105,8 @@ def _kshot_rows(argv) -> int:
                 row, base = kshot_table(model, bank, pixels, cfg, [ways], [shots], args.episodes, args.seed,
                                         queries=args.queries, adapt=args.adapt, baselines=not args.no_baselines,
                                         backbone=is_backbone(cfg.model.encoder), device=device,
-                                        progress=not args.no_progress, within_alphabet=args.within_alphabet)
+                                        progress=not args.no_progress, within_alphabet=args.within_alphabet,
+                                        finetuner=finetuner)
             except DataError as exc:
                 failed.append({"ways": ways, "shots": shots, "error": str(exc)})
                 print(f"{ways}-way {shots}-shot: not run ({exc})", file=sys.stderr)

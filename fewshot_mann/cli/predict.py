@@ -32,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt", high=limits.MAX_ADAPT_STEPS),
              help="first meta-fine-tune a copy of the model this many steps on episodes of the support set "
                   "(0 = answer with the model as trained)")
+    add_shared_flags(p, "finetune")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
                    help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
     add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
@@ -63,12 +64,14 @@ def _predict(argv) -> int:
     model = load_model_from_checkpoint(ckpt, device)
     refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
     results, bank = predict(model, cfg, args.support, args.query, orders=args.orders, threshold=args.threshold,
-                            seed=args.seed, batch_size=args.batch_size, device=device, adapt=args.adapt)
+                            seed=args.seed, batch_size=args.batch_size, device=device, adapt=args.adapt,
+                            finetune=args.finetune)
     cut = (1 + 1 / bank.num_classes) / 2 if args.threshold is None else args.threshold
     print(f"{cfg.model.model} checkpoint, {bank.num_classes} support classes "
           f"({', '.join(f'{n} {c}' for n, c in zip(bank.names, bank.counts))} images), "
           f"{len(results)} queries, {args.orders} orders, low confidence below {cut:.2f}"
-          + (f", adapted {args.adapt} steps to the support set" if args.adapt else ""))
+          + (f", adapted {args.adapt} steps to the support set" if args.adapt else "")
+          + (f", backbone fine-tuned {args.finetune} steps to the support images" if args.finetune else ""))
     print(format_results(results))
     if args.json:
         atomic_write_json(args.json, results)

@@ -62,9 +62,21 @@ def support_query_episodes(bank: ClassBank, cfg: EpisodeConfig, shots: int, seed
     return Episodes(np.stack(images), np.stack(labels), np.stack(instance), np.stack(digits), np.stack(classes))
 
 
+def finetuned_bank(bank: ClassBank, finetuner, cfg: EpisodeConfig, shots: int, seed: int, index: int, queries: int,
+                   groups=None) -> ClassBank:
+    """``bank`` with the rows of trial ``index`` replaced by their features after fine-tuning the backbone on
+    that trial's support images (``fewshot.finetune``; the queries are only read through the tuned tail)."""
+    drawn = evaluation_episodes(bank, dataclasses.replace(cfg, instances=shots + queries), seed, index, 1, groups)
+    rows, sup = drawn.image_index[0], drawn.instance[0] < shots
+    s_feats, q_feats = finetuner.tune(rows[sup], drawn.labels[0, sup], rows[~sup], cfg.ways, seed=[seed, index])
+    feats = bank.images.copy()
+    feats[rows[sup]], feats[rows[~sup]] = s_feats, q_feats
+    return ClassBank(feats, bank.offsets, bank.counts, list(bank.names))
+
+
 def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, shots: int,
                    episodes: int = 1000, seed: int = 0, batch_episodes: int | None = None, device="cpu",
-                   queries: int = 1, adapt: int = 0, progress: bool = False, groups=None) -> dict:
+                   queries: int = 1, adapt: int = 0, progress: bool = False, groups=None, finetuner=None) -> dict:
     """N-way ``shots``-shot accuracy (mean over each episode's queries) and its 95% CI over episodes.
     ``groups``: each episode's classes from one group (``episodes.name_groups``: an alphabet).
 
@@ -81,7 +93,8 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
         bar = tqdm(total=episodes, desc=f"{cfg.ways}-way {shots}-shot", unit="ep", leave=False, file=sys.stderr)
     for first in range(0, episodes, batch_episodes):
         count = min(batch_episodes, episodes - first)
-        seq = support_query_episodes(bank, cfg, shots, seed, first, count, queries, groups)
+        read = bank if finetuner is None else finetuned_bank(bank, finetuner, cfg, shots, seed, first, queries, groups)
+        seq = support_query_episodes(read, cfg, shots, seed, first, count, queries, groups)
         tb = to_tensors(seq, cfg, device)
         net = model
         if adapt:
@@ -101,7 +114,8 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
     acc = np.concatenate(per_episode)[:, None]
     mean, ci = summarise(acc)
     return {"ways": cfg.ways, "shots": shots, "accuracy": mean[0], "ci95": ci[0], "episodes": episodes,
-            "queries": queries, "seed": seed, "labels": cfg.labels, **({"adapt": adapt} if adapt else {})}
+            "queries": queries, "seed": seed, "labels": cfg.labels, **({"adapt": adapt} if adapt else {}),
+            **({"finetune": dataclasses.asdict(finetuner.settings)} if finetuner else {})}
 
 
 def _prepare(x: np.ndarray, norm: str) -> np.ndarray:
@@ -139,12 +153,13 @@ def loo_accuracy(x: np.ndarray, labels: np.ndarray, norm: str = "none") -> float
 def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[int], shots_list: list[int],
                 episodes: int, seed: int, queries: int = 1, adapt: int = 0, baselines: bool = True,
                 backbone: bool = False, device="cpu", progress: bool = True, log=print,
-                within_alphabet: bool = False) -> tuple[list, list]:
+                within_alphabet: bool = False, finetuner=None) -> tuple[list, list]:
     """``kshot_accuracy`` for every (ways, shots), and the nearest-centroid baselines on the
     same episodes; ``pixels``: the raw-pixel bank of the same classes (``bank`` may hold
     backbone features). Classes with fewer than shots + queries images are left out of
     that row, with a warning. Returns (rows, baseline rows); ``log`` gets a line for each.
-    ``within_alphabet``: every episode's classes from one alphabet (``episodes.name_groups``)."""
+    ``within_alphabet``: every episode's classes from one alphabet (``episodes.name_groups``).
+    ``finetuner``: a ``Finetuner`` over the images of ``bank``'s rows (see ``kshot_accuracy``)."""
     from fewshot_mann.data.episodes import name_groups
     from fewshot_mann.data.folder import drop_small_classes
 
@@ -156,18 +171,20 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
             if len(keep) < bank.num_classes:
                 drop_small_classes(bank, shots + queries, f"{shots}-shot {queries}-query")
             kept, kept_pixels = bank.subset(keep), pixels.subset(keep)
+            tuner = finetuner.subset(bank, keep) if finetuner is not None else None
             check_bank(kept, dataclasses.replace(ep_cfg, instances=shots + queries), "held-out classes")
             groups = name_groups(kept.names) if within_alphabet else None
             t0 = time.perf_counter()
             res = kshot_accuracy(model, kept, ep_cfg, shots, episodes, seed, device=device,
-                                 queries=queries, adapt=adapt, progress=progress, groups=groups)
+                                 queries=queries, adapt=adapt, progress=progress, groups=groups, finetuner=tuner)
             if within_alphabet:
                 res["within"] = "alphabet"
             res["seconds"] = round(time.perf_counter() - t0, 2)
             res["num_classes"] = kept.num_classes
             rows.append(res)
             log(f"{ways}-way {shots}-shot: {100 * res['accuracy']:.1f} ± {100 * res['ci95']:.1f} % "
-                f"({cfg.model.model}{f', adapt {adapt}' if adapt else ''}; {episodes} episodes, "
+                f"({cfg.model.model}{f', adapt {adapt}' if adapt else ''}"
+                f"{f', fine-tuned {finetuner.settings.steps} steps' if finetuner else ''}; {episodes} episodes, "
                 f"{queries} queries per class, {kept.num_classes} classes, seed {seed}"
                 f"{', classes of one alphabet per episode' if within_alphabet else ''})")
             if not baselines:

@@ -306,20 +306,39 @@ def adapted(model: torch.nn.Module, cfg: Config, bank: ClassBank, steps: int, se
     return adapt_to_support(model, bank.images, labels, episode_cfg, steps, seed=[seed])
 
 
+def finetuned_inputs(cfg: Config, support: ClassBank, queries: np.ndarray, steps: int, seed: int):
+    """(support bank, query features) of a backbone fine-tuned ``steps`` steps on the support images alone
+    (``fewshot.finetune``): ``support`` and ``queries`` hold the decoded images."""
+    from fewshot_mann.fewshot.finetune import Finetuner, settings_for
+
+    _backbone_weights(cfg)
+    tuner = Finetuner(cfg.model, settings_for(steps), np.concatenate([support.images, queries]), seed=seed)
+    labels = np.repeat(np.arange(support.num_classes), support.counts)
+    n = len(support.images)
+    s_feats, q_feats = tuner.tune(np.arange(n), labels, np.arange(n, n + len(queries)), support.num_classes, seed=[seed])
+    return ClassBank(s_feats, support.offsets.copy(), support.counts.copy(), list(support.names)), q_feats
+
+
 def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list[str], orders: int = 8,
-            threshold: float | None = None, seed: int = 0, batch_size: int = 256, device="cpu", adapt: int = 0):
+            threshold: float | None = None, seed: int = 0, batch_size: int = 256, device="cpu", adapt: int = 0,
+            finetune: int = 0):
     """Classify the query images from the support folder: (results, support bank); see the
     module docstring for the protocol and ``summarise`` for a result. ``adapt`` > 0: answered
-    by a copy of the model meta-fine-tuned that many steps on the support set (``adapted``)."""
+    by a copy of the model meta-fine-tuned that many steps on the support set (``adapted``).
+    ``finetune`` > 0: the backbone's last layers fine-tuned that many steps to the support images first
+    (``finetuned_inputs``)."""
     from fewshot_mann.data.folder import reader_settings
 
     reader = reader_settings(cfg)
     _backbone_weights(cfg)  # missing or different weights fail before any image is read
     support = load_support(support_path, cfg, reader)
     cfg = with_support_ways(cfg, support.bank.num_classes)
-    queries, names = read_queries(query_paths, cfg, reader, support)
+    images, names = read_queries(query_paths, cfg, reader, support)
     bank, _ = support_inputs(cfg, support)
-    queries = query_inputs(cfg, queries)
+    if finetune:
+        bank, queries = finetuned_inputs(cfg, support.bank, images, finetune, seed)
+    else:
+        queries = query_inputs(cfg, images)
     if adapt:
         model = adapted(model, cfg, bank, adapt, seed)
     probs = predict_probabilities(model, cfg, bank, queries, orders=orders, seed=seed, batch_size=batch_size,

@@ -355,3 +355,57 @@ def test_bundled_photos_model_predicts_seven_classes_by_name(tmp_path, capsys):
     assert len(answer["probabilities"]) == 7 and abs(sum(answer["probabilities"].values()) - 1) < 1e-3
     assert cli.main(["models"]) == 0
     assert "photos" in capsys.readouterr().out
+
+
+def test_kshot_finetune_reports_its_recipe_and_zero_steps_is_the_frozen_path(photo_run, tmp_path):
+    """``kshot --finetune N`` rows say what was tuned; a fine-tuner of 0 steps reads exactly the frozen features
+    (the same accuracy on the same trials), so any change is the fine-tuning's."""
+    import dataclasses
+    from fewshot_mann.data.loading import load_image_parts, load_split_banks
+    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from fewshot_mann.data.episodes import with_ways
+    from fewshot_mann.fewshot.finetune import Finetuner, FinetuneSettings
+    data, ckpt_path = photo_run
+    out = tmp_path / "k.json"
+    assert cli.main(["kshot", "--checkpoint", str(ckpt_path), "--dataset", "folder", "--data-root", str(data["root"]),
+                     "--test-classes", "all", "--ways", "2", "--shots", "2", "--queries", "2", "--episodes", "2",
+                     "--finetune", "3", "--json", str(out), "--no-progress", "--no-baselines",
+                     "--allow-trained-classes"]) == 0
+    [row] = json.loads(out.read_text())["results"]
+    assert row["finetune"]["steps"] == 3
+    ckpt = load_checkpoint(str(ckpt_path))
+    cfg = ckpt["config_obj"]
+    cfg.data.data_root, cfg.data.test_root, cfg.data.test_classes = str(data["root"]), None, "all"
+    model = load_model_from_checkpoint(ckpt, "cpu")
+    feats = load_split_banks(cfg, progress=False).test
+    images = load_image_parts(cfg, progress=False).test
+    ep = with_ways(cfg.episodes, 2, False)
+    frozen = kshot_accuracy(model, feats, ep, 2, episodes=4, queries=2)
+    tuner = Finetuner(cfg.model, FinetuneSettings(steps=0), images.images)
+    assert kshot_accuracy(model, feats, ep, 2, episodes=4, queries=2, finetuner=tuner)["accuracy"] == frozen["accuracy"]
+    sub = tuner.subset(images, [2, 0, 1])  # the rows of a subset map back to the bank's images
+    assert list(sub.rows[:images.counts[2]]) == list(range(images.offsets[2], images.offsets[2] + images.counts[2]))
+    tuned = dataclasses.replace(tuner.settings, steps=5)
+    tuner.settings = tuned
+    assert kshot_accuracy(model, feats, ep, 2, episodes=4, queries=2, finetuner=tuner)["finetune"]["steps"] == 5
+
+
+def test_predict_finetune_answers_and_pixel_models_refuse_it_in_one_line(photo_run, tmp_path, capsys):
+    from helpers import one_error_line
+    data, ckpt_path = photo_run
+    root = Path(data["root"])
+    support = tmp_path / "support"
+    for cls in sorted(p for p in root.iterdir() if p.is_dir())[:2]:  # the tiny run's model answers 2 classes
+        (support / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:2]:
+            (support / cls.name / f.name).write_bytes(f.read_bytes())
+    query = sorted(sorted(p for p in root.iterdir() if p.is_dir())[0].iterdir())[-1]
+    out = tmp_path / "p.json"
+    assert cli.main(["predict", "--checkpoint", str(ckpt_path), "--support", str(support), "--query", str(query),
+                     "--orders", "2", "--finetune", "2", "--json", str(out)]) == 0
+    assert "fine-tuned 2 steps" in capsys.readouterr().out
+    [answer] = json.loads(out.read_text())
+    assert len(answer["probabilities"]) == 2
+    assert cli.main(["predict", "--checkpoint", "omniglot-5way", "--support", str(support), "--query", str(query),
+                     "--finetune"]) != 0
+    assert "--finetune needs a timm backbone" in one_error_line(capsys)

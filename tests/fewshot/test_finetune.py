@@ -1,0 +1,88 @@
+"""Fine-tuning a backbone's tail to one support set (fewshot/finetune.py), on timm's tiny test network."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("timm")
+
+from fewshot_mann.data.features import run_backbone  # noqa: E402
+from fewshot_mann.fewshot.finetune import (FinetuneSettings, StagedBackbone, ViewCache, augment,  # noqa: E402
+                                           finetune_features)
+from fewshot_mann.models.backbones import build_backbone, preprocessing  # noqa: E402
+
+ENCODER = "timm:test_efficientnet"
+
+
+def _images(n=8, size=48, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+
+
+def _cache(images, views=3, tail_stages=1, seed=0):
+    backbone, _ = build_backbone(ENCODER, "none")
+    prep = preprocessing(ENCODER)
+    return ViewCache(StagedBackbone(backbone, tail_stages), images, prep.mean, prep.std, views, seed=seed), backbone, prep
+
+
+def test_zero_steps_give_the_frozen_backbones_features():
+    images = _images()
+    cache, backbone, prep = _cache(images)
+    sup, qry, _ = finetune_features(cache, [0, 1, 2, 3], [0, 0, 1, 1], [4, 5, 6, 7], 2, FinetuneSettings(steps=0))
+    frozen = run_backbone(backbone, images, prep, progress=False)
+    np.testing.assert_allclose(sup.numpy(), frozen[:4], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(qry.numpy(), frozen[4:], rtol=1e-4, atol=1e-5)
+
+
+def test_the_queries_never_change_what_is_learned():
+    images = _images(10)
+    cache, _, _ = _cache(images)
+    s = FinetuneSettings(steps=4, batch=6)
+    sup_a, qry_a, _ = finetune_features(cache, [0, 1, 2, 3], [0, 0, 1, 1], [4, 5, 6], 2, s, seed=3)
+    sup_b, qry_b, _ = finetune_features(cache, [0, 1, 2, 3], [0, 0, 1, 1], [8, 9, 4], 2, s, seed=3)
+    assert torch.equal(sup_a, sup_b)  # the tuned tail does not depend on which queries follow
+    assert torch.equal(qry_a[0], qry_b[2])  # and query 4 reads the same through it
+    sup_c, _, _ = finetune_features(cache, [0, 1, 2, 3], [0, 0, 1, 1], [4], 2, FinetuneSettings(steps=0))
+    assert not torch.allclose(sup_a, sup_c)  # and something was learned
+
+
+def test_finetuning_fits_the_support_set():
+    """After fine-tuning on the support images themselves (one view: no augmentation), the tuned classifier
+    fits them better than the class means it starts from."""
+    images = _images(12, seed=5)
+    labels = np.repeat(np.arange(3), 4)
+    cache, _, _ = _cache(images, views=2)
+    rows = list(range(12))
+
+    def loss(steps):
+        _, _, logits = finetune_features(cache, rows, labels, rows, 3, FinetuneSettings(steps=steps, views=1, batch=12),
+                                         seed=1)
+        return torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels)).item()
+
+    assert loss(30) < 0.5 * loss(0)
+
+
+def test_views_are_a_function_of_seed_row_and_view_only():
+    images = _images(4)
+    a, _, _ = _cache(images, views=3, seed=7)
+    b, _, _ = _cache(images, views=3, seed=7)
+    first = a.maps([2, 0], [2, 1])
+    b.maps([1], [1, 2])  # other work first: the draws do not depend on what was asked before
+    assert torch.equal(first, b.maps([2, 0], [2, 1]))
+    assert not torch.equal(a.maps([0], [0]), a.maps([0], [1]))  # an augmented view is not the image
+    c, _, _ = _cache(images, views=3, seed=8)
+    assert not torch.equal(a.maps([0], [1]), c.maps([0], [1]))
+
+
+def test_augment_keeps_size_and_type_and_depends_on_the_generator():
+    x = torch.from_numpy(_images(1, size=40)[0])
+    one = augment(x, torch.Generator().manual_seed(0))
+    assert one.shape == x.shape and one.dtype == torch.uint8
+    assert torch.equal(one, augment(x, torch.Generator().manual_seed(0)))
+    assert not torch.equal(one, augment(x, torch.Generator().manual_seed(1)))
+
+
+def test_a_backbone_without_stages_is_refused_in_one_line():
+    from fewshot_mann.errors import UserError
+    with pytest.raises(UserError, match="--finetune needs a timm backbone with stages"):
+        StagedBackbone(torch.nn.Linear(3, 3))
