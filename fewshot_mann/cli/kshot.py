@@ -69,7 +69,7 @@ def _kshot_rows(argv) -> int:
     from fewshot_mann.config import is_backbone
     from fewshot_mann.errors import DataError
     from fewshot_mann.data.heldout import bank_digests, check_scored, recorded_classes
-    from fewshot_mann.data.loading import load_split_banks
+    from fewshot_mann.engine.loading import load_split_banks
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
     from fewshot_mann.engine.kshot import kshot_table
     from fewshot_mann.engine.trainer import resolve_device

@@ -188,7 +188,7 @@ def _train(argv) -> int:
 def final_evaluation(checkpoint: Path, episodes: int, progress: bool, feature_cache: bool = True) -> dict:
     """The end of ``train``: the held-out table of ``evaluate.py --checkpoint C --episodes N``
     (seed 0), printed, and written to ``RUN/final_eval.json``."""
-    from fewshot_mann.data.loading import load_banks
+    from fewshot_mann.engine.loading import load_banks
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
     from fewshot_mann.engine.evaluation import evaluate, format_table
     from fewshot_mann.engine.trainer import resolve_device

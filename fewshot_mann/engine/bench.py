@@ -175,7 +175,7 @@ def measure_backbone(encoder: str, weights: str, seconds: float, batch: int = 32
     """Images/s of feature extraction (``features.run_backbone``: inference mode, the path the
     feature cache fills through) at the backbone's input size, in the contiguous and the
     channels_last memory format; random uint8 images, so nothing is read from disk."""
-    from fewshot_mann.data.features import run_backbone
+    from fewshot_mann.models.features import run_backbone
     from fewshot_mann.models.backbones import build_backbone, preprocessing
 
     prep = preprocessing(encoder)
@@ -237,7 +237,7 @@ def measure_rss(loop: TrainingLoop, steps: int) -> dict:
 
 def _load_bank(args, cfg: Config) -> ClassBank:
     if args.data_root:
-        from fewshot_mann.data.loading import load_banks
+        from fewshot_mann.engine.loading import load_banks
         train_bank, _ = load_banks(cfg, progress=False)
     else:
         train_bank = synthetic_bank(args.synthetic_classes, 20, cfg.data.image_size, args.seed)

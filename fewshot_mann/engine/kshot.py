@@ -146,7 +146,7 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
     that row, with a warning. Returns (rows, baseline rows); ``log`` gets a line for each.
     ``within_alphabet``: every episode's classes from one alphabet (``episodes.name_groups``)."""
     from fewshot_mann.data.episodes import name_groups
-    from fewshot_mann.data.folder import drop_small_classes
+    from fewshot_mann.data.class_split import drop_small_classes
 
     rows, base_rows = [], []
     for ways in ways_list:

@@ -102,7 +102,7 @@ def split_timm(model: torch.nn.Module, stages: int) -> tuple[torch.nn.Module, to
 def stem_outputs(stem: torch.nn.Module, bank: ClassBank, prep, progress: bool = False) -> ClassBank:
     """The frozen stem's output (N, C, H, W) for every image of ``bank``, through
     ``features.run_backbone`` (the backbone's normalisation, grey to RGB, channels_last)."""
-    from fewshot_mann.data.features import run_backbone
+    from fewshot_mann.models.features import run_backbone
 
     shape = stem(torch.zeros(1, 3, *bank.images.shape[-2:])).shape[1:]
     flat = run_backbone(stem, bank.images, prep, progress=progress, desc="stem outputs (once)")
@@ -111,7 +111,7 @@ def stem_outputs(stem: torch.nn.Module, bank: ClassBank, prep, progress: bool = 
 
 def load_parts(p: PretrainConfig, size: int, progress: bool):
     """Training and validation banks of images at ``size`` px, one channel (strokes bright)."""
-    from fewshot_mann.data.loading import load_image_parts
+    from fewshot_mann.engine.loading import load_image_parts
 
     cfg = Config()
     d = cfg.data

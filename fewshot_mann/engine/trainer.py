@@ -24,7 +24,7 @@ from fewshot_mann.engine.checkpoint import (check_weights_fit, load_checkpoint, 
                          save_checkpoint)
 from fewshot_mann.config import Config
 from fewshot_mann.data import image_record
-from fewshot_mann.data.loading import load_split_banks
+from fewshot_mann.engine.loading import load_split_banks
 from fewshot_mann.data.episodes import Compose, Jitter, Photometric, batch_rng, check_bank, sample_episodes, to_tensors
 from fewshot_mann.errors import CheckpointError, UserError
 from fewshot_mann.engine.evaluation import correct_steps, loss_fn, per_episode_instance_accuracy
@@ -359,12 +359,12 @@ class Trainer:
         parts = load_split_banks(cfg, progress=self.progress, **({} if feature_cache else {"feature_cache": False}))
         train_bank, val_bank = parts.train, parts.validation
         if train_bank.images.dtype != "uint8" and not self.ckpt:  # backbone features: the checkpoint names them
-            from fewshot_mann.data.features import weights_id
+            from fewshot_mann.models.features import weights_id
             cfg.model.weights_hash = weights_id(cfg.model) or ""
             cfg.model.feature_dim = int(parts.test.images.shape[1])
             cfg.data.rotations = False  # rotating a feature vector means nothing
         if self.main and cfg.data.dataset == "folder":  # class names and counts only (the checkpoint records them too)
-            from fewshot_mann.data.folder import write_split
+            from fewshot_mann.data.class_split import write_split
             write_split(self.out / "split.json", cfg, parts.train, parts.test, parts.validation)
         self.classes_record = parts.class_names()  # which classes this model trains on, is checked on and is tested on
         # which images it trains on: a record of fixed size whatever their number (data/image_record.py)

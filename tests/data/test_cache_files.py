@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from fewshot_mann.cli import main as cli
-from fewshot_mann.data import cache_files, features, folder
+from fewshot_mann.data import cache_files, folder
+from fewshot_mann.models import features
 from helpers.images import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
