@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from fewshot_mann.config import Config
+from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, refuse_nonfinite
 from fewshot_mann.errors import UserError
 
 
@@ -149,3 +150,28 @@ def transfer_weights(model: torch.nn.Module, cfg: Config, src_state: dict, src_c
     for name, why in fresh:
         lines.append(f"  re-initialised {name}: {why}")
     return lines
+
+
+def load_init_source(path: str) -> dict:
+    """The ``--init-from`` checkpoint, read and checked whole (weights fit their own config and
+    are finite) before the run folder is touched."""
+    src = load_checkpoint(path)
+    load_model_from_checkpoint(src)  # its weights must fit its own config, or the file is damaged
+    refuse_nonfinite(src, path)
+    return src
+
+
+def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config, src: dict | None = None) -> dict:
+    """Start from another checkpoint's weights: copied where names and shapes match, input
+    weights adapted to a new image size/channels, the rest re-initialised (``transfer.py``).
+
+    Returns the run's origin, ``{"checkpoint": path, "episodes": n}``, n counting every
+    episode behind those weights (the source's own and its origins'), for honest reports."""
+    if src is None:
+        src = load_init_source(path)
+    for line in transfer_weights(model, cfg, src["model"], src["config_obj"], source=str(path)):
+        log(line)
+    before = src.get("init_from") if isinstance(src.get("init_from"), dict) else {}
+    episodes = src.get("episodes_done") if isinstance(src.get("episodes_done"), int) else 0
+    prior = before.get("episodes") if isinstance(before.get("episodes"), int) else 0
+    return {"checkpoint": str(path), "episodes": episodes + prior}
