@@ -26,6 +26,7 @@ NOT_IMPORTED_BY = {
     "memory": ABOVE_MODELS | {"models", "data", "fewshot"},
     "data": ABOVE_MODELS | {"models", "memory", "fewshot"},
     "config": ABOVE_MODELS | {"models", "memory", "fewshot", "data"},
+    "options": ABOVE_MODELS | {"models", "memory", "fewshot", "data", "config"},
     "errors": ABOVE_MODELS | {"models", "memory", "fewshot", "data", "config"},
     "fileio": ABOVE_MODELS | {"models", "memory", "fewshot", "data", "config"},
     "limits": ABOVE_MODELS | {"models", "memory", "fewshot", "data"},

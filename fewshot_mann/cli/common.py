@@ -14,7 +14,8 @@ import os
 import sys
 
 from fewshot_mann import limits
-from fewshot_mann.config import DATASETS, SECTIONS, field_problem
+from fewshot_mann.config import DATASETS, SECTIONS
+from fewshot_mann.options import field_problem
 from fewshot_mann.data.heldout import CLASS_CHOICES, normalise
 from fewshot_mann.errors import UserError, first_line, is_allocation_error
 from fewshot_mann.fileio import check_output_path

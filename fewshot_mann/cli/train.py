@@ -15,7 +15,8 @@ from pathlib import Path
 from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_deprecated, add_flag, add_shared_flags, at_least, explicit_flags,
                                      parse_checked, run_guarded)
-from fewshot_mann.config import OBSOLETE_KEYS, SECTIONS, Config, check_type, dest_of, flagged_fields, kind_of
+from fewshot_mann.config import OBSOLETE_KEYS, SECTIONS, Config, check_type, flagged_fields
+from fewshot_mann.options import dest_of, kind_of
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import read_json_file
 
