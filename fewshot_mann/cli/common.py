@@ -117,7 +117,8 @@ SHARED_FLAGS = {
     "allow_trained_classes": {"action": "store_true",
                               "help": "score test classes even where the checkpoint records training on some of them"},
     "no_feature_cache": {"action": "store_true",
-                         "help": "backbone features: neither read nor write the feature cache (privacy)"},
+                         "help": "privacy: neither read nor write the caches of features or decoded images; nothing "
+                                 "derived from your images is written outside the paths you name"},
     "json": {"default": None, "metavar": "PATH", "help": "write the results as JSON", "problem": output_file("--json")},
     "csv": {"default": None, "metavar": "PATH", "help": "write the results as CSV", "problem": output_file("--csv")},
     "plot": {"default": None, "metavar": "PATH", "help": "write a PNG of accuracy by instance",
