@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from fewshot_mann.config import Config, is_backbone
-from fewshot_mann.data.bank import ClassBank, SplitBanks
+from fewshot_mann.data.bank import ClassBank, FeatureBank, SplitBanks
 from fewshot_mann.errors import UserError
 from fewshot_mann.models.features import embed_bank, resolve_weights
 from fewshot_mann.models.inputs import image_reader
@@ -100,7 +100,7 @@ def load_split_banks(cfg: Config, progress: bool = True, recorded: dict | None =
     def embed(bank: ClassBank) -> ClassBank:
         if bank.num_classes:
             return embed_bank(bank, cfg.model, **kw)
-        return ClassBank(np.zeros((0, 1), np.float32), bank.offsets, bank.counts, bank.names)
+        return FeatureBank(np.zeros((0, 1), np.float32), bank.offsets, bank.counts, bank.names)
 
     feats = SplitBanks(embed(images.train), embed(images.validation), embed(images.test), images.digests)
     if with_pixels:

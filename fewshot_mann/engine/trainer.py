@@ -21,7 +21,7 @@ import torch
 
 from fewshot_mann.config import Config
 from fewshot_mann.data import image_record
-from fewshot_mann.data.bank import ClassBank
+from fewshot_mann.data.bank import ClassBank, FeatureBank
 from fewshot_mann.data.episodes import Compose, Jitter, Photometric, batch_rng, check_bank, sample_episodes, to_tensors
 from fewshot_mann.engine import distributed
 from fewshot_mann.engine.checkpoint import check_weights_fit, load_checkpoint, refuse_nonfinite, save_checkpoint
@@ -172,7 +172,7 @@ class Trainer:
         cfg = self.cfg
         parts = load_split_banks(cfg, progress=self.progress, **({} if feature_cache else {"feature_cache": False}))
         train_bank, val_bank = parts.train, parts.validation
-        if train_bank.images.dtype != "uint8" and not self.ckpt:  # backbone features: the checkpoint names them
+        if isinstance(train_bank, FeatureBank) and not self.ckpt:  # backbone features: the checkpoint names them
             from fewshot_mann.models.features import weights_id
             cfg.model.weights_hash = weights_id(cfg.model) or ""
             cfg.model.feature_dim = int(parts.test.images.shape[1])
@@ -224,7 +224,7 @@ class Trainer:
         photometric = Photometric(d.augment_invert, d.augment_contrast, d.augment_brightness)
         self.jitter = Compose(Jitter(d.jitter_shift, d.jitter_rotate), photometric)
         self.use_jitter = (d.jitter_shift > 0 or d.jitter_rotate > 0 or photometric.active()) \
-            and self.train_bank.images.dtype == "uint8"
+            and not isinstance(self.train_bank, FeatureBank)
 
     def restore(self) -> None:
         """Continue from ``self.ckpt``: weights, optimiser, loop state; the log cut back to it."""

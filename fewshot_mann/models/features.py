@@ -28,7 +28,7 @@ import torch
 
 from fewshot_mann.config import ModelConfig
 from fewshot_mann.data import cache_files
-from fewshot_mann.data.bank import ClassBank
+from fewshot_mann.data.bank import ClassBank, FeatureBank
 from fewshot_mann.data.omniglot import cache_dir
 from fewshot_mann.errors import UserError
 from fewshot_mann.models.backbone_checks import weights_file_problem
@@ -176,10 +176,10 @@ def embed_images(images: np.ndarray, m: ModelConfig, *, digest: str | None = Non
     return np.stack([table[k] for k in keys]).astype(np.float32)
 
 
-def embed_bank(bank: ClassBank, m: ModelConfig, **kw) -> ClassBank:
+def embed_bank(bank: ClassBank, m: ModelConfig, **kw) -> FeatureBank:
     """The same classes and order, images replaced by (N, D) float32 features."""
     feats = embed_images(bank.images, m, **kw)
-    return ClassBank(feats, bank.offsets.copy(), bank.counts.copy(), list(bank.names))
+    return FeatureBank(feats, bank.offsets.copy(), bank.counts.copy(), list(bank.names))
 
 
 # ---------------------------------------------------------------------------- fewshot-mann cache
