@@ -20,7 +20,7 @@ import os
 from fewshot_mann.config import Config
 from fewshot_mann.data.bank import ClassBank, SplitBanks, empty_bank
 from fewshot_mann.data.folder import FolderData, load_folder, report_problems, warn
-from fewshot_mann.data.images import ImageReader
+from fewshot_mann.data.images import ImageReader, pixel_reader
 from fewshot_mann.data.scan import Problem
 from fewshot_mann.data.wording import instances_name, instances_option, lower_instances
 from fewshot_mann.errors import DataError, UserError
@@ -148,15 +148,8 @@ def load_folder_banks(cfg: Config, progress: bool = True, report=warn,
                       reader: ImageReader | None = None) -> tuple[ClassBank, ClassBank]:
     """(meta-training bank, held-out test bank) of a folder dataset, classes disjoint; ``reader``:
     the raw-pixel reader of ``cfg.data`` (``pixel_reader``) where not given."""
-    parts = load_folder_parts(cfg, reader or pixel_reader(cfg), progress, report)
+    parts = load_folder_parts(cfg, reader or pixel_reader(cfg.data), progress, report)
     return parts.train, parts.test
-
-
-def pixel_reader(cfg: Config) -> ImageReader:
-    """The reader of a raw-pixel model: the configured size, channels, polarity and ink frame."""
-    d = cfg.data
-    return ImageReader(d.image_size, d.channels, "pad" if d.resize in ("auto", "backbone") else d.resize, d.polarity,
-                       d.ink_frame)
 
 
 def load_folder_parts(cfg: Config, reader: ImageReader, progress: bool = True, report=warn,

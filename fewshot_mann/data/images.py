@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from fewshot_mann.config import RESIZE_POLICIES
+from fewshot_mann.config import RESIZE_POLICIES, DataConfig
 from fewshot_mann.errors import DataError, UserError
 from fewshot_mann.fileio import InputError, read_regular_file
 
@@ -311,3 +311,11 @@ class ImageReader:
         return ([self.image_size, self.channels, self.resize, self.max_pixels]
                 + ([] if self.polarity == "keep" else [self.polarity])
                 + ([] if self.ink_frame == "keep" else [f"ink-frame-{self.ink_frame}"]))
+
+
+def pixel_reader(d: DataConfig, image_size: int | None = None, channels: int | None = None) -> ImageReader:
+    """The reader of a raw-pixel model: the configured size, channels, polarity and ink frame, the whole
+    image letterboxed unless ``--resize`` says otherwise (``image_size``/``channels``: a grayscale
+    backbone's own, which reads as raw pixels do)."""
+    return ImageReader(image_size or d.image_size, channels or d.channels,
+                       "pad" if d.resize in ("auto", "backbone") else d.resize, d.polarity, d.ink_frame)

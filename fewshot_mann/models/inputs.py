@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fewshot_mann.config import Config, DataConfig, ModelConfig, is_backbone
-from fewshot_mann.data.class_split import pixel_reader
-from fewshot_mann.data.images import ImageReader
+from fewshot_mann.data.images import ImageReader, pixel_reader
 from fewshot_mann.models.backbones import (OFFLINE_WEIGHTS, Preprocessing, file_sha256, offline_weights_path, preprocessing,
                                            split_encoder)
 
@@ -60,7 +59,7 @@ class BackboneSpec:
         backbone reads as raw pixels do, at its own size."""
         size = self.preprocessing.image_size
         if self.grayscale:
-            return ImageReader(size, 1, "pad" if d.resize in ("auto", "backbone") else d.resize, d.polarity, d.ink_frame)
+            return pixel_reader(d, size, 1)
         resize = f"fraction:{self.preprocessing.crop_pct:g}" if d.resize in ("auto", "backbone") else d.resize
         return ImageReader(size, 3, resize)
 
@@ -70,4 +69,4 @@ def image_reader(cfg: Config) -> ImageReader:
     size/channels with ``data.polarity`` and ``data.ink_frame``; a backbone reads as its
     ``BackboneSpec.reader`` says."""
     spec = BackboneSpec.of(cfg.model)
-    return spec.reader(cfg.data) if spec is not None else pixel_reader(cfg)
+    return spec.reader(cfg.data) if spec is not None else pixel_reader(cfg.data)
