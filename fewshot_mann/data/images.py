@@ -21,7 +21,7 @@ decoding (decompression bombs); files over ``MAX_FILE_BYTES`` are not read; a de
 is refused unopened.
 
 ``ImageReader`` holds the settings as one frozen value, resolved once from the config
-(``engine.loading.image_reader``): ``.read(path)``, ``.decode(bytes)``, ``.cache_key()``.
+(``models.inputs.image_reader``): ``.read(path)``, ``.decode(bytes)``, ``.cache_key()``.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def _to_mode(im: Image.Image, channels: int) -> Image.Image:
 
 def resize_problem(policy: str) -> str | None:
     """None if ``policy`` is one the reader applies (a RESIZE_POLICIES name but auto/backbone, which
-    ``engine.loading.image_reader`` resolves, or ``fraction:F``: shorter side to size / F, centre crop)."""
+    ``models.inputs.image_reader`` resolves, or ``fraction:F``: shorter side to size / F, centre crop)."""
     if policy in RESIZE_POLICIES and policy not in ("auto", "backbone"):
         return None
     if policy.startswith("fraction:"):

@@ -22,6 +22,7 @@ from fewshot_mann.errors import DataError, UserError
 from fewshot_mann.text import printable
 from fewshot_mann.data.class_split import DEFAULT_TEST_FRACTION, choose_test_classes, parse_test_classes, too_few_images
 from fewshot_mann.data.folder import load_folder
+from fewshot_mann.data.images import ImageReader
 from fewshot_mann.data.scan import PROBLEM_KINDS, Problem
 
 
@@ -32,7 +33,7 @@ def inspect_folder(root, *, ways: int = 5, instances: int = 10, image_size: int 
         raise UserError("--ways and --instances must be at least 1")
     spec = parse_test_classes(test_classes)
     resize = "pad" if resize in ("auto", "backbone") else resize  # raw pixels: no backbone to ask
-    data = load_folder(root, image_size, channels, resize, progress=progress, option="folder")
+    data = load_folder(root, reader=ImageReader(image_size, channels, resize), progress=progress, option="folder")
     bank = data.bank
     problems: list[Problem] = list(data.problems) + too_few_images(bank, instances)
     counts = dict(zip(bank.names, (int(c) for c in bank.counts)))

@@ -6,7 +6,7 @@
 ``--support`` holds one sub-folder per class (the class name is the folder name) with a
 few labelled images each (1 to 10 is the intended range); ``--query`` takes image files
 and/or folders of them. Images are converted to the checkpoint's image size and channels
-with its resize policy, exactly as in training (``folder.decode_image``).
+with its resize policy, exactly as in training (``images.ImageReader``).
 
 Protocol (the same task the model was meta-trained on, so it works for every model type
 from the checkpoint alone):
