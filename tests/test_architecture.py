@@ -1,5 +1,8 @@
-"""The package's shape: no import cycles, no private cross-module imports, no stdlib shadowing, references for tests;
-and the tests' shape: tests/ mirrors the package's folders, shared helpers live in tests/helpers/.
+"""The package's shape: imports point one way (cli -> app -> engine / reporting -> models / fewshot -> memory; data,
+config and options import neither engine nor models), no import cycles, no private cross-module imports, no stdlib
+shadowing, references for tests, one idea a file (functions to 60 lines, files to 450, the hand-written backward
+passes and literal references excepted); and the tests' shape: tests/ mirrors the package's folders, shared helpers
+live in tests/helpers/.
 
 Static (ast) over every import in fewshot_mann/, including imports inside functions: a lazy import that closes a cycle
 is still a cycle in the design."""
