@@ -100,7 +100,6 @@ def choose_test_classes(names: list[str], spec, seed: int, where: str = "the fol
     return sorted(ranked[:held])
 
 
-
 def parse_validation_classes(spec) -> tuple[str, object] | None:
     """``--validation-classes`` -> None (the default fraction), ("none", None), ("fraction", f) or ("names", [...])."""
     if spec is not None and str(spec).strip().lower() in ("none", "0", "0.0"):

@@ -56,10 +56,9 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-
 def as_reader(reader: ImageReader | None, image_size: int, channels: int, resize: str, polarity: str, ink_frame: str,
               max_pixels: int) -> ImageReader:
-    """``reader``, or one made of the loose settings (the short form tests and ``inspect`` use)."""
+    """``reader``, or one made of the loose settings (the short form of tests and scripts)."""
     return reader if reader is not None else ImageReader(image_size, channels, resize, polarity, ink_frame, max_pixels)
 
 
@@ -225,7 +224,6 @@ def _bank_of(decoded: dict[str, list], drop: set[str], problems: list[Problem],
         ClassBank(np.zeros((0, reader.channels, reader.image_size, reader.image_size), np.uint8), np.zeros(0, np.int64),
                   np.zeros(0, np.int64), [])
     return bank, np.asarray(digests, dtype="<U64")
-
 
 
 def report_problems(data: FolderData, option: str, report=warn) -> None:

@@ -60,7 +60,6 @@ class BadImage(DataError):
         self.digest: str | None = None  # SHA-256 of the bytes that failed to decode, where they were read
 
 
-
 def short_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:160]
@@ -274,8 +273,6 @@ def read_image_file(path: Path, image_size: int, channels: int, resize: str,
         exc.digest = digest  # the decode cache is keyed on the bytes that were decoded (or failed to)
         raise
     return image, info, digest
-
-
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,6 @@ def new_model(cfg: Config) -> torch.nn.Module:
         return build_model(cfg)
 
 
-
 class _StopFlag:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and returns."""
 
