@@ -14,7 +14,8 @@ import torch
 from fewshot_mann import limits
 from fewshot_mann.cli import main as cli
 from fewshot_mann.cli import bench, evaluate, knn, kshot, predict, pretrain, report, train
-from fewshot_mann.config import SECTIONS, Config, field_problem, flag_of, kind_of
+from fewshot_mann.config import SECTIONS, Config
+from fewshot_mann.options import field_problem, flag_of, kind_of
 from fewshot_mann.engine import trainer as training
 from helpers import SYNTHETIC_BANKS, TINY_TRAIN, one_error_line, as_split, patch_banks, tiny_config
 

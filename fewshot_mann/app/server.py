@@ -4,7 +4,7 @@ Safe by default: every request needs the random token of the printed address (40
 another site open in the same browser cannot drive the app); uploads are read into memory by
 a streaming multipart parser with a limit per file, per request and on the number of files
 (nothing spooled to disk, unlike Starlette's own form parser), then decoded by the CLI's
-hardened reader (``folder.decode_image``); the page can load only the checkpoints the command
+hardened reader (``images.decode_image``); the page can load only the checkpoints the command
 line offered; a user error is one line (HTTP 400, ``{"error": ...}``) and any other failure
 is one line too (500), with the server still running.
 """

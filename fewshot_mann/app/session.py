@@ -139,18 +139,18 @@ class Session:
 
     def give_support(self, files: list[tuple[str, bytes]], adapt: int = 0) -> dict:
         """The support folder as (``<class>/<file>``, bytes): checked, decoded, embedded once."""
-        from fewshot_mann.data.folder import decode_uploads, reader_settings
+        from fewshot_mann.data.folder import decode_uploads
+        from fewshot_mann.models.inputs import image_reader
         from fewshot_mann.engine.predict import adapted, check_support, support_inputs, with_support_ways
 
         self._model_needed()
         if adapt < 0 or adapt > 1000:
             raise UserError(f"adapt steps must be between 0 and 1000 (got {adapt})")
         with self.lock:
-            cfg, r = self.cfg, reader_settings(self.cfg)
+            cfg, reader = self.cfg, image_reader(self.cfg)
             self.support, self.answers = None, None
             with captured_warnings() as warned:
-                data = decode_uploads(files, r["image_size"], r["channels"], r["resize"], polarity=r["polarity"],
-                                      ink_frame=r["ink_frame"], option="the support folder")
+                data = decode_uploads(files, reader=reader, option="the support folder")
                 check_support(data, cfg, "the support folder")
                 self.cfg = cfg = with_support_ways(cfg, data.bank.num_classes)
                 bank, raw = support_inputs(cfg, data)
@@ -172,22 +172,24 @@ class Session:
 
     def give_cases(self, files: list[tuple[str, bytes]], threshold: float | None = None) -> dict:
         """Each case answered as ``predict`` answers it (sorted by name, as ``predict`` lists a folder)."""
-        from fewshot_mann.data.folder import BadImage, decode_image, is_image_name, reader_settings, warn
+        from fewshot_mann.data.folder import warn
+        from fewshot_mann.data.images import BadImage
+        from fewshot_mann.data.scan import is_image_name
+        from fewshot_mann.models.inputs import image_reader
         from fewshot_mann.engine.predict import predict_probabilities, query_inputs, summarise, warn_support_copies
 
         self._model_needed()
         if self.support is None:
             raise UserError("give the support folder first")
         with self.lock:
-            cfg, r, s = self.cfg, reader_settings(self.cfg), self.support
+            cfg, reader, s = self.cfg, image_reader(self.cfg), self.support
             images, names, digests = [], [], []
             with captured_warnings() as warned:
                 for name, data in sorted(files, key=lambda f: f[0]):
                     try:
                         if not is_image_name(name):
                             raise BadImage("not-image", "not an image file")
-                        image, _ = decode_image(data, r["image_size"], r["channels"], r["resize"],
-                                                polarity=r["polarity"], ink_frame=r["ink_frame"])
+                        image, _ = reader.decode(data)
                     except BadImage as exc:
                         warn(f"skipped case {name}: {exc}")
                         continue

@@ -1,5 +1,5 @@
 """``fewshot-mann cache list|clear``: the caches of decoded images and backbone features
-(data/features.py). Only the caches' own files are listed or removed (data/cache_files.py:
+(models/features.py). Only the caches' own files are listed or removed (data/cache_files.py:
 exact names and contents, no link followed, abandoned temporary files included); downloaded
 datasets and anything else under the cache folder are never touched."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
 
 
 def _cache(argv) -> int:
-    from fewshot_mann.data.features import cache_entries, clear_caches, describe_cache_file
+    from fewshot_mann.models.features import cache_entries, clear_caches, describe_cache_file
     from fewshot_mann.data.omniglot import cache_dir
 
     args = parse_checked(parser(), argv)

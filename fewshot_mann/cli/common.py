@@ -14,7 +14,8 @@ import os
 import sys
 
 from fewshot_mann import limits
-from fewshot_mann.config import DATASETS, SECTIONS, field_problem
+from fewshot_mann.config import DATASETS, SECTIONS
+from fewshot_mann.options import field_problem
 from fewshot_mann.data.heldout import CLASS_CHOICES, normalise
 from fewshot_mann.errors import UserError, first_line, is_allocation_error
 from fewshot_mann.fileio import check_output_path
@@ -120,7 +121,8 @@ SHARED_FLAGS = {
                  "help": "timm backbone checkpoints: fine-tune the backbone's last layers to the support images "
                          f"(augmented views; never a query) for STEPS steps first; bare: {limits.FINETUNE_STEPS}; 0: off"},
     "no_feature_cache": {"action": "store_true",
-                         "help": "backbone features: neither read nor write the feature cache (privacy)"},
+                         "help": "privacy: neither read nor write the caches of features or decoded images; nothing "
+                                 "derived from your images is written outside the paths you name"},
     "json": {"default": None, "metavar": "PATH", "help": "write the results as JSON", "problem": output_file("--json")},
     "csv": {"default": None, "metavar": "PATH", "help": "write the results as CSV", "problem": output_file("--csv")},
     "plot": {"default": None, "metavar": "PATH", "help": "write a PNG of accuracy by instance",

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 def _evaluate(argv) -> int:
     from fewshot_mann.data.episodes import check_bank
     from fewshot_mann.data.heldout import bank_digests, check_scored, recorded_classes
-    from fewshot_mann.data.loading import load_split_banks
+    from fewshot_mann.engine.loading import load_split_banks
     from fewshot_mann.engine import distributed
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
     from fewshot_mann.engine.trainer import resolve_device

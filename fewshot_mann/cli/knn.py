@@ -87,7 +87,7 @@ def _features(args, device):
 
 
 def _knn(argv) -> int:
-    from fewshot_mann.data import loading
+    from fewshot_mann.engine import loading
     from fewshot_mann.data.episodes import check_bank
     from fewshot_mann.data.heldout import bank_digests, check_scored, recorded_classes
     from fewshot_mann.engine.evaluation import evaluate, format_table

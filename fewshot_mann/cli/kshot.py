@@ -70,7 +70,7 @@ def _kshot_rows(argv) -> int:
     from fewshot_mann.config import is_backbone
     from fewshot_mann.errors import DataError
     from fewshot_mann.data.heldout import bank_digests, check_scored, recorded_classes
-    from fewshot_mann.data.loading import load_split_banks
+    from fewshot_mann.engine.loading import load_split_banks
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
     from fewshot_mann.engine.kshot import kshot_table
     from fewshot_mann.engine.trainer import resolve_device
@@ -93,10 +93,10 @@ def _kshot_rows(argv) -> int:
     check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
     finetuner = None
     if args.finetune:
-        from fewshot_mann.data.loading import load_image_parts
+        from fewshot_mann.engine.loading import load_image_parts
         from fewshot_mann.fewshot.finetune import Finetuner, settings_for
 
-        images = load_image_parts(cfg, progress=False, recorded=recorded).part(kind)
+        images = load_image_parts(cfg, progress=False, recorded=recorded, cache=not args.no_feature_cache).part(kind)
         finetuner = Finetuner(cfg.model, settings_for(args.finetune), images.images, seed=args.seed)
     rows, baselines, failed = [], [], []
     for ways in args.ways or [cfg.episodes.ways]:  # row by row: a row that cannot run keeps the others

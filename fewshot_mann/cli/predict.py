@@ -36,6 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
                    help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
     add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
+    add_shared_flags(p, "no_feature_cache")  # accepted as by every command that embeds images; predict never caches
     add_shared_flags(p, "json", "csv", "batch_size", "device", "threads", json_help="write the results as a JSON list",
                      batch_size=256, batch_size_help="sequences per forward pass")
     return p

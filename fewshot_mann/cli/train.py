@@ -15,7 +15,8 @@ from pathlib import Path
 from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_deprecated, add_flag, add_shared_flags, at_least, explicit_flags,
                                      parse_checked, run_guarded)
-from fewshot_mann.config import OBSOLETE_KEYS, SECTIONS, Config, check_type, dest_of, flagged_fields, kind_of
+from fewshot_mann.config import OBSOLETE_KEYS, SECTIONS, Config, check_type, flagged_fields
+from fewshot_mann.options import dest_of, kind_of
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import read_json_file
 
@@ -188,7 +189,7 @@ def _train(argv) -> int:
 def final_evaluation(checkpoint: Path, episodes: int, progress: bool, feature_cache: bool = True) -> dict:
     """The end of ``train``: the held-out table of ``evaluate.py --checkpoint C --episodes N``
     (seed 0), printed, and written to ``RUN/final_eval.json``."""
-    from fewshot_mann.data.loading import load_banks
+    from fewshot_mann.engine.loading import load_banks
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
     from fewshot_mann.engine.evaluation import evaluate, format_table
     from fewshot_mann.engine.trainer import resolve_device

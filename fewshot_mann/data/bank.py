@@ -1,4 +1,5 @@
-"""ClassBank: every image of a set of classes, decoded once into one uint8 array."""
+"""ClassBank: every image of a set of classes, decoded once into one uint8 array; FeatureBank: the same
+classes as a backbone's features (what a model reads instead of the pixels)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ class ClassBank:
     def subset(self, class_indices) -> "ClassBank":
         idx = [int(i) for i in class_indices]
         groups = [self.images[self.offsets[i]:self.offsets[i] + self.counts[i]] for i in idx]
-        return ClassBank.from_groups(groups, [self.names[i] for i in idx])
+        return type(self).from_groups(groups, [self.names[i] for i in idx])
 
     def with_rotations(self) -> "ClassBank":
         """Four times the classes: each class again rotated by 90, 180 and 270 degrees."""
@@ -48,6 +49,13 @@ class ClassBank:
                 groups.append(rotated[self.offsets[i]:self.offsets[i] + self.counts[i]])
                 names.append(name if k == 0 else f"{name}@rot{90 * k}")
         return ClassBank.from_groups(groups, names)
+
+
+class FeatureBank(ClassBank):
+    """A bank of features, not pixels: ``images`` (num_images, features) float32, a backbone's output
+    (``models.features.embed_bank``; pretraining's frozen stem gives feature maps (num_images, C, H, W)),
+    grouped by class like the images they came from. A model reads them as they are (no /255, no
+    jitter; a feature vector is never rotated)."""
 
 
 @dataclass

@@ -193,10 +193,23 @@ def to_tensors(ep: Episodes, cfg: EpisodeConfig, device="cpu", augment=None,
     targets_np = np.take_along_axis(ep.label_digits, ep.labels[..., None].repeat(ep.label_digits.shape[-1], -1), axis=1)
     targets = torch.from_numpy(targets_np).to(device)  # (B,T,G)
     onehot = torch.nn.functional.one_hot(targets, cfg.group_size).flatten(2).float()  # (B,T,G*S)
-    label_inputs = torch.zeros_like(onehot)
-    label_inputs[:, 1:] = onehot[:, :-1]
-    return TensorBatch(images, label_inputs, targets,
+    return TensorBatch(images, shifted_labels(onehot), targets,
                        torch.from_numpy(ep.labels).to(device), torch.from_numpy(ep.instance).to(device))
+
+
+def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The label shift of the paper, (B,T,L) -> (B,T,L): step t's input is step t-1's label (zeros at step 0)."""
+    label_inputs = torch.zeros_like(labels)
+    label_inputs[:, 1:] = labels[:, :-1]
+    return label_inputs
+
+
+def told_labels(label_inputs: torch.Tensor) -> torch.Tensor:
+    """The shift undone, (B,T,L) -> (B,T,L): the label of step s, which a model is told at step s+1
+    (zeros at the last step: its label is never told)."""
+    labels = torch.zeros_like(label_inputs)
+    labels[:, :-1] = label_inputs[:, 1:]
+    return labels
 
 
 class Photometric:

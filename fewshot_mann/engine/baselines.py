@@ -24,9 +24,9 @@ import torch
 
 from fewshot_mann.config import EpisodeConfig
 from fewshot_mann.data.bank import ClassBank
-from fewshot_mann.data.episodes import evaluation_episodes
+from fewshot_mann.data.episodes import evaluation_episodes, told_labels
 from fewshot_mann.engine.evaluation import summarise
-from fewshot_mann.fewshot import centroid_scores, fit_logistic, logistic_scores
+from fewshot_mann.fewshot import FewShotClassifier, LogisticRegression, NearestCentroid, fit_logistic
 from fewshot_mann.fewshot.logistic import NEG
 
 
@@ -57,10 +57,13 @@ def vectors(images: np.ndarray, inputs: str) -> torch.Tensor:
     return torch.nn.functional.normalize(x.double(), dim=-1)
 
 
+def classifier(head: str) -> FewShotClassifier:
+    """The few-shot classifier of a baseline's ``head``."""
+    return NearestCentroid() if head == "centroid" else LogisticRegression(tol=1e-6, max_iter=1000)
+
+
 def scores(head: str, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, ways: int) -> torch.Tensor:
-    if head == "centroid":
-        return centroid_scores(support, labels, queries, ways)
-    return logistic_scores(support, labels, queries, ways, tol=1e-6, max_iter=1000)
+    return classifier(head).fit(support, labels, ways).scores(queries)
 
 
 @dataclass
@@ -121,13 +124,9 @@ def sequence_scores(head: str, x: torch.Tensor, labels: torch.Tensor, ways: int,
         w = earlier.double().expand(n, t, t).reshape(n * t, t)  # problem (episode, step): weights over steps
         y = ys.unsqueeze(1).expand(n, t, t).reshape(n * t, t)
         if head == "centroid":
-            onehot = torch.nn.functional.one_hot(y.long(), ways).double() * w.unsqueeze(-1)
-            counts = onehot.sum(1)
             xx = xs.unsqueeze(1).expand(n, t, t, -1).reshape(n * t, t, -1)
-            cent = (onehot.transpose(1, 2) @ xx) / counts.clamp_min(1).unsqueeze(-1)  # (P,L,D)
-            q = xs.reshape(n * t, 1, -1)
-            s = (-torch.cdist(q, cent).square()).squeeze(1).masked_fill(counts == 0, NEG)
-        else:
+            s = NearestCentroid().fit(xx, y, ways, weights=w).scores(xs.reshape(n * t, 1, -1)).squeeze(1)
+        else:  # the same solver as LogisticRegression, on the Gram matrix of the episode alone
             gram = (xs @ xs.transpose(1, 2)).unsqueeze(1).expand(n, t, t, t).reshape(n * t, t, t)
             a, b, present = fit_logistic(gram, y, w, ways, tol=1e-6, max_iter=1000)
             k = gram[torch.arange(n * t), torch.arange(t).repeat(n)]  # (P,S): the step's own dot products
@@ -146,13 +145,12 @@ class SupportFitted(torch.nn.Module):
         self.baseline = baseline
 
     def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
-        b, t, ways = label_inputs.shape
+        ways = label_inputs.shape[-1]
         if self.baseline.inputs == "pixels":
             x = images.flatten(2).double()  # to_tensors gives pixels in [0, 1]
         else:
             x = torch.nn.functional.normalize(images.flatten(2).double(), dim=-1)
-        labels = torch.zeros(b, t, dtype=torch.long)
-        labels[:, :-1] = label_inputs[:, 1:].argmax(-1).cpu()  # the last step's label is never support
+        labels = told_labels(label_inputs).argmax(-1).cpu()  # the last step's label is never support (zeros: label 0)
         return sequence_scores(self.baseline.head, x.cpu(), labels, ways).float().to(images.device)
 
 

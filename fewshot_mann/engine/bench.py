@@ -4,9 +4,9 @@
 the same episodes, a training step built on ``reference.reference_forward`` (per step,
 per head, ``F.cosine_similarity``, a fresh least-used mask every step: how one would
 first write MANN in PyTorch) and the project's training step (``models.MANN`` on its
-fast path, and any other ``--models``). Both count everything a real run does per
-batch, as ``training.train`` does it: sampling, ``to_tensors`` (and augmentation if
-asked), forward, loss, backward, gradient clipping, the Adam step and the accuracy
+fast path, and any other ``--models``). Both run the very step of a run
+(``trainer.Trainer.step``): sampling, ``to_tensors`` (and the run's augmentation, photometric
+included, if asked), forward, loss, backward, gradient clipping, the Adam step and the accuracy
 bookkeeping. The measurements are interleaved in rounds so that a change of background
 load hits both alike; rates are given per wall-clock second and per CPU second of this
 process (the latter is steadier on a shared machine). It also measures evaluation
@@ -18,7 +18,6 @@ set (1,200 classes x 20 images, times 4 rotations), or real Omniglot with ``--da
 """
 from __future__ import annotations
 
-import math
 import os
 import platform
 import sys
@@ -55,57 +54,37 @@ def _config(args, model: str) -> Config:
 
 
 class TrainingLoop:
-    """One model, its Adam optimiser and a step counter; ``step()`` is one training step
-    exactly as ``training.train`` runs it, with a CPU-time counter per phase."""
+    """One model, its Adam optimiser and a step counter; ``step()`` is ``Trainer.step``, the very
+    training step of a run (sampling, ``to_tensors`` with the run's augmentation, forward, loss,
+    backward, clipping, Adam, the accuracy sums), with a CPU-time counter per phase."""
 
     def __init__(self, cfg: Config, bank: ClassBank, forward=None):
-        from fewshot_mann.data.episodes import Jitter
-        from fewshot_mann.engine.trainer import new_model, new_optimizer
+        from fewshot_mann.engine.trainer import Trainer
 
+        cfg.train.skip_nonfinite = True  # a benchmark times steps; a non-finite batch is skipped, as a run can
         self.cfg, self.bank = cfg, bank
-        self.model = new_model(cfg)
+        self.trainer = Trainer.on_bank(cfg, bank)
+        self.model = self.trainer.model
         self.model.train()
-        self.forward = forward or self.model
-        self.optimizer = new_optimizer(self.model, cfg.train.lr)
-        self.jitter = Jitter(cfg.data.jitter_shift, cfg.data.jitter_rotate)
-        self.use_jitter = cfg.data.jitter_shift > 0 or cfg.data.jitter_rotate > 0
-        self.steps = 0
+        if forward is not None:
+            self.trainer.forward = forward
+        self.trainer.mark = self._mark
         self.phase_seconds = dict.fromkeys(PHASES, 0.0)
-        self.acc = np.zeros(cfg.episodes.instances)
+        self._clock = time.process_time()
+
+    @property
+    def steps(self) -> int:
+        return self.trainer.state["step"]
+
+    def _mark(self, phase: str) -> None:  # CPU time of this process: steadier than wall time on a busy machine
+        now = time.process_time()
+        self.phase_seconds[phase] += now - self._clock
+        self._clock = now
 
     def step(self) -> None:
-        from fewshot_mann.data.episodes import batch_rng, sample_episodes, to_tensors
-        from fewshot_mann.engine.evaluation import correct_steps, loss_fn, per_episode_instance_accuracy
-
-        cfg, t = self.cfg, self.cfg.train
-        clock = [time.process_time()]
-
-        def mark(phase):  # CPU time of this process: steadier than wall time on a busy machine
-            now = time.process_time()
-            self.phase_seconds[phase] += now - clock[0]
-            clock[0] = now
-
-        rng = batch_rng(t.seed, self.steps)
-        episodes = sample_episodes(self.bank, cfg.episodes, rng, t.batch_size)
-        mark("sample")
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.use_jitter else None
-        tb = to_tensors(episodes, cfg.episodes, "cpu", augment=self.jitter if self.use_jitter else None,
-                        generator=gen)
-        mark("to_tensors")
-        logits = self.forward(tb.images, tb.label_inputs)
-        loss = loss_fn(logits, tb.targets, cfg.episodes)
-        mark("forward")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        mark("backward")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-        if math.isfinite(float(loss.detach())) and math.isfinite(float(norm)):
-            self.optimizer.step()
-        with torch.no_grad():
-            correct = correct_steps(logits.detach(), tb.targets, cfg.episodes)
-            self.acc += per_episode_instance_accuracy(correct, tb.instance, cfg.episodes.instances).sum(0).numpy()
-        mark("optimiser")
-        self.steps += 1
+        self._clock = time.process_time()
+        self.trainer.step(None)
+        self._mark("optimiser")
 
 
 def _reference_loop(cfg: Config, bank: ClassBank) -> TrainingLoop:
@@ -113,7 +92,7 @@ def _reference_loop(cfg: Config, bank: ClassBank) -> TrainingLoop:
 
     loop = TrainingLoop(cfg, bank)
     model = loop.model
-    loop.forward = lambda images, label_inputs: reference_forward(model, images, label_inputs)
+    loop.trainer.forward = lambda images, label_inputs: reference_forward(model, images, label_inputs)
     return loop
 
 
@@ -175,7 +154,7 @@ def measure_backbone(encoder: str, weights: str, seconds: float, batch: int = 32
     """Images/s of feature extraction (``features.run_backbone``: inference mode, the path the
     feature cache fills through) at the backbone's input size, in the contiguous and the
     channels_last memory format; random uint8 images, so nothing is read from disk."""
-    from fewshot_mann.data.features import run_backbone
+    from fewshot_mann.models.features import run_backbone
     from fewshot_mann.models.backbones import build_backbone, preprocessing
 
     prep = preprocessing(encoder)
@@ -237,7 +216,7 @@ def measure_rss(loop: TrainingLoop, steps: int) -> dict:
 
 def _load_bank(args, cfg: Config) -> ClassBank:
     if args.data_root:
-        from fewshot_mann.data.loading import load_banks
+        from fewshot_mann.engine.loading import load_banks
         train_bank, _ = load_banks(cfg, progress=False)
     else:
         train_bank = synthetic_bank(args.synthetic_classes, 20, cfg.data.image_size, args.seed)

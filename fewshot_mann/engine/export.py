@@ -12,7 +12,7 @@ from __future__ import annotations
 from fewshot_mann.engine.checkpoint import load_checkpoint, save_checkpoint
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import check_output_path, same_file
-from fewshot_mann.engine.trainer import valid_last_eval
+from fewshot_mann.engine.resume import valid_last_eval
 
 
 def export_checkpoint(src, dst, image_record: bool = True) -> dict:

@@ -6,7 +6,7 @@ the folder, images too large to decode safely, empty class folders, the same fil
 classes (label leakage), and the episode checks training runs: classes with fewer images
 than ``--instances``, fewer usable classes than ``--ways``, and too few held-out classes
 for the class split (``--test-classes``, as in training). Training and evaluation run the
-same checks (``folder.load_folder_banks``): they skip what is skippable with a warning
+same checks (``class_split.load_folder_parts``): they skip what is skippable with a warning
 and stop with one line otherwise.
 
 The images are decoded into the same cache training uses (pass the same ``--image-size``,
@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from fewshot_mann.errors import DataError, UserError
 from fewshot_mann.text import printable
-from fewshot_mann.data.folder import (DEFAULT_TEST_FRACTION, PROBLEM_KINDS, Problem, choose_test_classes, load_folder,
-                     parse_test_classes, too_few_images)
+from fewshot_mann.data.class_split import DEFAULT_TEST_FRACTION, choose_test_classes, parse_test_classes, too_few_images
+from fewshot_mann.data.folder import load_folder
+from fewshot_mann.data.images import ImageReader
+from fewshot_mann.data.scan import PROBLEM_KINDS, Problem
 
 
 def inspect_folder(root, *, ways: int = 5, instances: int = 10, image_size: int = 20, channels: int = 1,
@@ -31,7 +33,7 @@ def inspect_folder(root, *, ways: int = 5, instances: int = 10, image_size: int 
         raise UserError("--ways and --instances must be at least 1")
     spec = parse_test_classes(test_classes)
     resize = "pad" if resize in ("auto", "backbone") else resize  # raw pixels: no backbone to ask
-    data = load_folder(root, image_size, channels, resize, progress=progress, option="folder")
+    data = load_folder(root, reader=ImageReader(image_size, channels, resize), progress=progress, option="folder")
     bank = data.bank
     problems: list[Problem] = list(data.problems) + too_few_images(bank, instances)
     counts = dict(zip(bank.names, (int(c) for c in bank.counts)))

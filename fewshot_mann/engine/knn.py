@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fewshot_mann.data.episodes import told_labels
 from fewshot_mann.errors import UserError
 
 LAYERS = ("encoder", "controller")
@@ -84,8 +85,7 @@ class CentroidClassifier(nn.Module):
     def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
         feats = F.normalize(self.embed(images, label_inputs).float(), dim=-1, eps=COSINE_EPS)  # (B, T, D)
         b, steps, labels = label_inputs.shape
-        stored = torch.zeros_like(label_inputs, dtype=feats.dtype)
-        stored[:, :-1] = label_inputs[:, 1:].to(feats.dtype)  # the label of step s is the input of step s + 1
+        stored = told_labels(label_inputs).to(feats.dtype)  # the label of step s is the input of step s + 1
         # sums[:, t] = sum over s < t of label_s (outer) feature_s: (B, T, L, D)
         outer = stored.unsqueeze(-1) * feats.unsqueeze(2)
         sums = torch.cumsum(outer, dim=1) - outer

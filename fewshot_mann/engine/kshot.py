@@ -161,7 +161,7 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
     ``within_alphabet``: every episode's classes from one alphabet (``episodes.name_groups``).
     ``finetuner``: a ``Finetuner`` over the images of ``bank``'s rows (see ``kshot_accuracy``)."""
     from fewshot_mann.data.episodes import name_groups
-    from fewshot_mann.data.folder import drop_small_classes
+    from fewshot_mann.data.class_split import drop_small_classes
 
     rows, base_rows = [], []
     for ways in ways_list:

@@ -6,7 +6,7 @@
 ``--support`` holds one sub-folder per class (the class name is the folder name) with a
 few labelled images each (1 to 10 is the intended range); ``--query`` takes image files
 and/or folders of them. Images are converted to the checkpoint's image size and channels
-with its resize policy, exactly as in training (``folder.decode_image``).
+with its resize policy, exactly as in training (``images.ImageReader``).
 
 Protocol (the same task the model was meta-trained on, so it works for every model type
 from the checkpoint alone):
@@ -52,7 +52,9 @@ from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import STRING_LENGTH, STRING_SYMBOLS, Config, answers_any_ways
 from fewshot_mann.errors import DataError, UserError
 from fewshot_mann.text import csv_writer, printable
-from fewshot_mann.data.folder import BadImage, load_folder, read_image_file, report_problems, walk_images, warn
+from fewshot_mann.data.folder import load_folder, report_problems, warn
+from fewshot_mann.data.images import BadImage, ImageReader
+from fewshot_mann.data.scan import walk_images
 
 _PREDICT_STREAM = 3  # distinct from the evaluation (1) and training (2) random streams
 
@@ -212,12 +214,11 @@ def with_support_ways(cfg: Config, classes: int) -> Config:
     return cfg
 
 
-def load_support(path, cfg: Config, reader: dict):
+def load_support(path, cfg: Config, reader: ImageReader):
     """The ``--support`` folder (never cached: patient images stay where the user keeps them),
     refused when the model cannot choose between its classes, with a warning for what it can
-    only partly use. ``reader``: ``folder.reader_settings(cfg)``."""
-    support = load_folder(path, reader["image_size"], reader["channels"], reader["resize"], progress=False,
-                          cache=False, option="--support", polarity=reader["polarity"], ink_frame=reader["ink_frame"])
+    only partly use. ``reader``: ``inputs.image_reader(cfg)``."""
+    support = load_folder(path, reader=reader, progress=False, cache=False, option="--support")
     return check_support(support, cfg, path)
 
 
@@ -246,14 +247,13 @@ def check_support(support, cfg: Config, path):
     return support
 
 
-def read_queries(paths: list[str], cfg: Config, reader: dict, support) -> tuple[np.ndarray, list[str]]:
+def read_queries(paths: list[str], cfg: Config, reader: ImageReader, support) -> tuple[np.ndarray, list[str]]:
     """(Q, C, H, W) uint8 query images and their names; unreadable files are skipped with a
     warning, and a query that is one of the support images is named."""
     images, names, digests = [], [], []
     for path in expand_queries(paths):
         try:
-            image, _, digest = read_image_file(path, reader["image_size"], reader["channels"], reader["resize"],
-                                               polarity=reader["polarity"], ink_frame=reader["ink_frame"])
+            image, _, digest = reader.read(path)
         except BadImage as exc:
             warn(f"skipped --query {path}: {exc}")
             continue
@@ -327,9 +327,9 @@ def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list
     by a copy of the model meta-fine-tuned that many steps on the support set (``adapted``).
     ``finetune`` > 0: the backbone's last layers fine-tuned that many steps to the support images first
     (``finetuned_inputs``)."""
-    from fewshot_mann.data.folder import reader_settings
+    from fewshot_mann.models.inputs import image_reader
 
-    reader = reader_settings(cfg)
+    reader = image_reader(cfg)
     _backbone_weights(cfg)  # missing or different weights fail before any image is read
     support = load_support(support_path, cfg, reader)
     cfg = with_support_ways(cfg, support.bank.num_classes)
@@ -352,19 +352,19 @@ def _backbone_weights(cfg: Config) -> str | None:
 
     if not is_backbone(cfg.model.encoder):
         return None
-    from fewshot_mann.data.features import resolve_weights
+    from fewshot_mann.models.features import resolve_weights
     return resolve_weights(cfg.model, trained=True)
 
 
 def support_inputs(cfg: Config, support) -> tuple[ClassBank, ClassBank]:
     """(the support bank as the model reads it, its raw pixels shrunk for the baselines), with
     ``warn_if_hard``'s warning. A backbone's features are never cached: they are the user's images."""
-    from fewshot_mann.data.loading import shrink
+    from fewshot_mann.engine.loading import shrink
 
     digest = _backbone_weights(cfg)
     bank, raw = support.bank, shrink(support.bank)
     if digest is not None:
-        from fewshot_mann.data.features import embed_bank
+        from fewshot_mann.models.features import embed_bank
         bank = embed_bank(bank, cfg.model, digest=digest, cache=False, progress=False)
     warn_if_hard(bank, raw, digest is not None)
     return bank, raw
@@ -375,5 +375,5 @@ def query_inputs(cfg: Config, queries: np.ndarray) -> np.ndarray:
     digest = _backbone_weights(cfg)
     if digest is None:
         return queries
-    from fewshot_mann.data.features import embed_images
+    from fewshot_mann.models.features import embed_images
     return embed_images(queries, cfg.model, digest=digest, cache=False, progress=False)

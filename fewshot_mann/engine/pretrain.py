@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_mann.config import Config
-from fewshot_mann.data.bank import ClassBank
+from fewshot_mann.data.bank import ClassBank, FeatureBank
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import atomic_write, atomic_write_text
 
@@ -102,16 +102,16 @@ def split_timm(model: torch.nn.Module, stages: int) -> tuple[torch.nn.Module, to
 def stem_outputs(stem: torch.nn.Module, bank: ClassBank, prep, progress: bool = False) -> ClassBank:
     """The frozen stem's output (N, C, H, W) for every image of ``bank``, through
     ``features.run_backbone`` (the backbone's normalisation, grey to RGB, channels_last)."""
-    from fewshot_mann.data.features import run_backbone
+    from fewshot_mann.models.features import run_backbone
 
     shape = stem(torch.zeros(1, 3, *bank.images.shape[-2:])).shape[1:]
     flat = run_backbone(stem, bank.images, prep, progress=progress, desc="stem outputs (once)")
-    return ClassBank(flat.reshape(len(flat), *shape), bank.offsets, bank.counts, bank.names)
+    return FeatureBank(flat.reshape(len(flat), *shape), bank.offsets, bank.counts, bank.names)
 
 
 def load_parts(p: PretrainConfig, size: int, progress: bool):
     """Training and validation banks of images at ``size`` px, one channel (strokes bright)."""
-    from fewshot_mann.data.loading import load_image_parts
+    from fewshot_mann.engine.loading import load_image_parts
 
     cfg = Config()
     d = cfg.data
@@ -136,7 +136,7 @@ def draw(bank: ClassBank, rng: np.random.Generator, ways: int, per_class: int) -
     classes = rng.choice(bank.num_classes, ways, replace=False)
     idx = np.concatenate([bank.offsets[c] + rng.choice(bank.counts[c], per_class, replace=False) for c in classes])
     x = torch.from_numpy(bank.images[idx]).float()
-    return x.div_(255.0) if bank.images.dtype == np.uint8 else x
+    return x if isinstance(bank, FeatureBank) else x.div_(255.0)
 
 
 def prototype_logits(feats: torch.Tensor, ways: int, shots: int, queries: int) -> torch.Tensor:

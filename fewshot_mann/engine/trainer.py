@@ -1,11 +1,11 @@
 """The training loop: episodes -> model -> loss -> Adam, with evaluation, logs and checkpoints.
 
-Run directory contents: ``config.json``, ``checkpoint.pt`` (latest; atomic), and
+The run folder (``run_dir.py``) holds ``config.json``, ``checkpoint.pt`` (latest; atomic), and
 ``metrics.jsonl`` (one JSON object per line: ``{"kind": "train", ...}`` every 1,000
 episodes and ``{"kind": "eval", "accuracy_by_instance": [...], "ci95": [...], ...}`` at
-every evaluation). A resumed run continues bit-for-bit where the checkpoint left off:
-the batch of step s is a pure function of (seed, s), and everything else that carries
-over (weights, optimiser, running sums, the log's length) lives in the checkpoint.
+every evaluation). A resumed run continues bit-for-bit where the checkpoint left off
+(``resume.py``); ``--init-from`` starts from another run's weights (``transfer.py``).
+``Trainer.step`` is the one training step: ``bench`` times this very step (``Trainer.on_bank``).
 """
 from __future__ import annotations
 
@@ -19,16 +19,19 @@ from pathlib import Path
 
 import torch
 
-from fewshot_mann.engine import distributed
-from fewshot_mann.engine.checkpoint import (check_weights_fit, load_checkpoint, load_model_from_checkpoint, refuse_nonfinite,
-                         save_checkpoint)
 from fewshot_mann.config import Config
 from fewshot_mann.data import image_record
-from fewshot_mann.data.loading import load_split_banks
+from fewshot_mann.data.bank import ClassBank, FeatureBank
 from fewshot_mann.data.episodes import Compose, Jitter, Photometric, batch_rng, check_bank, sample_episodes, to_tensors
-from fewshot_mann.errors import CheckpointError, UserError
+from fewshot_mann.engine import distributed
+from fewshot_mann.engine.checkpoint import check_weights_fit, load_checkpoint, refuse_nonfinite, save_checkpoint
 from fewshot_mann.engine.evaluation import correct_steps, loss_fn, per_episode_instance_accuracy
-from fewshot_mann.fileio import RunLock, append_line, atomic_write_json, check_output_path, same_file
+from fewshot_mann.engine.loading import load_split_banks
+from fewshot_mann.engine.resume import ignored_on_resume, initial_state, new_optimizer, restore, resumed_config
+from fewshot_mann.engine.run_dir import prepare_run_dir
+from fewshot_mann.engine.transfer import load_init_source, load_matching_weights
+from fewshot_mann.errors import UserError
+from fewshot_mann.fileio import RunLock, append_line, atomic_write_json
 from fewshot_mann.models.registry import build_model, count_parameters
 
 LOG_EVERY_EPISODES = 1000
@@ -56,82 +59,6 @@ def new_model(cfg: Config) -> torch.nn.Module:
         return build_model(cfg)
 
 
-RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl")
-# what a run writes besides: results of the old run, which a new run (--overwrite, a restart) removes too
-RESULT_FILES = ("final_eval.json", "split.json")
-
-
-# settings a resumed run takes from the new command line; every other one is the run's own
-RESUME_OVERRIDES = {("train", "episodes"), ("train", "device"), ("train", "threads"), ("train", "skip_nonfinite"),
-                    ("train", "lr_decay_at"), ("train", "lr_decay_factor"), ("data", "data_root")}
-
-
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool, lock: RunLock | None = None,
-                    init_from: str | None = None) -> bool:
-    """Make ``out`` ready for a run; returns True if there is a checkpoint to resume from.
-
-    A run that is not resumed starts from nothing: with --overwrite, or with --resume of a
-    run killed before its first checkpoint, the old log and config go (else the new log
-    would continue the dead run's lines). ``lock`` (held until the run ends) is taken before
-    anything is deleted; a file of the run that ``--init-from`` names is never deleted.
-    """
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; name a folder for the run")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the run folder {out}: {exc.strerror or exc}") from exc
-    check_output_path(out / "config.json", "--out")  # a read-only or full folder fails now, not after the work
-    if lock is not None:
-        lock.acquire(out)
-    for stale in out.glob(".checkpoint.pt.*.tmp"):  # a save killed halfway; checkpoint.pt itself is whole
-        stale.unlink(missing_ok=True)
-    ckpt = out / "checkpoint.pt"
-    has_run = any((out / name).exists() for name in RUN_FILES)
-    if has_run and not (resume or overwrite):
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if resume and ckpt.exists():
-        return True
-    if init_from:
-        for name in RUN_FILES + RESULT_FILES:
-            if same_file(init_from, out / name):
-                raise UserError(f"--init-from {init_from} is this run's own {name}, which starting the run in "
-                                f"{out} would delete; copy it elsewhere first, or train into another --out")
-    for name in RUN_FILES + RESULT_FILES:
-        try:
-            (out / name).unlink(missing_ok=True)
-        except OSError as exc:  # a folder or an unwritable file under a run file's name
-            raise UserError(f"cannot replace the old run's {out / name}: {exc.strerror or exc}") from exc
-    return False
-
-
-def load_init_source(path: str) -> dict:
-    """The ``--init-from`` checkpoint, read and checked whole (weights fit their own config and
-    are finite) before the run folder is touched."""
-    src = load_checkpoint(path)
-    load_model_from_checkpoint(src)  # its weights must fit its own config, or the file is damaged
-    refuse_nonfinite(src, path)
-    return src
-
-
-def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config, src: dict | None = None) -> dict:
-    """Start from another checkpoint's weights: copied where names and shapes match, input
-    weights adapted to a new image size/channels, the rest re-initialised (``transfer.py``).
-
-    Returns the run's origin, ``{"checkpoint": path, "episodes": n}``, n counting every
-    episode behind those weights (the source's own and its origins'), for honest reports."""
-    from fewshot_mann.engine.transfer import transfer_weights
-
-    if src is None:
-        src = load_init_source(path)
-    for line in transfer_weights(model, cfg, src["model"], src["config_obj"], source=str(path)):
-        log(line)
-    before = src.get("init_from") if isinstance(src.get("init_from"), dict) else {}
-    episodes = src.get("episodes_done") if isinstance(src.get("episodes_done"), int) else 0
-    prior = before.get("episodes") if isinstance(before.get("episodes"), int) else 0
-    return {"checkpoint": str(path), "episodes": episodes + prior}
-
-
 class _StopFlag:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and returns."""
 
@@ -157,107 +84,6 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def initial_state(cfg: Config) -> dict:
-    """The loop's counters and running sums at step 0 (saved in every checkpoint as "state")."""
-    return {"step": 0, "episodes_done": 0, "train_seconds": 0.0, "metrics_bytes": 0,
-            "acc_loss": 0.0, "acc_steps": 0, "acc_correct": [0.0] * cfg.episodes.instances,
-            "acc_count": [0.0] * cfg.episodes.instances, "nonfinite_skipped": 0, "last_eval": None}
-
-
-FUSED_ADAM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def new_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam; fused (all parameters in one kernel: the same update, about 1 ms less per
-    step at batch 16 on one CPU core) where torch has it for these parameters."""
-    params = list(model.parameters())
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_ADAM_DTYPES for p in params)
-    return torch.optim.Adam(params, lr=lr, fused=True if fused else None)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_optimizer(optimizer: torch.optim.Optimizer, fresh_groups: list[dict]) -> None:
-    """ValueError unless the loaded Adam state is one Adam can step with (a damaged file
-    would otherwise fail only at the first step, with a KeyError or a shape error)."""
-    for group, fresh in zip(optimizer.param_groups, fresh_groups):
-        for key, default in fresh.items():
-            if key == "params":
-                continue
-            if key not in group:
-                raise ValueError(f"optimiser setting {key!r} is missing")
-            value = group[key]
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ValueError(f"optimiser setting {key} = {value!r:.40} is not a flag")
-            if isinstance(default, (int, float)) and not isinstance(default, bool) and not _is_number(value):
-                raise ValueError(f"optimiser setting {key} = {value!r:.40} is not a number")
-            if isinstance(default, tuple) and (not isinstance(value, (tuple, list)) or len(value) != len(default)
-                                               or not all(_is_number(v) for v in value)):
-                raise ValueError(f"optimiser setting {key} = {value!r:.40} is not {len(default)} numbers")
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state.get(p)
-            if not state:
-                continue
-            for name in ("step", "exp_avg", "exp_avg_sq"):
-                if not isinstance(state.get(name), torch.Tensor):
-                    raise ValueError(f"optimiser state lacks {name!r}")
-            for name in ("exp_avg", "exp_avg_sq"):
-                if state[name].shape != p.shape:
-                    raise ValueError(f"optimiser {name} has shape {tuple(state[name].shape)}, weight {tuple(p.shape)}")
-
-
-def valid_last_eval(value) -> bool:
-    """None, or ``{"episodes": count, "accuracy_by_instance": [numbers]}`` as ``run_eval`` saves it."""
-    if value is None:
-        return True
-    if not isinstance(value, dict):
-        return False
-    episodes, acc = value.get("episodes"), value.get("accuracy_by_instance")
-    return (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 0
-            and isinstance(acc, list) and 0 < len(acc) <= 10_000 and all(_is_number(a) for a in acc))
-
-
-def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, ckpt: dict, path) -> None:
-    """Load a checkpoint's weights, optimiser and loop state; CheckpointError if any part
-    does not fit this run (a hand-edited, exported or foreign file)."""
-    if ckpt.get("optimizer") is None or not isinstance(ckpt.get("state"), dict):
-        raise CheckpointError(f"cannot resume from {path}: it holds no optimiser/loop state (an exported "
-                              "weights-only checkpoint?); start a new run from it with --init-from")
-    saved = ckpt["state"]
-    missing = sorted(set(state) - set(saved))
-    if missing:
-        raise CheckpointError(f"cannot resume from {path}: its loop state lacks {', '.join(missing)}")
-    for key in ("acc_correct", "acc_count"):
-        if not isinstance(saved[key], list) or len(saved[key]) != len(state[key]):
-            raise CheckpointError(f"cannot resume from {path}: its loop state {key} does not match --instances")
-    for key, default in state.items():
-        value = saved[key]
-        if key == "last_eval":
-            ok = valid_last_eval(value)
-        elif isinstance(default, list):
-            ok = all(_is_number(x) for x in value)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        else:
-            ok = _is_number(value)
-        if not ok:
-            raise CheckpointError(f"cannot resume from {path}: its loop state {key} = {value!r:.60} is not a valid value")
-    try:
-        model.load_state_dict(ckpt["model"])
-        fresh_groups = optimizer.state_dict()["param_groups"]
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for group, fresh in zip(optimizer.param_groups, fresh_groups):  # how to step, not state: this run's
-            group.update({k: fresh[k] for k in ("fused", "foreach") if k in fresh})
-        _check_optimizer(optimizer, fresh_groups)
-    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
-        raise CheckpointError(f"cannot resume from {path}: its weights or optimiser state do not fit this "
-                              f"model ({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})") from exc
-    state.update({k: saved[k] for k in state})
-
-
 def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
           command: list[str] | None = None, progress: bool = True, log=None,
           init_from: str | None = None, asked: dict | None = None, feature_cache: bool = True) -> dict:
@@ -278,30 +104,6 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
     finally:
         lock.release()
         distributed.close(ctx)
-
-
-def ignored_on_resume(new: Config, saved: Config, asked: dict) -> list[str]:
-    """``"--flag new (the run has old)"`` for each explicitly given setting a resume ignores."""
-    ignored = []
-    for (section, name), flag in sorted(asked.items(), key=lambda kv: kv[1]):
-        if (section, name) in RESUME_OVERRIDES:
-            continue
-        value, own = getattr(getattr(new, section), name), getattr(getattr(saved, section), name)
-        if value != own:
-            ignored.append(f"{flag} {value} (the run has {own})")
-    return ignored
-
-
-def resumed_config(new: Config, saved: Config) -> Config:
-    """The config a resumed run continues with: its own (``saved``), except for the budget
-    and the machine-specific settings, which come from the new command line (``new``)."""
-    saved.train.episodes = new.train.episodes
-    saved.train.device, saved.train.threads = new.train.device, new.train.threads
-    saved.train.skip_nonfinite = new.train.skip_nonfinite
-    if new.train.lr_decay_at:  # a schedule may be set (or moved) when a run is extended
-        saved.train.lr_decay_at, saved.train.lr_decay_factor = new.train.lr_decay_at, new.train.lr_decay_factor
-    saved.data.data_root = new.data.data_root or saved.data.data_root
-    return saved
 
 
 class Trainer:
@@ -326,6 +128,17 @@ class Trainer:
         self.ckpt = None  # the checkpoint a resumed run continues from
         self.origin = None  # where the starting weights came from (--init-from), kept across resumes
         self.bar = None
+        self.mark = lambda phase: None  # called as each phase of a step ends (bench times them)
+
+    @classmethod
+    def on_bank(cls, cfg: Config, bank: ClassBank) -> "Trainer":
+        """A trainer of ``cfg`` over ``bank`` on the CPU, with no run folder, logs or checks: ``step``
+        is the training step of a run (``bench`` times it)."""
+        trainer = cls(cfg, Path(), distributed.Context(), torch.device("cpu"), command=None, progress=False,
+                      log=lambda msg: None)
+        trainer.train_bank, trainer.checks_on = bank, False
+        trainer.build_loop()
+        return trainer
 
     # ------------------------------------------------------------------ setting up
 
@@ -358,13 +171,13 @@ class Trainer:
         cfg = self.cfg
         parts = load_split_banks(cfg, progress=self.progress, **({} if feature_cache else {"feature_cache": False}))
         train_bank, val_bank = parts.train, parts.validation
-        if train_bank.images.dtype != "uint8" and not self.ckpt:  # backbone features: the checkpoint names them
-            from fewshot_mann.data.features import weights_id
+        if isinstance(train_bank, FeatureBank) and not self.ckpt:  # backbone features: the checkpoint names them
+            from fewshot_mann.models.features import weights_id
             cfg.model.weights_hash = weights_id(cfg.model) or ""
             cfg.model.feature_dim = int(parts.test.images.shape[1])
             cfg.data.rotations = False  # rotating a feature vector means nothing
         if self.main and cfg.data.dataset == "folder":  # class names and counts only (the checkpoint records them too)
-            from fewshot_mann.data.folder import write_split
+            from fewshot_mann.data.class_split import write_split
             write_split(self.out / "split.json", cfg, parts.train, parts.test, parts.validation)
         self.classes_record = parts.class_names()  # which classes this model trains on, is checked on and is tested on
         # which images it trains on: a record of fixed size whatever their number (data/image_record.py)
@@ -384,18 +197,22 @@ class Trainer:
 
     def build(self, *, init_from: str | None) -> None:
         """Model, optimiser and loop state (restored on a resume), config.json, and the schedule."""
-        cfg, t = self.cfg, self.cfg.train
-        self.model = new_model(cfg).to(self.device)
-        self.optimizer = new_optimizer(self.model, t.lr)
-        self.state = initial_state(cfg)
+        self.build_loop()
         if self.ckpt is not None:
             self.restore()
         elif init_from:
-            self.origin = load_matching_weights(self.model, init_from, self.log, cfg, src=self.init_source)
-        self.config_dict = cfg.to_dict()
+            self.origin = load_matching_weights(self.model, init_from, self.log, self.cfg, src=self.init_source)
+        self.config_dict = self.cfg.to_dict()
         if self.main:
             atomic_write_json(self.out / "config.json", {"config": self.config_dict, "command": self.command})
 
+    def build_loop(self) -> None:
+        """A new model, its optimiser and loop state, the schedule and the augmentation of the episodes."""
+        cfg, t = self.cfg, self.cfg.train
+        self.model = new_model(cfg).to(self.device)
+        self.forward = self.model  # what a step runs the episodes through (bench: also the literal reference)
+        self.optimizer = new_optimizer(self.model, t.lr)
+        self.state = initial_state(cfg)
         self.batch = t.batch_size
         self.first, self.stop_at = distributed.shard(self.batch, self.ctx.rank, self.ctx.world)  # this rank's episodes
         self.total_steps = math.ceil(t.episodes / self.batch)
@@ -406,7 +223,7 @@ class Trainer:
         photometric = Photometric(d.augment_invert, d.augment_contrast, d.augment_brightness)
         self.jitter = Compose(Jitter(d.jitter_shift, d.jitter_rotate), photometric)
         self.use_jitter = (d.jitter_shift > 0 or d.jitter_rotate > 0 or photometric.active()) \
-            and self.train_bank.images.dtype == "uint8"
+            and not isinstance(self.train_bank, FeatureBank)
 
     def restore(self) -> None:
         """Continue from ``self.ckpt``: weights, optimiser, loop state; the log cut back to it."""
@@ -457,14 +274,18 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         rng = batch_rng(cfg.train.seed, step)
         episodes = sample_episodes(self.train_bank, cfg.episodes, rng, self.batch)
+        self.mark("sample")
         gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.use_jitter else None
         if not ctx.enabled:
-            return to_tensors(episodes, cfg.episodes, self.device, augment=self.jitter if self.use_jitter else None,
-                              generator=gen)
-        if self.use_jitter:  # the jitter of the whole batch, as one process draws it
-            return distributed.shard_batch(to_tensors(episodes, cfg.episodes, self.device, augment=self.jitter,
-                                                      generator=gen), self.first, self.stop_at)
-        return to_tensors(distributed.shard_batch(episodes, self.first, self.stop_at), cfg.episodes, self.device)
+            tb = to_tensors(episodes, cfg.episodes, self.device, augment=self.jitter if self.use_jitter else None,
+                            generator=gen)
+        elif self.use_jitter:  # the jitter of the whole batch, as one process draws it
+            tb = distributed.shard_batch(to_tensors(episodes, cfg.episodes, self.device, augment=self.jitter,
+                                                    generator=gen), self.first, self.stop_at)
+        else:
+            tb = to_tensors(distributed.shard_batch(episodes, self.first, self.stop_at), cfg.episodes, self.device)
+        self.mark("to_tensors")
+        return tb
 
     def step(self, stop: _StopFlag):
         """One optimiser step (or a skipped non-finite batch). Under torchrun returns the signal
@@ -472,12 +293,14 @@ class Trainer:
         cfg, ctx, state, step = self.cfg, self.ctx, self.state, self.state["step"]
         t0 = time.perf_counter()
         tb = self.episode_batch(step)
-        logits = self.model(tb.images, tb.label_inputs)
+        logits = self.forward(tb.images, tb.label_inputs)
         loss = loss_fn(logits, tb.targets, cfg.episodes)
         if ctx.enabled:  # this rank's share of the global mean: the ranks' gradients sum to it
             loss = loss * ((self.stop_at - self.first) / self.batch)
+        self.mark("forward")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.mark("backward")
         with torch.no_grad():
             correct = correct_steps(logits.detach(), tb.targets, cfg.episodes)
             acc = [float(a) for a in per_episode_instance_accuracy(correct, tb.instance, cfg.episodes.instances).sum(0)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from fewshot_mann.config import Config
+from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, refuse_nonfinite
 from fewshot_mann.errors import UserError
 
 
@@ -68,6 +69,29 @@ def _describe(cfg: Config) -> str:
     return f"{d.image_size}x{d.image_size} {'grayscale' if d.channels == 1 else 'RGB'}"
 
 
+def _input_layer(value: torch.Tensor, target: torch.Tensor, src_cfg: Config, cfg: Config, src: tuple[int, int],
+                 dst: tuple[int, int], linear: bool) -> tuple[torch.Tensor, str]:
+    """(the first dense layer's weights for this run, how they were adapted): its columns are
+    [features | labels], ``src`` and ``dst`` their (features, labels) widths in the checkpoint and here."""
+    (f_src, l_src), (f_dst, l_dst) = src, dst
+    w = target.clone()
+    if f_src == f_dst:
+        w[:, :f_dst] = value[:, :f_src]
+        how = "feature columns copied"
+    elif linear:
+        w[:, :f_dst] = resample_pixel_weights(value[:, :f_src], src_cfg.data.channels, src_cfg.data.image_size,
+                                              cfg.data.channels, cfg.data.image_size)
+        how = "pixel weights resampled"
+    else:
+        how = "feature columns re-initialised (the feature map size changed with the image size)"
+    if l_src == l_dst:
+        w[:, f_dst:] = value[:, f_src:]
+        how += "; label columns copied"
+    else:
+        how += "; label columns re-initialised"
+    return w, how
+
+
 def transfer_weights(model: torch.nn.Module, cfg: Config, src_state: dict, src_cfg: Config,
                      source: str = "the checkpoint") -> list[str]:
     """Load what fits of ``src_state`` (a ``src_cfg`` model) into ``model`` (a ``cfg`` model).
@@ -98,22 +122,7 @@ def transfer_weights(model: torch.nn.Module, cfg: Config, src_state: dict, src_c
         is_input_layer = (value.ndim == 2 and target.ndim == 2 and value.shape[0] == target.shape[0]
                           and value.shape[1] == f_src + l_src and target.shape[1] == f_dst + l_dst)
         if is_input_layer:
-            w = target.clone()
-            if f_src == f_dst:
-                w[:, :f_dst] = value[:, :f_src]
-                how = "feature columns copied"
-            elif linear:
-                w[:, :f_dst] = resample_pixel_weights(value[:, :f_src], src_cfg.data.channels, src_cfg.data.image_size,
-                                                      cfg.data.channels, cfg.data.image_size)
-                how = "pixel weights resampled"
-            else:
-                how = "feature columns re-initialised (the feature map size changed with the image size)"
-            if l_src == l_dst:
-                w[:, f_dst:] = value[:, f_src:]
-                how += "; label columns copied"
-            else:
-                how += "; label columns re-initialised"
-            new[name] = w
+            new[name], how = _input_layer(value, target, src_cfg, cfg, (f_src, l_src), (f_dst, l_dst), linear)
             adapted.append((name, how))
             continue
         # A conv encoder's first convolution: (out, channels, k, k).
@@ -141,3 +150,28 @@ def transfer_weights(model: torch.nn.Module, cfg: Config, src_state: dict, src_c
     for name, why in fresh:
         lines.append(f"  re-initialised {name}: {why}")
     return lines
+
+
+def load_init_source(path: str) -> dict:
+    """The ``--init-from`` checkpoint, read and checked whole (weights fit their own config and
+    are finite) before the run folder is touched."""
+    src = load_checkpoint(path)
+    load_model_from_checkpoint(src)  # its weights must fit its own config, or the file is damaged
+    refuse_nonfinite(src, path)
+    return src
+
+
+def load_matching_weights(model: torch.nn.Module, path: str, log, cfg: Config, src: dict | None = None) -> dict:
+    """Start from another checkpoint's weights: copied where names and shapes match, input
+    weights adapted to a new image size/channels, the rest re-initialised (``transfer.py``).
+
+    Returns the run's origin, ``{"checkpoint": path, "episodes": n}``, n counting every
+    episode behind those weights (the source's own and its origins'), for honest reports."""
+    if src is None:
+        src = load_init_source(path)
+    for line in transfer_weights(model, cfg, src["model"], src["config_obj"], source=str(path)):
+        log(line)
+    before = src.get("init_from") if isinstance(src.get("init_from"), dict) else {}
+    episodes = src.get("episodes_done") if isinstance(src.get("episodes_done"), int) else 0
+    prior = before.get("episodes") if isinstance(before.get("episodes"), int) else 0
+    return {"checkpoint": str(path), "episodes": episodes + prior}

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from fewshot_mann.fewshot.base import FewShotClassifier
+
 NEG = -1e30  # logit of a label absent from the support: never predicted
 
 
@@ -87,13 +89,29 @@ def fit_logistic(gram: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
     return a, b, present
 
 
+class LogisticRegression(FewShotClassifier):
+    """``FewShotClassifier`` (``base.py``) by multinomial logistic regression (``fit_logistic``); ``scores``
+    are log-probabilities. Computed in float64."""
+
+    def __init__(self, c: float = 1.0, **solver):
+        self.c, self.solver = c, solver
+
+    def fit(self, support: torch.Tensor, labels: torch.Tensor, num_labels: int,
+            weights: torch.Tensor | None = None) -> "LogisticRegression":
+        self.support = support.double()
+        gram = self.support @ self.support.transpose(1, 2)
+        if weights is None:
+            weights = torch.ones(labels.shape, dtype=torch.float64, device=self.support.device)
+        self.a, self.b, self.present = fit_logistic(gram, labels, weights.double(), num_labels, c=self.c, **self.solver)
+        return self
+
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        logits = (queries.double() @ self.support.transpose(1, 2)) @ self.a + self.b.unsqueeze(1)
+        return torch.log_softmax(logits.masked_fill(~self.present.unsqueeze(1), NEG), -1)
+
+
 def logistic_scores(support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, num_labels: int,
                     c: float = 1.0, **kw) -> torch.Tensor:
     """Log-probabilities (E,Q,L) of each query under the logistic regression fitted on its
     episode's support: support (E,S,D), labels (E,S), queries (E,Q,D). Computed in float64."""
-    xs, xq = support.double(), queries.double()
-    gram = xs @ xs.transpose(1, 2)
-    weights = torch.ones(labels.shape, dtype=torch.float64, device=xs.device)
-    a, b, present = fit_logistic(gram, labels, weights, num_labels, c=c, **kw)
-    logits = (xq @ xs.transpose(1, 2)) @ a + b.unsqueeze(1)
-    return torch.log_softmax(logits.masked_fill(~present.unsqueeze(1), NEG), -1)
+    return LogisticRegression(c, **kw).fit(support, labels, num_labels).scores(queries)

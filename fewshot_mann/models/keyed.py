@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from fewshot_mann.config import Config
+from fewshot_mann.data.episodes import told_labels
 from fewshot_mann.models.encoders import build_encoder
 
 
@@ -45,7 +46,7 @@ class KeyedMemory(nn.Module):
         x = self.encoder(images)  # (B,T,F)
         z = torch.nn.functional.normalize(x + self.residual(x), dim=-1)
         b, t, _ = z.shape
-        labels = torch.cat([label_inputs[:, 1:], torch.zeros_like(label_inputs[:, :1])], 1)  # (B,T,L): label of step s
+        labels = told_labels(label_inputs)  # (B,T,L): label of step s
         gram = z @ z.transpose(1, 2)  # (B,T,T)
         earlier = torch.ones(t, t, dtype=torch.bool, device=z.device).tril(-1)
         dots = gram.masked_fill(~earlier, 0.0) @ labels  # (B,T,L): z_t . slot_t[l]

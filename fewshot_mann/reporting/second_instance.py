@@ -36,7 +36,7 @@ def header(episodes: int, command: str) -> list[str]:
 
 def checkpoint_rows(path: str, data_root: str | None, episodes: int) -> list[str]:
     """The free- and seen-decoding rows of one checkpoint, on its own held-out classes."""
-    from fewshot_mann.data.loading import load_banks
+    from fewshot_mann.engine.loading import load_banks
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
     from fewshot_mann.engine.evaluation import instance_breakdown
 

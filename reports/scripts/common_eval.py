@@ -1,7 +1,7 @@
 """The bundled omniglot-5way model and the 423 santoro test characters (real zips under OMNIGLOT)."""
 import os
 
-from fewshot_mann.data.loading import load_split_banks
+from fewshot_mann.engine.loading import load_split_banks
 from fewshot_mann.engine import checkpoint
 from fewshot_mann.engine.bundled import resolve_checkpoint
 

@@ -50,7 +50,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
 
-    from fewshot_mann.data.loading import load_image_parts
+    from fewshot_mann.engine.loading import load_image_parts
     from fewshot_mann.models.backbones import build_backbone, preprocessing
 
     cfg = load_checkpoint(args.checkpoint)["config_obj"]

@@ -20,7 +20,7 @@ from helpers import SYNTHETIC_BANKS, TINY_TRAIN, one_error_line, as_split, patch
 from fewshot_mann.engine import checkpoint
 from fewshot_mann.cli import main as cli
 from fewshot_mann import fileio
-from fewshot_mann.data import folder
+from fewshot_mann.data import folder, images, scan
 from fewshot_mann.engine import trainer as training
 from fewshot_mann.engine.checkpoint import load_checkpoint
 from fewshot_mann.config import Config
@@ -315,7 +315,7 @@ def test_single_file_inputs_are_regular_and_bounded(tmp_path, capsys):
             assert code_of(train_script.main, ["-c", source, *TINY, "--out", str(tmp_path / "run")]) == 2
             assert "not a regular file" in one_error_line(capsys)
             with pytest.raises(folder.BadImage, match="not a regular file"):
-                folder.read_image_file(Path(source), 6, 1, "pad")
+                images.read_image_file(Path(source), 6, 1, "pad")
         big = tmp_path / "big.json"
         big.write_bytes(b" " * (fileio.MAX_JSON_BYTES + 1))
         assert code_of(train_script.main, ["-c", str(big), *TINY, "--out", str(tmp_path / "run")]) == 2
@@ -344,7 +344,7 @@ def test_class_folder_nested_1100_levels_is_reported_not_a_recursion_error(tmp_p
         os.mkdir(path)
     Image.new("L", (8, 8), 7).save(path / "img.png")
     try:
-        base, classes, problems = folder.scan_folder(root)
+        base, classes, problems = scan.scan_folder(root)
         assert "deep_class" not in classes
         assert any(p.kind == "too-deep" for p in problems)
         assert any(p.kind == "empty-class" and p.path == "deep_class/" for p in problems)
@@ -553,7 +553,7 @@ def test_a_class_folder_linking_to_another_is_named_as_such(tmp_path):
     make_image_folder(root, classes=3, per_class=3, size_range=(8, 12))
     real = sorted(p.name for p in root.iterdir())[-1]
     (root / "0_alias").symlink_to(root / real, target_is_directory=True)  # sorts before the real one
-    _, classes, problems = folder.scan_folder(root)
+    _, classes, problems = scan.scan_folder(root)
     assert real in classes and "0_alias" not in classes
     kinds = {p.path: (p.kind, p.message) for p in problems}
     assert kinds["0_alias/"][0] == "linked-class" and f"{real}/" in kinds["0_alias/"][1]

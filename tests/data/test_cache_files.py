@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from fewshot_mann.cli import main as cli
-from fewshot_mann.data import cache_files, features, folder
+from fewshot_mann.data import cache_files, folder
+from fewshot_mann.models import features
 from helpers.images import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,3 +176,39 @@ def test_no_feature_cache_holds_for_every_command_that_embeds_images(cache, tmp_
     assert cli.main(["kshot", "--checkpoint", ckpt, "--episodes", "2", "--ways", "2", "--shots", "1", "--queries", "1",
                      *common]) == 0
     assert not (cache / "features").exists() or not list((cache / "features").iterdir())
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("encoder", [TINY_BACKBONE, ["--encoder", "conv"]],
+                         ids=["backbone", "raw-pixels"])
+def test_no_feature_cache_writes_nothing_derived_from_the_images(cache, tmp_path, encoder):
+    """Issue 26: every command that reads the user's images, given --no-feature-cache, leaves the cache
+    folder as it was: no features, no decoded images (the folder decode cache), and train's
+    --final-eval neither; only the paths the user named (--out, --json) are written."""
+    if encoder is TINY_BACKBONE:
+        pytest.importorskip("timm")
+    data = make_image_folder(tmp_path / "data", classes=5, per_class=4, seed=4)
+    before = files_under(cache)
+    out = tmp_path / "run"
+    common = ["--dataset", "folder", "--data-root", str(data["root"]), "--no-progress", "--no-feature-cache"]
+    assert cli.main(["train", *common, *encoder, "--test-classes", "0.4", "--validation-classes", "none",
+                     "--ways", "2", "--instances", "3", "--episodes", "2", "--batch-size", "2", "--eval-every", "0",
+                     "--controller-size", "8", "--memory-slots", "4", "--memory-width", "4", "--read-heads", "1",
+                     "--final-eval", "2", "--out", str(out)]) == 0
+    ckpt = str(out / "checkpoint.pt")
+    assert cli.main(["evaluate", "--checkpoint", ckpt, "--episodes", "2", *common]) == 0
+    assert cli.main(["knn", "--features", ckpt, "--episodes", "2", *common]) == 0
+    assert cli.main(["kshot", "--checkpoint", ckpt, "--episodes", "2", "--ways", "2", "--shots", "1", "--queries", "1",
+                     *common]) == 0
+    support = tmp_path / "support"
+    for name in data["classes"][:2]:
+        (support / name).mkdir(parents=True)
+        for image in sorted((data["root"] / name).iterdir())[:2]:
+            (support / name / image.name).write_bytes(image.read_bytes())
+    query = next(iter(sorted((data["root"] / data["classes"][0]).iterdir())))
+    assert cli.main(["predict", "--checkpoint", ckpt, "--support", str(support), "--query", str(query),
+                     "--no-feature-cache"]) == 0
+    assert files_under(cache) == before

@@ -12,7 +12,7 @@ def test_other_weights_never_read_the_cached_features(tmp_path, monkeypatch):
     import timm
 
     from fewshot_mann.config import ModelConfig
-    from fewshot_mann.data.features import embed_images
+    from fewshot_mann.models.features import embed_images
 
     monkeypatch.setenv("FEWSHOT_MANN_CACHE", str(tmp_path / "cache"))
     paths = []

@@ -17,8 +17,9 @@ from fewshot_mann.cli import main as cli
 from fewshot_mann.cli.train import main as train_main
 from fewshot_mann.errors import DataError, UserError
 from fewshot_mann.engine.inspection import inspect_folder
-from fewshot_mann.data.folder import (BadImage, choose_test_classes, decode_image, load_folder, load_folder_banks,
-                                 parse_test_classes)
+from fewshot_mann.data.class_split import choose_test_classes, load_folder_banks, parse_test_classes
+from fewshot_mann.data.folder import load_folder
+from fewshot_mann.data.images import BadImage, decode_image
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fewshot_mann.cli import main as cli
-from fewshot_mann.data import image_record, loading
+from fewshot_mann.data import image_record
+from fewshot_mann.engine import loading
 from fewshot_mann.data.bank import SplitBanks
 from fewshot_mann.data.heldout import trained_overlap
 from fewshot_mann.engine import trainer as training

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fewshot_mann.cli import main as cli
-from fewshot_mann.engine.trainer import RESULT_FILES, RUN_FILES
+from fewshot_mann.engine.run_dir import RESULT_FILES, RUN_FILES
 from helpers import SYNTHETIC_BANKS, patch_banks
 
 BANKS = SYNTHETIC_BANKS

@@ -28,7 +28,7 @@ def strokes_bank(classes: int, per_class: int = 6, size: int = 28, seed: int = 0
 def tiny_parts(monkeypatch):
     parts = SplitBanks(strokes_bank(12, seed=1, prefix="train"), strokes_bank(6, seed=2, prefix="val"),
                        strokes_bank(6, seed=3, prefix="test"))
-    from fewshot_mann.data import loading
+    from fewshot_mann.engine import loading
     monkeypatch.setattr(loading, "load_image_parts", lambda cfg, progress=True, recorded=None: parts)
     return parts
 
@@ -141,7 +141,7 @@ def test_a_published_conv4_checkpoint_finds_its_weights_beside_it(tiny_parts, tm
 
 def test_a_timm_backbone_is_fine_tuned_in_its_last_stages_only(monkeypatch, tmp_path):
     timm = pytest.importorskip("timm")
-    from fewshot_mann.data import loading
+    from fewshot_mann.engine import loading
     from fewshot_mann.models.backbones import build_backbone
 
     rng = np.random.default_rng(5)

@@ -247,3 +247,23 @@ def test_bench_time_to_accuracy_trains_the_preset_and_reports(tmp_path, capsys, 
     res = json.loads(out.read_text())
     assert [c["episodes"] for c in res["checks"]] == [16, 32] and set(res["first_met"]) == {"1", "2", "3", "4", "5", "10"}
     assert "targets met" in capsys.readouterr().out
+
+
+def test_bench_times_the_very_step_a_run_takes(tmp_path):
+    """Issue 26: ``bench`` steps ``Trainer.step`` itself, so two bench steps leave the weights a
+    two-step run leaves, photometric augmentation and jitter included."""
+    import copy
+
+    from fewshot_mann.engine.bench import TrainingLoop
+
+    cfg = small_cfg(8)
+    cfg.train.eval_every = 0
+    cfg.data.jitter_shift, cfg.data.augment_invert, cfg.data.augment_contrast = 1.0, 0.5, 0.2
+    run(copy.deepcopy(cfg), tmp_path / "r")
+    trained = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
+    loop = TrainingLoop(copy.deepcopy(cfg), synthetic_bank(classes=10, per_class=12, seed=1))
+    loop.step()
+    loop.step()
+    assert loop.steps == 2
+    for name, value in loop.model.state_dict().items():
+        assert torch.equal(value, trained[name]), name

@@ -33,7 +33,7 @@ def as_split(load):
 
 def patch_banks(monkeypatch, banks) -> None:
     """Every entry point (train, evaluate, kshot, knn) loads these (train, held-out) banks."""
-    from fewshot_mann.data import loading as datasets
+    from fewshot_mann.engine import loading as datasets
     from fewshot_mann.engine import trainer as training
 
     fake = as_split(lambda cfg, progress=True: banks)

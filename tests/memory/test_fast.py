@@ -207,7 +207,7 @@ def test_compile_of_old_configs_and_flags_is_ignored_with_a_notice(tmp_path, cap
 def test_adam_is_fused_and_resumes_from_a_checkpoint_of_the_unfused_adam():
     import copy
 
-    from fewshot_mann.engine.trainer import initial_state, new_optimizer, restore
+    from fewshot_mann.engine.resume import initial_state, new_optimizer, restore
 
     cfg = tiny_config()
     model = make(cfg, torch.float32)

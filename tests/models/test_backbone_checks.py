@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fewshot_mann.config import ModelConfig
-from fewshot_mann.data.features import resolve_weights
+from fewshot_mann.models.features import resolve_weights
 from fewshot_mann.errors import UserError
 from fewshot_mann.models import backbone_checks
 from fewshot_mann.models.backbones import build_backbone, preprocessing

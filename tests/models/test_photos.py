@@ -16,7 +16,7 @@ from fewshot_mann.cli import main as cli
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import Config
 from fewshot_mann.errors import UserError
-from fewshot_mann.data.folder import decode_image
+from fewshot_mann.data.images import decode_image
 from fewshot_mann.engine.kshot import kshot_accuracy, loo_accuracy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_omniglot_model_scores_the_same_on_dark_on_light_png_folders(tmp_path):
     gave a one-class answer. Read with the checkpoint's polarity they score within 2 points
     of the Omniglot reader, on the same episodes."""
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
-    from fewshot_mann.data.loading import load_banks
+    from fewshot_mann.engine.loading import load_banks
 
     held = held_out_characters().subset(range(60))
     for c, name in enumerate(held.names):  # strokes dark on white, as the files are drawn
@@ -93,7 +93,7 @@ def test_omniglot_model_scores_the_same_on_dark_on_light_png_folders(tmp_path):
 # ---------------------------------------------------------------------------- ink framing
 
 def test_ink_frame_reframes_ink_that_fills_its_image_and_leaves_omniglot_like_framing_alone():
-    from fewshot_mann.data.folder import INK_FRAME_TARGET, apply_ink_frame, ink_box
+    from fewshot_mann.data.images import INK_FRAME_TARGET, apply_ink_frame, ink_box
 
     paper = np.full((32, 32), 255, np.uint8)
     filled = paper.copy()
@@ -132,7 +132,7 @@ def test_bundled_omniglot_model_reads_handwriting_that_fills_its_frame(tmp_path)
     Omniglot model answered near chance until the ink was framed like its training characters."""
     from sklearn.datasets import load_digits
 
-    from fewshot_mann.data.loading import load_banks
+    from fewshot_mann.engine.loading import load_banks
     from fewshot_mann.engine.bundled import resolve_checkpoint
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 
@@ -261,7 +261,7 @@ def test_kshot_contract_with_baselines(photo_run, tmp_path, capsys):
 
 def test_feature_cache_is_reused_listed_cleared_and_optional(photo_run, tmp_path, capsys):
     from fewshot_mann.config import ModelConfig
-    from fewshot_mann.data.features import cache_entries, embed_images
+    from fewshot_mann.models.features import cache_entries, embed_images
 
     m = ModelConfig(encoder="timm:test_efficientnet", encoder_weights="none")
     images = np.random.default_rng(0).integers(0, 256, (5, 3, 160, 160), dtype=np.uint8)
@@ -281,7 +281,7 @@ def test_feature_cache_is_reused_listed_cleared_and_optional(photo_run, tmp_path
 def test_missing_backbone_weights_is_one_line(monkeypatch):
     from fewshot_mann.models import backbones
     from fewshot_mann.config import ModelConfig
-    from fewshot_mann.data.features import resolve_weights
+    from fewshot_mann.models.features import resolve_weights
 
     monkeypatch.setattr(backbones, "offline_lite0_path", lambda: None)
     m = ModelConfig(encoder="timm:tf_efficientnet_lite0", encoder_weights="imagenet", weights_hash="ab" * 32)
@@ -303,8 +303,8 @@ def test_offline_imagenet_weights_classify_sample_photos(name):
     if path is None:
         pytest.skip(f"the [photos] extra ({backbones.OFFLINE_WEIGHTS[name][0]}) is not installed")
     from sklearn.datasets import load_sample_images
-    from fewshot_mann.data.features import run_backbone
-    from fewshot_mann.data.folder import _resize
+    from fewshot_mann.models.features import run_backbone
+    from fewshot_mann.data.images import _resize
     net, digest = backbones.build_backbone(f"timm:{name}", "imagenet", classifier=True)
     prep = backbones.preprocessing(f"timm:{name}")
     images = np.stack([np.asarray(_resize(Image.fromarray(a), prep.image_size, f"fraction:{prep.crop_pct}"))
@@ -361,7 +361,7 @@ def test_kshot_finetune_reports_its_recipe_and_zero_steps_is_the_frozen_path(pho
     """``kshot --finetune N`` rows say what was tuned; a fine-tuner of 0 steps reads exactly the frozen features
     (the same accuracy on the same trials), so any change is the fine-tuning's."""
     import dataclasses
-    from fewshot_mann.data.loading import load_image_parts, load_split_banks
+    from fewshot_mann.engine.loading import load_image_parts, load_split_banks
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
     from fewshot_mann.data.episodes import with_ways
     from fewshot_mann.fewshot.finetune import Finetuner, FinetuneSettings

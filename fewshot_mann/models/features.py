@@ -26,11 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot_mann.data import cache_files
-from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import ModelConfig
-from fewshot_mann.errors import UserError
+from fewshot_mann.data import cache_files
+from fewshot_mann.data.bank import ClassBank, FeatureBank
 from fewshot_mann.data.omniglot import cache_dir
+from fewshot_mann.errors import UserError
+from fewshot_mann.models.backbone_checks import weights_file_problem
+from fewshot_mann.models.backbones import build_backbone, missing_weights_message, preprocessing
+from fewshot_mann.models.inputs import BackboneSpec
 
 CACHE_VERSION = 1
 BATCH = 32
@@ -42,30 +45,16 @@ def feature_cache_dir() -> Path:
 
 def weights_id(m: ModelConfig) -> str | None:
     """The sha256 of the backbone weights ``m`` names, known without building the backbone;
-    None where the weights are not available here."""
-    from fewshot_mann.models.backbones import OFFLINE_WEIGHTS, file_sha256, offline_weights_path, split_encoder
-
-    lib, name = split_encoder(m.encoder)
-    if m.encoder_weights == "none":
-        return "none"
-    if m.encoder_weights == "imagenet":
-        if lib == "timm" and name in OFFLINE_WEIGHTS:
-            path = offline_weights_path(name)
-            return file_sha256(path) if path is not None else None
-        return f"{lib}:{name}:imagenet"  # the library's own download, identified by name
-    path = Path(m.encoder_weights).expanduser()
-    return file_sha256(path) if path.is_file() else None
+    None where the weights are not available here (``BackboneSpec.weights_identity``)."""
+    return BackboneSpec.of(m).weights_identity()
 
 
 def resolve_weights(m: ModelConfig, *, trained: bool) -> str:
     """Check the backbone weights of ``m`` are available (and, for a trained checkpoint, the same
     as at training); returns their sha256. One-line ``UserError`` otherwise."""
-    from fewshot_mann.models.backbones import missing_weights_message
-
     digest = weights_id(m)
     if digest is None:
         if not trained and m.encoder_weights not in ("imagenet", "none"):
-            from fewshot_mann.models.backbone_checks import weights_file_problem
             why = weights_file_problem(m.encoder_weights) or "no such file (give imagenet, none or a weights file)"
             raise UserError(f"--encoder-weights {m.encoder_weights}: {why}")
         raise UserError(missing_weights_message(m))
@@ -77,8 +66,6 @@ def resolve_weights(m: ModelConfig, *, trained: bool) -> str:
 
 
 def _cache_file(m: ModelConfig, digest: str) -> Path:
-    from fewshot_mann.models.backbones import preprocessing
-
     key = json.dumps([CACHE_VERSION, m.encoder, digest, preprocessing(m.encoder).key()])
     return feature_cache_dir() / f"features-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 
@@ -157,8 +144,6 @@ def embed_images(images: np.ndarray, m: ModelConfig, *, digest: str | None = Non
     ``digest`` is the weights' sha256 (``resolve_weights``). With ``cache``, features of images
     seen before come from the cache and new ones are added to it.
     """
-    from fewshot_mann.models.backbones import build_backbone, preprocessing
-
     digest = digest or resolve_weights(m, trained=False)
     prep = preprocessing(m.encoder)
     if len(images) and images.shape[-1] != prep.image_size:
@@ -191,10 +176,10 @@ def embed_images(images: np.ndarray, m: ModelConfig, *, digest: str | None = Non
     return np.stack([table[k] for k in keys]).astype(np.float32)
 
 
-def embed_bank(bank: ClassBank, m: ModelConfig, **kw) -> ClassBank:
+def embed_bank(bank: ClassBank, m: ModelConfig, **kw) -> FeatureBank:
     """The same classes and order, images replaced by (N, D) float32 features."""
     feats = embed_images(bank.images, m, **kw)
-    return ClassBank(feats, bank.offsets.copy(), bank.counts.copy(), list(bank.names))
+    return FeatureBank(feats, bank.offsets.copy(), bank.counts.copy(), list(bank.names))
 
 
 # ---------------------------------------------------------------------------- fewshot-mann cache
