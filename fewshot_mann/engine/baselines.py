@@ -59,7 +59,7 @@ def vectors(images: np.ndarray, inputs: str) -> torch.Tensor:
 
 def classifier(head: str) -> FewShotClassifier:
     """The few-shot classifier of a baseline's ``head``."""
-    return NearestCentroid() if head == "centroid" else LogisticRegression(tol=1e-6, max_iter=1000)
+    return NearestCentroid() if head == "centroid" else LogisticRegression()
 
 
 def scores(head: str, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, ways: int) -> torch.Tensor:
@@ -128,7 +128,7 @@ def sequence_scores(head: str, x: torch.Tensor, labels: torch.Tensor, ways: int,
             s = NearestCentroid().fit(xx, y, ways, weights=w).scores(xs.reshape(n * t, 1, -1)).squeeze(1)
         else:  # the same solver as LogisticRegression, on the Gram matrix of the episode alone
             gram = (xs @ xs.transpose(1, 2)).unsqueeze(1).expand(n, t, t, t).reshape(n * t, t, t)
-            a, b, present = fit_logistic(gram, y, w, ways, tol=1e-6, max_iter=1000)
+            a, b, present = fit_logistic(gram, y, w, ways)
             k = gram[torch.arange(n * t), torch.arange(t).repeat(n)]  # (P,S): the step's own dot products
             s = ((k.unsqueeze(1) @ a).squeeze(1) + b).masked_fill(~present, NEG)
         out.append(s.view(n, t, ways))

@@ -179,7 +179,7 @@ def finetuned_scores(cache: ViewCache, support_rows, support_labels, query_rows,
     y = torch.as_tensor(np.asarray(support_labels), dtype=torch.long)[None]
     xs, xq = nn.functional.normalize(sup.double(), dim=-1)[None], nn.functional.normalize(qry.double(), dim=-1)[None]
     return {"centroid": centroid_scores(xs, y, xq, ways)[0], "cosine": logits,
-            "logistic": logistic_scores(xs, y, xq, ways, tol=1e-6, max_iter=1000)[0]}
+            "logistic": logistic_scores(xs, y, xq, ways)[0]}
 
 
 class Finetuner:

@@ -13,9 +13,10 @@ only the labels present in the support (``present``) competing in the softmax (t
 binomial model, as scikit-learn fits it). W stays in the
 span of the support points (it starts at 0 and every gradient is ``X^T (C G + A)``), so it is
 kept as ``W = X^T A`` and only the Gram matrix ``K = X X^T`` (S x S) is needed: the cost does not
-grow with the feature width. The iteration is Nesterov's accelerated gradient with step 1/L
-(L bounds the curvature: 1 + C/2 * the largest eigenvalue of the weighted [X, 1] Gram matrix),
-restarted when the objective rises, until every problem's gradient is below ``tol``.
+grow with the feature width. The iteration is Newton's method on (A, b), one batched (S L + L)-square
+linear solve per step with a backtracking line search, until every problem's gradient is below
+``tol``: 5-15 steps where accelerated gradient descent (the first version) took hundreds to
+thousands at the baselines' tolerance, so the fits no longer dominate a ``kshot`` run.
 ``tests/fewshot/test_logistic.py`` holds it to scikit-learn on random problems.
 """
 from __future__ import annotations
@@ -27,28 +28,43 @@ from fewshot_mann.fewshot.base import FewShotClassifier
 NEG = -1e30  # logit of a label absent from the support: never predicted
 
 
-def _lipschitz(gram1: torch.Tensor, weights: torch.Tensor, c: torch.Tensor, iters: int = 30) -> torch.Tensor:
-    """(P,) upper estimate of the gradient's Lipschitz constant: power iteration on the
-    weighted Gram matrix of [X, 1] (softmax cross-entropy has curvature at most 1/2)."""
-    sw = weights.sqrt()
-    m = sw.unsqueeze(-1) * gram1 * sw.unsqueeze(-2)  # (P,S,S)
-    v = torch.ones(m.shape[:-1], dtype=m.dtype, device=m.device)
-    lam = torch.zeros(m.shape[0], dtype=m.dtype, device=m.device)
-    for _ in range(iters):
-        v = (m @ v.unsqueeze(-1)).squeeze(-1)
-        lam = v.norm(dim=-1)
-        v = v / lam.clamp_min(1e-30).unsqueeze(-1)
-    return 1.0 + 0.5 * c * lam * 1.05 + 1e-12  # c: (P,)
+def _newton_direction(gram, prob, weights, resid, a, c, damping: float = 1e-9):
+    """The Newton step (dA (P,S,L), db (P,L)) of the objective in W = X^T A coordinates.
+
+    Stationarity reads ``c R + A = 0`` (one row per point) and ``c sum_i R_i = 0``; linearising R
+    around the current logits (R_i + H_i dz_i, H_i = w_i (diag p_i - p_i p_i^T), dz = K dA + db)
+    gives one linear system of S L + L unknowns per problem, solved exactly. ``damping`` fixes the
+    directions the objective is flat in (a constant added to every logit, absent labels)."""
+    p, s, l = prob.shape
+    h = weights.view(p, s, 1, 1) * (torch.diag_embed(prob) - prob.unsqueeze(-1) * prob.unsqueeze(-2))  # (P,S,L,L)
+    hk = torch.einsum("pilm,pij->piljm", h, gram).reshape(p, s * l, s * l)
+    he = h.reshape(p, s * l, l)
+    ehk = torch.einsum("pilm,pij->pljm", h, gram).reshape(p, l, s * l)
+    ehe = h.sum(1)
+    cc = c.view(p, 1, 1)
+    top = torch.cat([torch.eye(s * l, dtype=h.dtype, device=h.device) + cc * hk, cc * he], -1)
+    bottom = torch.cat([cc * ehk, cc * ehe + damping * torch.eye(l, dtype=h.dtype, device=h.device)], -1)
+    rhs = -torch.cat([(cc * resid + a).reshape(p, s * l), c.view(p, 1) * resid.sum(1)], -1)
+    step = torch.linalg.solve(torch.cat([top, bottom], 1), rhs.unsqueeze(-1)).squeeze(-1)
+    return step[:, :s * l].reshape(p, s, l), step[:, s * l:]
 
 
 def fit_logistic(gram: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, num_labels: int, *,
-                 c: float = 1.0, tol: float = 1e-7, max_iter: int = 3000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 c: float = 1.0, tol: float = 1e-9, max_iter: int = 100, chunk_elements: int = 2 ** 24
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fit P problems. ``gram`` (P,S,S) = X X^T of each problem's S points; ``labels`` (P,S) int in
     [0, num_labels); ``weights`` (P,S) in {0, 1} (0: not part of this problem's support).
 
     Returns (A (P,S,L), b (P,L), present (P,L) bool): the decision function of a new point x is
-    ``k(x) A + b`` with ``k(x)`` its dot products with the S points; labels not present score NEG."""
+    ``k(x) A + b`` with ``k(x)`` its dot products with the S points; labels not present score NEG.
+    ``max_iter`` Newton steps at most (each with a backtracking line search); problems are solved
+    ``chunk_elements / (S L + L)^2`` at a time to bound the memory of the linear systems."""
     p, s = labels.shape
+    per = max(1, chunk_elements // (s * num_labels + num_labels) ** 2)
+    if p > per:
+        parts = [fit_logistic(gram[i:i + per], labels[i:i + per], weights[i:i + per], num_labels, c=c, tol=tol,
+                              max_iter=max_iter, chunk_elements=chunk_elements) for i in range(0, p, per)]
+        return tuple(torch.cat(t) for t in zip(*parts))
     dt = gram.dtype
     onehot = torch.nn.functional.one_hot(labels.long(), num_labels).to(dt) * weights.unsqueeze(-1)  # (P,S,L)
     present = onehot.sum(1) > 0  # (P,L)
@@ -56,37 +72,35 @@ def fit_logistic(gram: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
     # two labels: scikit-learn fits the binomial model (one weight vector, penalty |w|^2 / 2), which is the
     # multinomial one at C / 2 (its optimum has w_1 = -w_0 = w / 2, so its penalty is |w|^2 / 4)
     c = torch.where(present.sum(1) == 2, c / 2, c).to(dt)  # (P,)
-    step = 1.0 / _lipschitz(gram + 1.0, weights, c)  # (P,)
 
-    def objective_and_grad(a, b):
-        logits = gram @ a + b.unsqueeze(1) + absent  # (P,S,L)
-        logp = torch.log_softmax(logits, -1)
-        loss = -(onehot * logp).sum((1, 2))
-        reg = 0.5 * (a * (gram @ a)).sum((1, 2))
+    def evaluate(a, b):
+        logp = torch.log_softmax(gram @ a + b.unsqueeze(1) + absent, -1)  # (P,S,L)
+        f = c * -(onehot * logp).sum((1, 2)) + 0.5 * (a * (gram @ a)).sum((1, 2))
         resid = (logp.exp() * weights.unsqueeze(-1) - onehot) * present.unsqueeze(1)  # (P,S,L): dCE/dlogits
-        return c * loss + reg, c.view(p, 1, 1) * resid + a, c.view(p, 1) * resid.sum(1)  # grad in W = X^T(.), in b
+        return f, logp.exp(), resid
 
     a = torch.zeros(p, s, num_labels, dtype=dt, device=gram.device)
     b = torch.zeros(p, num_labels, dtype=dt, device=gram.device)
-    ya, yb = a, b
-    t = torch.ones(p, dtype=dt, device=gram.device)
-    f_prev = torch.full((p,), float("inf"), dtype=dt, device=gram.device)
+    f, prob, resid = evaluate(a, b)
     for _ in range(max_iter):
-        _, ga, gb = objective_and_grad(ya, yb)
-        a_new = ya - step.view(p, 1, 1) * ga
-        b_new = yb - step.view(p, 1) * gb
-        f_new, ga_new, gb_new = objective_and_grad(a_new, b_new)
-        # |grad W|^2 = tr(G^T K G) for W-gradient X^T G
-        gnorm = ((ga_new * (gram @ ga_new)).sum((1, 2)) + (gb_new ** 2).sum(1)).clamp_min(0).sqrt()
-        restart = f_new > f_prev
-        t_new = torch.where(restart, torch.ones_like(t), (1 + torch.sqrt(1 + 4 * t * t)) / 2)
-        mom = torch.where(restart, torch.zeros_like(t), (t - 1) / t_new)
-        ya = a_new + mom.view(p, 1, 1) * (a_new - a)
-        yb = b_new + mom.view(p, 1) * (b_new - b)
-        a, b, t, f_prev = a_new, b_new, t_new, f_new
-        if bool((gnorm < tol * (1 + f_new.abs())).all()):
+        ga, gb = c.view(p, 1, 1) * resid + a, c.view(p, 1) * resid.sum(1)  # gradient in W = X^T(.), in b
+        gnorm = ((ga * (gram @ ga)).sum((1, 2)) + (gb ** 2).sum(1)).clamp_min(0).sqrt()  # |grad W|^2 = tr(G^T K G)
+        todo = gnorm >= tol * (1 + f.abs())
+        if not bool(todo.any()):
             break
-    return a, b, present
+        da, db = _newton_direction(gram, prob, weights, resid, a, c)
+        t = torch.where(todo, 1.0, 0.0).to(dt)
+        for _ in range(30):  # backtracking: halve the step of each problem whose objective rose
+            f_new, prob_new, resid_new = evaluate(a + t.view(p, 1, 1) * da, b + t.view(p, 1) * db)
+            worse = f_new > f + 1e-12 * (1 + f.abs())
+            if not bool(worse.any()):
+                break
+            t = torch.where(worse, t / 2, t)
+        keep = worse
+        t = torch.where(keep, 0.0, t)
+        a, b = a + t.view(p, 1, 1) * da, b + t.view(p, 1) * db
+        f, prob, resid = evaluate(a, b)
+    return a * weights.unsqueeze(-1), b, present
 
 
 class LogisticRegression(FewShotClassifier):
