@@ -81,10 +81,14 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
     ``groups``: each episode's classes from one group (``episodes.name_groups``: an alphabet).
 
     ``adapt`` > 0: each episode is answered by a copy of the model meta-fine-tuned for that
-    many steps on its support set (``adapt.adapt_to_support``)."""
+    many steps on its support set (``adapt.adapt_to_support``). ``finetuner`` (``fewshot.finetune.
+    Finetuner`` over the bank's images): each episode reads features of a backbone fine-tuned to its
+    support set (``finetuned_bank``)."""
     per_row = cfg.ways * queries
-    if batch_episodes is None:  # about 1,000 sequences per forward pass
-        batch_episodes = 1 if adapt else max(1, 1000 // per_row)
+    if finetuner is not None or adapt:
+        batch_episodes = 1  # one model (or one tuned backbone) per episode
+    elif batch_episodes is None:  # about 1,000 sequences per forward pass
+        batch_episodes = max(1, 1000 // per_row)
     model.eval()
     per_episode = []
     bar = None

@@ -387,7 +387,12 @@ def test_kshot_finetune_reports_its_recipe_and_zero_steps_is_the_frozen_path(pho
     assert list(sub.rows[:images.counts[2]]) == list(range(images.offsets[2], images.offsets[2] + images.counts[2]))
     tuned = dataclasses.replace(tuner.settings, steps=5)
     tuner.settings = tuned
-    assert kshot_accuracy(model, feats, ep, 2, episodes=4, queries=2, finetuner=tuner)["finetune"]["steps"] == 5
+    calls = []
+    real_tune = tuner.tune
+    tuner.tune = lambda *a, **k: calls.append(k["seed"]) or real_tune(*a, **k)
+    res = kshot_accuracy(model, feats, ep, 2, episodes=4, queries=2, finetuner=tuner, batch_episodes=3)
+    assert res["finetune"]["steps"] == 5
+    assert calls == [[0, i] for i in range(4)]  # every trial tuned on its own support set, even when batching is asked
 
 
 def test_predict_finetune_answers_and_pixel_models_refuse_it_in_one_line(photo_run, tmp_path, capsys):
