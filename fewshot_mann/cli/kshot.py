@@ -31,10 +31,16 @@ def parser() -> argparse.ArgumentParser:
     add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt", high=limits.MAX_ADAPT_STEPS),
              help="meta-fine-tune a copy of the model on each episode's support set for STEPS steps first")
     p.add_argument("--no-baselines", action="store_true", help="skip the nearest-centroid baselines")
+    add_flag(p, "--unknown-queries", type=int, default=0, metavar="Q",
+             problem=at_least(0, "--unknown-queries", high=limits.MAX_SHOTS),
+             help="add Q queries a trial from classes outside it and report the AUROC of known vs unknown "
+                  "(JSON \"open_set\"); needs more classes than --ways")
     p.add_argument("--within-alphabet", action="store_true",
                    help="every trial's classes from one alphabet (Omniglot: the part of a class name before its "
                         "last /), the harder original one-shot protocol; default: classes from all")
     add_shared_flags(p, "no_feature_cache", "no_progress", "json", "allow_trained_classes")
+    add_shared_flags(p, "plot", plot_help="write a PNG of accuracy by shots (the model, its baselines on the same "
+                                          "trials, chance), reliability diagrams and confusion matrices")
     return p
 
 
@@ -74,6 +80,7 @@ def _kshot_rows(argv) -> int:
     from fewshot_mann.engine.kshot import kshot_table
     from fewshot_mann.engine.trainer import resolve_device
     from fewshot_mann.fileio import atomic_write_json
+    from fewshot_mann.reporting.calibration import checkpoint_calibration
     from fewshot_mann.reporting.records import environment
 
     args = parse_checked(parser(), argv)
@@ -90,6 +97,8 @@ def _kshot_rows(argv) -> int:
                                           feature_cache=not args.no_feature_cache, with_pixels=True)
     bank, pixels = parts.part(kind), pixel_parts.part(kind)
     check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
+    calibration = checkpoint_calibration(ckpt)
+    print(f"calibration: {calibration.fitted_on}")
     rows, baselines, failed = [], [], []
     for ways in args.ways or [cfg.episodes.ways]:  # row by row: a row that cannot run keeps the others
         for shots in args.shots:
@@ -97,7 +106,8 @@ def _kshot_rows(argv) -> int:
                 row, base = kshot_table(model, bank, pixels, cfg, [ways], [shots], args.episodes, args.seed,
                                         queries=args.queries, adapt=args.adapt, baselines=not args.no_baselines,
                                         backbone=is_backbone(cfg.model.encoder), device=device,
-                                        progress=not args.no_progress, within_alphabet=args.within_alphabet)
+                                        progress=not args.no_progress, within_alphabet=args.within_alphabet,
+                                        unknown_queries=args.unknown_queries, calibration=calibration)
             except DataError as exc:
                 failed.append({"ways": ways, "shots": shots, "error": str(exc)})
                 print(f"{ways}-way {shots}-shot: not run ({exc})", file=sys.stderr)
@@ -112,6 +122,10 @@ def _kshot_rows(argv) -> int:
                                       **({"not_run": failed} if failed else {}), "date": time.strftime("%Y-%m-%d"),
                                       "environment": environment()})
         print(f"wrote {args.json}" + (f" ({len(rows)} of {len(rows) + len(failed)} rows)" if failed else ""))
+    if args.plot and rows:
+        from fewshot_mann.reporting.trust_plots import plot_kshot
+        plot_kshot(rows, baselines, args.plot, f"{cfg.model.model} on {cfg.data.dataset}")
+        print(f"wrote {args.plot}")
     if failed:
         raise DataError(f"{len(failed)} of the {len(rows) + len(failed)} rows could not run (first: "
                         f"{failed[0]['ways']}-way {failed[0]['shots']}-shot: {failed[0]['error']})")
