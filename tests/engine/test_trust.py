@@ -184,3 +184,23 @@ def test_agree_column_is_dropped_when_it_is_the_same_for_every_query():
            "probabilities": {"a": 0.9, "b": 0.1}}
     assert "agree" not in format_results([row, {**row, "query": "r"}])
     assert "agree" in format_results([row, {**row, "query": "r", "order_agreement": 0.5}])
+
+
+def test_inspect_for_kshot_or_predict_has_no_training_only_failure(folder, tmp_path, capsys):
+    args = ["inspect", str(folder["root"]), "--ways", "5", "--instances", "5", "--test-classes", "0.2", "--no-progress"]
+    assert cli.main(args) == 1  # training: 1 held-out class of 5 cannot make a 5-way episode
+    assert "training would stop" in capsys.readouterr().out
+    assert cli.main(args + ["--for", "kshot", "--shots", "5", "--queries", "1"]) == 0  # 6 images in each of 5 classes
+    assert "checked for kshot" in capsys.readouterr().out
+    assert cli.main(args + ["--for", "kshot", "--shots", "5", "--queries", "2"]) == 1  # 7 needed
+    assert "kshot would stop" in capsys.readouterr().out
+    assert cli.main(args + ["--for", "predict"]) == 0
+
+
+def test_inspect_with_a_checkpoint_reads_at_the_models_resolution(folder, tmp_path, capsys):
+    ckpt = folder_checkpoint(tmp_path / "c.pt")  # 8 px, 3 channels
+    report = tmp_path / "r.json"
+    assert cli.main(["inspect", str(folder["root"]), "--checkpoint", str(ckpt), "--ways", "2", "--shots", "1",
+                     "--no-progress", "--json", str(report)]) == 0
+    got = json.loads(report.read_text())
+    assert got["use"] == "kshot" and got["image_size"] == 8 and got["instances"] == 2
