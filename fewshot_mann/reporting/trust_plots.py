@@ -34,6 +34,10 @@ def _accuracy_panel(ax, rows: list[dict], baselines: list[dict], label: str) -> 
     ax.set_title("accuracy: the model, its baselines, chance")
 
 
+def _shots(row: dict) -> str:
+    return f"{row['shots']}-shot" if isinstance(row["shots"], int) else str(row["shots"])
+
+
 def _reliability_panel(ax, row: dict) -> None:
     c = row["calibration"]
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
@@ -44,7 +48,7 @@ def _reliability_panel(ax, row: dict) -> None:
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{row['ways']}-way {row['shots']}-shot reliability (15 bins)", fontsize=9)
+    ax.set_title(f"{row['ways']}-way {_shots(row)} reliability (15 bins)", fontsize=9)
     ax.legend(fontsize=6, loc="upper left")
 
 
@@ -67,7 +71,7 @@ def _confusion_panel(ax, row: dict) -> None:
                         color="white" if share[i, j] > 0.5 else "black")
     ax.set_xlabel("answer")
     ax.set_ylabel("truth")
-    ax.set_title(f"{row['ways']}-way {row['shots']}-shot confusion (share of row)", fontsize=9)
+    ax.set_title(f"{row['ways']}-way {_shots(row)} confusion (share of row)", fontsize=9)
 
 
 def plot_kshot(rows: list[dict], baselines: list[dict], path, label: str) -> None:

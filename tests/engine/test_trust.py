@@ -204,3 +204,43 @@ def test_inspect_with_a_checkpoint_reads_at_the_models_resolution(folder, tmp_pa
                      "--no-progress", "--json", str(report)]) == 0
     got = json.loads(report.read_text())
     assert got["use"] == "kshot" and got["image_size"] == 8 and got["instances"] == 2
+
+
+def test_evaluate_on_a_folder_writes_per_class_confusion_calibration_and_a_like_for_like_plot(folder, tmp_path,
+                                                                                               monkeypatch):
+    import fewshot_mann.reporting.trust_plots as trust_plots
+
+    drawn = {}
+    monkeypatch.setattr(trust_plots, "plot_by_instance_folder", lambda out, path, label: drawn.update(out=out, path=path))
+    out = tmp_path / "e.json"
+    assert cli.main(["evaluate", "--checkpoint", str(folder_checkpoint(tmp_path / "c.pt")), "--dataset", "folder",
+                     "--data-root", str(folder["root"]), "--test-classes", "all", "--episodes", "5", "--json", str(out),
+                     "--plot", str(tmp_path / "e.png"), "--no-progress", "--allow-trained-classes"]) == 0
+    res = json.loads(out.read_text())
+    counts = np.array(res["confusion"]["counts"])
+    assert counts.sum() == 5 * 2 * (4 - 1)  # every step from the 2nd presentation on: 2 classes x 3 steps
+    assert len(res["calibration"]["bins"]) == 15 and set(res["per_class"]) == set(res["class_names"])
+    assert drawn["out"]["baselines"] and drawn["out"]["per_class"]  # the folder plot, not the paper's
+
+
+def test_the_folder_plot_draws_model_baselines_and_chance_only(tmp_path):
+    from fewshot_mann.reporting.trust_plots import plot_by_instance_folder
+    import matplotlib.pyplot as plt
+
+    seen = {}
+    real_close = plt.close
+
+    def keep(fig):
+        seen["labels"] = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        real_close(fig)
+
+    out = {"episodes": 3, "ways": 4, "accuracy_by_instance": [0.2, 0.5], "ci95": [0.1, 0.1],
+           "baselines": [{"name": "nearest-centroid-raw-pixels", "accuracy_by_instance": [0.25, 0.4], "ci95": [0, 0]}]}
+    plt.close = keep
+    try:
+        plot_by_instance_folder(out, tmp_path / "p.png", "mann")
+    finally:
+        plt.close = real_close
+    assert (tmp_path / "p.png").stat().st_size > 0
+    assert any("chance" in t for t in seen["labels"]) and any("nearest-centroid" in t for t in seen["labels"])
+    assert not any("paper" in t or "Human" in t for t in seen["labels"])
