@@ -107,12 +107,13 @@ def trust_summary(results: list[dict], bank, args, calibration, cap: int) -> dic
               "not measured frequencies; no unknown threshold")
     else:
         cut = default_low_confidence(calibration.ways)
-        print(f"calibration: temperature {fit.temperature:.3g} for {fit.shots}-shot, fitted on {calibration.fitted_on}"
-              + (f"; there, answers at or above {cut:.2f} ({100 * fit.fraction_unflagged:.0f} % of them) were right "
-                 f"{100 * fit.unflagged_accuracy:.0f} % of the time ({calibration.ways}-way)"
-                 if fit.unflagged_accuracy is not None else "")
-              + (f"; the unknown threshold kept {100 * calibration.known_kept:.0f} % of known queries and caught "
-                 f"{100 * fit.unknown_caught:.0f} % of queries from other classes" if fit.unknown_caught is not None else ""))
+        print(f"calibration: temperature {fit.temperature:.3g} ({fit.shots}-shot), fitted on {calibration.fitted_on}")
+        if fit.unflagged_accuracy is not None:
+            print(f"  there ({calibration.ways}-way {fit.shots}-shot), answers at or above {cut:.2f} were "
+                  f"{100 * fit.fraction_unflagged:.0f} % of all and right {100 * fit.unflagged_accuracy:.0f} % of the time")
+        if fit.unknown_caught is not None:
+            print(f"  there, the unknown threshold called {100 - 100 * calibration.known_kept:.0f} % of known queries "
+                  f"unknown and caught {100 * fit.unknown_caught:.0f} % of queries from other classes")
     truth = pt.query_truth(args.query, results, names)
     if truth is not None:
         out["per_class"], out["confusion"] = pt.per_class(results, truth, names)

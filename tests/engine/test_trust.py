@@ -157,7 +157,7 @@ def test_predict_marks_unknown_and_prints_the_summary(tmp_path, capsys):
     assert all(r["unknown"] is True for r in rows) and all(t["unknown"] == "true" for t in table)
     assert "UNKNOWN" in out and "8 queries:" in out and "8 unknown" in out
     assert summary["summary"]["unknown"] == 8 and summary["summary"]["queries"] == 8
-    assert "right 80 % of the time" in out  # what an unflagged answer was worth on validation
+    assert "right 80 % of the time" in out and "caught 30 %" in out  # what the flags were worth on validation
     # truth from the query sub-folders: 3 support classes plus one outside them (truth "unknown")
     assert set(summary["per_class"]) == set(support["classes"]) | {"unknown"}
     assert summary["per_class"]["unknown"] == {"accuracy": 1.0, "queries": 2}  # called unknown: right
