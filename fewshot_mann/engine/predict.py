@@ -220,7 +220,7 @@ def to_csv(results: list[dict], names: list[str]) -> str:
     w.writerow(["query", "prediction", "confidence", "low_confidence", "order_agreement", *[f"p({n})" for n in names],
                 "unknown"])
     for r in results:
-        unknown = "" if r.get("unknown") is None else str(r["unknown"]).lower()  # empty: no threshold
+        unknown = "none" if r.get("unknown") is None else str(r["unknown"]).lower()  # none: no threshold in the checkpoint
         w.writerow([r["query"], r["prediction"], f"{r['confidence']:.6f}", str(r["low_confidence"]).lower(),
                     f"{r['order_agreement']:.6f}", *[f"{r['probabilities'][n]:.6f}" for n in names], unknown])
     return buf.getvalue()
