@@ -6,7 +6,8 @@ from classes outside it (``unknown_query_scores``: each appended to its own copy
 trial's support sequence, like a known query), and turns them into the JSON blocks:
 
 - ``"per_class"``: ``{class name: {"accuracy", "queries"}}`` over every trial's queries of that class;
-- ``"confusion"``: ``{"classes": names, "counts": rows truth x columns answer}``;
+- ``"confusion"``: ``{"classes": names, "counts": rows truth x columns answer}`` (over ``DENSE_CONFUSION``
+  classes ``"nonzero"``: [truth, answer, count] of the pairs that occurred instead of ``"counts"``);
 - ``"calibration"``: the temperature and what it was fitted on, expected calibration error
   (15 bins) and reliability bins before (temperature 1) and after it, and the low-confidence
   cut's unflagged share and accuracy;
@@ -27,6 +28,7 @@ from fewshot_mann.data.episodes import Episodes, evaluation_episodes, to_tensors
 from fewshot_mann.reporting import calibration as cal
 
 _UNKNOWN_STREAM = 5  # distinct from evaluation (1), training (2), predict (3) streams
+DENSE_CONFUSION = 100  # classes up to which "confusion" holds the full matrix ("counts"), else "nonzero" pairs
 
 
 def class_scores(last_logits: torch.Tensor, label_digits: np.ndarray | torch.Tensor, group_size: int) -> torch.Tensor:
@@ -114,8 +116,12 @@ def per_class(known: QueryScores, names: list[str]) -> tuple[dict, dict]:
     for c, name in enumerate(names):
         total = int(counts[c].sum())
         table[name] = {"accuracy": float(counts[c, c] / total) if total else None, "queries": total}
-    return table, {"classes": list(names), "answers": list(names), "counts": counts.tolist(), "rows": "truth",
-                   "columns": "answer"}
+    confusion = {"classes": list(names), "answers": list(names), "rows": "truth", "columns": "answer"}
+    if n > DENSE_CONFUSION:  # Omniglot's 659 classes: only the pairs that occurred, [truth, answer, count]
+        confusion["nonzero"] = [[int(i), int(j), int(counts[i, j])] for i, j in zip(*np.nonzero(counts))]
+    else:
+        confusion["counts"] = counts.tolist()
+    return table, confusion
 
 
 def calibration_block(known: QueryScores, calibration: cal.Calibration, shots: int, ways: int) -> dict:

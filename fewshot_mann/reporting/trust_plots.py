@@ -84,7 +84,7 @@ def plot_kshot(rows: list[dict], baselines: list[dict], path, label: str) -> Non
     for i, row in enumerate(rows):
         if "calibration" in row:
             _reliability_panel(fig.add_subplot(grid[1 + i, 0]), row)
-        if "confusion" in row:
+        if "counts" in row.get("confusion", {}):  # not drawn for hundreds of classes ("nonzero" pairs)
             _confusion_panel(fig.add_subplot(grid[1 + i, 1]), row)
     fig.tight_layout()
     _save(fig, path)
@@ -97,7 +97,7 @@ def plot_by_instance_folder(out: dict, path, label: str) -> None:
     not yet told, so it may sit below chance), and, when present, the reliability diagram and confusion
     matrix. No paper or human curves: those are Omniglot's."""
     plt = _pyplot()
-    trust = "calibration" in out and "confusion" in out
+    trust = "calibration" in out and "counts" in out.get("confusion", {})
     fig = plt.figure(figsize=(10, 9 if trust else 4.5))
     grid = fig.add_gridspec(2 if trust else 1, 2)
     ax = fig.add_subplot(grid[0, :])

@@ -244,3 +244,12 @@ def test_the_folder_plot_draws_model_baselines_and_chance_only(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
     assert any("chance" in t for t in seen["labels"]) and any("nearest-centroid" in t for t in seen["labels"])
     assert not any("paper" in t or "Human" in t for t in seen["labels"])
+
+
+def test_a_confusion_of_hundreds_of_classes_keeps_only_the_pairs_that_occurred(monkeypatch):
+    monkeypatch.setattr(trust, "DENSE_CONFUSION", 2)
+    scores = np.array([[2.0, 1.0], [0.0, 1.0], [3.0, 0.0], [0.0, 1.0]])
+    known = trust.QueryScores(scores, np.array([0, 0, 1, 1]), np.array([[0, 1], [0, 1], [2, 1], [2, 1]]))
+    _, confusion = trust.per_class(known, ["a", "b", "c"])
+    assert "counts" not in confusion
+    assert sorted(confusion["nonzero"]) == [[0, 0, 1], [0, 1, 1], [1, 1, 1], [1, 2, 1]]  # the dense matrix's entries
