@@ -2,7 +2,7 @@
 (decoded and embedded once), the last answers and the running reliability check.
 
 Every computation is the engine's: ``predict.check_support`` / ``support_inputs`` /
-``query_inputs`` / ``predict_probabilities`` / ``summarise`` / ``to_csv`` (the same answers and
+``query_inputs`` / ``predict_scores`` (with the checkpoint's calibration) / ``summarise`` / ``to_csv`` (the same answers and
 the same CSV as ``fewshot-mann predict``), ``folder.decode_uploads`` (the folder checks of
 ``inspect``, on bytes), ``kshot.kshot_table`` (accuracy on the user's classes and the
 baselines). This module keeps their results and turns them into what the page shows
@@ -94,6 +94,7 @@ class Session:
         self.device, self.orders, self.seed = device, orders, seed
         self.lock = threading.Lock()  # one computation at a time (one model, few cores)
         self.checkpoint = self.cfg = self.model = None
+        self.calibration = None
         self.info: dict = {}
         self.support: Support | None = None
         self.answers: list[dict] | None = None
@@ -120,6 +121,8 @@ class Session:
             cfg, entry = ckpt["config_obj"], registry().get(name, {})
             e = cfg.episodes
             self.checkpoint, self.cfg, self.model = name, cfg, model.eval()
+            from fewshot_mann.reporting.calibration import checkpoint_calibration
+            self.calibration = checkpoint_calibration(ckpt)  # temperature and unknown threshold, as predict
             self.support, self.answers = None, None
             self.info = {
                 "name": name, "model": cfg.model.model, "encoder": cfg.model.encoder, "labels": e.labels,
@@ -176,7 +179,8 @@ class Session:
         from fewshot_mann.data.images import BadImage
         from fewshot_mann.data.scan import is_image_name
         from fewshot_mann.models.inputs import image_reader
-        from fewshot_mann.engine.predict import predict_probabilities, query_inputs, summarise, warn_support_copies
+        from fewshot_mann.engine.predict import predict_scores, query_inputs, summarise, support_cap, warn_support_copies
+        from fewshot_mann.engine.predict_trust import calibrated
 
         self._model_needed()
         if self.support is None:
@@ -201,9 +205,10 @@ class Session:
             with captured_warnings() as more:
                 warn_support_copies(names, digests, s.data)
                 inputs = query_inputs(cfg, np.stack(images))
-                probs = predict_probabilities(s.net, cfg, s.bank, inputs, orders=self.orders, seed=self.seed,
-                                              device=self.device)
-            results = summarise(s.bank.names, probs, threshold, names)
+                scores = predict_scores(s.net, cfg, s.bank, inputs, orders=self.orders, seed=self.seed,
+                                        device=self.device)
+            probs, known, unknown_threshold = calibrated(scores, self.calibration, s.bank, support_cap(cfg))
+            results = summarise(s.bank.names, probs, threshold, names, known, unknown_threshold)
             near = nearest_support(s.bank.images, inputs)
             self.answers = results
             rows = [{**res, "src": thumbnail(img), "nearest": [int(i) for i in idx],

@@ -102,11 +102,11 @@ def _evaluate(argv) -> int:
         return 0
     res.pop("_per_episode")
     report(args, argv, ckpt, cfg, res, bank, pixel_parts.part(kind), kind,
-           seconds=seconds, device=device, nonfinite=nonfinite)
+           seconds=seconds, device=device, nonfinite=nonfinite, model=model)
     return 0
 
 
-def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonfinite) -> None:
+def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonfinite, model=None) -> None:
     """Print the table (and, on folder data, the nearest-centroid baselines); write --json/--plot."""
     from fewshot_mann.engine.evaluation import format_table
     from fewshot_mann.reporting.records import training_record, write_evaluation
@@ -125,6 +125,8 @@ def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonf
                                           device=device)
         for base in baselines:
             print(f"{base['name']:<32} " + " ".join(f"{100 * a:7.1f}" for a in base["accuracy_by_instance"]))
+        if model is not None:
+            res = {**res, **evaluation_trust(model, bank, cfg, args, ckpt, device)}
     out = {**res, "classes": kind, "class_names": list(bank.names), "num_classes": bank.num_classes,
            **({"baselines": baselines} if baselines else {}),
            "checkpoint": str(args.checkpoint),
@@ -134,6 +136,22 @@ def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonf
            "date": time.strftime("%Y-%m-%d"), "device": str(device),
            **({"warning": "non-finite weights: the numbers are not a measurement"} if nonfinite else {})}
     write_evaluation(out, args.json, args.plot, cfg.model.model)
+
+
+def evaluation_trust(model, bank, cfg, args, ckpt, device) -> dict:
+    """Per-class accuracy, the confusion matrix and calibration of the answers from the 2nd presentation of a
+    class on (``trust.evaluation_scores``), with the checkpoint's temperature; a line for each."""
+    from fewshot_mann.engine.trust import evaluation_scores, trust_blocks
+    from fewshot_mann.reporting.calibration import checkpoint_calibration
+
+    scores = evaluation_scores(model, bank, cfg.episodes, args.episodes, args.seed, args.batch_size, device)
+    blocks = trust_blocks(scores, None, list(bank.names), checkpoint_calibration(ckpt), cfg.episodes.instances - 1,
+                          cfg.episodes.ways)
+    c = blocks["calibration"]
+    print(f"answers from the 2nd presentation on, over the episode's labels: calibration error (ECE, 15 bins) "
+          f"{c['before']['ece']:.3f} at temperature 1, {c['ece']:.3f} at {c['temperature']:.3g} ({c['fitted_on']})")
+    blocks["calibration"]["answers"] = "steps from the 2nd presentation of their class on, over the episode's labels"
+    return blocks
 
 
 if __name__ == "__main__":

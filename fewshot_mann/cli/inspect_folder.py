@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from fewshot_mann.cli.common import add_shared_flags, parse_checked, run_guarded
+from fewshot_mann import limits
+from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_checked, run_guarded
 from fewshot_mann.config import RESIZE_POLICIES, Config
 
 
@@ -22,6 +23,16 @@ def parser() -> argparse.ArgumentParser:
                      seed=d.train.seed, seed_help="the seed of the class split (train.py --seed)",
                      image_size=d.data.image_size, channels=d.data.channels)
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=d.data.resize)
+    p.add_argument("--checkpoint", default=None, help="read the images as this model does (its resolution, channels, "
+                                                      "resize); implies --for kshot unless --for says otherwise")
+    p.add_argument("--for", dest="use", choices=("train", "kshot", "predict"), default=None,
+                   help="what the folder is for: train (episodes and the class split; the default without "
+                        "--checkpoint), kshot (--ways classes with --shots + --queries images) or predict (a support "
+                        "folder: 2 classes or more)")
+    add_flag(p, "--shots", type=int, default=5, problem=at_least(1, "--shots", high=limits.MAX_SHOTS),
+             help="--for kshot: labelled images a class")
+    add_flag(p, "--queries", type=int, default=1, problem=at_least(1, "--queries", high=limits.MAX_SHOTS),
+             help="--for kshot: query images a class")
     add_shared_flags(p, "json", "no_progress", json_help="also write the report as JSON ('-' = stdout only)")
     return p
 
@@ -35,9 +46,16 @@ def _inspect(argv) -> int:
     from fewshot_mann.fileio import atomic_write_json
 
     args = parse_checked(parser(), argv)
-    report = inspect_folder(args.folder, ways=args.ways, instances=args.instances, image_size=args.image_size,
+    use = args.use or ("kshot" if args.checkpoint else "train")
+    reader = None
+    if args.checkpoint:
+        from fewshot_mann.engine.checkpoint import load_checkpoint
+        from fewshot_mann.models.inputs import image_reader
+        reader = image_reader(load_checkpoint(args.checkpoint)["config_obj"])
+    instances = args.shots + args.queries if use == "kshot" else args.instances
+    report = inspect_folder(args.folder, ways=args.ways, instances=instances, image_size=args.image_size,
                             channels=args.channels, resize=args.resize, test_classes=args.test_classes, seed=args.seed,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, use=use, reader=reader)
     if args.json == "-":
         print(json.dumps(report, indent=2))
     else:

@@ -32,10 +32,16 @@ def parser() -> argparse.ArgumentParser:
              help="meta-fine-tune a copy of the model on each episode's support set for STEPS steps first")
     add_shared_flags(p, "finetune")
     p.add_argument("--no-baselines", action="store_true", help="skip the nearest-centroid baselines")
+    add_flag(p, "--unknown-queries", type=int, default=0, metavar="Q",
+             problem=at_least(0, "--unknown-queries", high=limits.MAX_SHOTS),
+             help="add Q queries a trial from classes outside it and report the AUROC of known vs unknown "
+                  "(JSON \"open_set\"); needs more classes than --ways")
     p.add_argument("--within-alphabet", action="store_true",
                    help="every trial's classes from one alphabet (Omniglot: the part of a class name before its "
                         "last /), the harder original one-shot protocol; default: classes from all")
     add_shared_flags(p, "no_feature_cache", "no_progress", "json", "allow_trained_classes")
+    add_shared_flags(p, "plot", plot_help="write a PNG of accuracy by shots (the model, its baselines on the same "
+                                          "trials, chance), reliability diagrams and confusion matrices")
     return p
 
 
@@ -75,6 +81,7 @@ def _kshot_rows(argv) -> int:
     from fewshot_mann.engine.kshot import kshot_table
     from fewshot_mann.engine.trainer import resolve_device
     from fewshot_mann.fileio import atomic_write_json
+    from fewshot_mann.reporting.calibration import checkpoint_calibration
     from fewshot_mann.reporting.records import environment
 
     args = parse_checked(parser(), argv)
@@ -98,6 +105,8 @@ def _kshot_rows(argv) -> int:
 
         images = load_image_parts(cfg, progress=False, recorded=recorded, cache=not args.no_feature_cache).part(kind)
         finetuner = Finetuner(cfg.model, settings_for(args.finetune), images.images, seed=args.seed)
+    calibration = checkpoint_calibration(ckpt)
+    print(f"calibration: {calibration.fitted_on}")
     rows, baselines, failed = [], [], []
     for ways in args.ways or [cfg.episodes.ways]:  # row by row: a row that cannot run keeps the others
         for shots in args.shots:
@@ -106,6 +115,7 @@ def _kshot_rows(argv) -> int:
                                         queries=args.queries, adapt=args.adapt, baselines=not args.no_baselines,
                                         backbone=is_backbone(cfg.model.encoder), device=device,
                                         progress=not args.no_progress, within_alphabet=args.within_alphabet,
+                                        unknown_queries=args.unknown_queries, calibration=calibration,
                                         finetuner=finetuner)
             except DataError as exc:
                 failed.append({"ways": ways, "shots": shots, "error": str(exc)})
@@ -121,6 +131,10 @@ def _kshot_rows(argv) -> int:
                                       **({"not_run": failed} if failed else {}), "date": time.strftime("%Y-%m-%d"),
                                       "environment": environment()})
         print(f"wrote {args.json}" + (f" ({len(rows)} of {len(rows) + len(failed)} rows)" if failed else ""))
+    if args.plot and rows:
+        from fewshot_mann.reporting.trust_plots import plot_kshot
+        plot_kshot(rows, baselines, args.plot, f"{cfg.model.model} on {cfg.data.dataset}")
+        print(f"wrote {args.plot}")
     if failed:
         raise DataError(f"{len(failed)} of the {len(rows) + len(failed)} rows could not run (first: "
                         f"{failed[0]['ways']}-way {failed[0]['shots']}-shot: {failed[0]['error']})")

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from fewshot_mann import limits
-from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_checked, run_guarded, set_threads
+from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, output_file, parse_checked, run_guarded,
+                                     set_threads)
 from fewshot_mann.config import RESIZE_POLICIES
 from fewshot_mann.errors import DataError
 
@@ -37,6 +38,10 @@ def parser() -> argparse.ArgumentParser:
                    help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
     add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
     add_shared_flags(p, "no_feature_cache")  # accepted as by every command that embeds images; predict never caches
+    add_flag(p, "--summary-json", default=None, metavar="PATH", problem=output_file("--summary-json"),
+             help="write the summary (counts by answer, low confidence, unknown; per-class accuracy and the confusion "
+                  "matrix when the --query folder's sub-folders are named like support classes) and the calibration "
+                  "used as a JSON object")
     add_shared_flags(p, "json", "csv", "batch_size", "device", "threads", json_help="write the results as a JSON list",
                      batch_size=256, batch_size_help="sequences per forward pass")
     return p
@@ -48,7 +53,8 @@ def main(argv=None) -> int:
 
 def _predict(argv) -> int:
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, refuse_nonfinite
-    from fewshot_mann.engine.predict import format_results, predict, to_csv
+    from fewshot_mann.engine.predict import format_results, predict, support_cap, to_csv
+    from fewshot_mann.reporting.calibration import checkpoint_calibration
     from fewshot_mann.engine.trainer import resolve_device
     from fewshot_mann.fileio import atomic_write_json, atomic_write_text
 
@@ -64,9 +70,10 @@ def _predict(argv) -> int:
         cfg.data.resize = args.resize
     model = load_model_from_checkpoint(ckpt, device)
     refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
+    calibration = checkpoint_calibration(ckpt)
     results, bank = predict(model, cfg, args.support, args.query, orders=args.orders, threshold=args.threshold,
                             seed=args.seed, batch_size=args.batch_size, device=device, adapt=args.adapt,
-                            finetune=args.finetune)
+                            finetune=args.finetune, calibration=calibration)
     cut = (1 + 1 / bank.num_classes) / 2 if args.threshold is None else args.threshold
     print(f"{cfg.model.model} checkpoint, {bank.num_classes} support classes "
           f"({', '.join(f'{n} {c}' for n, c in zip(bank.names, bank.counts))} images), "
@@ -74,13 +81,47 @@ def _predict(argv) -> int:
           + (f", adapted {args.adapt} steps to the support set" if args.adapt else "")
           + (f", backbone fine-tuned {args.finetune} steps to the support images" if args.finetune else ""))
     print(format_results(results))
+    report = trust_summary(results, bank, args, calibration, support_cap(cfg))
     if args.json:
         atomic_write_json(args.json, results)
         print(f"wrote {args.json}")
     if args.csv:
         atomic_write_text(args.csv, to_csv(results, bank.names))
         print(f"wrote {args.csv}")
+    if args.summary_json:
+        atomic_write_json(args.summary_json, report)
+        print(f"wrote {args.summary_json}")
     return 0
+
+
+def trust_summary(results: list[dict], bank, args, calibration, cap: int) -> dict:
+    """Print the summary line, what the calibration means and (truth known) per-class accuracy; return them."""
+    from fewshot_mann.engine import predict_trust as pt
+    from fewshot_mann.reporting.calibration import default_low_confidence
+
+    names = list(bank.names)
+    shots = pt.support_shots(bank, cap)
+    fit = calibration.for_shots(shots)
+    out = {"summary": pt.summary(results, names), "calibration": {**calibration.to_dict(), "used": vars(fit) if
+                                                                   calibration.fitted else None}}
+    print(pt.summary_line(out["summary"]))
+    if not calibration.fitted:
+        print("calibration: none in this checkpoint (temperature 1): the confidences are the model's own, "
+              "not measured frequencies; no unknown threshold")
+    else:
+        cut = default_low_confidence(calibration.ways)
+        print(f"calibration: temperature {fit.temperature:.3g} ({fit.shots}-shot), fitted on {calibration.fitted_on}")
+        if fit.unflagged_accuracy is not None:
+            print(f"  there ({calibration.ways}-way {fit.shots}-shot), answers at or above {cut:.2f} were "
+                  f"{100 * fit.fraction_unflagged:.0f} % of all and right {100 * fit.unflagged_accuracy:.0f} % of the time")
+        if fit.unknown_caught is not None:
+            print(f"  there, the unknown threshold called {100 - 100 * calibration.known_kept:.0f} % of known queries "
+                  f"unknown and caught {100 * fit.unknown_caught:.0f} % of queries from other classes")
+    truth = pt.query_truth(args.query, results, names)
+    if truth is not None:
+        out["per_class"], out["confusion"] = pt.per_class(results, truth, names)
+        print(pt.format_per_class(out["per_class"]))
+    return out
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ def check_scored(ckpt: dict, bank: ClassBank, kind: str, *, allow: bool = False,
     if kind == "training":
         return
     if recorded_classes(ckpt) is None:
-        print("note: this checkpoint predates class records, so fewshot-mann cannot check that the scored "
-              "classes were not trained on", file=sys.stderr)
+        if first_time(ckpt, "class-records"):
+            print("note: this checkpoint predates class records, so fewshot-mann cannot check that the scored "
+                  "classes were not trained on (said once per checkpoint)", file=sys.stderr)
         return
     classes, images = trained_overlap(ckpt, bank.names, digests)
     if not classes and not images:
@@ -61,6 +62,34 @@ def check_scored(ckpt: dict, bank: ClassBank, kind: str, *, allow: bool = False,
         raise DataError(f"{overlap}, so the accuracy would not be held-out; score other classes, or pass "
                         "--allow-trained-classes to score them anyway")
     print(f"warning: {overlap}: not a held-out result", file=sys.stderr)
+
+
+def first_time(ckpt: dict, note: str) -> bool:
+    """Whether ``note`` has not been given for this checkpoint yet (its config, command and training length),
+    remembered in the cache folder's ``notes-given.json``; True (say it) whenever that file cannot be used."""
+    import hashlib
+    import json
+
+    from fewshot_mann.data.omniglot import cache_dir
+    from fewshot_mann.fileio import atomic_write_text
+
+    key = note + ":" + hashlib.sha256(json.dumps([ckpt.get("config"), ckpt.get("command"), ckpt.get("episodes_done")],
+                                                 sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = cache_dir() / "notes-given.json"
+    try:
+        given = json.loads(path.read_text()) if path.is_file() else []
+        if not isinstance(given, list):
+            given = []
+    except (OSError, ValueError):
+        given = []
+    if key in given:
+        return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps((given + [key])[-1000:]))
+    except OSError:
+        pass
+    return True
 
 
 def bank_digests(parts, bank: ClassBank) -> list[str] | None:

@@ -76,9 +76,11 @@ def finetuned_bank(bank: ClassBank, finetuner, cfg: EpisodeConfig, shots: int, s
 
 def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, shots: int,
                    episodes: int = 1000, seed: int = 0, batch_episodes: int | None = None, device="cpu",
-                   queries: int = 1, adapt: int = 0, progress: bool = False, groups=None, finetuner=None) -> dict:
+                   queries: int = 1, adapt: int = 0, progress: bool = False, groups=None,
+                   scores: list | None = None, finetuner=None) -> dict:
     """N-way ``shots``-shot accuracy (mean over each episode's queries) and its 95% CI over episodes.
     ``groups``: each episode's classes from one group (``episodes.name_groups``: an alphabet).
+    ``scores``: a list that gets each batch's ``trust.QueryScores`` (class scores of every query).
 
     ``adapt`` > 0: each episode is answered by a copy of the model meta-fine-tuned for that
     many steps on its support set (``adapt.adapt_to_support``). ``finetuner`` (``fewshot.finetune.
@@ -108,6 +110,9 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
         with torch.inference_mode():
             logits = net(tb.images, tb.label_inputs)
         correct = correct_steps(logits[:, -1:], tb.targets[:, -1:], cfg)[:, 0]
+        if scores is not None:
+            from fewshot_mann.engine.trust import QueryScores
+            scores.append(QueryScores.from_logits(logits[:, -1], seq, cfg.group_size))
         per_episode.append(correct.double().view(count, per_row).mean(1).cpu().numpy())
         if bar is not None:
             bar.update(count)
@@ -157,12 +162,15 @@ def loo_accuracy(x: np.ndarray, labels: np.ndarray, norm: str = "none") -> float
 def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[int], shots_list: list[int],
                 episodes: int, seed: int, queries: int = 1, adapt: int = 0, baselines: bool = True,
                 backbone: bool = False, device="cpu", progress: bool = True, log=print,
-                within_alphabet: bool = False, finetuner=None) -> tuple[list, list]:
+                within_alphabet: bool = False, unknown_queries: int = 0, calibration=None,
+                finetuner=None) -> tuple[list, list]:
     """``kshot_accuracy`` for every (ways, shots), and the nearest-centroid baselines on the
     same episodes; ``pixels``: the raw-pixel bank of the same classes (``bank`` may hold
     backbone features). Classes with fewer than shots + queries images are left out of
     that row, with a warning. Returns (rows, baseline rows); ``log`` gets a line for each.
     ``within_alphabet``: every episode's classes from one alphabet (``episodes.name_groups``).
+    Each row also holds ``trust.trust_blocks`` (per_class, confusion, calibration at ``calibration``, a
+    ``reporting.calibration.Calibration``; and open_set with ``unknown_queries`` outside-class queries a trial).
     ``finetuner``: a ``Finetuner`` over the images of ``bank``'s rows (see ``kshot_accuracy``)."""
     from fewshot_mann.data.episodes import name_groups
     from fewshot_mann.data.class_split import drop_small_classes
@@ -179,8 +187,10 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
             check_bank(kept, dataclasses.replace(ep_cfg, instances=shots + queries), "held-out classes")
             groups = name_groups(kept.names) if within_alphabet else None
             t0 = time.perf_counter()
+            scores: list = []
             res = kshot_accuracy(model, kept, ep_cfg, shots, episodes, seed, device=device,
-                                 queries=queries, adapt=adapt, progress=progress, groups=groups, finetuner=tuner)
+                                 queries=queries, adapt=adapt, progress=progress, groups=groups, scores=scores,
+                                 finetuner=tuner)
             if within_alphabet:
                 res["within"] = "alphabet"
             res["seconds"] = round(time.perf_counter() - t0, 2)
@@ -191,6 +201,11 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
                 f"{f', fine-tuned {finetuner.settings.steps} steps' if finetuner else ''}; {episodes} episodes, "
                 f"{queries} queries per class, {kept.num_classes} classes, seed {seed}"
                 f"{', classes of one alphabet per episode' if within_alphabet else ''})")
+            if (adapt or finetuner) and unknown_queries:
+                log(f"  --unknown-queries is not measured with --{'adapt' if adapt else 'finetune'} "
+                    "(each trial's tuned copy is not kept)")
+            res.update(_trust(model, kept, ep_cfg, shots, episodes, seed, queries, groups, device, scores,
+                              0 if (adapt or finetuner) else unknown_queries, calibration, log))
             if not baselines:
                 continue
             from fewshot_mann.engine.baselines import baselines_for, kshot_baselines
@@ -200,3 +215,34 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
                 base_rows.append(base)
                 log(f"  {base['name']:<38} {100 * base['accuracy']:.1f} ± {100 * base['ci95']:.1f} %")
     return rows, base_rows
+
+
+def _trust(model, bank: ClassBank, cfg, shots: int, episodes: int, seed: int, queries: int, groups, device,
+           scores: list, unknown_queries: int, calibration, log) -> dict:
+    """``trust.trust_blocks`` of one kshot row, with a line for the log."""
+    from fewshot_mann.engine.trust import QueryScores, trust_blocks, unknown_query_scores
+    from fewshot_mann.reporting.calibration import Calibration
+
+    if not scores:  # an accuracy function that kept no class scores (a test's stand-in): nothing to add
+        return {}
+    calibration = calibration or Calibration.none()
+    unknown = None
+    if unknown_queries:
+        if bank.num_classes <= cfg.ways:
+            log(f"  --unknown-queries: no class outside a {cfg.ways}-way trial among {bank.num_classes}; not measured")
+        else:
+            unknown = unknown_query_scores(model, bank, cfg, shots, episodes, seed, queries, unknown_queries, groups,
+                                           device)
+    blocks = trust_blocks(QueryScores.concat(scores), unknown, list(bank.names), calibration, shots, cfg.ways)
+    c = blocks["calibration"]
+    log(f"  calibration error (ECE, 15 bins): {c['before']['ece']:.3f} at temperature 1, {c['ece']:.3f} at "
+        f"temperature {c['temperature']:.3g}; answers above {c['low_confidence']['threshold']:.2f}: "
+        f"{100 * c['low_confidence']['fraction_unflagged']:.0f} %, right "
+        + (f"{100 * c['low_confidence']['unflagged_accuracy']:.1f} %" if c['low_confidence']['unflagged_accuracy']
+           is not None else "-"))
+    if "open_set" in blocks:
+        o = blocks["open_set"]
+        log(f"  unknown classes: AUROC {o['auroc']:.3f} ({o['known_queries']} known, {o['unknown_queries']} unknown queries)"
+            + (f"; at the threshold {100 * o['unknown_called_unknown']:.0f} % of unknown and "
+               f"{100 * o['known_called_unknown']:.0f} % of known called unknown" if "unknown_threshold" in o else ""))
+    return blocks

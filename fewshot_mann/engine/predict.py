@@ -98,28 +98,41 @@ def _label_inputs(step_class: np.ndarray, codes: np.ndarray, group_size: int) ->
     return torch.cat([torch.zeros(1, onehot.shape[1]), onehot], dim=0)
 
 
-def class_probabilities(last_logits: torch.Tensor, codes: torch.Tensor, group_size: int) -> torch.Tensor:
+def class_probabilities(last_logits: torch.Tensor, codes: torch.Tensor, group_size: int,
+                        temperature: float = 1.0) -> torch.Tensor:
     """Output at the query step -> probability of each support class.
 
     last_logits: (B, groups * group_size); codes: (B, classes, groups) label symbols of
     each class. Returns (B, classes): softmax over the classes of the summed per-group
     log-probabilities of their labels, i.e. the label distribution restricted to the
-    labels in use and renormalised.
+    labels in use and renormalised; ``temperature``: the class scores divided by it first (a checkpoint's
+    calibration, ``reporting.calibration``).
     """
     b, groups = last_logits.shape[0], codes.shape[-1]
     logp = torch.log_softmax(last_logits.view(b, groups, group_size).float(), dim=-1)  # (B,G,S)
     picked = torch.gather(logp.unsqueeze(1).expand(-1, codes.shape[1], -1, -1), 3, codes.unsqueeze(-1))
-    return torch.softmax(picked.squeeze(-1).sum(-1), dim=-1)
+    return torch.softmax(picked.squeeze(-1).sum(-1) / temperature, dim=-1)
+
+
+def predict_probabilities(model: torch.nn.Module, cfg: Config, support: ClassBank, queries: np.ndarray,
+                          orders: int = 8, seed: int = 0, batch_size: int = 256, device="cpu",
+                          temperature: float = 1.0) -> np.ndarray:
+    """(orders, queries, classes) class probabilities, see the module docstring: the softmax of
+    ``predict_scores`` divided by ``temperature``."""
+    scores = torch.from_numpy(predict_scores(model, cfg, support, queries, orders, seed, batch_size, device))
+    return torch.softmax(scores.double() / temperature, dim=-1).float().numpy()
 
 
 @torch.inference_mode()
-def predict_probabilities(model: torch.nn.Module, cfg: Config, support: ClassBank, queries: np.ndarray,
-                          orders: int = 8, seed: int = 0, batch_size: int = 256, device="cpu") -> np.ndarray:
-    """(orders, queries, classes) class probabilities, see the module docstring.
+def predict_scores(model: torch.nn.Module, cfg: Config, support: ClassBank, queries: np.ndarray,
+                   orders: int = 8, seed: int = 0, batch_size: int = 256, device="cpu") -> np.ndarray:
+    """(orders, queries, classes) class scores (``trust.class_scores``: the logit of each class's label).
 
     support: the labelled classes; queries: (Q, C, H, W) uint8. The Q x orders sequences
     run in batches of ``batch_size``; each is (its order's support sequence) + (one query).
     """
+    from fewshot_mann.engine.trust import class_scores
+
     model.eval()
     seqs = [support_sequence(support, cfg, np.random.default_rng([_PREDICT_STREAM, seed, o])) for o in range(orders)]
     sup_images = torch.from_numpy(np.stack([s[0] for s in seqs]))  # (O,S,C,H,W) uint8
@@ -138,8 +151,7 @@ def predict_probabilities(model: torch.nn.Module, cfg: Config, support: ClassBan
         if pixels:  # backbone features are used as they are
             images = images.div_(255.0)
         logits = model(images, sup_labels[o_idx].to(device))
-        probs = class_probabilities(logits[:, -1], codes[o_idx].to(device), cfg.episodes.group_size)
-        out[o_idx, q_idx] = probs.cpu()
+        out[o_idx, q_idx] = class_scores(logits[:, -1], codes[o_idx].to(device), cfg.episodes.group_size).cpu()
     return out.numpy()
 
 
@@ -161,8 +173,11 @@ def expand_queries(paths: list[str]) -> list[Path]:
     return files
 
 
-def summarise(names: list[str], probs: np.ndarray, threshold: float | None, queries: list[str]) -> list[dict]:
-    """One dict per query from (orders, queries, classes) probabilities."""
+def summarise(names: list[str], probs: np.ndarray, threshold: float | None, queries: list[str],
+              known: np.ndarray | None = None, unknown_threshold: float | None = None) -> list[dict]:
+    """One dict per query from (orders, queries, classes) probabilities. ``known`` (Q,): each query's
+    known score (``reporting.calibration.known_score`` of its class scores averaged over orders); with
+    ``unknown_threshold``, a query below it is ``"unknown": true`` (``"unknown": null``: no threshold)."""
     mean = probs.mean(0)  # (Q, classes)
     votes = probs.argmax(-1)  # (O, Q)
     cut = (1.0 + 1.0 / len(names)) / 2.0 if threshold is None else threshold
@@ -177,6 +192,9 @@ def summarise(names: list[str], probs: np.ndarray, threshold: float | None, quer
             "order_agreement": round(float((votes[:, q] == best).mean()), 6),
             "probabilities": {n: round(float(p), 6) for n, p in zip(names, mean[q])},
         })
+        if known is not None:
+            results[-1]["known_score"] = round(float(known[q]), 6)
+            results[-1]["unknown"] = None if unknown_threshold is None else bool(known[q] < unknown_threshold)
     return results
 
 
@@ -185,23 +203,28 @@ def format_results(results: list[dict], top: int = 3) -> str:
                 "probabilities": {printable(n): p for n, p in r["probabilities"].items()}} for r in results]
     width = max([len("query")] + [len(r["query"]) for r in results])
     pw = max([len("prediction")] + [len(r["prediction"]) for r in results])
-    lines = [f"{'query':<{width}}  {'prediction':<{pw}}  prob   agree  other classes"]
+    # the orders' agreement says nothing when it is the same for every query (an order-free model: 1.00)
+    agree = len({r["order_agreement"] for r in results}) > 1
+    lines = [f"{'query':<{width}}  {'prediction':<{pw}}  prob   {'agree  ' if agree else ''}other classes"]
     for r in results:
         others = sorted(((p, n) for n, p in r["probabilities"].items() if n != r["prediction"]), reverse=True)[:top - 1]
         rest = ", ".join(f"{n} {p:.2f}" for p, n in others)
-        flag = "  LOW CONFIDENCE" if r["low_confidence"] else ""
+        flag = ("  UNKNOWN (none of these classes?)" if r.get("unknown") else "") + \
+            ("  LOW CONFIDENCE" if r["low_confidence"] else "")
         lines.append(f"{r['query']:<{width}}  {r['prediction']:<{pw}}  {r['confidence']:.2f}   "
-                     f"{r['order_agreement']:.2f}   {rest}{flag}")
+                     + (f"{r['order_agreement']:.2f}   " if agree else "") + f"{rest}{flag}")
     return "\n".join(lines)
 
 
 def to_csv(results: list[dict], names: list[str]) -> str:
     buf = io.StringIO()
     w = csv_writer(buf)  # names starting with = + - @ written as text, never as spreadsheet formulas
-    w.writerow(["query", "prediction", "confidence", "low_confidence", "order_agreement", *[f"p({n})" for n in names]])
+    w.writerow(["query", "prediction", "confidence", "low_confidence", "order_agreement", *[f"p({n})" for n in names],
+                "unknown"])
     for r in results:
+        unknown = "none" if r.get("unknown") is None else str(r["unknown"]).lower()  # none: no threshold in the checkpoint
         w.writerow([r["query"], r["prediction"], f"{r['confidence']:.6f}", str(r["low_confidence"]).lower(),
-                    f"{r['order_agreement']:.6f}", *[f"{r['probabilities'][n]:.6f}" for n in names]])
+                    f"{r['order_agreement']:.6f}", *[f"{r['probabilities'][n]:.6f}" for n in names], unknown])
     return buf.getvalue()
 
 
@@ -321,12 +344,14 @@ def finetuned_inputs(cfg: Config, support: ClassBank, queries: np.ndarray, steps
 
 def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list[str], orders: int = 8,
             threshold: float | None = None, seed: int = 0, batch_size: int = 256, device="cpu", adapt: int = 0,
-            finetune: int = 0):
+            finetune: int = 0, calibration=None):
     """Classify the query images from the support folder: (results, support bank); see the
     module docstring for the protocol and ``summarise`` for a result. ``adapt`` > 0: answered
     by a copy of the model meta-fine-tuned that many steps on the support set (``adapted``).
     ``finetune`` > 0: the backbone's last layers fine-tuned that many steps to the support images first
-    (``finetuned_inputs``)."""
+    (``finetuned_inputs``). ``calibration`` (``reporting.calibration.Calibration``; None: temperature 1,
+    no unknown threshold): the fit nearest the support's shots (``predict_trust.support_shots``) sets the
+    temperature and the unknown threshold."""
     from fewshot_mann.models.inputs import image_reader
 
     reader = image_reader(cfg)
@@ -341,9 +366,11 @@ def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list
         queries = query_inputs(cfg, images)
     if adapt:
         model = adapted(model, cfg, bank, adapt, seed)
-    probs = predict_probabilities(model, cfg, bank, queries, orders=orders, seed=seed, batch_size=batch_size,
-                                  device=device)
-    return summarise(bank.names, probs, threshold, names), bank
+    from fewshot_mann.engine.predict_trust import calibrated
+    probs, known, unknown_threshold = calibrated(predict_scores(model, cfg, bank, queries, orders=orders, seed=seed,
+                                                                batch_size=batch_size, device=device),
+                                                 calibration, bank, support_cap(cfg))
+    return summarise(bank.names, probs, threshold, names, known, unknown_threshold), bank
 
 
 def _backbone_weights(cfg: Config) -> str | None:

@@ -22,6 +22,9 @@ def _save(fig, path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+pyplot, save_figure = _pyplot, _save  # for the other plot modules (reporting/trust_plots.py)
+
+
 def plot_by_instance(results: list[tuple[str, dict]], path, paper_rows=("MANN", "Human"),
                      title: str = "Held-out accuracy by instance") -> None:
     """Accuracy vs instance with 95% CI bands, and the paper's rows (Table 1) for reference."""

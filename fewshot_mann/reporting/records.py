@@ -48,6 +48,10 @@ def write_evaluation(out: dict, json_path, plot_path, label: str) -> None:
         from fewshot_mann.fileio import atomic_write_json
         atomic_write_json(json_path, {**out, "environment": environment()})
         print(f"wrote {json_path}")
-    if plot_path:
+    if plot_path and (out.get("config") or {}).get("data", {}).get("dataset", "omniglot") != "omniglot":
+        from fewshot_mann.reporting.trust_plots import plot_by_instance_folder
+        plot_by_instance_folder(out, plot_path, label)  # the paper's Omniglot curves are another task
+        print(f"wrote {plot_path}")
+    elif plot_path:
         plot_by_instance([(f"{label} ({out['episodes']} episodes, 95% CI)", out)], plot_path)
         print(f"wrote {plot_path}")

@@ -149,3 +149,25 @@ def test_serve_needs_a_free_port_and_a_real_checkpoint(folders, capsys):
     assert "no-such.pt does not exist" in capsys.readouterr().err
     assert cli.main(["serve", "--port", "0", "--no-browser"]) == 2
     assert "--port must be between 1 and 65535" in capsys.readouterr().err
+
+
+def test_the_page_answers_with_the_checkpoints_calibration_as_predict_does(folders, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from fewshot_mann.reporting.calibration import Calibration, ShotsCalibration
+
+    ckpt = torch.load(folders["ckpt"], weights_only=True)
+    ckpt["calibration"] = Calibration("unit test", 3, (ShotsCalibration(3, 0.5, 1e9),)).to_dict()
+    calibrated = tmp_path / "calibrated.pt"
+    torch.save(ckpt, calibrated)
+    session = Session([str(calibrated)])
+    session.choose_model(str(calibrated))
+    client = TestClient(create_app(session, TOKEN, Limits()))
+    client.post(f"/api/support?token={TOKEN}", files=support_files(folders["support"]))
+    result = client.post(f"/api/cases?token={TOKEN}", files=case_files(folders["cases"])).json()
+    assert all(r["unknown"] is True for r in result["cases"])  # a threshold above every score
+    names = sorted(p.name for p in folders["cases"].iterdir())
+    monkeypatch.chdir(folders["cases"])
+    assert cli.main(["predict", "--checkpoint", str(calibrated), "--support", str(folders["support"]),
+                     "--query", *names, "--json", str(tmp_path / "p.json")]) == 0, capsys.readouterr().err
+    assert json.loads(client.get(f"/api/answers.json?token={TOKEN}").text) == json.loads((tmp_path / "p.json").read_text())

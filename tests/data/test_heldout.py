@@ -113,6 +113,8 @@ def test_an_old_checkpoint_without_records_is_scored_with_a_note(folder_run, tmp
     torch.save(old, tmp_path / "old.pt")
     assert evaluate_main(["--checkpoint", str(tmp_path / "old.pt"), "--episodes", "4", "--no-progress"]) == 0
     assert "predates class records" in capsys.readouterr().err
+    assert evaluate_main(["--checkpoint", str(tmp_path / "old.pt"), "--episodes", "4", "--no-progress"]) == 0
+    assert "predates class records" not in capsys.readouterr().err  # once per checkpoint, not every run
 
 
 def test_evaluate_on_a_folder_reports_nearest_centroid_on_the_same_episodes(folder_run, tmp_path, capsys):
