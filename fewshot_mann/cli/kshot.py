@@ -61,6 +61,28 @@ def apply_overrides(cfg, args) -> None:
     cfg.episodes.instances = min(cfg.episodes.instances, min(args.shots) + args.queries)  # the loader's minimum
 
 
+def _write_json(args, argv, rows, baselines, failed, kind, bank, cfg, ckpt) -> None:
+    from fewshot_mann.fileio import atomic_write_json
+    from fewshot_mann.reporting.records import environment
+
+    atomic_write_json(args.json, {"results": rows, "baselines": baselines, "classes": kind,
+                                  "class_names": list(bank.names), "checkpoint": args.checkpoint,
+                                  "command": ["fewshot-mann", "kshot", *argv], "config": cfg.to_dict(),
+                                  "training": {"episodes": ckpt.get("episodes_done")},
+                                  **({"not_run": failed} if failed else {}), "date": time.strftime("%Y-%m-%d"),
+                                  "environment": environment()})
+    print(f"wrote {args.json}" + (f" ({len(rows)} of {len(rows) + len(failed)} rows)" if failed else ""))
+
+
+def _finetuner(cfg, args, recorded, kind: str):
+    """``--finetune``: a ``Finetuner`` over the decoded images of the scored classes (the banks' order)."""
+    from fewshot_mann.engine.loading import load_image_parts
+    from fewshot_mann.fewshot.finetune import Finetuner, settings_for
+
+    images = load_image_parts(cfg, progress=False, recorded=recorded, cache=not args.no_feature_cache).part(kind)
+    return Finetuner(cfg.model, settings_for(args.finetune), images.images, seed=args.seed)
+
+
 def main(argv=None) -> int:
     return run_guarded(_kshot, argv)
 
@@ -80,9 +102,7 @@ def _kshot_rows(argv) -> int:
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, warn_nonfinite
     from fewshot_mann.engine.kshot import kshot_table
     from fewshot_mann.engine.trainer import resolve_device
-    from fewshot_mann.fileio import atomic_write_json
     from fewshot_mann.reporting.calibration import checkpoint_calibration
-    from fewshot_mann.reporting.records import environment
 
     args = parse_checked(parser(), argv)
     kind = classes_option(args)
@@ -98,13 +118,7 @@ def _kshot_rows(argv) -> int:
                                           feature_cache=not args.no_feature_cache, with_pixels=True)
     bank, pixels = parts.part(kind), pixel_parts.part(kind)
     check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
-    finetuner = None
-    if args.finetune:
-        from fewshot_mann.engine.loading import load_image_parts
-        from fewshot_mann.fewshot.finetune import Finetuner, settings_for
-
-        images = load_image_parts(cfg, progress=False, recorded=recorded, cache=not args.no_feature_cache).part(kind)
-        finetuner = Finetuner(cfg.model, settings_for(args.finetune), images.images, seed=args.seed)
+    finetuner = _finetuner(cfg, args, recorded, kind) if args.finetune else None
     calibration = checkpoint_calibration(ckpt)
     print(f"calibration: {calibration.fitted_on}")
     rows, baselines, failed = [], [], []
@@ -124,13 +138,7 @@ def _kshot_rows(argv) -> int:
             rows += row
             baselines += base
     if args.json and rows:
-        atomic_write_json(args.json, {"results": rows, "baselines": baselines, "classes": kind,
-                                      "class_names": list(bank.names), "checkpoint": args.checkpoint,
-                                      "command": ["fewshot-mann", "kshot", *argv], "config": cfg.to_dict(),
-                                      "training": {"episodes": ckpt.get("episodes_done")},
-                                      **({"not_run": failed} if failed else {}), "date": time.strftime("%Y-%m-%d"),
-                                      "environment": environment()})
-        print(f"wrote {args.json}" + (f" ({len(rows)} of {len(rows) + len(failed)} rows)" if failed else ""))
+        _write_json(args, argv, rows, baselines, failed, kind, bank, cfg, ckpt)
     if args.plot and rows:
         from fewshot_mann.reporting.trust_plots import plot_kshot
         plot_kshot(rows, baselines, args.plot, f"{cfg.model.model} on {cfg.data.dataset}")

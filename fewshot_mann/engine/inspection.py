@@ -36,7 +36,7 @@ USES = ("train", "kshot", "predict")
 
 def inspect_folder(root, *, ways: int = 5, instances: int = 10, image_size: int = 20, channels: int = 1,
                    resize: str = "pad", test_classes=None, seed: int = 0, progress: bool = False,
-                   use: str = "train", reader: dict | None = None) -> dict:
+                   use: str = "train", reader: ImageReader | None = None) -> dict:
     """A JSON-ready report: {"root", "classes": [...], "problems": [...], "usable_classes", ...}.
 
     ``use``: what the folder is for (``USES``): "train" checks episodes and the class split; "kshot"
@@ -56,12 +56,7 @@ def inspect_folder(root, *, ways: int = 5, instances: int = 10, image_size: int 
     bank = data.bank
     problems: list[Problem] = list(data.problems) + too_few_images(bank, instances)
     counts = dict(zip(bank.names, (int(c) for c in bank.counts)))
-    classes = []
-    for name in data.class_folders:
-        s = data.stats.get(name, {})
-        classes.append({"name": name, "images": counts.get(name, 0),
-                        "size_min": s.get("size_min"), "size_max": s.get("size_max"),
-                        "modes": s.get("modes", []), "formats": s.get("formats", [])})
+    classes = _class_rows(data, counts)
     usable = [n for n, c in counts.items() if c >= instances]
     split = None
     if len(usable) < ways:

@@ -359,11 +359,8 @@ def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list
     support = load_support(support_path, cfg, reader)
     cfg = with_support_ways(cfg, support.bank.num_classes)
     images, names = read_queries(query_paths, cfg, reader, support)
-    bank, _ = support_inputs(cfg, support)
-    if finetune:
-        bank, queries = finetuned_inputs(cfg, support.bank, images, finetune, seed)
-    else:
-        queries = query_inputs(cfg, images)
+    bank, queries = (finetuned_inputs(cfg, support.bank, images, finetune, seed) if finetune
+                     else (support_inputs(cfg, support)[0], query_inputs(cfg, images)))
     if adapt:
         model = adapted(model, cfg, bank, adapt, seed)
     from fewshot_mann.engine.predict_trust import calibrated
