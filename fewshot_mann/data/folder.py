@@ -50,6 +50,7 @@ after classes were added to the folder, and refuses to call a trained class held
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -511,6 +512,43 @@ def _stat_stamp(f: Path) -> str:
         return "missing"
 
 
+def _probe_images() -> list[bytes]:
+    """A few fixed PNG files that exercise every reading rule: a digit-like stroke bilinear-enlarged to
+    fill its frame (ink frame, its threshold on soft edges), a small mark on a large page (BOX
+    reduction, the tiny-ink branch), a plain character framed like Omniglot's and a colour texture."""
+    ring = np.zeros((8, 8))
+    ring[1:7, 2:6], ring[2:6, 3:5] = 16, 0
+    ring[0, 3:5] = ring[7, 3:5] = 9
+    digit = Image.fromarray((255 - ring * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BILINEAR)
+    page = np.full((96, 128), 240, np.uint8)
+    page[40:46, 60:66] = 20
+    char = np.zeros((28, 28), np.uint8)
+    char[6:22, 9:12] = char[6:9, 9:20] = 255
+    texture = (np.arange(20 * 24 * 3).reshape(20, 24, 3) * 37 % 256).astype(np.uint8)
+    out = []
+    for pixels in (np.asarray(digit), page, char, texture):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def reader_fingerprint(image_size: int, channels: int, resize: str, polarity: str, ink_frame: str) -> str:
+    """A digest of what ``decode_image`` makes of the probe images with these settings: part of the
+    decode cache's key. The settings' names alone did not say how they are applied: a cache written
+    while the ink-frame rule was being changed was served later under the same name (issue 27: the
+    digits number that moved). Now other reading rules, or a Pillow that resamples differently,
+    give another key and a fresh decode."""
+    digest = hashlib.sha256()
+    for data in _probe_images():
+        try:
+            digest.update(decode_image(data, image_size, channels, resize, MAX_PIXELS, polarity, ink_frame)[0].tobytes())
+        except (BadImage, UserError) as exc:  # a setting the reader refuses: its message is the reading
+            digest.update(str(exc).encode())
+    return digest.hexdigest()[:16]
+
+
 def _cache_paths(root: Path, classes: dict[str, list[Path]], image_size: int, channels: int,
                  resize: str, max_pixels: int, polarity: str = "keep", ink_frame: str = "keep",
                  stamps: dict | None = None) -> tuple[Path, str]:
@@ -524,7 +562,8 @@ def _cache_paths(root: Path, classes: dict[str, list[Path]], image_size: int, ch
     the decode files the result under the new content, never under the old)."""
     settings = json.dumps([CACHE_VERSION, str(root), image_size, channels, resize, max_pixels]
                           + ([] if polarity == "keep" else [polarity]) + ([] if ink_frame == "keep" else
-                                                                          [f"ink-frame-{ink_frame}"]))
+                                                                          [f"ink-frame-{ink_frame}"])
+                          + [reader_fingerprint(image_size, channels, resize, polarity, ink_frame)])
     listing = hashlib.sha256()
     for name, files in classes.items():
         for f in files:
