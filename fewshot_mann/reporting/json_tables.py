@@ -19,7 +19,9 @@ A CELL is ``null`` (empty), a string (copied: a published number with its source
 - ``{"json": P, "ways": W, "shots": K}``: the model's row of a ``kshot --json`` file;
 - ``{"json": P, "baseline": NAME, "ways": W, "shots": K}``: one of its baselines (``"baselines"``);
 - ``{"json": P, "instance": I}``: accuracy at the I-th instance (1-based) of an ``evaluate --json`` file
-  (with ``"baseline": NAME``: that baseline's ``accuracy_by_instance``).
+  (with ``"baseline": NAME``: that baseline's ``accuracy_by_instance``);
+- a list of such references: the first one's accuracy, the others' in brackets, without CIs
+  (``39.3 (38.9)``: seed 0, then another seed).
 
 Every row ends with its selection and the JSON files its numbers come from; a reference that the
 file does not hold is one error naming the table, the row and the file.
@@ -45,12 +47,19 @@ def _where(table: str, row: str, path) -> str:
     return f"table {table!r}, row {row!r}, {path}"
 
 
-def cell_text(cell, root: Path, cache: dict, where: str) -> tuple[str, str | None]:
-    """(markdown, the JSON path it came from or None) of one cell."""
+def cell_text(cell, root: Path, cache: dict, where: str) -> tuple[str, list[str]]:
+    """(markdown, the JSON paths it came from) of one cell."""
     if cell is None:
-        return "", None
+        return "", []
     if isinstance(cell, str):
-        return cell, None
+        return cell, []
+    if isinstance(cell, list) and cell:
+        values, sources = [], []
+        for ref in cell:
+            text, source = cell_text(ref, root, cache, where)
+            values.append(text.split(" ± ")[0])
+            sources += source
+        return values[0] + "".join(f" ({v})" for v in values[1:]), sources
     if not isinstance(cell, dict) or not isinstance(cell.get("json"), str):
         raise UserError(f"{where}: a cell is null, a string or an object with \"json\" (got {cell!r})")
     rel = cell["json"]
@@ -63,11 +72,11 @@ def cell_text(cell, root: Path, cache: dict, where: str) -> tuple[str, str | Non
             if "baseline" in cell:
                 source = next(b for b in data["baselines"] if b["name"] == cell["baseline"])
             i = int(cell["instance"]) - 1
-            return percent(source["accuracy_by_instance"][i], source["ci95"][i]), rel
+            return percent(source["accuracy_by_instance"][i], source["ci95"][i]), [rel]
         rows = data["baselines"] if "baseline" in cell else data["results"]
         row = next(r for r in rows if r["ways"] == cell["ways"] and r["shots"] == cell["shots"]
                    and ("baseline" not in cell or r["name"] == cell["baseline"]))
-        return percent(row["accuracy"], row["ci95"]), rel
+        return percent(row["accuracy"], row["ci95"]), [rel]
     except (KeyError, IndexError, StopIteration, TypeError, ValueError):
         raise UserError(f"{where}: {rel} holds no {', '.join(f'{k}={v}' for k, v in cell.items() if k != 'json')}") from None
 
@@ -83,10 +92,9 @@ def render_table(table: dict, root: Path) -> str:
             raise UserError(f"{_where(name, label, SPEC_FILE)}: {len(row['cells'])} cells for {len(columns) - 1} columns")
         texts, sources = [], []
         for cell in row["cells"]:
-            text, source = cell_text(cell, root, cache, _where(name, label, SPEC_FILE))
+            text, found = cell_text(cell, root, cache, _where(name, label, SPEC_FILE))
             texts.append(text)
-            if source and source not in sources:
-                sources.append(source)
+            sources += [s for s in found if s not in sources]
         files = ", ".join(f"`{s}`" for s in sources) or "– (published)"
         lines.append("| " + " | ".join([label, *texts, row.get("selection", "–"), files]) + " |")
     return "\n".join(lines) + "\n"

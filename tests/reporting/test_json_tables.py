@@ -21,6 +21,7 @@ def make_repo(tmp_path, acc1=0.882):
     (reports / "results-kshot").mkdir(parents=True)
     (reports / "results-by-instance").mkdir()
     (reports / "results-kshot" / "m.json").write_text(json.dumps(kshot_json(acc1)))
+    (reports / "results-kshot" / "m1.json").write_text(json.dumps(kshot_json(0.871)))
     (reports / "results-by-instance" / "m.json").write_text(json.dumps({"accuracy_by_instance": [0.348, 0.801], "ci95": [0.012, 0.007]}))
     spec = {"tables": [{"name": "conv", "file": "reports/README.md",
                         "columns": ["model", "5-way 1-shot", "5-way 5-shot", "2nd instance"],
@@ -31,7 +32,10 @@ def make_repo(tmp_path, acc1=0.882):
                                  {"label": "nearest centroid", "selection": "same trials",
                                   "cells": [{"json": "reports/results-kshot/m.json", "baseline": "nearest-centroid-features",
                                              "ways": 5, "shots": 1}, None, "–"]},
-                                 {"label": "ProtoNets (published)", "cells": ["98.8", "99.7", None]}]}]}
+                                 {"label": "ProtoNets (published)", "cells": ["98.8", "99.7", None]},
+                                 {"label": "seeds", "selection": "seed 0 (seed 1)",
+                                  "cells": [[{"json": "reports/results-kshot/m.json", "ways": 5, "shots": 1},
+                                             {"json": "reports/results-kshot/m1.json", "ways": 5, "shots": 1}], None, None]}]}]}
     (reports / "tables.json").write_text(json.dumps(spec))
     (reports / "README.md").write_text("# R\n\nabove\n<!-- table:conv -->\nstale 96.2\n<!-- /table:conv -->\nbelow\n")
     return reports
@@ -47,12 +51,13 @@ def test_table_regenerates_from_its_json_and_follows_a_change(tmp_path):
             "`reports/results-kshot/m.json`, `reports/results-by-instance/m.json` |") in text
     assert "| nearest centroid | 98.0 ± 0.3 |  | – | same trials | `reports/results-kshot/m.json` |" in text
     assert "| ProtoNets (published) | 98.8 | 99.7 |  | – | – (published) |" in text
+    assert "| seeds | 88.2 (87.1) |  |  | seed 0 (seed 1) | `reports/results-kshot/m.json`, `reports/results-kshot/m1.json` |" in text
     # the JSON is re-measured: the table follows it, and only the changed cell changes
     (reports / "results-kshot" / "m.json").write_text(json.dumps(kshot_json(0.962, ci1=0.005)))
     assert report.main(["--reports-dir", str(reports), "--only", "tables"]) == 0
     after = (reports / "README.md").read_text()
     assert "| m | 96.2 ± 0.5 | 97.0 ± 0.4 | 80.1 ± 0.7 |" in after and "88.2" not in after
-    assert after.replace("96.2 ± 0.5", "88.2 ± 0.8") == text
+    assert after.replace("96.2 ± 0.5", "88.2 ± 0.8").replace("96.2 (87.1)", "88.2 (87.1)") == text
     # the default run (no --only) finds the spec and regenerates it too
     assert report.main(["--reports-dir", str(reports)]) == 0
     assert (reports / "README.md").read_text() == after
