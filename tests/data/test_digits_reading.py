@@ -126,3 +126,31 @@ def test_a_cache_filled_by_other_rules_is_not_read(tmp_path, monkeypatch):
                                           polarity="auto", ink_frame="auto")[0] for c in range(2) for i in range(3)])
     assert not np.array_equal(other, now)
     assert np.array_equal(np.sort(now.reshape(6, -1), 0), np.sort(fresh.reshape(6, -1), 0))
+
+
+def test_conv4_model_baselines_read_the_digits_plain(tmp_path, monkeypatch, digit_images):
+    """The raw-pixel baselines of a backbone that reads raw pixels (the committed Conv4 MANN, which
+    frames ink like Omniglot's) read the images plain: no inversion, no re-framing (issue 27, part 1)."""
+    import dataclasses
+
+    from fewshot_mann.data.loading import load_image_parts, load_split_banks
+    from fewshot_mann.engine.checkpoint import load_checkpoint
+
+    ckpt_path = Path(__file__).resolve().parents[2] / "reports" / "checkpoints" / "mann-conv-5way.pt"
+    if not ckpt_path.exists():
+        pytest.skip("reports/checkpoints/mann-conv-5way.pt is not in this tree")
+    root = tmp_path / "digits"
+    for i, (label, pixels) in enumerate(digit_images[:120]):
+        if label < 5:
+            (root / f"digit-{label}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / f"digit-{label}" / f"{i:04d}.png")
+    monkeypatch.setenv("FEWSHOT_MANN_CACHE", str(tmp_path / "cache"))
+    cfg = load_checkpoint(str(ckpt_path))["config_obj"]
+    cfg.data.dataset, cfg.data.data_root, cfg.data.test_classes = "folder", str(root), "all"
+    assert (cfg.data.polarity, cfg.data.ink_frame) == ("auto", "auto")
+    _, pixels = load_split_banks(cfg, progress=False, with_pixels=True)
+    as_model_reads = load_image_parts(cfg, progress=False).test.images
+    plain = load_image_parts(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, polarity="keep", ink_frame="keep")),
+                             progress=False).test.images
+    assert not np.array_equal(as_model_reads, plain)  # the model's reader does invert and re-frame these
+    assert np.array_equal(pixels.test.images, plain)
