@@ -86,3 +86,21 @@ def test_a_table_without_its_block_is_one_line(tmp_path, capsys):
     (reports / "README.md").write_text("# R\n")
     assert report.main(["--reports-dir", str(reports), "--only", "tables"]) != 0
     assert "no block <!-- table:conv -->" in capsys.readouterr().err
+
+
+def test_the_committed_tables_are_what_their_json_files_say():
+    """Every table of reports/tables.json, as committed in README.md, reports/ and docs/, is exactly what
+    its JSON files give: a number edited by hand, or a JSON re-measured without `report --only tables`, fails."""
+    from pathlib import Path
+
+    from fewshot_mann.reporting.inputs import read_text
+    from fewshot_mann.reporting.json_tables import BLOCK, SPEC_FILE, read_spec, render_table
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "reports" / SPEC_FILE).exists():
+        pytest.skip("no reports/tables.json in this tree")
+    tables = read_spec(root / "reports" / SPEC_FILE)
+    assert tables
+    for table in tables:
+        blocks = {m.group("name"): m.group("body") for m in BLOCK.finditer(read_text(root / table["file"]))}
+        assert blocks.get(table["name"]) == render_table(table, root), f"{table['file']}: table {table['name']} is stale"
