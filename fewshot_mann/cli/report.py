@@ -8,6 +8,8 @@ Reports (``--only`` picks some; by default every one whose inputs are there runs
 - ``memory-comparison``: ``memory_comparison.md`` and its plots, from the rows listed in
   ``REPORTS/memory_comparison.json`` or given with ``--eval NAME=PATH``
   (``reporting.memory_comparison``);
+- ``tables``: the hand-laid tables of ``README.md``, ``REPORTS/*.md`` and ``docs/`` listed in
+  ``REPORTS/tables.json``, every number read from a committed JSON (``reporting.json_tables``);
 - ``second-instance``: ``second_instance.md``, 2nd-instance accuracy by step and gap, from
   ``--checkpoints`` evaluated on their held-out classes (``reporting.second_instance``;
   it runs the models, so it needs the data: ``--data-root``).
@@ -24,7 +26,7 @@ from fewshot_mann.cli.common import add_flag, add_shared_flags, at_least, parse_
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import check_output_path
 
-REPORTS = ("results", "memory-comparison", "second-instance")
+REPORTS = ("results", "tables", "memory-comparison", "second-instance")
 
 
 def report_parser() -> argparse.ArgumentParser:
@@ -63,6 +65,11 @@ def run_results(args, reports: Path) -> list[Path]:
     return write_results_report(reports)
 
 
+def run_tables(args, reports: Path) -> list[Path]:
+    from fewshot_mann.reporting.json_tables import write_tables
+    return write_tables(reports)
+
+
 def run_memory_comparison(args, reports: Path) -> list[Path]:
     from fewshot_mann.reporting.memory_comparison import ROWS_FILE, collect, read_rows, write_comparison
     evals, metrics, source = {}, {}, "the rows given with --eval"
@@ -94,7 +101,7 @@ def run_second_instance(args, reports: Path) -> list[Path]:
     return [out]
 
 
-RUNNERS = {"results": run_results, "memory-comparison": run_memory_comparison,
+RUNNERS = {"results": run_results, "tables": run_tables, "memory-comparison": run_memory_comparison,
            "second-instance": run_second_instance}
 
 
@@ -102,6 +109,8 @@ def has_inputs(name: str, args, reports: Path) -> bool:
     """Whether a report not asked for by name has what it is made from (else it is skipped)."""
     if name == "results":
         return (reports / "results").is_dir()
+    if name == "tables":
+        return (reports / "tables.json").exists()
     if name == "memory-comparison":
         return bool(args.eval) or (reports / "memory_comparison.json").exists()
     return bool(args.checkpoints)
@@ -119,7 +128,7 @@ def _report(argv) -> int:
             continue
         chosen.append(name)
     # every place a report writes, checked before any work (a file or a read-only folder: one line now)
-    if set(chosen) - {"results"}:
+    if set(chosen) - {"results", "tables"}:
         check_output_path(Path(args.out_dir or reports) / "memory_comparison.md",
                           "--out-dir" if args.out_dir else "--reports-dir")
     if "results" in chosen:

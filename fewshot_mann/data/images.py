@@ -26,6 +26,7 @@ is refused unopened.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import stat
@@ -303,11 +304,50 @@ class ImageReader:
                                self.polarity, self.ink_frame)
 
     def cache_key(self) -> list:
-        """What a decoded image depends on besides the file's bytes (the decode cache's key). The
-        defaults of polarity and ink frame add nothing, so caches written before they existed stay valid."""
+        """What a decoded image depends on besides the file's bytes (the decode cache's key): the settings
+        and ``reader_fingerprint``, what the reader makes of fixed probe images (the settings' names alone
+        do not say how they are applied)."""
         return ([self.image_size, self.channels, self.resize, self.max_pixels]
                 + ([] if self.polarity == "keep" else [self.polarity])
-                + ([] if self.ink_frame == "keep" else [f"ink-frame-{self.ink_frame}"]))
+                + ([] if self.ink_frame == "keep" else [f"ink-frame-{self.ink_frame}"])
+                + [reader_fingerprint(self.image_size, self.channels, self.resize, self.polarity, self.ink_frame)])
+
+
+def _probe_images() -> list[bytes]:
+    """A few fixed PNG files that exercise every reading rule: a digit-like stroke bilinear-enlarged to
+    fill its frame (ink frame, its threshold on soft edges), a small mark on a large page (BOX
+    reduction, the tiny-ink branch), a plain character framed like Omniglot's and a colour texture."""
+    ring = np.zeros((8, 8))
+    ring[1:7, 2:6], ring[2:6, 3:5] = 16, 0
+    ring[0, 3:5] = ring[7, 3:5] = 9
+    digit = Image.fromarray((255 - ring * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BILINEAR)
+    page = np.full((96, 128), 240, np.uint8)
+    page[40:46, 60:66] = 20
+    char = np.zeros((28, 28), np.uint8)
+    char[6:22, 9:12] = char[6:9, 9:20] = 255
+    texture = (np.arange(20 * 24 * 3).reshape(20, 24, 3) * 37 % 256).astype(np.uint8)
+    out = []
+    for pixels in (np.asarray(digit), page, char, texture):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def reader_fingerprint(image_size: int, channels: int, resize: str, polarity: str, ink_frame: str) -> str:
+    """A digest of what ``decode_image`` makes of the probe images with these settings: part of the
+    decode cache's key. The settings' names alone did not say how they are applied: a cache written
+    while the ink-frame rule was being changed was served later under the same name (issue 27: the
+    digits number that moved). Now other reading rules, or a Pillow that resamples differently,
+    give another key and a fresh decode."""
+    digest = hashlib.sha256()
+    for data in _probe_images():
+        try:
+            digest.update(decode_image(data, image_size, channels, resize, MAX_PIXELS, polarity, ink_frame)[0].tobytes())
+        except (BadImage, UserError) as exc:  # a setting the reader refuses: its message is the reading
+            digest.update(str(exc).encode())
+    return digest.hexdigest()[:16]
 
 
 def pixel_reader(d: DataConfig, image_size: int | None = None, channels: int | None = None) -> ImageReader:

@@ -103,9 +103,10 @@ def load_split_banks(cfg: Config, progress: bool = True, recorded: dict | None =
         return FeatureBank(np.zeros((0, 1), np.float32), bank.offsets, bank.counts, bank.names)
 
     feats = SplitBanks(embed(images.train), embed(images.validation), embed(images.test), images.digests)
-    if with_pixels:
-        pixels = dataclasses.replace(images, train=shrink(images.train), validation=shrink(images.validation),
-                                     test=shrink(images.test))
+    if with_pixels:  # a backbone that reads raw pixels (fewshot:conv4) may re-frame them: baselines read them plain
+        plain = plain_pixels(cfg, images, progress, recorded, cache=feature_cache)
+        pixels = dataclasses.replace(plain, train=shrink(plain.train), validation=shrink(plain.validation),
+                                     test=shrink(plain.test))
         return feats, pixels
     return feats
 

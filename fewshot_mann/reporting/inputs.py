@@ -74,8 +74,10 @@ def evaluation(data, path) -> dict:
             raise UserError(f"{path}: {key} must be an integer (got {type(data[key]).__name__})")
     for key in ("instances", "checkpoint_episodes"):
         _optional(result, path, key, _is_int, "an integer")
-    for key in ("labels", "split", "classes", "date", "decode", "method", "checkpoint", "name"):
+    for key in ("labels", "split", "date", "decode", "method", "checkpoint", "name"):
         _optional(result, path, key, lambda v: isinstance(v, str), "a string")
+    # "classes": the part scored (test | validation | training); before 2026-12-01 the number of classes
+    _optional(result, path, "classes", lambda v: isinstance(v, str) or _is_int(v), "a string (or, in older files, an integer)")
     _optional(result, path, "command", _command, "a list of strings")
     _optional(result, path, "config", lambda v: isinstance(v, dict), "an object")
     training = data.get("training")

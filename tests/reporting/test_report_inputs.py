@@ -112,3 +112,21 @@ def test_out_dir_onto_a_file_fails_before_any_work(tmp_path, capsys, monkeypatch
 
 def test_report_threads_zero_is_the_torch_default(tmp_path):
     assert run(tmp_path, write(tmp_path, json.dumps(result())), "--threads", "0") == 0
+
+
+def test_the_results_report_reads_the_committed_evaluation_files(tmp_path):
+    """Files written before 2026-12-01 store the number of classes in "classes" (423), newer ones the
+    part scored ("test"): both are read; a list is still refused. The committed reports/results/ holds both."""
+    from fewshot_mann.reporting.inputs import evaluation
+    from fewshot_mann.errors import UserError
+
+    assert evaluation(result(classes=423), "old.json")["classes"] == 423
+    assert evaluation(result(classes="test"), "new.json")["classes"] == "test"
+    with pytest.raises(UserError, match="classes must be a string"):
+        evaluation(result(classes=[1, 2]), "bad.json")
+    from pathlib import Path
+    from fewshot_mann.reporting.results import load_results
+    committed = Path(__file__).resolve().parents[2] / "reports" / "results"
+    if committed.is_dir():
+        loaded = dict(load_results(committed))
+        assert {type(r.get("classes")) for r in loaded.values()} >= {int, str}, "expected both formats in reports/results"
