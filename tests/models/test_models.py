@@ -63,3 +63,26 @@ def test_fast_memory_step_frees_every_step_after_backward(model_name):
     alive, total = state_tensors_alive_after_backward(model, torch.rand(2, 5, 1, 6, 6),
                                                       torch.rand(2, 5, cfg.episodes.label_size))
     assert total > 0 and alive == 0, f"{alive} of {total} state tensors outlived backward"
+
+
+def test_keyed_memory_skips_a_zero_map_only_where_it_changes_nothing():
+    """The untrained (all-zero) residual map is skipped at inference: the same logits, and a trained
+    (non-zero) map is still applied."""
+    import torch
+    from helpers import tiny_config
+    from fewshot_mann.models.keyed import KeyedMemory
+    cfg = tiny_config()
+    cfg.model.model = "keyed"
+    model = KeyedMemory(cfg).eval()
+    images = torch.rand(3, 6, *([cfg.data.channels, cfg.data.image_size, cfg.data.image_size]))
+    labels = torch.nn.functional.one_hot(torch.randint(0, cfg.episodes.ways, (3, 6)), cfg.episodes.ways).float()
+    with torch.enable_grad():
+        reference = model(images, labels).detach()
+    with torch.inference_mode():
+        assert torch.allclose(model(images, labels), reference, atol=1e-6)
+    with torch.no_grad():
+        model.residual.weight.normal_(0, 0.5)
+        trained = model(images, labels)
+    with torch.enable_grad():
+        assert torch.allclose(trained, model(images, labels).detach(), atol=1e-6)
+    assert not torch.allclose(trained, reference, atol=1e-3)
