@@ -96,10 +96,10 @@ def fit_logistic(gram: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
             if not bool(worse.any()):
                 break
             t = torch.where(worse, t / 2, t)
-        keep = worse
-        t = torch.where(keep, 0.0, t)
+        t = torch.where(worse, 0.0, t)  # no decrease found: that problem stays where it is
         a, b = a + t.view(p, 1, 1) * da, b + t.view(p, 1) * db
-        f, prob, resid = evaluate(a, b)
+        stay = worse.view(p, 1, 1)  # the line search already evaluated every accepted step
+        f, prob, resid = torch.where(worse, f, f_new), torch.where(stay, prob, prob_new), torch.where(stay, resid, resid_new)
     return a * weights.unsqueeze(-1), b, present
 
 
