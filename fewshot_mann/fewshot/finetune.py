@@ -22,7 +22,7 @@ The tuned features then go to the checkpoint's own model, as the frozen ones do 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -93,15 +93,19 @@ def augment(image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return F.adjust_saturation(out, jitter[2])
 
 
+def seeded_generator(*seed: int) -> torch.Generator:
+    """A torch generator that is a pure function of the integers ``seed`` (hashed by ``SeedSequence``)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
+
+
 class ViewCache:
     """Stem outputs of a bank's images, computed once per (image row, view) on first use.
 
     ``images``: (N, C, S, S) uint8 as the model reads them; ``mean``/``std``: the backbone's
     normalisation; ``seed``: view v of row i is drawn from ``(seed, i, v)``, whatever asks for it."""
 
-    def __init__(self, staged: StagedBackbone, images: np.ndarray, mean, std, views: int, seed: int = 0,
-                 batch: int = 32):
-        self.staged, self.images, self.views, self.seed, self.batch = staged, images, views, seed, batch
+    def __init__(self, staged: StagedBackbone, images: np.ndarray, mean, std, seed: int = 0, batch: int = 32):
+        self.staged, self.images, self.seed, self.batch = staged, images, seed, batch
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._maps: dict[tuple[int, int], torch.Tensor] = {}
@@ -111,8 +115,7 @@ class ViewCache:
         if x.shape[0] == 1:
             x = x.expand(3, -1, -1)
         if view:
-            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, row, view]).generate_state(1)[0]))
-            x = augment(x.contiguous(), gen)
+            x = augment(x.contiguous(), seeded_generator(self.seed, row, view))
         return x.float().div_(255.0)
 
     @torch.no_grad()  # not inference mode: the maps are inputs of the tail's training
@@ -148,7 +151,7 @@ def finetune_features(cache: ViewCache, support_rows, support_labels, query_rows
             p.requires_grad_(True)
         opt = torch.optim.Adam([{"params": params, "lr": settings.lr}, {"params": [weight], "lr": settings.head_lr}])
         views = cache.maps(support_rows, range(settings.views))  # (S, V, C, H, W)
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(np.atleast_1d(seed).tolist()).generate_state(1)[0]))
+        gen = seeded_generator(*np.atleast_1d(seed).tolist())
         s, v = views.shape[:2]
         for _ in range(settings.steps):
             pick = torch.randint(0, s * v, (min(settings.batch, s * v),), generator=gen)
@@ -196,8 +199,7 @@ class Finetuner:
         self.settings = settings
         prep = preprocessing(model_cfg.encoder)
         backbone, _ = build_backbone(model_cfg.encoder, model_cfg.encoder_weights)
-        self.cache = ViewCache(StagedBackbone(backbone, settings.tail_stages), images, prep.mean, prep.std,
-                               settings.views, seed=seed)
+        self.cache = ViewCache(StagedBackbone(backbone, settings.tail_stages), images, prep.mean, prep.std, seed=seed)
         self.rows = np.arange(len(images))  # row i of the bank it serves -> row of ``images``
 
     def subset(self, bank, class_indices) -> "Finetuner":
@@ -216,6 +218,4 @@ class Finetuner:
 
 def settings_for(steps: int) -> FinetuneSettings:
     """The recipe chosen on validation domains, run for ``steps`` steps."""
-    import dataclasses
-
-    return dataclasses.replace(DEFAULT, steps=steps)
+    return replace(DEFAULT, steps=steps)

@@ -22,7 +22,7 @@ import torch
 from fewshot_mann.data.episodes import evaluation_episodes
 from fewshot_mann.engine.checkpoint import load_checkpoint
 from fewshot_mann.engine.evaluation import summarise
-from fewshot_mann.fewshot.finetune import HEADS, FinetuneSettings, StagedBackbone, ViewCache, finetuned_scores
+from fewshot_mann.fewshot.finetune import HEADS, Finetuner, FinetuneSettings, finetuned_scores
 from fewshot_mann.reporting.records import environment
 
 
@@ -51,13 +51,10 @@ def main() -> None:
     torch.set_num_threads(2)
 
     from fewshot_mann.engine.loading import load_image_parts
-    from fewshot_mann.models.backbones import build_backbone, preprocessing
 
     cfg = load_checkpoint(args.checkpoint)["config_obj"]
     cfg.data.dataset, cfg.data.data_root, cfg.data.test_root, cfg.data.test_classes = "folder", args.data_root, None, "all"
     bank = load_image_parts(cfg, progress=False).test
-    prep = preprocessing(cfg.model.encoder)
-    backbone, _ = build_backbone(cfg.model.encoder, cfg.model.encoder_weights)
     ep_cfg = dataclasses.replace(cfg.episodes, ways=args.ways, instances=args.shots + args.queries)
     drawn = evaluation_episodes(bank, ep_cfg, args.seed, 0, args.episodes)
     settings = grid(args.grid)
@@ -71,8 +68,7 @@ def main() -> None:
         for s in settings:
             key = (s.tail_stages, s.views)
             if key not in caches:
-                caches[key] = ViewCache(StagedBackbone(backbone, s.tail_stages), bank.images, prep.mean, prep.std,
-                                        s.views, seed=args.seed)
+                caches[key] = Finetuner(cfg.model, s, bank.images, seed=args.seed).cache
             for h, sc in finetuned_scores(caches[key], rows_s, y_s, rows_q, args.ways, s, seed=[args.seed, e]).items():
                 per[(s, h)].append(float((sc.argmax(-1).numpy() == y_q).mean()))
         if e % 10 == 9:

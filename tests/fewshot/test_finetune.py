@@ -19,10 +19,10 @@ def _images(n=8, size=48, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
 
 
-def _cache(images, views=3, tail_stages=1, seed=0):
+def _cache(images, tail_stages=1, seed=0):
     backbone, _ = build_backbone(ENCODER, "none")
     prep = preprocessing(ENCODER)
-    return ViewCache(StagedBackbone(backbone, tail_stages), images, prep.mean, prep.std, views, seed=seed), backbone, prep
+    return ViewCache(StagedBackbone(backbone, tail_stages), images, prep.mean, prep.std, seed=seed), backbone, prep
 
 
 def test_zero_steps_give_the_frozen_backbones_features():
@@ -51,7 +51,7 @@ def test_finetuning_fits_the_support_set():
     fits them better than the class means it starts from."""
     images = _images(12, seed=5)
     labels = np.repeat(np.arange(3), 4)
-    cache, _, _ = _cache(images, views=2)
+    cache, _, _ = _cache(images)
     rows = list(range(12))
 
     def loss(steps):
@@ -64,13 +64,13 @@ def test_finetuning_fits_the_support_set():
 
 def test_views_are_a_function_of_seed_row_and_view_only():
     images = _images(4)
-    a, _, _ = _cache(images, views=3, seed=7)
-    b, _, _ = _cache(images, views=3, seed=7)
+    a, _, _ = _cache(images, seed=7)
+    b, _, _ = _cache(images, seed=7)
     first = a.maps([2, 0], [2, 1])
     b.maps([1], [1, 2])  # other work first: the draws do not depend on what was asked before
     assert torch.equal(first, b.maps([2, 0], [2, 1]))
     assert not torch.equal(a.maps([0], [0]), a.maps([0], [1]))  # an augmented view is not the image
-    c, _, _ = _cache(images, views=3, seed=8)
+    c, _, _ = _cache(images, seed=8)
     assert not torch.equal(a.maps([0], [1]), c.maps([0], [1]))
 
 
