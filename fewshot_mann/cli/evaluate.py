@@ -36,7 +36,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         "where no label has been given and the free answer is kept)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
                    help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
-    add_shared_flags(p, "batch_size", "device", "threads", "json", "plot", "no_progress", "no_feature_cache")
+    add_shared_flags(p, "batch_size", "device", "threads", "json", "plot", "no_progress", "no_feature_cache",
+                     "finetune")
     return p
 
 
@@ -93,25 +94,47 @@ def _evaluate(argv) -> int:
     check_bank(bank, cfg.episodes, f"{kind} classes")
     check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
     t0 = time.perf_counter()
-    res = distributed.evaluate_sharded(model, bank, cfg.episodes, ctx, episodes=args.episodes, seed=args.seed,
-                                       batch_size=args.batch_size, device=device, progress=not args.no_progress,
-                                       decode=args.decode)
+    tuned_scores = None
+    if args.finetune:
+        res, tuned_scores = _finetuned(model, bank, cfg, args, recorded, kind, ctx, device)
+    else:
+        res = distributed.evaluate_sharded(model, bank, cfg.episodes, ctx, episodes=args.episodes, seed=args.seed,
+                                           batch_size=args.batch_size, device=device, progress=not args.no_progress,
+                                           decode=args.decode)
     seconds = time.perf_counter() - t0
     distributed.close(ctx)
     if not ctx.is_main:
         return 0
     res.pop("_per_episode")
     report(args, argv, ckpt, cfg, res, bank, pixel_parts.part(kind), kind,
-           seconds=seconds, device=device, nonfinite=nonfinite, model=model)
+           seconds=seconds, device=device, nonfinite=nonfinite, model=model, tuned_scores=tuned_scores)
     return 0
 
 
-def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonfinite, model=None) -> None:
+def _finetuned(model, bank, cfg, args, recorded, kind, ctx, device):
+    """``--finetune``: every episode answered with the backbone re-tuned on the steps told so far
+    (``engine.finetune_evaluation``), in one process."""
+    from fewshot_mann.cli.kshot import finetuner_for
+    from fewshot_mann.engine.finetune_evaluation import finetuned_evaluate
+    from fewshot_mann.errors import UserError
+
+    if ctx.enabled:
+        raise UserError("--finetune runs in one process: start evaluate without torchrun")
+    finetuner = finetuner_for(cfg, args, recorded, kind)
+    print(f"fine-tuning the backbone {args.finetune} steps every {cfg.episodes.ways} steps of each episode, "
+          f"on the steps told so far ({cfg.episodes.instances - 1} tunings an episode)")
+    return finetuned_evaluate(model, bank, finetuner, cfg.episodes, args.episodes, args.seed, device,
+                              decode=args.decode, progress=not args.no_progress)
+
+
+def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonfinite, model=None,
+           tuned_scores=None) -> None:
     """Print the table (and, on folder data, the nearest-centroid baselines); write --json/--plot."""
     from fewshot_mann.engine.evaluation import format_table
     from fewshot_mann.reporting.records import training_record, write_evaluation
 
-    print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {kind} classes"))
+    tuned = f", backbone fine-tuned {args.finetune} steps" if getattr(args, "finetune", 0) else ""
+    print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {kind} classes{tuned}"))
     baselines = []
     if cfg.data.dataset == "folder":  # is the memory helping? the same episodes, nearest centroid
         from fewshot_mann.config import is_backbone
@@ -126,7 +149,7 @@ def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonf
         for base in baselines:
             print(f"{base['name']:<32} " + " ".join(f"{100 * a:7.1f}" for a in base["accuracy_by_instance"]))
         if model is not None:
-            res = {**res, **evaluation_trust(model, bank, cfg, args, ckpt, device)}
+            res = {**res, **evaluation_trust(model, bank, cfg, args, ckpt, device, tuned_scores)}
     out = {**res, "classes": kind, "class_names": list(bank.names), "num_classes": bank.num_classes,
            **({"baselines": baselines} if baselines else {}),
            "checkpoint": str(args.checkpoint),
@@ -138,13 +161,14 @@ def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonf
     write_evaluation(out, args.json, args.plot, cfg.model.model)
 
 
-def evaluation_trust(model, bank, cfg, args, ckpt, device) -> dict:
+def evaluation_trust(model, bank, cfg, args, ckpt, device, scores=None) -> dict:
     """Per-class accuracy, the confusion matrix and calibration of the answers from the 2nd presentation of a
     class on (``trust.evaluation_scores``), with the checkpoint's temperature; a line for each."""
     from fewshot_mann.engine.trust import evaluation_scores, trust_blocks
     from fewshot_mann.reporting.calibration import checkpoint_calibration
 
-    scores = evaluation_scores(model, bank, cfg.episodes, args.episodes, args.seed, args.batch_size, device)
+    if scores is None:  # with --finetune: the tuned answers' scores, computed with them
+        scores = evaluation_scores(model, bank, cfg.episodes, args.episodes, args.seed, args.batch_size, device)
     blocks = trust_blocks(scores, None, list(bank.names), checkpoint_calibration(ckpt), cfg.episodes.instances - 1,
                           cfg.episodes.ways)
     c = blocks["calibration"]

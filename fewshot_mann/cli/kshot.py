@@ -74,7 +74,7 @@ def _write_json(args, argv, rows, baselines, failed, kind, bank, cfg, ckpt) -> N
     print(f"wrote {args.json}" + (f" ({len(rows)} of {len(rows) + len(failed)} rows)" if failed else ""))
 
 
-def _finetuner(cfg, args, recorded, kind: str):
+def finetuner_for(cfg, args, recorded, kind: str):
     """``--finetune``: a ``Finetuner`` over the decoded images of the scored classes (the banks' order)."""
     from fewshot_mann.engine.loading import load_image_parts
     from fewshot_mann.fewshot.finetune import Finetuner, settings_for
@@ -118,7 +118,7 @@ def _kshot_rows(argv) -> int:
                                           feature_cache=not args.no_feature_cache, with_pixels=True)
     bank, pixels = parts.part(kind), pixel_parts.part(kind)
     check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
-    finetuner = _finetuner(cfg, args, recorded, kind) if args.finetune else None
+    finetuner = finetuner_for(cfg, args, recorded, kind) if args.finetune else None
     calibration = checkpoint_calibration(ckpt)
     print(f"calibration: {calibration.fitted_on}")
     rows, baselines, failed = [], [], []

@@ -144,6 +144,8 @@ EVALUATE_BAD = [
     (["--instances", "13"], "--instances 13 needs 13 images per class"),
     (["--ways", "0"], "--ways must be at least 1"),
     (["--ways", "5"], "answers 3-way one-hot labels"),
+    (["--finetune", "-1"], "--finetune must be"),
+    (["--finetune", "100000"], "--finetune must be"),
 ]
 
 

@@ -395,6 +395,46 @@ def test_kshot_finetune_reports_its_recipe_and_zero_steps_is_the_frozen_path(pho
     assert calls == [[0, i] for i in range(4)]  # every trial tuned on its own support set, even when batching is asked
 
 
+def test_evaluate_finetune_tunes_only_on_steps_told_before_and_zero_steps_is_evaluate(photo_run, tmp_path):
+    """``evaluate --finetune``: each block of ``ways`` steps reads a backbone tuned on the steps before the block
+    (never on itself or a later step); a tuner of 0 steps gives exactly ``evaluate``'s numbers."""
+    import dataclasses
+    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from fewshot_mann.engine.evaluation import evaluate
+    from fewshot_mann.engine.finetune_evaluation import finetuned_evaluate
+    from fewshot_mann.engine.loading import load_image_parts, load_split_banks
+    from fewshot_mann.data.episodes import evaluation_episodes
+    from fewshot_mann.fewshot.finetune import Finetuner, FinetuneSettings
+    data, ckpt_path = photo_run
+    out = tmp_path / "e.json"
+    assert cli.main(["evaluate", "--checkpoint", str(ckpt_path), "--dataset", "folder", "--data-root", str(data["root"]),
+                     "--test-classes", "all", "--episodes", "2", "--finetune", "2", "--json", str(out),
+                     "--no-progress", "--allow-trained-classes"]) == 0
+    written = json.loads(out.read_text())
+    assert written["finetune"]["steps"] == 2 and "per_class" in written and "baselines" in written
+    ckpt = load_checkpoint(str(ckpt_path))
+    cfg = ckpt["config_obj"]
+    cfg.data.data_root, cfg.data.test_root, cfg.data.test_classes = str(data["root"]), None, "all"
+    model = load_model_from_checkpoint(ckpt, "cpu")
+    feats = load_split_banks(cfg, progress=False).test
+    tuner = Finetuner(cfg.model, FinetuneSettings(steps=0), load_image_parts(cfg, progress=False).test.images)
+    frozen = evaluate(model, feats, cfg.episodes, episodes=3, seed=5)
+    same, _ = finetuned_evaluate(model, feats, tuner, cfg.episodes, 3, seed=5)
+    assert same["accuracy_by_instance"] == frozen["accuracy_by_instance"]
+    tuner.settings = dataclasses.replace(tuner.settings, steps=1)
+    calls = []
+    real_tune = tuner.tune
+    tuner.tune = lambda s, l, q, ways, seed: calls.append((list(s), list(q), seed)) or real_tune(s, l, q, ways, seed)
+    finetuned_evaluate(model, feats, tuner, cfg.episodes, 2, seed=5)
+    ways, steps = cfg.episodes.ways, cfg.episodes.ways * cfg.episodes.instances
+    starts = list(range(ways, steps, ways))
+    assert [c[2] for c in calls] == [[5, e, t] for e in range(2) for t in starts]
+    for e in range(2):
+        rows = list(evaluation_episodes(feats, cfg.episodes, 5, e, 1).image_index[0])
+        for (sup, qry, (_, _, t)) in [c for c in calls if c[2][1] == e]:
+            assert sup == rows[:t] and qry == rows[:t + ways]  # tuned on steps < t, read up to the block's end
+
+
 def test_predict_finetune_answers_and_pixel_models_refuse_it_in_one_line(photo_run, tmp_path, capsys):
     from helpers import one_error_line
     data, ckpt_path = photo_run
