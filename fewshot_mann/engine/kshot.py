@@ -44,13 +44,11 @@ def support_query_episodes(bank: ClassBank, cfg: EpisodeConfig, shots: int, seed
     Rows e*ways*queries ... are episode e's support sequence followed by each of its queries,
     in order of label (then presentation).
     """
-    drawn = evaluation_episodes(bank, dataclasses.replace(cfg, instances=shots + queries), seed, start, count, groups)
+    drawn, support_steps, query_steps = support_query_steps(bank, cfg, shots, seed, start, count, queries, groups)
     steps = cfg.ways * shots
     images, labels, instance, digits, classes = [], [], [], [], []
     for e in range(count):
-        support = np.flatnonzero(drawn.instance[e] < shots)
-        picked = np.flatnonzero(drawn.instance[e] >= shots)
-        picked = picked[np.lexsort((drawn.instance[e, picked], drawn.labels[e, picked]))]
+        support, picked = support_steps[e], query_steps[e]
         for q in picked:
             order = np.concatenate([support, [q]])
             images.append(drawn.images[e, order])
@@ -60,6 +58,37 @@ def support_query_episodes(bank: ClassBank, cfg: EpisodeConfig, shots: int, seed
             classes.append(drawn.classes[e])
     assert all(len(l) == steps + 1 for l in labels)
     return Episodes(np.stack(images), np.stack(labels), np.stack(instance), np.stack(digits), np.stack(classes))
+
+
+def support_query_steps(bank: ClassBank, cfg: EpisodeConfig, shots: int, seed: int, start: int, count: int,
+                        queries: int = 1, groups=None) -> tuple[Episodes, np.ndarray, np.ndarray]:
+    """Trials start..start+count-1 as drawn, with each trial's support steps (count, ways*shots), in the
+    order presented, and query steps (count, ways*queries), in order of label (then presentation)."""
+    drawn = evaluation_episodes(bank, dataclasses.replace(cfg, instances=shots + queries), seed, start, count, groups)
+    support, picked = [], []
+    for e in range(count):
+        support.append(np.flatnonzero(drawn.instance[e] < shots))
+        q = np.flatnonzero(drawn.instance[e] >= shots)
+        picked.append(q[np.lexsort((drawn.instance[e, q], drawn.labels[e, q]))])
+    return drawn, np.stack(support), np.stack(picked)
+
+
+def support_once_logits(model, bank: ClassBank, cfg: EpisodeConfig, shots: int, seed: int, start: int, count: int,
+                        queries: int, groups, device) -> tuple[torch.Tensor, torch.Tensor, Episodes]:
+    """``support_query_episodes``'s query-step logits (n, L), targets (n, G) and sequences (without images)
+    for a model that reads the support once (``KeyedMemory.support_query_scores``): the same answers,
+    without a copy of the support set per query."""
+    drawn, sup, qry = support_query_steps(bank, cfg, shots, seed, start, count, queries, groups)
+    rows = np.arange(count)[:, None]
+    feats = torch.from_numpy(drawn.images).to(device=device, dtype=torch.float32)
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(drawn.labels[rows, sup]).long(), cfg.ways).to(device)
+    logits = model.support_query_scores(feats[rows, sup], onehot, feats[rows, qry]).flatten(0, 1)
+    labels = drawn.labels[rows, qry].reshape(-1, 1)
+    digits = np.repeat(drawn.label_digits, qry.shape[1], axis=0)
+    targets = torch.from_numpy(np.take_along_axis(digits, labels[..., None].repeat(digits.shape[-1], -1), 1)[:, 0])
+    seq = Episodes(np.zeros((len(labels), 1), np.uint8), labels, np.full_like(labels, shots), digits,
+                   np.repeat(drawn.classes, qry.shape[1], axis=0))
+    return logits, targets.to(device), seq
 
 
 def finetuned_bank(bank: ClassBank, finetuner, cfg: EpisodeConfig, shots: int, seed: int, index: int, queries: int,
@@ -100,16 +129,15 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
     for first in range(0, episodes, batch_episodes):
         count = min(batch_episodes, episodes - first)
         read = bank if finetuner is None else finetuned_bank(bank, finetuner, cfg, shots, seed, first, queries, groups)
-        seq = support_query_episodes(read, cfg, shots, seed, first, count, queries, groups)
-        tb = to_tensors(seq, cfg, device)
-        net = model
-        if adapt:
-            from fewshot_mann.engine.adapt import adapt_to_support
-            net = adapt_to_support(model, seq.images[0, :-1], seq.labels[0, :-1], cfg, adapt,
-                                   seed=[seed, first])
-        with torch.inference_mode():
-            logits = net(tb.images, tb.label_inputs)
-        correct = correct_steps(logits[:, -1:], tb.targets[:, -1:], cfg)[:, 0]
+        if not adapt and getattr(model, "reads_support_once", False) and cfg.labels == "onehot":
+            with torch.inference_mode():
+                last, targets, seq = support_once_logits(model, read, cfg, shots, seed, first, count, queries,
+                                                         groups, device)
+            logits = last[:, None]
+        else:
+            logits, targets, seq = _sequence_logits(model, read, cfg, shots, seed, first, count, queries, groups,
+                                                    device, adapt)
+        correct = correct_steps(logits[:, -1:], targets[:, None], cfg)[:, 0]
         if scores is not None:
             from fewshot_mann.engine.trust import QueryScores
             scores.append(QueryScores.from_logits(logits[:, -1], seq, cfg.group_size))
@@ -125,6 +153,18 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
     return {"ways": cfg.ways, "shots": shots, "accuracy": mean[0], "ci95": ci[0], "episodes": episodes,
             "queries": queries, "seed": seed, "labels": cfg.labels, **({"adapt": adapt} if adapt else {}),
             **({"finetune": dataclasses.asdict(finetuner.settings)} if finetuner else {})}
+
+
+def _sequence_logits(model, read, cfg, shots, seed, first, count, queries, groups, device, adapt):
+    """(logits (n, T, L), query-step targets (n, G), sequences) of ``support_query_episodes``'s sequences."""
+    seq = support_query_episodes(read, cfg, shots, seed, first, count, queries, groups)
+    tb = to_tensors(seq, cfg, device)
+    net = model
+    if adapt:
+        from fewshot_mann.engine.adapt import adapt_to_support
+        net = adapt_to_support(model, seq.images[0, :-1], seq.labels[0, :-1], cfg, adapt, seed=[seed, first])
+    with torch.inference_mode():
+        return net(tb.images, tb.label_inputs), tb.targets[:, -1], seq
 
 
 def _prepare(x: np.ndarray, norm: str) -> np.ndarray:

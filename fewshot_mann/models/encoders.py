@@ -72,9 +72,16 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         x = feats.flatten(2)
+        return self._finish(x - running_mean_before(x) if self.norm == "center-l2" else x)
+
+    def following(self, feats: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+        """(B,Q,D) each encoded as the step right after the sequence ``earlier`` (B,S,D): what ``forward``
+        gives at the last step of ``[*earlier, feats[:, q]]``, for every q at once."""
+        x = feats.flatten(2)
+        return self._finish(x - earlier.flatten(2).mean(1, keepdim=True) if self.norm == "center-l2" else x)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm != "none":
-            if self.norm == "center-l2":
-                x = x - running_mean_before(x)
             x = torch.nn.functional.normalize(x, dim=-1) * self.feature_dim ** 0.5
         return self.proj(x) if self.proj is not None else x
 

@@ -42,13 +42,31 @@ class KeyedMemory(nn.Module):
         self.log_sharpness = nn.Parameter(torch.tensor(2.3))  # exp(2.3) ~ 10
         self.unseen = nn.Parameter(torch.tensor(0.0))
 
-    def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
-        x = self.encoder(images)  # (B,T,F)
+    @property
+    def reads_support_once(self) -> bool:
+        """Whether ``support_query_scores`` holds (features read by a ``FeatureEncoder``)."""
+        return hasattr(self.encoder, "following")
+
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or bool(self.residual.weight.any()):
             x = x + self.residual(x)
         # else: an untrained (all-zero) map adds nothing; skipping it saves B*T*F^2 multiply-adds,
         # most of an evaluation of the bundled photos model (F = 1,280)
-        z = torch.nn.functional.normalize(x, dim=-1)
+        return torch.nn.functional.normalize(x, dim=-1)
+
+    def support_query_scores(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """(E,Q,L): what ``forward`` answers at the last step of every sequence ``[*support[e], queries[e, q]]``
+        (the support's labels told), with the support encoded and written once instead of once per query
+        (kshot's trials). support (E,S,F) features, labels (E,S,L) one-hot, queries (E,Q,F)."""
+        zs = self._unit(self.encoder(support))
+        zq = self._unit(self.encoder.following(queries, support))
+        slots = labels.to(zs.dtype).transpose(1, 2) @ zs  # (E,L,F): the sum of each label's support
+        norm2 = slots.square().sum(-1).unsqueeze(1)  # (E,1,L)
+        cosine = (zq @ slots.transpose(1, 2)) / norm2.clamp_min(1e-8).sqrt()
+        return torch.where(norm2 > 1e-8, cosine * self.log_sharpness.exp(), self.unseen.expand_as(cosine))
+
+    def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+        z = self._unit(self.encoder(images))  # (B,T,F)
         b, t, _ = z.shape
         labels = told_labels(label_inputs)  # (B,T,L): label of step s
         gram = z @ z.transpose(1, 2)  # (B,T,T)

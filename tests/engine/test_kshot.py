@@ -74,3 +74,37 @@ def test_episodes_within_one_group_draw_all_their_classes_from_it():
     assert all(len({bank.names[c].split("/")[0] for c in row}) == 1 for row in seq.classes)
     with pytest.raises(UserError, match="no group of classes"):
         evaluation_episodes(bank, EpisodeConfig(ways=5, instances=2), 0, 0, 1, groups)
+
+
+@pytest.mark.parametrize("norm", ["l2", "center-l2"])
+def test_reading_the_support_once_answers_as_one_sequence_per_query(norm):
+    """kshot's fast path for the keyed memory (support written once, every query read against it) gives the
+    logits of the literal protocol (one support + query sequence per query), trained map included."""
+    from fewshot_mann.config import Config
+    from fewshot_mann.data.bank import FeatureBank
+    from fewshot_mann.engine.kshot import _sequence_logits, support_once_logits
+    from fewshot_mann.models.keyed import KeyedMemory
+
+    cfg = Config()
+    cfg.model.model, cfg.model.encoder, cfg.model.feature_dim, cfg.model.feature_norm = "keyed", "timm:x", 16, norm
+    model = KeyedMemory(cfg).eval()
+    with torch.no_grad():
+        model.residual.weight.normal_(0, 0.1)  # a trained map: nothing skipped
+        model.unseen.fill_(-3.0)
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(9 * 8, 16)).astype(np.float32) + np.repeat(rng.normal(size=(9, 16)), 8, 0)
+    bank = FeatureBank(feats, np.arange(9) * 8, np.full(9, 8), [str(c) for c in range(9)])
+    ep = EpisodeConfig(ways=4, instances=10)
+    for shots in (1, 3):
+        with torch.inference_mode():
+            fast, targets, seq = support_once_logits(model, bank, ep, shots, 7, 2, 5, 3, None, "cpu")
+        slow, slow_targets, slow_seq = _sequence_logits(model, bank, ep, shots, 7, 2, 5, 3, None, "cpu", 0)
+        torch.testing.assert_close(fast, slow[:, -1], rtol=1e-5, atol=1e-5)
+        assert torch.equal(targets, slow_targets)
+        assert np.array_equal(seq.labels[:, -1], slow_seq.labels[:, -1])
+        assert np.array_equal(seq.classes, slow_seq.classes) and np.array_equal(seq.label_digits, slow_seq.label_digits)
+        as_sequences = torch.nn.Sequential()  # the same model without the fast path: forward only
+        as_sequences.forward = model.forward
+        assert model.reads_support_once and not hasattr(as_sequences, "reads_support_once")
+        assert (kshot_accuracy(model, bank, ep, shots, episodes=6, seed=7, queries=3)["accuracy"]
+                == kshot_accuracy(as_sequences, bank, ep, shots, episodes=6, seed=7, queries=3)["accuracy"])
