@@ -186,8 +186,8 @@ def create_app(session, token: str, limits: Limits = Limits()) -> Starlette:
 
     async def support(request):
         fields, files = await read_uploads(request, limits)
-        adapt = number(fields, "adapt", int, 0)
-        return JSONResponse(await run_in_threadpool(session.give_support, files, adapt))
+        adapt, finetune = number(fields, "adapt", int, 0), number(fields, "finetune", int, 0)
+        return JSONResponse(await run_in_threadpool(session.give_support, files, adapt, finetune))
 
     async def cases(request):
         fields, files = await read_uploads(request, limits)

@@ -2,8 +2,9 @@
 (decoded and embedded once), the last answers and the running reliability check.
 
 Every computation is the engine's: ``predict.check_support`` / ``support_inputs`` /
-``query_inputs`` / ``predict_scores`` (with the checkpoint's calibration) / ``summarise`` / ``to_csv`` (the same answers and
-the same CSV as ``fewshot-mann predict``), ``folder.decode_uploads`` (the folder checks of
+``query_inputs`` / ``finetuned_support`` / ``adapted`` / ``predict_scores`` (with the checkpoint's calibration) /
+``summarise`` / ``to_csv`` (the same answers and the same CSV as ``fewshot-mann predict``, with its ``--finetune`` and
+``--adapt``), ``folder.decode_uploads`` (the folder checks of
 ``inspect``, on bytes), ``kshot.kshot_table`` (accuracy on the user's classes and the
 baselines). This module keeps their results and turns them into what the page shows
 (thumbnails, nearest support images). Nothing is written to disk.
@@ -37,6 +38,12 @@ def default_checkpoint() -> str:
     if REPO_PHOTO_MODEL.is_file():
         return str(REPO_PHOTO_MODEL)
     return "omniglot-5way"
+
+
+def one_line_error(exc: Exception) -> str:
+    """A failure as the page shows it: a user error's message, anything else as ``internal error: ...``."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return first if isinstance(exc, UserError) else f"internal error: {type(exc).__name__}: {first}"
 
 
 @contextlib.contextmanager
@@ -77,13 +84,17 @@ def nearest_support(support_inputs: np.ndarray, case_inputs: np.ndarray, k: int 
 @dataclasses.dataclass
 class Support:
     """A support set ready to answer cases: ``data`` (decoded pixels, digests, problems), ``bank``
-    (the model's inputs: backbone features or pixels), ``raw`` (pixels for the baselines)."""
+    (the model's inputs: backbone features or pixels; the reliability check reads these), ``raw``
+    (pixels for the baselines); with fine-tuning, ``tuned`` = (the support bank of tuned features,
+    a function from decoded case images to their tuned features), which the cases are answered with."""
 
     data: object
     bank: object
     raw: object
     warnings: list[str]
     net: object  # the model that answers: the checkpoint's, or a copy adapted to this support set
+    tuned: tuple | None = None
+    steps: dict = dataclasses.field(default_factory=dict)  # {"finetune": n, "adapt": m} as asked
 
 
 class Session:
@@ -130,7 +141,7 @@ class Session:
                 "trained_on": entry.get("trained_on") or f"{cfg.data.dataset} {Path(str(cfg.data.data_root or '')).name}".strip(),
                 "accuracy": entry.get("accuracy", {}),
                 "adapt": True,  # predict --adapt: meta-fine-tune a copy on the support set
-                "finetune": False,  # the photo issue's --finetune is not in the engine yet
+                "finetune": str(cfg.model.encoder).startswith("timm:"),  # predict --finetune: timm backbones only
             }
             return self.info
 
@@ -140,15 +151,23 @@ class Session:
 
     # ------------------------------------------------------------------------- support
 
-    def give_support(self, files: list[tuple[str, bytes]], adapt: int = 0) -> dict:
-        """The support folder as (``<class>/<file>``, bytes): checked, decoded, embedded once."""
+    def give_support(self, files: list[tuple[str, bytes]], adapt: int = 0, finetune: int = 0) -> dict:
+        """The support folder as (``<class>/<file>``, bytes): checked, decoded, embedded once; with
+        ``finetune`` steps, the backbone fine-tuned to it as ``predict --finetune`` does (``self.job`` tells
+        the steps done), with ``adapt`` steps a copy of the model adapted to it as ``predict --adapt``."""
+        from fewshot_mann import limits
         from fewshot_mann.data.folder import decode_uploads
         from fewshot_mann.models.inputs import image_reader
-        from fewshot_mann.engine.predict import adapted, check_support, support_inputs, with_support_ways
+        from fewshot_mann.engine.predict import check_support, support_inputs, with_support_ways
 
         self._model_needed()
         if adapt < 0 or adapt > 1000:
             raise UserError(f"adapt steps must be between 0 and 1000 (got {adapt})")
+        if not 0 <= finetune <= limits.MAX_FINETUNE_STEPS:
+            raise UserError(f"fine-tune steps must be between 0 and {limits.MAX_FINETUNE_STEPS} (got {finetune})")
+        if finetune and not self.info.get("finetune"):
+            raise UserError(f"fine-tuning needs a timm backbone model; {self.checkpoint} reads "
+                            f"{self.cfg.model.encoder}: set the fine-tune steps to 0 or choose a photo model")
         with self.lock:
             cfg, reader = self.cfg, image_reader(self.cfg)
             self.support, self.answers = None, None
@@ -157,10 +176,30 @@ class Session:
                 check_support(data, cfg, "the support folder")
                 self.cfg = cfg = with_support_ways(cfg, data.bank.num_classes)
                 bank, raw = support_inputs(cfg, data)
-                net = adapted(self.model, cfg, bank, adapt, self.seed) if adapt else self.model
+                tuned = self._finetuned(cfg, data.bank, finetune) if finetune else None
+                net = self._adapted(cfg, tuned[0] if tuned else bank, adapt)
             warnings = [w for w in warned if not w.startswith("skipped --support")]  # problems are listed apart
-            self.support = Support(data, bank, raw, warnings, net)
+            self.support = Support(data, bank, raw, warnings, net, tuned, {"finetune": finetune, "adapt": adapt})
             return self.support_view()
+
+    def _finetuned(self, cfg, support_bank, steps: int) -> tuple:
+        """``predict.finetuned_support`` on the decoded support images, its steps counted in ``self.job``."""
+        from fewshot_mann.engine.predict import finetuned_support
+
+        job = self.job = {"task": "fine-tuning", "running": True, "done": 0, "total": steps, "result": None,
+                          "error": None}
+        try:
+            return finetuned_support(cfg, support_bank, steps, self.seed, progress=lambda done, _total: job.update(done=done))
+        except Exception as exc:
+            job["error"] = one_line_error(exc)
+            raise
+        finally:
+            job["running"] = False
+
+    def _adapted(self, cfg, bank, steps: int):
+        from fewshot_mann.engine.predict import adapted
+
+        return adapted(self.model, cfg, bank, steps, self.seed) if steps else self.model
 
     def support_view(self) -> dict:
         s = self.support
@@ -169,7 +208,7 @@ class Session:
                                           for i in range(int(o), int(o + c))]}
                    for n, o, c in zip(b.names, b.offsets, b.counts)]
         return {"classes": classes, "problems": [dataclasses.asdict(p) for p in s.data.problems],
-                "warnings": s.warnings, "images": int(b.counts.sum())}
+                "warnings": s.warnings, "images": int(b.counts.sum()), **s.steps}
 
     # ------------------------------------------------------------------------- cases
 
@@ -202,17 +241,18 @@ class Session:
                     digests.append(hashlib.sha256(data).hexdigest())
             if not images:
                 raise DataError(f"no readable case images ({'; '.join(warned)})" if warned else "no case images given")
+            bank = s.tuned[0] if s.tuned else s.bank  # as predict: tuned features with --finetune
             with captured_warnings() as more:
                 warn_support_copies(names, digests, s.data)
-                inputs = query_inputs(cfg, np.stack(images))
-                scores = predict_scores(s.net, cfg, s.bank, inputs, orders=self.orders, seed=self.seed,
+                inputs = s.tuned[1](np.stack(images)) if s.tuned else query_inputs(cfg, np.stack(images))
+                scores = predict_scores(s.net, cfg, bank, inputs, orders=self.orders, seed=self.seed,
                                         device=self.device)
-            probs, known, unknown_threshold = calibrated(scores, self.calibration, s.bank, support_cap(cfg))
-            results = summarise(s.bank.names, probs, threshold, names, known, unknown_threshold)
-            near = nearest_support(s.bank.images, inputs)
+            probs, known, unknown_threshold = calibrated(scores, self.calibration, bank, support_cap(cfg))
+            results = summarise(bank.names, probs, threshold, names, known, unknown_threshold)
+            near = nearest_support(bank.images, inputs)
             self.answers = results
             rows = [{**res, "src": thumbnail(img), "nearest": [int(i) for i in idx],
-                     "nearest_class": [s.bank.names[int(np.searchsorted(s.bank.offsets, i, side="right") - 1)]
+                     "nearest_class": [bank.names[int(np.searchsorted(bank.offsets, i, side="right") - 1)]
                                        for i in idx]}
                     for res, img, idx in zip(results, images, near)]
             return {"cases": rows, "warnings": warned + more, "classes": list(s.bank.names),
@@ -240,10 +280,10 @@ class Session:
         if self.support is None:
             raise UserError("give the support folder first")
         if self.job.get("running"):
-            raise UserError("a reliability check is already running")
+            raise UserError(f"the {self.job.get('task')} is still running")
         if not 10 <= episodes <= 5000:
             raise UserError(f"episodes must be between 10 and 5000 (got {episodes})")
-        self.job = {"task": "reliability", "running": True, "done": 0, "total": 0, "result": None, "error": None}
+        self.job = {"task": "reliability check", "running": True, "done": 0, "total": 0, "result": None, "error": None}
         threading.Thread(target=self._reliability, args=(self.job, episodes), daemon=True).start()
         return dict(self.job)
 
@@ -279,6 +319,6 @@ class Session:
         except UserError as exc:
             job["error"] = str(exc)
         except Exception as exc:  # noqa: BLE001 - shown as one line on the page; the server keeps running
-            job["error"] = f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            job["error"] = one_line_error(exc)
         finally:
             job["running"] = False

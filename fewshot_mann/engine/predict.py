@@ -332,14 +332,22 @@ def adapted(model: torch.nn.Module, cfg: Config, bank: ClassBank, steps: int, se
 def finetuned_inputs(cfg: Config, support: ClassBank, queries: np.ndarray, steps: int, seed: int):
     """(support bank, query features) of a backbone fine-tuned ``steps`` steps on the support images alone
     (``fewshot.finetune``): ``support`` and ``queries`` hold the decoded images."""
+    bank, features = finetuned_support(cfg, support, steps, seed)
+    return bank, features(queries)
+
+
+def finetuned_support(cfg: Config, support: ClassBank, steps: int, seed: int, progress=None):
+    """(support bank of tuned features, ``features``: decoded query images -> their tuned features): the
+    backbone's last layers fine-tuned ``steps`` steps on the support images alone (``Finetuner.tune_support``;
+    ``progress(step, steps)`` after each step), so queries given later never change what was learned."""
     from fewshot_mann.fewshot.finetune import Finetuner, settings_for
 
     _backbone_weights(cfg)
-    tuner = Finetuner(cfg.model, settings_for(steps), np.concatenate([support.images, queries]), seed=seed)
+    tuner = Finetuner(cfg.model, settings_for(steps), support.images, seed=seed)
     labels = np.repeat(np.arange(support.num_classes), support.counts)
-    n = len(support.images)
-    s_feats, q_feats = tuner.tune(np.arange(n), labels, np.arange(n, n + len(queries)), support.num_classes, seed=[seed])
-    return ClassBank(s_feats, support.offsets.copy(), support.counts.copy(), list(support.names)), q_feats
+    s_feats, features = tuner.tune_support(np.arange(len(support.images)), labels, support.num_classes,
+                                           seed=[seed], progress=progress)
+    return ClassBank(s_feats, support.offsets.copy(), support.counts.copy(), list(support.names)), features
 
 
 def predict(model: torch.nn.Module, cfg: Config, support_path, query_paths: list[str], orders: int = 8,

@@ -131,12 +131,12 @@ class ViewCache:
         return torch.stack([torch.stack([self._maps[(r, v)] for v in views]) for r in rows])
 
 
-def finetune_features(cache: ViewCache, support_rows, support_labels, query_rows, ways: int,
-                      settings: FinetuneSettings, seed=0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tune a copy of the tail (and a cosine classifier) on the support rows' views; returns
-    (support features (S, D), query features (Q, D), the tuned classifier's query logits (Q, ways)),
-    features as the tuned tail gives them (view 0). ``settings.steps == 0``: the frozen features."""
-    support_rows, query_rows = list(map(int, support_rows)), list(map(int, query_rows))
+def tune_tail(cache: ViewCache, support_rows, support_labels, ways: int, settings: FinetuneSettings, seed=0,
+              progress=None) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A copy of the tail (and a cosine classifier initialised at the class means) trained ``settings.steps``
+    steps on the support rows' views: (tuned tail, classifier weight, the support rows' clean stem maps).
+    ``progress(step, steps)`` is told after each step."""
+    support_rows = list(map(int, support_rows))
     y = torch.as_tensor(np.asarray(support_labels), dtype=torch.long)
     tail = copy.deepcopy(cache.staged.tail)
     clean = cache.maps(support_rows, [0])[:, 0]
@@ -153,7 +153,7 @@ def finetune_features(cache: ViewCache, support_rows, support_labels, query_rows
         views = cache.maps(support_rows, range(settings.views))  # (S, V, C, H, W)
         gen = seeded_generator(*np.atleast_1d(seed).tolist())
         s, v = views.shape[:2]
-        for _ in range(settings.steps):
+        for step in range(settings.steps):
             pick = torch.randint(0, s * v, (min(settings.batch, s * v),), generator=gen)
             x = views.flatten(0, 1)[pick]
             f = nn.functional.normalize(tail(x), dim=-1)
@@ -162,6 +162,18 @@ def finetune_features(cache: ViewCache, support_rows, support_labels, query_rows
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if progress is not None:
+                progress(step + 1, settings.steps)
+    return tail, weight, clean
+
+
+def finetune_features(cache: ViewCache, support_rows, support_labels, query_rows, ways: int,
+                      settings: FinetuneSettings, seed=0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tune a copy of the tail (and a cosine classifier) on the support rows' views; returns
+    (support features (S, D), query features (Q, D), the tuned classifier's query logits (Q, ways)),
+    features as the tuned tail gives them (view 0). ``settings.steps == 0``: the frozen features."""
+    tail, weight, clean = tune_tail(cache, support_rows, support_labels, ways, settings, seed)
+    query_rows = list(map(int, query_rows))
     with torch.inference_mode():
         sup = tail(clean)
         qry = tail(cache.maps(query_rows, [0])[:, 0]) if query_rows else sup[:0]
@@ -214,6 +226,21 @@ class Finetuner:
         sup, qry, _ = finetune_features(self.cache, self.rows[np.asarray(support_rows)], support_labels,
                                         self.rows[np.asarray(query_rows)], ways, self.settings, seed)
         return sup.float().numpy(), qry.float().numpy()
+
+    def tune_support(self, support_rows, support_labels, ways: int, seed=0, progress=None):
+        """Tune once on the support rows alone: (support features, ``features``), ``features(images)`` giving
+        any later (N, C, S, S) uint8 images' features through the tuned tail, as ``tune`` gives its queries'."""
+        tail, _, clean = tune_tail(self.cache, self.rows[np.asarray(support_rows)], support_labels, ways,
+                                   self.settings, seed, progress)
+        with torch.inference_mode():
+            sup = tail(clean).float().numpy()
+
+        def features(images: np.ndarray) -> np.ndarray:
+            cache = ViewCache(self.cache.staged, images, self.cache.mean.flatten().tolist(),
+                              self.cache.std.flatten().tolist(), seed=self.cache.seed, batch=self.cache.batch)
+            with torch.inference_mode():
+                return tail(cache.maps(range(len(images)), [0])[:, 0]).float().numpy() if len(images) else sup[:0]
+        return sup, features
 
 
 def settings_for(steps: int) -> FinetuneSettings:

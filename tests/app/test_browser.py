@@ -158,3 +158,11 @@ def test_an_error_is_one_line_on_the_page_and_the_page_keeps_working(server, bro
     shot(browser, "5-error")
     browser.refresh()  # the server still answers
     wait_for(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "yes")
+    good = make_image_folder(tmp_path / "good", classes=3, per_class=4, seed=33)["root"]
+    browser.find_element(By.ID, "finetune").clear()
+    browser.find_element(By.ID, "finetune").send_keys("2")  # this pixel model has no backbone to fine-tune
+    browser.find_element(By.ID, "support-folder").send_keys(str(good))
+    wait_for(browser, lambda d: d.find_element(By.ID, "error").is_displayed())
+    error = browser.find_element(By.ID, "error").text
+    assert error.startswith("fine-tuning needs a timm backbone model; ") and "\n" not in error
+    assert not browser.find_element(By.ID, "busy").is_displayed()

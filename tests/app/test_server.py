@@ -16,7 +16,7 @@ pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (pip ins
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from helpers.app import flat_cases, tiny_checkpoint  # noqa: E402
+from helpers.app import flat_cases, tiny_backbone_checkpoint, tiny_checkpoint  # noqa: E402
 from helpers.images import make_image_folder  # noqa: E402
 from fewshot_mann.app.server import Limits, create_app  # noqa: E402
 from fewshot_mann.app.session import Session, nearest_support  # noqa: E402
@@ -171,3 +171,31 @@ def test_the_page_answers_with_the_checkpoints_calibration_as_predict_does(folde
     assert cli.main(["predict", "--checkpoint", str(calibrated), "--support", str(folders["support"]),
                      "--query", *names, "--json", str(tmp_path / "p.json")]) == 0, capsys.readouterr().err
     assert json.loads(client.get(f"/api/answers.json?token={TOKEN}").text) == json.loads((tmp_path / "p.json").read_text())
+
+
+def test_finetuned_answers_equal_predict_finetunes_and_pixel_models_refuse_it_in_one_line(folders, tmp_path,
+                                                                                            monkeypatch, capsys):
+    pytest.importorskip("timm")
+    ckpt = tiny_backbone_checkpoint(tmp_path / "timm.pt")
+    session = Session([str(ckpt)])
+    session.choose_model(str(ckpt))
+    client = TestClient(create_app(session, TOKEN, Limits()))
+    assert client.get(f"/api/state?token={TOKEN}").json()["model"]["finetune"] is True
+    view = client.post(f"/api/support?token={TOKEN}", data={"finetune": "3"}, files=support_files(folders["support"]))
+    assert view.status_code == 200 and view.json()["finetune"] == 3
+    job = client.get(f"/api/job?token={TOKEN}").json()  # what the page's progress bar read, step by step
+    assert job["task"] == "fine-tuning" and job["done"] == job["total"] == 3 and not job["running"]
+    assert client.post(f"/api/cases?token={TOKEN}", files=case_files(folders["cases"])).status_code == 200
+    names = sorted(p.name for p in folders["cases"].iterdir())
+    monkeypatch.chdir(folders["cases"])
+    assert cli.main(["predict", "--checkpoint", str(ckpt), "--support", str(folders["support"]), "--query", *names,
+                     "--finetune", "3", "--json", str(tmp_path / "p.json")]) == 0, capsys.readouterr().err
+    assert json.loads(client.get(f"/api/answers.json?token={TOKEN}").text) == json.loads((tmp_path / "p.json").read_text())
+
+    pixels = client_for(folders)
+    r = pixels.post(f"/api/support?token={TOKEN}", data={"finetune": "2"}, files=support_files(folders["support"]))
+    assert r.status_code == 400 and "\n" not in r.json()["error"]
+    assert r.json()["error"].startswith("fine-tuning needs a timm backbone model; ")
+    assert pixels.get(f"/api/state?token={TOKEN}").json()["model"]["finetune"] is False
+    r = pixels.post(f"/api/support?token={TOKEN}", data={"finetune": "99999"}, files=support_files(folders["support"]))
+    assert r.status_code == 400 and r.json()["error"] == "fine-tune steps must be between 0 and 2000 (got 99999)"

@@ -86,3 +86,20 @@ def test_a_backbone_without_stages_is_refused_in_one_line():
     from fewshot_mann.errors import UserError
     with pytest.raises(UserError, match="--finetune needs a timm backbone with stages"):
         StagedBackbone(torch.nn.Linear(3, 3))
+
+
+def test_tuning_once_then_reading_later_images_equals_tuning_with_the_queries():
+    """``Finetuner.tune_support`` (the web app: tune on the support set, answer cases later) gives exactly what
+    ``tune`` gives with the queries among its images, and tells its progress step by step."""
+    from fewshot_mann.config import ModelConfig
+    from fewshot_mann.fewshot.finetune import Finetuner
+
+    images = _images(9)
+    model_cfg = ModelConfig(encoder=ENCODER, encoder_weights="none")
+    s = FinetuneSettings(steps=3, batch=6, tail_stages=1)
+    sup_a, qry_a = Finetuner(model_cfg, s, images, seed=2).tune(range(5), [0, 0, 1, 1, 1], range(5, 9), 2, seed=[2])
+    steps = []
+    sup_b, features = Finetuner(model_cfg, s, images[:5], seed=2).tune_support(
+        range(5), [0, 0, 1, 1, 1], 2, seed=[2], progress=lambda done, total: steps.append((done, total)))
+    assert np.array_equal(sup_a, sup_b) and np.array_equal(qry_a, features(images[5:]))
+    assert steps == [(1, 3), (2, 3), (3, 3)] and features(images[:0]).shape == (0, sup_b.shape[1])

@@ -1,4 +1,5 @@
-"""What the web app's tests share: a tiny untrained checkpoint and a flat folder of cases."""
+"""What the web app's tests share: tiny untrained checkpoints (pixels; timm's test backbone) and a flat
+folder of cases."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +12,21 @@ from fewshot_mann.engine.trainer import new_model
 def tiny_checkpoint(path: Path) -> Path:
     cfg = tiny_config()
     cfg.data.dataset, cfg.data.image_size, cfg.data.channels = "folder", 8, 3
+    cfg.episodes.ways, cfg.episodes.instances = 3, 4
+    cfg.validate()
+    save_checkpoint(path, {"config": cfg.to_dict(), "command": None, "model": new_model(cfg).state_dict(),
+                           "optimizer": None, "step": 0, "episodes_done": 0})
+    return path
+
+
+def tiny_backbone_checkpoint(path: Path) -> Path:
+    """An untrained 3-way checkpoint reading features of timm's tiny ``test_efficientnet`` (random weights)."""
+    from fewshot_mann.models.features import weights_id
+
+    cfg = tiny_config()
+    cfg.data.dataset, cfg.data.channels = "folder", 3
+    cfg.model.encoder, cfg.model.encoder_weights = "timm:test_efficientnet", "none"
+    cfg.model.weights_hash, cfg.model.feature_dim = weights_id(cfg.model) or "", 256
     cfg.episodes.ways, cfg.episodes.instances = 3, 4
     cfg.validate()
     save_checkpoint(path, {"config": cfg.to_dict(), "command": None, "model": new_model(cfg).state_dict(),

@@ -19,8 +19,9 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
-function busy(text) {
+function busy(text, done, total) {  // with done / total: a counted bar, else an indeterminate one
   $("busy").hidden = !text;
+  if (total) { $("busy").max = total; $("busy").value = done; } else $("busy").removeAttribute("value");
   $("status-text").textContent = text || "";
 }
 
@@ -53,6 +54,7 @@ function showModel(info) {
   if (!Object.keys(info.accuracy || {}).length) rows.push(["measured accuracy", "see reports/README.md for this checkpoint"]);
   $("model-info").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {text: k}), el("dd", {text: String(v)})]));
   $("adapt-label").hidden = !info.adapt;
+  $("finetune-label").title = info.finetune ? "" : "this model reads no timm backbone: fine-tuning is refused";
   document.body.dataset.model = info.name;
 }
 
@@ -82,7 +84,19 @@ function showSupport(view) {
   $("support-grid").replaceChildren(...rows);
   list("problems", view.problems.map((p) => `${p.kind}: ${p.path || "."}: ${p.message}`));
   list("support-warnings", view.warnings);
+  const tuned = [view.finetune ? `backbone fine-tuned ${view.finetune} steps to this support set` : "",
+                 view.adapt ? `model adapted ${view.adapt} steps to it` : ""].filter(Boolean);
+  $("support-note").textContent = tuned.length ? `The cases are answered with the ${tuned.join(", ")}.` : "";
+  $("support-note").hidden = !tuned.length;
   document.body.dataset.support = `${view.classes.length} classes`;
+}
+
+function followFinetuning() {  // the fine-tuning steps as a counted bar while the support upload runs
+  const timer = setInterval(async () => {
+    const job = await fetch(api("api/job")).then((r) => r.json()).catch(() => ({}));
+    if (job.task === "fine-tuning" && job.running) busy(`fine-tuning the backbone: ${job.done} / ${job.total} steps`, job.done, job.total);
+  }, 300);
+  return () => clearInterval(timer);
 }
 
 async function giveSupport() {
@@ -90,9 +104,14 @@ async function giveSupport() {
   if (!files.length) return;
   const form = new FormData();
   form.append("adapt", $("adapt").value || "0");
+  form.append("finetune", $("finetune").value || "0");
   for (const f of files) form.append("files", f, relative(f));
-  const view = await call("api/support", {method: "POST", body: form}, `checking and embedding ${files.length} support images`);
-  showSupport(view);
+  const stop = Number($("finetune").value) > 0 ? followFinetuning() : () => {};
+  try {
+    showSupport(await call("api/support", {method: "POST", body: form}, `checking and embedding ${files.length} support images`));
+  } finally {
+    stop();
+  }
 }
 
 // ---------------------------------------------------------------- cases
@@ -156,6 +175,7 @@ async function reliability() {
   bar.hidden = false;
   for (;;) {
     const job = await fetch(api("api/job")).then((r) => r.json());
+    if (job.task !== "reliability check") { bar.hidden = true; busy(""); return; }  // a new support set took over
     bar.max = job.total || 1;
     bar.value = job.done;
     busy(`reliability check: ${job.done} / ${job.total || "?"} trials`);
