@@ -161,11 +161,16 @@ def measure_backbone(encoder: str, weights: str, seconds: float, batch: int = 32
     net, _ = build_backbone(encoder, weights)
     images = np.random.default_rng(0).integers(0, 256, (2 * batch, 3, prep.image_size, prep.image_size), dtype=np.uint8)
     out = {"encoder": encoder, "weights": weights, "image_size": prep.image_size, "batch_size": batch}
-    for fmt, memory_format in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        run_backbone(net, images[:batch], prep, progress=False, batch=batch, memory_format=memory_format)  # warm-up
+    native_bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    runs = [("contiguous", torch.contiguous_format, "fp32"), ("channels_last", torch.channels_last, "fp32")]
+    if native_bf16:  # what embed_precision auto picks on this CPU
+        runs.append(("channels_last_bf16", torch.channels_last, "bf16"))
+    for fmt, memory_format, precision in runs:
+        kw = dict(progress=False, batch=batch, memory_format=memory_format, precision=precision)
+        run_backbone(net, images[:batch], prep, **kw)  # warm-up
         done, wall0 = 0, time.perf_counter()
         while time.perf_counter() - wall0 < seconds or done == 0:
-            run_backbone(net, images, prep, progress=False, batch=batch, memory_format=memory_format)
+            run_backbone(net, images, prep, **kw)
             done += len(images)
         out[f"{fmt}_images_per_s"] = done / (time.perf_counter() - wall0)
     return out
@@ -263,10 +268,12 @@ def format_report(res: dict) -> str:
                          f"{r['forward_episodes_per_s']:14.1f}")
     if res.get("backbones"):
         lines += ["", "backbone feature extraction (inference mode), images/s",
-                  f"{'backbone':<30}{'px':>5}{'batch':>7}{'contiguous':>12}{'channels_last':>15}"]
+                  f"{'backbone':<30}{'px':>5}{'batch':>7}{'contiguous':>12}{'channels_last':>15}{'+ bf16':>9}"]
         for r in res["backbones"]:
+            bf16 = r.get("channels_last_bf16_images_per_s")
             lines.append(f"{r['encoder']:<30}{r['image_size']:5d}{r['batch_size']:7d}"
-                         f"{r['contiguous_images_per_s']:12.1f}{r['channels_last_images_per_s']:15.1f}")
+                         f"{r['contiguous_images_per_s']:12.1f}{r['channels_last_images_per_s']:15.1f}"
+                         + (f"{bf16:9.1f}" if bf16 is not None else f"{'-':>9}"))
     if res.get("rss"):
         samples = res["rss"]["rss_mib"]
         lines += ["", f"resident memory over {res['rss']['steps']} MANN training steps (MiB): "

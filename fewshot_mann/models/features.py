@@ -65,8 +65,19 @@ def resolve_weights(m: ModelConfig, *, trained: bool) -> str:
     return digest
 
 
-def _cache_file(m: ModelConfig, digest: str) -> Path:
-    key = json.dumps([CACHE_VERSION, m.encoder, digest, preprocessing(m.encoder).key()])
+def embed_precision(m: ModelConfig) -> str:
+    """``fp32`` or ``bf16``, resolved once from ``m.embed_precision``: ``auto`` is bf16 where the CPU computes
+    it natively (avx512_bf16) for an ImageNet backbone (timm/torchvision; our own grayscale ``fewshot:``
+    backbones stay float32), float32 elsewhere."""
+    if m.embed_precision != "auto":
+        return m.embed_precision
+    native = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return "bf16" if native and not m.encoder.startswith("fewshot:") else "fp32"
+
+
+def _cache_file(m: ModelConfig, digest: str, precision: str = "fp32") -> Path:
+    key = json.dumps([CACHE_VERSION, m.encoder, digest, preprocessing(m.encoder).key()]
+                     + ([precision] if precision != "fp32" else []))  # fp32 files keep their names
     return feature_cache_dir() / f"features-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 
 
@@ -83,7 +94,8 @@ def _read_cache(path: Path, meta: dict, width: int = 0) -> dict[str, np.ndarray]
     except Exception:  # noqa: BLE001 - absent, damaged or foreign: recomputed
         return {}
     same = isinstance(saved, dict) and all(saved.get(k) == json.loads(json.dumps(meta[k]))
-                                             for k in ("encoder", "weights_sha256", "preprocessing"))
+                                             for k in ("encoder", "weights_sha256", "preprocessing")) \
+        and saved.get("precision", "fp32") == meta.get("precision", "fp32")
     if (not same or digests.ndim != 1 or feats.ndim != 2 or len(digests) != len(feats) or feats.dtype.kind != "f"
             or digests.dtype.kind != "U" or (width and feats.shape[1] != width) or not feats.shape[1]):
         return {}
@@ -112,11 +124,12 @@ def image_digests(images: np.ndarray) -> list[str]:
 @torch.inference_mode()
 def run_backbone(backbone: torch.nn.Module, images: np.ndarray, prep, *, progress: bool = True,
                  desc: str = "embedding", batch: int = BATCH,
-                 memory_format: torch.memory_format = torch.channels_last) -> np.ndarray:
+                 memory_format: torch.memory_format = torch.channels_last, precision: str = "fp32") -> np.ndarray:
     """(N, C, S, S) uint8 -> (N, D) float32 through ``backbone`` (grayscale replicated to RGB).
 
     channels_last by default: 1.6-2.3x the images/s of the contiguous format for the convolutional
-    backbones here (``bench --backbones``), the same features to float rounding."""
+    backbones here (``bench --backbones``), the same features to float rounding. ``precision`` bf16: under
+    CPU autocast to bfloat16 (``embed_precision``), features returned as float32."""
     backbone = backbone.to(memory_format=memory_format)
     mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
     std = torch.tensor(prep.std).view(1, 3, 1, 1)
@@ -129,7 +142,9 @@ def run_backbone(backbone: torch.nn.Module, images: np.ndarray, prep, *, progres
         x = torch.from_numpy(np.ascontiguousarray(images[first:first + batch])).float().div_(255.0)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        out.append(backbone(((x - mean) / std).contiguous(memory_format=memory_format)).float().flatten(1).numpy())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            y = backbone(((x - mean) / std).contiguous(memory_format=memory_format))
+        out.append(y.float().flatten(1).numpy())
         if bar is not None:
             bar.update(len(x))
     if bar is not None:
@@ -149,21 +164,23 @@ def embed_images(images: np.ndarray, m: ModelConfig, *, digest: str | None = Non
     if len(images) and images.shape[-1] != prep.image_size:
         raise UserError(f"images are {images.shape[-1]} px; {m.encoder} reads {prep.image_size} px")
     keys = image_digests(images)
-    path = _cache_file(m, digest)
+    precision = embed_precision(m)
+    path = _cache_file(m, digest, precision)
     meta = {"encoder": m.encoder, "weights": m.encoder_weights, "weights_sha256": digest,
-            "preprocessing": prep.key(), "created": time.strftime("%Y-%m-%d")}
+            "preprocessing": prep.key(), "precision": precision, "created": time.strftime("%Y-%m-%d")}
     table = _read_cache(path, meta, m.feature_dim) if cache and path.exists() else {}
     t0 = time.perf_counter()
     backbone = None
     if table and not m.feature_dim:  # the width is not known yet: one image checks the cache's
         backbone, _ = build_backbone(m.encoder, m.encoder_weights)
-        if len(next(iter(table.values()))) != run_backbone(backbone, images[:1], prep, progress=False).shape[1]:
+        if len(next(iter(table.values()))) != run_backbone(backbone, images[:1], prep, progress=False,
+                                                           precision=precision).shape[1]:
             table = {}  # a cache of another width is never used (and is replaced below)
     todo = sorted({k: i for i, k in enumerate(keys) if k not in table}.values())
     if todo:
         backbone = backbone or build_backbone(m.encoder, m.encoder_weights)[0]
-        feats = run_backbone(backbone, images[todo], prep, progress=progress,
-                             desc=f"{m.encoder} features of {len(todo)} images (once)")
+        feats = run_backbone(backbone, images[todo], prep, progress=progress, precision=precision,
+                             desc=f"{m.encoder} features of {len(todo)} images (once{', bfloat16' if precision == 'bf16' else ''})")
         fresh = {keys[i]: f for i, f in zip(todo, feats)}
         table.update(fresh)
         if cache:

@@ -38,6 +38,7 @@ TODAY = [
     ('--model', 'mann', ('mann', 'ntm', 'dnc', 'lstm', 'ff', 'transformer', 'keyed'), 'str'),
     ('--encoder', 'linear', None, 'str'),
     ('--encoder-weights', 'imagenet', None, 'str'),
+    ('--embed-precision', 'auto', ('auto', 'fp32', 'bf16'), 'str'),
     ('--feature-norm', 'center-l2', ('none', 'l2', 'center-l2'), 'str'),
     ('--feature-proj', 0, None, 'int'),
     ('--no-feature-cache', False, None, 'store_true'),
