@@ -7,7 +7,7 @@ absent; ``.ci/run`` installs both."""
 from __future__ import annotations
 
 import os
-
+import re
 import shutil
 import socket
 import threading
@@ -39,6 +39,7 @@ from helpers.app import flat_cases, tiny_checkpoint  # noqa: E402
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "app"
 TOKEN = "browser-test-token"
+HTML_NAME = "<em>x&amp;y"  # a class folder named like markup
 
 
 def free_port() -> int:
@@ -100,6 +101,8 @@ def wait_for(driver, predicate, seconds: float = 60):
 def test_the_whole_workflow_in_a_browser(server, browser, tmp_path, monkeypatch, capsys):
     url, ckpt = server
     support = make_image_folder(tmp_path / "support", classes=3, per_class=4, seed=31)["root"]
+    first = sorted(support.iterdir())[0]
+    first.rename(support / HTML_NAME)  # folder names reach the page as text, never as markup
     cases = flat_cases(make_image_folder(tmp_path / "raw", classes=3, per_class=2, seed=32)["root"], tmp_path / "cases")
     browser.get(url + "/")  # no token: refused
     assert "forbidden" in browser.find_element(By.TAG_NAME, "body").text
@@ -139,9 +142,34 @@ def test_the_whole_workflow_in_a_browser(server, browser, tmp_path, monkeypatch,
     browser.find_element(By.ID, "reliability").click()
     wait_for(browser, lambda d: d.find_element(By.ID, "reliability-table").is_displayed())
     methods = [r.find_element(By.TAG_NAME, "td").text for r in browser.find_elements(By.CSS_SELECTOR, "#reliability-table tbody tr")]
-    assert methods == ["this model", "this model"] + ["nearest-centroid-raw-pixels", "logistic-regression-raw-pixels"] * 2
+    assert methods == ["this model", "nearest-centroid-raw-pixels", "logistic-regression-raw-pixels"] * 2  # each row's beside it
+    check_reliability_charts(browser, sorted(p.name for p in support.iterdir()), trials=50)
     shot(browser, "4-reliability", "reliability-section")
     assert not browser.find_element(By.ID, "error").is_displayed()
+
+
+def texts(root, css: str) -> list[str]:
+    return [e.get_attribute("textContent") for e in root.find_elements(By.CSS_SELECTOR, css)]
+
+
+def check_reliability_charts(browser, classes: list[str], trials: int) -> None:
+    """Each kshot row (1-shot, 3-shot) drawn: the per-class table, the confusion matrix with the class names
+    on both axes, the reliability diagram with its diagonal and ECE; the HTML-looking class name as text."""
+    blocks = browser.find_elements(By.CSS_SELECTOR, "#reliability-charts .trust")
+    assert [b.get_attribute("data-shots") for b in blocks] == ["1", "3"]
+    for block in blocks:
+        rows = block.find_elements(By.CSS_SELECTOR, "table.per-class tbody tr")
+        assert texts(block, "table.per-class td.class-name") == classes
+        assert [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows] == [str(trials)] * 3  # one query a class a trial
+        assert all(r.find_elements(By.TAG_NAME, "td")[1].text.endswith(" %") for r in rows)
+        assert texts(block, "svg.confusion text.truth-name") == classes
+        assert texts(block, "svg.confusion text.answer-name") == classes
+        assert len(block.find_elements(By.CSS_SELECTOR, "svg.confusion rect.cell")) == 9
+        assert len(block.find_elements(By.CSS_SELECTOR, "svg.reliability-diagram line.diagonal")) == 1
+        assert block.find_elements(By.CSS_SELECTOR, "svg.reliability-diagram rect.bin")
+        caption = block.find_element(By.CSS_SELECTOR, ".reliability-figure figcaption").text
+        assert re.match(r"ECE \d\.\d{3} at temperature 1\.00, over 150 answers\.", caption), caption
+    assert not browser.find_elements(By.CSS_SELECTOR, "em")  # the folder name <em>... was not read as markup
 
 
 def test_an_error_is_one_line_on_the_page_and_the_page_keeps_working(server, browser, tmp_path):

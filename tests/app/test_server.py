@@ -49,14 +49,14 @@ def case_files(root: Path):
 
 def test_every_request_needs_the_token(folders):
     client = client_for(folders)
-    for path in ("/", "/app.js", "/app.css", "/api/state", "/api/job", "/api/answers.csv"):
+    for path in ("/", "/app.js", "/charts.js", "/app.css", "/api/state", "/api/job", "/api/answers.csv"):
         assert client.get(path).status_code == 403, path
         assert client.get(path + "?token=wrong").status_code == 403, path
         assert client.get(path + "?token=" + TOKEN[:-1]).status_code == 403, path
     assert client.post("/api/model", json={"name": str(folders["ckpt"])}).status_code == 403
     assert client.post("/api/support", files=support_files(folders["support"])).status_code == 403
     page = client.get("/?token=" + TOKEN)
-    assert page.status_code == 200 and f"app.js?token={TOKEN}" in page.text
+    assert page.status_code == 200 and f"app.js?token={TOKEN}" in page.text and f"charts.js?token={TOKEN}" in page.text
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert page.headers["referrer-policy"] == "no-referrer"
 
@@ -129,6 +129,11 @@ def test_the_reliability_check_runs_kshot_over_the_support_folder(folders):
     assert job["error"] is None and job["done"] == job["total"] == 40  # 1-shot and 3-shot, 20 trials each
     assert [r["shots"] for r in job["result"]["rows"]] == [1, 3]
     assert {b["name"] for b in job["result"]["baselines"]} == {"nearest-centroid-raw-pixels", "logistic-regression-raw-pixels"}
+    names = sorted(p.name for p in folders["support"].iterdir())
+    for row in job["result"]["rows"]:  # what the page draws: per-class table, confusion matrix, reliability diagram
+        assert list(row["per_class"]) == names and sum(r["queries"] for r in row["per_class"].values()) == 20 * len(names)
+        assert row["confusion"]["classes"] == names and len(row["confusion"]["counts"]) == len(names)
+        assert len(row["calibration"]["bins"]) == 15 and 0 <= row["calibration"]["ece"] <= 1
 
 
 def test_nearest_support_ranks_by_centred_cosine():

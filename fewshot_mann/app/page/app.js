@@ -88,6 +88,8 @@ function showSupport(view) {
                  view.adapt ? `model adapted ${view.adapt} steps to it` : ""].filter(Boolean);
   $("support-note").textContent = tuned.length ? `The cases are answered with the ${tuned.join(", ")}.` : "";
   $("support-note").hidden = !tuned.length;
+  $("reliability-table").hidden = true;  // a check of the previous support set no longer applies
+  $("reliability-charts").replaceChildren();
   document.body.dataset.support = `${view.classes.length} classes`;
 }
 
@@ -159,12 +161,16 @@ async function giveCases(input) {
 }
 
 // ---------------------------------------------------------------- reliability
-function showReliability(result) {
+function showReliability(result) {  // each row of the model, then the baselines on its trials, then its charts
   const pct = (x) => `${(100 * x).toFixed(1)} %`;
-  const rows = [...result.rows.map((r) => ["this model", r]), ...result.baselines.map((r) => [r.name, r])].map(([name, r]) =>
-    el("tr", {}, ...[name, r.ways, r.shots, pct(r.accuracy), `± ${pct(r.ci95)}`, r.episodes].map((v) => el("td", {text: String(v)}))));
+  const same = (a, b) => a.ways === b.ways && a.shots === b.shots;
+  const line = (name, r, cls) => el("tr", {class: cls},
+    ...[name, r.ways, r.shots, pct(r.accuracy), `± ${pct(r.ci95)}`, r.episodes].map((v) => el("td", {text: String(v)})));
+  const rows = result.rows.flatMap((r) => [line("this model", r, "model-row"),
+    ...result.baselines.filter((b) => same(b, r)).map((b) => line(b.name, b, "baseline-row"))]);
   $("reliability-table").querySelector("tbody").replaceChildren(...rows);
   $("reliability-table").hidden = false;
+  $("reliability-charts").replaceChildren(...result.rows.map((r) => Charts.trustBlock(r)));
   list("reliability-warnings", result.warnings);
 }
 
