@@ -120,6 +120,9 @@ SHARED_FLAGS = {
                  "problem": at_least(0, "--finetune", high=limits.MAX_FINETUNE_STEPS),
                  "help": "timm backbone checkpoints: fine-tune the backbone's last layers to the support images "
                          f"(augmented views; never a query) for STEPS steps first; bare: {limits.FINETUNE_STEPS}; 0: off"},
+    "embed_precision": {"choices": ("auto", "fp32", "bf16"), "default": None,
+                        "help": "override the checkpoint's backbone precision (auto: bfloat16 where the CPU has "
+                                "avx512_bf16; fp32 for float32 features)"},
     "no_feature_cache": {"action": "store_true",
                          "help": "privacy: neither read nor write the caches of features or decoded images; nothing "
                                  "derived from your images is written outside the paths you name"},

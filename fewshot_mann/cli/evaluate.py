@@ -10,7 +10,7 @@ import sys
 import time
 
 from fewshot_mann.cli.common import add_shared_flags, classes_option, parse_checked, run_guarded, set_threads
-from fewshot_mann.config import DECODES, RESIZE_POLICIES, answers_any_ways
+from fewshot_mann.config import DECODES, RESIZE_POLICIES, answers_any_ways, is_backbone
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
                    help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
     add_shared_flags(p, "batch_size", "device", "threads", "json", "plot", "no_progress", "no_feature_cache",
-                     "finetune")
+                     "finetune", "embed_precision")
     return p
 
 
@@ -55,6 +55,11 @@ def apply_overrides(cfg, args) -> None:
         cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
     if args.resize:
         cfg.data.resize = args.resize
+    if args.embed_precision:
+        cfg.model.embed_precision = args.embed_precision
+    if is_backbone(cfg.model.encoder):  # the JSON's config says which precision the features had
+        from fewshot_mann.models.features import embed_precision
+        cfg.model.embed_precision = embed_precision(cfg.model)
     if args.ways is not None:
         cfg.episodes = with_ways(cfg.episodes, args.ways, answers_any_ways(cfg))
     if args.instances is not None:

@@ -8,7 +8,7 @@ import time
 from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, classes_option, parse_checked, run_guarded,
                                      set_threads)
-from fewshot_mann.config import INK_FRAMES, POLARITIES, RESIZE_POLICIES
+from fewshot_mann.config import INK_FRAMES, POLARITIES, RESIZE_POLICIES, is_backbone
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     add_shared_flags(p, "episodes", "seed", "device", "threads")
     add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt", high=limits.MAX_ADAPT_STEPS),
              help="meta-fine-tune a copy of the model on each episode's support set for STEPS steps first")
-    add_shared_flags(p, "finetune")
+    add_shared_flags(p, "finetune", "embed_precision")
     p.add_argument("--no-baselines", action="store_true", help="skip the nearest-centroid baselines")
     add_flag(p, "--unknown-queries", type=int, default=0, metavar="Q",
              problem=at_least(0, "--unknown-queries", high=limits.MAX_SHOTS),
@@ -58,6 +58,11 @@ def apply_overrides(cfg, args) -> None:
         cfg.data.ink_frame = args.ink_frame
     if args.resize:
         cfg.data.resize = args.resize
+    if args.embed_precision:
+        cfg.model.embed_precision = args.embed_precision
+    if is_backbone(cfg.model.encoder):  # the JSON's config says which precision the features had
+        from fewshot_mann.models.features import embed_precision
+        cfg.model.embed_precision = embed_precision(cfg.model)
     cfg.episodes.instances = min(cfg.episodes.instances, min(args.shots) + args.queries)  # the loader's minimum
 
 
@@ -95,7 +100,6 @@ def _kshot(argv) -> int:
 
 
 def _kshot_rows(argv) -> int:
-    from fewshot_mann.config import is_backbone
     from fewshot_mann.errors import DataError
     from fewshot_mann.data.heldout import bank_digests, check_scored, recorded_classes
     from fewshot_mann.engine.loading import load_split_banks

@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt", high=limits.MAX_ADAPT_STEPS),
              help="first meta-fine-tune a copy of the model this many steps on episodes of the support set "
                   "(0 = answer with the model as trained)")
-    add_shared_flags(p, "finetune")
+    add_shared_flags(p, "finetune", "embed_precision")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
                    help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
     add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
@@ -68,6 +68,8 @@ def _predict(argv) -> int:
     cfg = ckpt["config_obj"]
     if args.resize:
         cfg.data.resize = args.resize
+    if args.embed_precision:
+        cfg.model.embed_precision = args.embed_precision
     model = load_model_from_checkpoint(ckpt, device)
     refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
     calibration = checkpoint_calibration(ckpt)
