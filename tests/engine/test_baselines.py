@@ -91,6 +91,29 @@ def test_by_instance_baselines_equal_a_literal_causal_recomputation():
     np.testing.assert_allclose(res["accuracy_by_instance"], right.mean(0), atol=1e-12)
 
 
+def test_by_instance_logistic_regression_equals_scikit_learn_fitted_on_the_steps_told():
+    """The by-instance logistic baseline, solved one step (prefix of told steps) at a time, answers as
+    scikit-learn fitted on exactly the steps before each step; a fit that saw the step itself or a step
+    more would answer otherwise on these random images."""
+    bank, cfg = random_bank(classes=6, per_class=5, seed=2), EpisodeConfig(ways=3, instances=4)
+    [logistic] = [b for b in B.BASELINES if b.inputs == "pixels" and b.head == "logistic"]
+    [res] = B.by_instance_baselines({"pixels": bank}, (logistic,), cfg, episodes=8, seed=5, batch_size=3)
+    right = np.zeros((8, 4))
+    for i in range(8):
+        ep = evaluation_episodes(bank, cfg, 5, i, 1)
+        x = ep.images[0].reshape(12, -1).astype(np.float64) / 255.0
+        y, inst = ep.labels[0], ep.instance[0]
+        for t in range(12):
+            told = sorted(set(y[:t].tolist()))
+            if len(told) < 2:
+                pred = told[0] if told else 0
+            else:
+                pred = LogisticRegression(C=1.0, tol=1e-10, max_iter=100000).fit(x[:t], y[:t]).predict(x[t:t + 1])[0]
+            right[i, inst[t]] += (pred == y[t]) / 3
+    np.testing.assert_allclose(res["accuracy_by_instance"], right.mean(0), atol=1e-12)
+    assert 0.2 < right[:, 1:].mean() < 0.95
+
+
 def test_feature_models_are_causal():
     """A change to a later image leaves every earlier answer bit-identical (centring uses steps seen so far)."""
     from fewshot_mann.config import Config
