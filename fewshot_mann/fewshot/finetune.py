@@ -16,7 +16,8 @@ seconds, because only the backbone's *tail* trains:
   images and of the queries (view 0). The queries are never seen before that last forward pass.
 
 The tuned features then go to the checkpoint's own model, as the frozen ones do without fine-tuning
-(``--finetune 0`` is exactly the frozen path). The steps, learning rate, views and tail length were chosen on validation domains
+(``--finetune 0`` is exactly the frozen path). The steps (40), learning rate, views and tail length (the last stage
+and the head convolution) were chosen on validation domains
 (``reports/scripts/select_finetune.py``; ``reports/results-finetune/``).
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ class FinetuneSettings:
     steps: int = limits.FINETUNE_STEPS
     lr: float = 1e-3
     head_lr: float = 1e-2
-    tail_stages: int = 0
+    tail_stages: int = 1
     views: int = 8
     scale: float = 10.0  # the cosine classifier's logit scale
     batch: int = 50  # support views per step
