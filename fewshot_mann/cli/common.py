@@ -19,10 +19,13 @@ from fewshot_mann.options import field_problem
 from fewshot_mann.data.heldout import CLASS_CHOICES, normalise
 from fewshot_mann.errors import UserError, first_line, is_allocation_error
 from fewshot_mann.fileio import check_output_path
+from fewshot_mann.text import printable
 
 
 def fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    """One line, ``error: ...``, whatever the message quotes (a name with a newline, tab or terminal
+    escape is shown escaped: ``text.printable``)."""
+    print(f"error: {printable(message)}", file=sys.stderr)
     return code
 
 

@@ -57,6 +57,17 @@ def test_predict_csv_never_writes_a_cell_a_spreadsheet_would_run(run_dir, tmp_pa
     assert csv_cell("-0.25") == "-0.25" and csv_cell("=1") == "'=1" and csv_cell(0.5) == 0.5
 
 
+@pytest.mark.parametrize("cell", [" =1+1", "\t=1", "\r+1", "\n-1-1", "\uff1dHYPERLINK(1)", "  @SUM(1)", "\u3000=1"])
+def test_csv_cells_that_start_a_formula_after_blanks_or_in_fullwidth_are_text(cell):
+    assert csv_cell(cell) == "'" + cell
+
+
+def test_an_error_quoting_a_name_with_control_characters_is_one_line(capsys):
+    assert cli.main(["train", "--encoder", "torchvision:resnet18\n\x1b[31mfake\u202e", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "\x1b" not in err and "\u202e" not in err
+
+
 def test_a_newline_in_a_class_name_keeps_one_row_per_class(tmp_path, capsys):
     data = make_image_folder(tmp_path / "data", classes=3, per_class=4, size_range=(8, 12))
     first = sorted(data["root"].iterdir())[0]
