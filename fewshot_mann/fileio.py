@@ -73,12 +73,12 @@ def write_target(path: str | os.PathLike) -> Path:
     """The file a write to ``path`` replaces: ``path`` itself, or the target of the symbolic
     link(s) it names (writes go through links). ``OutputError`` if that is not a regular file."""
     path = Path(path).expanduser()
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
+        target = Path(os.path.realpath(path)) if path.is_symlink() else path
         st = os.stat(target)
     except FileNotFoundError:
         return target
-    except OSError as exc:  # ENOTDIR: a path under a file; ELOOP; EACCES
+    except OSError as exc:  # ENOTDIR: a path under a file; ELOOP; EACCES; ENAMETOOLONG
         raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
     if not stat.S_ISREG(st.st_mode):
         what = "is a folder; name a file" if stat.S_ISDIR(st.st_mode) else \

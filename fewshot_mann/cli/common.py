@@ -51,6 +51,11 @@ def run_guarded(fn, argv) -> int:
         return 0
     except MemoryError:
         return fail("out of memory; try a smaller --batch-size or --image-size")
+    except OSError as exc:  # a path the system refuses wherever it is met (too long: ENAMETOOLONG)
+        if exc.filename is None:
+            raise
+        name = str(exc.filename)
+        return fail(f"cannot use {name if len(name) <= 200 else name[:200] + '...'}: {exc.strerror or exc}")
     except RuntimeError as exc:  # torch reports a failed allocation as a RuntimeError
         if is_allocation_error(exc):  # the whole first line: the size asked for is the useful part
             return fail(f"out of memory ({first_line(exc)}); try a smaller --batch-size, --image-size or model")

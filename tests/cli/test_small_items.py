@@ -117,3 +117,11 @@ def test_a_symlink_loop_is_named_as_a_loop(tmp_path, monkeypatch):
     (cls / "b.png").symlink_to(cls / "a.png")
     problems = {p.path: p for p in folder.load_folder(data["root"], image_size=8, progress=False).problems}
     assert "loop" in problems[f"{cls.name}/a.png"].message and problems[f"{cls.name}/a.png"].kind != "outside-link"
+
+
+@pytest.mark.parametrize("where", ["--checkpoint", "--data-root", "--json"])
+def test_a_file_name_longer_than_the_system_allows_is_one_line(where, tmp_path, capsys):
+    long = str(tmp_path / ("a" * 300))
+    args = {"--checkpoint": long, "--data-root": str(tmp_path), "--json": str(tmp_path / "e.json"), where: long}
+    assert cli.main(["evaluate", *[x for k, v in args.items() for x in (k, v)], "--episodes", "1"]) == 2
+    assert "too long" in one_error_line(capsys)
