@@ -125,3 +125,13 @@ def test_a_file_name_longer_than_the_system_allows_is_one_line(where, tmp_path, 
     args = {"--checkpoint": long, "--data-root": str(tmp_path), "--json": str(tmp_path / "e.json"), where: long}
     assert cli.main(["evaluate", *[x for k, v in args.items() for x in (k, v)], "--episodes", "1"]) == 2
     assert "too long" in one_error_line(capsys)
+
+
+def test_a_fifo_or_a_broken_link_in_a_class_is_named_for_what_it_is(tmp_path):
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=3, size_range=(8, 12))
+    cls = sorted(data["root"].iterdir())[0]
+    os.mkfifo(cls / "pipe.png")
+    (cls / "gone.png").symlink_to(cls / "nothing.png")
+    problems = {p.path.rpartition("/")[2]: p.message for p in folder.load_folder(data["root"], image_size=8,
+                                                                                  progress=False, cache=False).problems}
+    assert problems["pipe.png"].startswith("a FIFO") and problems["gone.png"].startswith("a broken link")
