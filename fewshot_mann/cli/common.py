@@ -70,7 +70,7 @@ def at_least(low: int, flag: str, *, high: int):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             return f"{flag} must be {'at least 1' if low == 1 else f'>= {low}'} (got {value!r:.40})"
         if value > high:
-            return f"{flag} must be at most {high:,} (got {value:.3g})"
+            return f"{flag} must be at most {high:,} (got {limits.shown(value)})"
         return None
     return problem
 
