@@ -27,3 +27,9 @@ MAX_CLASSES = 1_000_000  # bench's synthetic classes
 MAX_BATCH_VALUES = 2**31  # values of one training batch's inputs or memories (8 GiB of float32)
 MAX_PARAMETERS = 2**28  # a model's parameters (1 GiB of float32); the paper's models have about 0.5 M
 MAX_SECONDS = 7 * 24 * 3600.0  # bench --seconds
+
+
+def shown(value) -> str:
+    """A number past a bound, as a message shows it: every digit up to 10^18 (``10,001``, not ``1e+04``,
+    which reads as the bound itself), then three significant ones."""
+    return f"{value:,}" if abs(value) < 10**18 else f"{value:.3g}"

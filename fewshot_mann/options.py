@@ -13,6 +13,8 @@ import math
 import typing
 from dataclasses import field
 
+from fewshot_mann import limits
+
 
 def kind_of(annotation) -> tuple[type, bool]:
     """(bool | int | float | str, optional) of a dataclass field annotation."""
@@ -90,5 +92,5 @@ def field_problem(f: dataclasses.Field, value) -> str | None:
         return f"{name} must be {_bounds_text(meta)} (got {value}{note})"
     limit = meta.get("limit")
     if limit is not None and value > limit:
-        return f"{name} must be at most {limit:,} (got {value:.3g})"
+        return f"{name} must be at most {limit:,} (got {limits.shown(value)})"
     return None

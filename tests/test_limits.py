@@ -154,3 +154,11 @@ def test_a_training_batch_too_large_to_hold_is_one_line(flags, needle, tmp_path,
         argv = without(argv, flag)
     assert cli.main(["train", *argv, *flags, "--out", str(tmp_path / "run")]) == 2
     assert needle in one_error_line(capsys)
+
+
+def test_a_number_just_past_its_bound_is_shown_with_every_digit(capsys):
+    from fewshot_mann.cli.common import at_least
+
+    assert at_least(0, "--adapt", high=10_000)(10_001) == "--adapt must be at most 10,000 (got 10,001)"
+    assert cli.main(["train", "--controller-size", "16385", "--episodes", "1"]) == 2
+    assert "(got 16,385)" in capsys.readouterr().err

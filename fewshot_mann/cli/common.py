@@ -19,10 +19,13 @@ from fewshot_mann.options import field_problem
 from fewshot_mann.data.heldout import CLASS_CHOICES, normalise
 from fewshot_mann.errors import UserError, first_line, is_allocation_error
 from fewshot_mann.fileio import check_output_path
+from fewshot_mann.text import printable
 
 
 def fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    """One line, ``error: ...``, whatever the message quotes (a name with a newline, tab or terminal
+    escape is shown escaped: ``text.printable``)."""
+    print(f"error: {printable(message)}", file=sys.stderr)
     return code
 
 
@@ -48,6 +51,11 @@ def run_guarded(fn, argv) -> int:
         return 0
     except MemoryError:
         return fail("out of memory; try a smaller --batch-size or --image-size")
+    except OSError as exc:  # a path the system refuses wherever it is met (too long: ENAMETOOLONG)
+        if exc.filename is None:
+            raise
+        name = str(exc.filename)
+        return fail(f"cannot use {name if len(name) <= 200 else name[:200] + '...'}: {exc.strerror or exc}")
     except RuntimeError as exc:  # torch reports a failed allocation as a RuntimeError
         if is_allocation_error(exc):  # the whole first line: the size asked for is the useful part
             return fail(f"out of memory ({first_line(exc)}); try a smaller --batch-size, --image-size or model")
@@ -62,7 +70,7 @@ def at_least(low: int, flag: str, *, high: int):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             return f"{flag} must be {'at least 1' if low == 1 else f'>= {low}'} (got {value!r:.40})"
         if value > high:
-            return f"{flag} must be at most {high:,} (got {value:.3g})"
+            return f"{flag} must be at most {high:,} (got {limits.shown(value)})"
         return None
     return problem
 

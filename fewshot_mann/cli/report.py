@@ -118,6 +118,9 @@ def has_inputs(name: str, args, reports: Path) -> bool:
 
 def _report(argv) -> int:
     args = parse_checked(report_parser(), argv)
+    for flag, value in (("--reports-dir", args.reports_dir), ("--out-dir", args.out_dir)):
+        if value is not None and not value.strip():  # Path("") is ".": never taken for the default
+            raise UserError(f"{flag}: an empty path; name a folder")
     reports = Path(args.reports_dir)
     if not reports.is_dir():
         raise UserError(f"--reports-dir {reports} is not a folder")

@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from fewshot_mann.errors import UserError
-from fewshot_mann.fileio import atomic_write, remove_abandoned_temporaries, temporary_is_abandoned
+from fewshot_mann.fileio import atomic_write, read_npz, remove_abandoned_temporaries, temporary_is_abandoned
 from fewshot_mann.data.omniglot import cache_dir
 
 FEATURES = "features"  # the sub-folder of the feature caches
@@ -101,6 +103,19 @@ def has_members(path: Path, sub: str, name: str) -> bool:
                 return set(z.namelist()) == members
     except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError):
         return False
+
+
+def read(path: Path, expect: Callable[[dict[str, tuple[np.dtype, tuple]]], bool]) -> dict[str, np.ndarray] | None:
+    """The arrays of the cache file ``path`` where it has a cache's name and place and holds
+    exactly the members that cache writes, as it writes them, and ``expect`` accepts every
+    member's (dtype, shape) (``fileio.read_npz``: headers first, no link, FIFO or device, stored
+    members only); None otherwise."""
+    path = Path(path)
+    sub = next((name for name, folder in folders() if path.parent == folder), None)
+    if sub is None or kind_of(sub, path.name) is None:
+        return None
+    members = next(m for _, folder, pattern, m in OWNED if folder == sub and pattern.fullmatch(path.name))
+    return read_npz(path, members, expect)
 
 
 def is_owned(path: Path) -> bool:

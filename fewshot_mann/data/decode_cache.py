@@ -62,22 +62,52 @@ def cache_path(root: Path, classes: dict[str, list[Path]], reader: ImageReader,
     return cache_dir() / f"{prefix}-{listing.hexdigest()[:16]}.npz", prefix
 
 
-def load(path: Path):
-    """(bank, digests, problems, stats) from the cache file ``path``; None where it is absent, damaged or foreign."""
-    if not path.exists():
+MAX_META_BYTES = 2**28  # the JSON of names, problems and statistics (a few hundred bytes a skipped file)
+
+
+def load(path: Path, reader: ImageReader, classes: dict[str, list[Path]]):
+    """(bank, digests, problems, stats) from the cache file ``path``; None where it is absent,
+    damaged or foreign: only a file the caches own (``cache_files.read``) holding what this
+    reader makes of these classes (uint8 images of its shape, at most one an image file, counts,
+    digests, names of these classes, well-formed problems and statistics) is answered."""
+    shape = (reader.channels, reader.image_size, reader.image_size)
+    most = sum(len(files) for files in classes.values())
+
+    def expect(h):
+        (di, si), (dc, sc), (dd, sd), (dm, sm) = h["images"], h["counts"], h["digests"], h["meta"]
+        return (di == np.uint8 and len(si) == 4 and si[1:] == shape and si[0] <= most and dc.kind in "iu"
+                and len(sc) == 1 and sc[0] <= len(classes) and dd == np.dtype("<U64") and sd == si[:1]
+                and dm.kind == "U" and sm == () and dm.itemsize <= MAX_META_BYTES)
+    z = cache_files.read(path, expect)
+    if z is None:
         return None
+    images, counts, digests = z["images"], z["counts"].astype(np.int64), z["digests"]
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            images, counts, digests = z["images"], z["counts"].astype(np.int64), z["digests"]
-        names = meta["names"]
-        if len(names) != len(counts) or int(counts.sum()) != len(images) or len(images) != len(digests):
-            return None
-        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        problems = [Problem(**p) for p in meta["problems"]]
-        return ClassBank(images, offsets, counts, names), digests, problems, meta["stats"]
+        meta = json.loads(str(z["meta"]))
+        names, problems, stats = meta["names"], [Problem(**p) for p in meta["problems"]], meta["stats"]
     except Exception:  # noqa: BLE001 - a damaged or foreign cache is rebuilt
         return None
+    if not (_well_formed(names, problems, stats, classes) and len(names) == len(counts)
+            and (counts > 0).all() and int(counts.sum()) == len(images)):
+        return None
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return ClassBank(images, offsets, counts, names), digests, problems, stats
+
+
+def _well_formed(names, problems: list[Problem], stats, classes: dict) -> bool:
+    """Names: distinct classes of this folder; problems: text fields; statistics: per class, two
+    sizes of two whole numbers and lists of text (what ``inspect`` prints)."""
+    def texts(v) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    def size(v) -> bool:
+        return isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)
+    return (texts(names) and len(set(names)) == len(names) and all(n in classes for n in names)
+            and all(isinstance(x, str) for p in problems for x in (p.kind, p.path, p.message))
+            and isinstance(stats, dict) and all(
+                n in classes and isinstance(s, dict) and set(s) == {"size_min", "size_max", "modes", "formats"}
+                and size(s["size_min"]) and size(s["size_max"]) and texts(s["modes"]) and texts(s["formats"])
+                for n, s in stats.items()))
 
 
 def save(path: Path, prefix: str, bank: ClassBank, digests, problems, stats) -> None:

@@ -72,7 +72,7 @@ def load_folder(root: str | os.PathLike, image_size: int = 20, channels: int = 1
     root, classes, problems = scan_folder(root, option)
     class_folders = sorted(set(classes) | {p.path.rstrip("/") for p in problems if p.kind == "empty-class"})
     if cache:
-        cached = decode_cache.load(decode_cache.cache_path(root, classes, reader)[0])
+        cached = decode_cache.load(decode_cache.cache_path(root, classes, reader)[0], reader, classes)
         if cached is not None:
             bank, digests, decode_problems, stats = cached
             return FolderData(root, bank, digests, problems + decode_problems, stats, class_folders, True)

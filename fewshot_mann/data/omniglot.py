@@ -29,7 +29,8 @@ from PIL import Image
 
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.errors import DataError, UserError
-from fewshot_mann.fileio import InputError, atomic_write, read_json_file, read_regular_file, remove_abandoned_temporaries
+from fewshot_mann.fileio import (InputError, atomic_write, read_json_file, read_npz, read_regular_file,
+                                 remove_abandoned_temporaries)
 
 
 def _reason(exc: BaseException) -> str:
@@ -222,14 +223,9 @@ def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress
     except OSError as exc:
         raise DataError(f"cannot read the Omniglot data under {root}: {exc.strerror or exc}") from exc
     cache = cache_dir() / f"omniglot-{image_size}px-{key}.npz"
-    if cache.exists():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                images, counts, names = z["images"], z["counts"], [str(n) for n in z["names"]]
-            offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-            return ClassBank(images, offsets, counts.astype(np.int64), names)
-        except Exception:  # noqa: BLE001 - any damage to the cache file
-            pass  # a damaged cache is rebuilt below
+    cached = _cached_bank(cache, image_size)
+    if cached is not None:
+        return cached
     groups, names = [], []
     members = [(s, name, files) for s in sources for name, files in s.members().items()]
     if not members:
@@ -252,6 +248,24 @@ def load_omniglot(root: str | os.PathLike | None, image_size: int = 20, progress
     except OSError:
         pass  # a read-only cache only costs the decode next time
     return bank
+
+
+def _cached_bank(cache: Path, image_size: int) -> ClassBank | None:
+    """The bank in the Omniglot cache file ``cache``; None where it is absent, damaged or foreign
+    (only a file the caches own holding uint8 drawings of this size, one name and a positive count
+    a character, is answered: ``fileio.read_npz``)."""
+    def expect(h):
+        (di, si), (dc, sc), (dn, sn) = h["images"], h["counts"], h["names"]
+        return (di == np.uint8 and si[1:] == (1, image_size, image_size) and dc.kind in "iu" and len(sc) == 1
+                and dn.kind == "U" and sn == sc)
+    z = read_npz(cache, {"images.npy", "counts.npy", "names.npy"}, expect)
+    if z is None:
+        return None
+    counts = z["counts"].astype(np.int64)
+    if not (counts > 0).all() or int(counts.sum()) != len(z["images"]):
+        return None
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return ClassBank(z["images"], offsets, counts, [str(n) for n in z["names"]])
 
 
 PARTS_OF_SPLIT = ("train", "validation", "test")

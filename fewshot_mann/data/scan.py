@@ -70,6 +70,21 @@ def _link_problem(path: Path, root: Path, shown: str) -> Problem | None:
     return None
 
 
+def _not_a_file(path: Path) -> str:
+    """What ``path`` is, when it is neither a folder nor a regular file (a FIFO is never opened)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken link (what it points to does not exist)"
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or short_error(exc)})"
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"{kind}, not an image file"
+
+
 def relative(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -112,7 +127,7 @@ def walk_images(folder: Path, root: Path, problems: list[Problem], visited: set,
             problems.append(Problem("not-image", relative(path, root),
                                     f"not an image file (extension not one of {' '.join(IMAGE_EXTENSIONS)})"))
         else:
-            problems.append(Problem("unreadable", relative(path, root), "not a regular file (broken link?)"))
+            problems.append(Problem("unreadable", relative(path, root), _not_a_file(path)))
     return files
 
 

@@ -13,6 +13,7 @@ No query image is ever used: adapting is as inductive as the frozen model.
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import torch
@@ -72,8 +73,11 @@ def adapt_to_support(model: torch.nn.Module, images: np.ndarray, labels: np.ndar
     pixels = images.dtype == np.uint8
     shift, photo = Jitter(2.0, 0.0), Photometric(0.0, 0.1, 0.05)
     spread = float(np.std(images)) if not pixels else 0.0
-    with torch.enable_grad():
-        for _ in range(steps):
+    from tqdm import tqdm
+
+    with torch.enable_grad():  # a bar from 100 steps on: up to MAX_ADAPT_STEPS can take minutes
+        for _ in tqdm(range(steps), desc="adapting to the support set", unit="step", leave=False,
+                      disable=steps < 100, file=sys.stderr):
             ep = support_episodes(images, labels, cfg, rng, batch)
             tb = to_tensors(ep, cfg, device)
             x = tb.images

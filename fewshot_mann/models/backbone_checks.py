@@ -65,7 +65,8 @@ def read_state(weights: str) -> dict:
 
 
 def check_state(state, where: str) -> None:
-    """``UserError`` unless ``state`` maps text keys to finite tensors (at most ``MAX_TENSORS``)."""
+    """``UserError`` unless ``state`` maps text keys to finite, dense, real tensors in memory (not on
+    the ``meta`` device, sparse, complex or quantized; at most ``MAX_TENSORS``)."""
     if not isinstance(state, dict):
         raise UserError(f"{where}: not a state dict (a mapping of tensor names to tensors)")
     if len(state) > MAX_TENSORS:
@@ -75,6 +76,9 @@ def check_state(state, where: str) -> None:
             raise UserError(f"{where}: not a state dict (key {key!r:.40} is not a tensor name)")
         if not isinstance(value, torch.Tensor):
             raise UserError(f"{where}: not a state dict ({key:.80} is a {type(value).__name__}, not a tensor)")
+        if value.layout != torch.strided or value.device.type != "cpu" or value.is_complex() or value.is_quantized:
+            raise UserError(f"{where}: {key:.80} is not a plain tensor of real numbers (layout {value.layout}, "
+                            f"device {value.device.type}, {value.dtype})")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise UserError(f"{where}: {key:.80} holds NaN or infinite values; the features would be meaningless")
 

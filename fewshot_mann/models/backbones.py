@@ -110,10 +110,14 @@ def _fewshot(name: str):
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of the file ``path``; one line (``UserError``) where it cannot be read."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return h.hexdigest()
 
 
@@ -181,6 +185,9 @@ def build_backbone(encoder: str, weights: str, classifier: bool = False) -> tupl
         timm = _timm()
         if not timm.is_model(name):  # tagged names (resnet18.a1_in1k) too
             raise UserError(f"--encoder timm:{name}: timm has no model of that name (timm.list_models() lists them)")
+        if "." in name and name not in timm.list_pretrained(name):  # is_model accepts any tag
+            raise UserError(f"--encoder timm:{name}: timm has no weights of that tag "
+                            f"(timm.list_pretrained('{name.partition('.')[0]}.*') lists them)")
         kwargs = {} if classifier else {"num_classes": 0}
         if weights == "imagenet" and offline_weights_path(name) is not None:
             path = offline_weights_path(name)

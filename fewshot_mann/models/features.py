@@ -31,6 +31,7 @@ from fewshot_mann.data import cache_files
 from fewshot_mann.data.bank import ClassBank, FeatureBank
 from fewshot_mann.data.omniglot import cache_dir
 from fewshot_mann.errors import UserError
+from fewshot_mann.limits import MAX_FEATURE_DIM
 from fewshot_mann.models.backbone_checks import weights_file_problem
 from fewshot_mann.models.backbones import build_backbone, missing_weights_message, preprocessing
 from fewshot_mann.models.inputs import BackboneSpec
@@ -88,19 +89,21 @@ def _read_cache(path: Path, meta: dict, width: int = 0) -> dict[str, np.ndarray]
     (``cache_files``) whose meta names these weights and preprocessing, whose features are one
     2-D float array (of ``width`` columns when known); rows that are not finite are dropped
     (recomputed). Anything else reads as empty, so it is recomputed and never used."""
-    if not cache_files.is_owned(path):
-        return {}
+    def expect(h):
+        (dd, sd), (df, sf), (dm, sm) = h["digests"], h["features"], h["meta"]
+        return (dd == np.dtype("<U64") and len(sd) == 1 and df.kind == "f" and len(sf) == 2 and sf[0] == sd[0]
+                and 0 < sf[1] <= MAX_FEATURE_DIM and (not width or sf[1] == width) and dm.kind == "U" and sm == ()
+                and dm.itemsize <= 2**20)
+    z = cache_files.read(path, expect)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            digests, feats, saved = z["digests"], z["features"], json.loads(str(z["meta"]))
-    except Exception:  # noqa: BLE001 - absent, damaged or foreign: recomputed
+        saved = json.loads(str(z["meta"])) if z is not None else None
+    except ValueError:
+        saved = None
+    if not isinstance(saved, dict) or not all(saved.get(k) == json.loads(json.dumps(meta[k]))
+                                              for k in ("encoder", "weights_sha256", "preprocessing")) \
+            or saved.get("precision", "fp32") != meta.get("precision", "fp32"):
         return {}
-    same = isinstance(saved, dict) and all(saved.get(k) == json.loads(json.dumps(meta[k]))
-                                             for k in ("encoder", "weights_sha256", "preprocessing")) \
-        and saved.get("precision", "fp32") == meta.get("precision", "fp32")
-    if (not same or digests.ndim != 1 or feats.ndim != 2 or len(digests) != len(feats) or feats.dtype.kind != "f"
-            or digests.dtype.kind != "U" or (width and feats.shape[1] != width) or not feats.shape[1]):
-        return {}
+    digests, feats = z["digests"], z["features"]
     finite = np.isfinite(feats).all(axis=1)
     return dict(zip(digests[finite].tolist(), feats[finite]))
 

@@ -57,6 +57,17 @@ def test_predict_csv_never_writes_a_cell_a_spreadsheet_would_run(run_dir, tmp_pa
     assert csv_cell("-0.25") == "-0.25" and csv_cell("=1") == "'=1" and csv_cell(0.5) == 0.5
 
 
+@pytest.mark.parametrize("cell", [" =1+1", "\t=1", "\r+1", "\n-1-1", "\uff1dHYPERLINK(1)", "  @SUM(1)", "\u3000=1"])
+def test_csv_cells_that_start_a_formula_after_blanks_or_in_fullwidth_are_text(cell):
+    assert csv_cell(cell) == "'" + cell
+
+
+def test_an_error_quoting_a_name_with_control_characters_is_one_line(capsys):
+    assert cli.main(["train", "--encoder", "torchvision:resnet18\n\x1b[31mfake\u202e", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "\x1b" not in err and "\u202e" not in err
+
+
 def test_a_newline_in_a_class_name_keeps_one_row_per_class(tmp_path, capsys):
     data = make_image_folder(tmp_path / "data", classes=3, per_class=4, size_range=(8, 12))
     first = sorted(data["root"].iterdir())[0]
@@ -106,3 +117,21 @@ def test_a_symlink_loop_is_named_as_a_loop(tmp_path, monkeypatch):
     (cls / "b.png").symlink_to(cls / "a.png")
     problems = {p.path: p for p in folder.load_folder(data["root"], image_size=8, progress=False).problems}
     assert "loop" in problems[f"{cls.name}/a.png"].message and problems[f"{cls.name}/a.png"].kind != "outside-link"
+
+
+@pytest.mark.parametrize("where", ["--checkpoint", "--data-root", "--json"])
+def test_a_file_name_longer_than_the_system_allows_is_one_line(where, tmp_path, capsys):
+    long = str(tmp_path / ("a" * 300))
+    args = {"--checkpoint": long, "--data-root": str(tmp_path), "--json": str(tmp_path / "e.json"), where: long}
+    assert cli.main(["evaluate", *[x for k, v in args.items() for x in (k, v)], "--episodes", "1"]) == 2
+    assert "too long" in one_error_line(capsys)
+
+
+def test_a_fifo_or_a_broken_link_in_a_class_is_named_for_what_it_is(tmp_path):
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=3, size_range=(8, 12))
+    cls = sorted(data["root"].iterdir())[0]
+    os.mkfifo(cls / "pipe.png")
+    (cls / "gone.png").symlink_to(cls / "nothing.png")
+    problems = {p.path.rpartition("/")[2]: p.message for p in folder.load_folder(data["root"], image_size=8,
+                                                                                  progress=False, cache=False).problems}
+    assert problems["pipe.png"].startswith("a FIFO") and problems["gone.png"].startswith("a broken link")

@@ -112,7 +112,8 @@ def test_a_write_killed_halfway_is_listed_and_cleared_but_a_live_one_is_never_to
 def _model():
     pytest.importorskip("timm")
     from fewshot_mann.config import ModelConfig
-    return ModelConfig(encoder="timm:test_efficientnet", encoder_weights="none")
+    # float32: the hand-made cache files below are float32 ones, whatever this CPU would pick by default
+    return ModelConfig(encoder="timm:test_efficientnet", encoder_weights="none", embed_precision="fp32")
 
 
 def _images(n: int, seed: int) -> np.ndarray:
@@ -195,3 +196,34 @@ def test_no_feature_cache_writes_nothing_derived_from_the_images(cache, tmp_path
     assert cli.main(["predict", "--checkpoint", ckpt, "--support", str(support), "--query", str(query),
                      "--no-feature-cache"]) == 0
     assert files_under(cache) == before
+
+
+@pytest.mark.parametrize("how", ["fifo", "compressed", "wrong shape", "float pixels", "negative count"])
+def test_an_omniglot_cache_not_as_the_cache_writes_it_is_decoded_again(cache, tmp_path, how):
+    from fewshot_mann.data import omniglot
+    from helpers.omniglot import make_fake_omniglot
+
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    make_fake_omniglot(root, as_zip=True)
+    fresh = omniglot.load_omniglot(root, image_size=8, progress=False)
+    [path] = cache.glob("omniglot-*.npz")
+    z = dict(np.load(path))
+    path.unlink()
+    if how == "fifo":
+        os.mkfifo(path)
+    elif how == "compressed":
+        with open(path, "wb") as f:
+            np.savez_compressed(f, **z)
+    else:
+        _npz(path, **{**z, **{"wrong shape": {"images": z["images"][:, :, :4]},
+                              "float pixels": {"images": np.full(z["images"].shape, np.nan, np.float32)},
+                              "negative count": {"counts": -z["counts"]}}[how]})
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the cache file was opened and blocked"))
+    signal.alarm(20)
+    try:
+        again = omniglot.load_omniglot(root, image_size=8, progress=False)
+    finally:
+        signal.alarm(0)
+    assert again.images.dtype == np.uint8 and np.array_equal(again.images, fresh.images)
+    assert again.counts.tolist() == fresh.counts.tolist() and again.names == fresh.names

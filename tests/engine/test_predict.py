@@ -397,6 +397,13 @@ def test_adapt_answers_with_a_fine_tuned_copy_and_leaves_the_model_alone(support
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_long_adapt_shows_its_progress(support, tmp_path, capsys):
+    ckpt = write_checkpoint(tmp_path / "c.pt", support_cfg())
+    assert cli.main(["predict", "--checkpoint", str(ckpt), "--support", str(support[0]["root"]), "--query",
+                     str(support[1]["root"]), "--orders", "1", "--adapt", "100"]) == 0
+    assert "adapting to the support set" in capsys.readouterr().err
+
+
 def test_adapt_refuses_a_one_hot_model_with_other_numbers_of_classes(support, tmp_path, capsys):
     ckpt = write_checkpoint(tmp_path / "c.pt", support_cfg(ways=5))
     assert cli.main(["predict", "--checkpoint", str(ckpt), "--support", str(support[0]["root"]),

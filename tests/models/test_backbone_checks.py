@@ -53,11 +53,17 @@ def bad_file(kind: str, tmp_path) -> str:
         path.mkdir()
     elif kind == "device":
         return "/dev/zero"
+    elif kind == "unreadable-regular-file":  # stat says regular, every read fails
+        return "/proc/self/mem"
+    elif kind in ("meta-tensors", "complex-tensors"):
+        torch.save({k: v.to("meta") if kind == "meta-tensors" else v.to(torch.complex64) if v.is_floating_point() else v
+                    for k, v in own_state().items()}, path)
     return str(path)
 
 
 KINDS = ["other-architecture", "wrong-shape", "non-tensor-values", "integer-keys", "nan-weights", "a-list",
-         "random-bytes", "empty", "fifo", "folder", "device"]
+         "random-bytes", "empty", "fifo", "folder", "device", "unreadable-regular-file", "meta-tensors",
+         "complex-tensors"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -101,3 +107,8 @@ def test_timm_tagged_names_are_accepted():
     assert preprocessing("timm:resnet18.a1_in1k").image_size == 224
     model, _ = build_backbone("timm:resnet18.a1_in1k", "none")
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
+
+
+def test_a_timm_name_with_a_tag_timm_does_not_have_is_one_line():
+    with pytest.raises(UserError, match="no weights of that tag"):
+        build_backbone("timm:resnet18.no_such_tag", "none")

@@ -110,6 +110,17 @@ def test_out_dir_onto_a_file_fails_before_any_work(tmp_path, capsys, monkeypatch
     assert (tmp_path / "out").read_text() == "mine"
 
 
+@pytest.mark.parametrize("flag", ["--out-dir", "--reports-dir"])
+def test_an_empty_folder_path_is_one_line_and_never_the_current_folder(flag, tmp_path, capsys, monkeypatch):
+    (tmp_path / "memory_comparison.md").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(memory_comparison, "collect", lambda *a: pytest.fail("the work started"))
+    assert report.main(["--reports-dir", str(tmp_path), "--eval", f"row={write(tmp_path, json.dumps(result()))}",
+                        "--only", "memory-comparison", flag, ""]) == 2
+    assert "an empty path" in one_error_line(capsys)
+    assert (tmp_path / "memory_comparison.md").read_text() == "mine"
+
+
 def test_report_threads_zero_is_the_torch_default(tmp_path):
     assert run(tmp_path, write(tmp_path, json.dumps(result())), "--threads", "0") == 0
 
