@@ -7,27 +7,20 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 
-import numpy as np
 import torch
 
 from fewshot_mann.data.bank import FeatureBank
-from fewshot_mann.data.episodes import evaluation_episodes
-from fewshot_mann.engine.checkpoint import load_checkpoint
 from fewshot_mann.engine.evaluation import summarise
 from fewshot_mann.engine.loading import load_image_parts
 from fewshot_mann.fewshot.centroid import NearestCentroid
 from fewshot_mann.fewshot.logistic import LogisticRegression
 from fewshot_mann.models.features import embed_images
 from fewshot_mann.reporting.records import environment
-
-
-def unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
+from photo_trials import photos_config, trial_rows, unit
 
 
 def main() -> None:
@@ -40,8 +33,7 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = []
     for root in args.data_root:
-        cfg = load_checkpoint("photos")["config_obj"]
-        cfg.data.dataset, cfg.data.data_root, cfg.data.test_root, cfg.data.test_classes = "folder", root, None, "all"
+        cfg = photos_config(root)
         bank = load_image_parts(cfg, progress=False).test
         feats = {}
         for precision in ("fp32", "bf16"):
@@ -50,12 +42,8 @@ def main() -> None:
         cos = (feats["fp32"] * feats["bf16"]).sum(1)
         fb = FeatureBank(feats["fp32"], bank.offsets, bank.counts, list(bank.names))
         for shots in (1, 5):
-            dr = evaluation_episodes(fb, dataclasses.replace(cfg.episodes, ways=5, instances=shots + 15), args.seed, 0,
-                                     args.episodes)
-            sup = dr.instance < shots
-            rs = dr.image_index[sup].reshape(args.episodes, -1)
-            rq = dr.image_index[~sup].reshape(args.episodes, -1)
-            y, yq = torch.from_numpy(dr.labels[sup].reshape(args.episodes, -1)), dr.labels[~sup].reshape(args.episodes, -1)
+            rs, ys, rq, yq = trial_rows(fb, cfg, shots, args.episodes, args.seed)
+            y = torch.from_numpy(ys)
             row = {"data_root": root, "shots": shots, "episodes": args.episodes, "seed": args.seed,
                    "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
             for precision, x in feats.items():

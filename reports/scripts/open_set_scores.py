@@ -24,24 +24,20 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from fewshot_mann.data.episodes import evaluation_episodes
-from fewshot_mann.engine.checkpoint import load_checkpoint
 from fewshot_mann.engine.loading import load_split_banks
 from fewshot_mann.reporting.records import environment
-
-
-def l2(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
+from photo_trials import photos_config, unit
 
 
 def scores(S, ys, Q, ways):
-    C = l2(np.stack([S[ys == c].mean(0) for c in range(ways)]))
+    C = unit(np.stack([S[ys == c].mean(0) for c in range(ways)]))
     cos = Q @ C.T
     top2 = np.sort(cos, 1)[:, -2:]
     m = S.mean(0)
     out = {"centroid": cos.max(1), "nn": (Q @ S.T).max(1), "margin": top2[:, 1] - top2[:, 0],
-           "centred": (l2(Q - m) @ l2(C - m).T).max(1), "mean-sim": (Q @ S.T).mean(1)}
+           "centred": (unit(Q - m) @ unit(C - m).T).max(1), "mean-sim": (Q @ S.T).mean(1)}
     if min(np.bincount(ys, minlength=ways)) >= 2:
-        loo = [[float(S[i] @ l2(S[ys == c].sum(0) - S[i])) for i in np.flatnonzero(ys == c)] for c in range(ways)]
+        loo = [[float(S[i] @ unit(S[ys == c].sum(0) - S[i])) for i in np.flatnonzero(ys == c)] for c in range(ways)]
         mu, sd = np.array([np.mean(v) for v in loo]), np.array([np.std(v) for v in loo]) + 0.02
         out.update({"minus-mu": (cos - mu).max(1), "z": ((cos - mu) / sd).max(1)})
     return out
@@ -58,10 +54,9 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     for root in args.data_root:
-        cfg = load_checkpoint("photos")["config_obj"]
-        cfg.data.dataset, cfg.data.data_root, cfg.data.test_root, cfg.data.test_classes = "folder", root, None, "all"
+        cfg = photos_config(root)
         bank = load_split_banks(cfg, progress=False).test
-        x = l2(bank.images)
+        x = unit(bank.images)
         for shots in args.shots:
             ep = dataclasses.replace(cfg.episodes, ways=args.ways, instances=shots + 15)
             dr = evaluation_episodes(bank, ep, args.seed, 0, args.episodes)

@@ -12,7 +12,6 @@ and 1-3 stages (an ensemble). A selection experiment on validation domains (seed
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -20,15 +19,14 @@ import time
 import numpy as np
 import torch
 
-from fewshot_mann.data.episodes import evaluation_episodes
 from fewshot_mann.data.bank import FeatureBank
-from fewshot_mann.engine.checkpoint import load_checkpoint
 from fewshot_mann.engine.loading import load_image_parts
 from fewshot_mann.fewshot.centroid import NearestCentroid
 from fewshot_mann.fewshot.logistic import LogisticRegression
 from fewshot_mann.models.backbones import build_backbone, preprocessing
 from fewshot_mann.models.features import embed_precision
 from fewshot_mann.reporting.records import environment
+from photo_trials import photos_config, trial_rows, unit
 
 
 def stage_features(cfg, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -50,10 +48,6 @@ def stage_features(cfg, images: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in pooled.items()}
 
 
-def l2(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data-root", nargs="+", required=True)
@@ -65,17 +59,13 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = []
     for root in args.data_root:
-        cfg = load_checkpoint("photos")["config_obj"]
-        cfg.data.dataset, cfg.data.data_root, cfg.data.test_root, cfg.data.test_classes = "folder", root, None, "all"
+        cfg = photos_config(root)
         bank = load_image_parts(cfg, progress=False).test
-        views = {k: l2(v) for k, v in stage_features(cfg, bank.images).items()}
+        views = {k: unit(v) for k, v in stage_features(cfg, bank.images).items()}
         feats = FeatureBank(views["head"], bank.offsets, bank.counts, list(bank.names))
         for shots in args.shots:
-            ep = dataclasses.replace(cfg.episodes, ways=5, instances=shots + 15)
-            dr = evaluation_episodes(feats, ep, args.seed, 0, args.episodes)
-            sup = dr.instance < shots
-            rs, rq = dr.image_index[sup].reshape(args.episodes, -1), dr.image_index[~sup].reshape(args.episodes, -1)
-            y, yq = torch.from_numpy(dr.labels[sup].reshape(args.episodes, -1)), dr.labels[~sup].reshape(args.episodes, -1)
+            rs, ys, rq, yq = trial_rows(feats, cfg, shots, args.episodes, args.seed)
+            y = torch.from_numpy(ys)
             acc, logp = {}, {}
             for name, x in views.items():
                 s, q = torch.from_numpy(x[rs]).double(), torch.from_numpy(x[rq]).double()
