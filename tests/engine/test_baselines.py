@@ -72,22 +72,30 @@ def test_kshot_model_and_baselines_draw_the_same_trials(monkeypatch):
     assert calls["model"] and calls["model"] == calls["baselines"]
 
 
+def literal_by_instance(bank, cfg, episodes, seed, predict) -> np.ndarray:
+    """(episodes, instances) accuracy of ``predict(x_told, y_told, x_step, told_labels)`` asked at every step
+    of evaluate's episodes about that step, fitted on the steps before it only; no label told yet: label 0."""
+    steps = cfg.ways * cfg.instances
+    right = np.zeros((episodes, cfg.instances))
+    for i in range(episodes):
+        ep = evaluation_episodes(bank, cfg, seed, i, 1)
+        x = ep.images[0].reshape(steps, -1).astype(np.float64) / 255.0
+        y, inst = ep.labels[0], ep.instance[0]
+        for t in range(steps):
+            told = sorted(set(y[:t].tolist()))
+            pred = predict(x[:t], y[:t], x[t], told) if told else 0
+            right[i, inst[t]] += (pred == y[t]) / cfg.ways
+    return right
+
+
 def test_by_instance_baselines_equal_a_literal_causal_recomputation():
     bank, cfg = random_bank(classes=6, per_class=5), EpisodeConfig(ways=3, instances=4)
     [res] = B.by_instance_baselines({"pixels": bank}, (B.BASELINES[0],), cfg, episodes=10, seed=5, batch_size=4)
-    right = np.zeros((10, 4))
-    for i in range(10):
-        ep = evaluation_episodes(bank, cfg, 5, i, 1)
-        x = ep.images[0].reshape(12, -1).astype(np.float64) / 255.0
-        y, inst = ep.labels[0], ep.instance[0]
-        for t in range(12):
-            told = [c for c in range(3) if np.any(y[:t] == c)]
-            if not told:
-                pred = 0
-            else:
-                cents = {c: x[:t][y[:t] == c].mean(0) for c in told}
-                pred = min(told, key=lambda c: ((x[t] - cents[c]) ** 2).sum())
-            right[i, inst[t]] += (pred == y[t]) / 3
+
+    def nearest_centroid(xs, ys, x, told):
+        cents = {c: xs[ys == c].mean(0) for c in told}
+        return min(told, key=lambda c: ((x - cents[c]) ** 2).sum())
+    right = literal_by_instance(bank, cfg, 10, 5, nearest_centroid)
     np.testing.assert_allclose(res["accuracy_by_instance"], right.mean(0), atol=1e-12)
 
 
@@ -98,18 +106,12 @@ def test_by_instance_logistic_regression_equals_scikit_learn_fitted_on_the_steps
     bank, cfg = random_bank(classes=6, per_class=5, seed=2), EpisodeConfig(ways=3, instances=4)
     [logistic] = [b for b in B.BASELINES if b.inputs == "pixels" and b.head == "logistic"]
     [res] = B.by_instance_baselines({"pixels": bank}, (logistic,), cfg, episodes=8, seed=5, batch_size=3)
-    right = np.zeros((8, 4))
-    for i in range(8):
-        ep = evaluation_episodes(bank, cfg, 5, i, 1)
-        x = ep.images[0].reshape(12, -1).astype(np.float64) / 255.0
-        y, inst = ep.labels[0], ep.instance[0]
-        for t in range(12):
-            told = sorted(set(y[:t].tolist()))
-            if len(told) < 2:
-                pred = told[0] if told else 0
-            else:
-                pred = LogisticRegression(C=1.0, tol=1e-10, max_iter=100000).fit(x[:t], y[:t]).predict(x[t:t + 1])[0]
-            right[i, inst[t]] += (pred == y[t]) / 3
+
+    def scikit_learn(xs, ys, x, told):  # one label told: it is the answer (scikit-learn needs two)
+        if len(told) < 2:
+            return told[0]
+        return LogisticRegression(C=1.0, tol=1e-10, max_iter=100000).fit(xs, ys).predict(x[None])[0]
+    right = literal_by_instance(bank, cfg, 8, 5, scikit_learn)
     np.testing.assert_allclose(res["accuracy_by_instance"], right.mean(0), atol=1e-12)
     assert 0.2 < right[:, 1:].mean() < 0.95
 
