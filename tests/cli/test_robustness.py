@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import struct
 import zipfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from PIL import Image
 
 import evaluate as evaluate_script
 import train as train_script
-from helpers import SYNTHETIC_BANKS, TINY_TRAIN, one_error_line, as_split, patch_banks, tiny_config
+from helpers import SYNTHETIC_BANKS, TINY_TRAIN, fails_if_blocked, one_error_line, as_split, patch_banks, tiny_config
 from fewshot_mann.engine import checkpoint
 from fewshot_mann.cli import main as cli
 from fewshot_mann import fileio
@@ -308,9 +307,7 @@ def test_nan_is_written_as_null_never_as_bare_nan(tmp_path):
 
 def test_single_file_inputs_are_regular_and_bounded(tmp_path, capsys):
     os.mkfifo(tmp_path / "fifo")
-    old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("a read blocked or never ended"))
-    signal.alarm(20)
-    try:
+    with fails_if_blocked("a read blocked or never ended"):
         for source in ("/dev/zero", str(tmp_path / "fifo")):
             assert code_of(train_script.main, ["-c", source, *TINY, "--out", str(tmp_path / "run")]) == 2
             assert "not a regular file" in one_error_line(capsys)
@@ -320,9 +317,6 @@ def test_single_file_inputs_are_regular_and_bounded(tmp_path, capsys):
         big.write_bytes(b" " * (fileio.MAX_JSON_BYTES + 1))
         assert code_of(train_script.main, ["-c", str(big), *TINY, "--out", str(tmp_path / "run")]) == 2
         assert "over the" in one_error_line(capsys)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def test_deeply_nested_config_json_is_one_line(tmp_path, capsys):

@@ -16,6 +16,7 @@ import pytest
 from fewshot_mann.cli import main as cli
 from fewshot_mann.data import cache_files, folder
 from fewshot_mann.models import features
+from helpers import fails_if_blocked
 from helpers.images import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -219,11 +220,7 @@ def test_an_omniglot_cache_not_as_the_cache_writes_it_is_decoded_again(cache, tm
         _npz(path, **{**z, **{"wrong shape": {"images": z["images"][:, :, :4]},
                               "float pixels": {"images": np.full(z["images"].shape, np.nan, np.float32)},
                               "negative count": {"counts": -z["counts"]}}[how]})
-    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the cache file was opened and blocked"))
-    signal.alarm(20)
-    try:
+    with fails_if_blocked("the cache file was opened and blocked"):
         again = omniglot.load_omniglot(root, image_size=8, progress=False)
-    finally:
-        signal.alarm(0)
     assert again.images.dtype == np.uint8 and np.array_equal(again.images, fresh.images)
     assert again.counts.tolist() == fresh.counts.tolist() and again.names == fresh.names

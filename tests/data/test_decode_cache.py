@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 from fewshot_mann.data import folder
+from helpers import fails_if_blocked
 
 
 @pytest.fixture
@@ -83,11 +83,7 @@ def test_a_decode_cache_not_as_the_cache_writes_it_is_decoded_again(tmp_path, ca
     fresh = folder.load_folder(root, image_size=8, progress=False)
     [path] = cache.glob("folder-*.npz")
     _replace(path, how)
-    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the cache file was opened and blocked"))
-    signal.alarm(20)
-    try:
+    with fails_if_blocked("the cache file was opened and blocked"):
         again = folder.load_folder(root, image_size=8, progress=False)
-    finally:
-        signal.alarm(0)
     assert not again.from_cache and again.bank.names == fresh.bank.names and again.stats == fresh.stats
     assert again.bank.images.dtype == np.uint8 and np.array_equal(again.bank.images, fresh.bank.images)

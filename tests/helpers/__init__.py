@@ -3,8 +3,10 @@ configs, synthetic class banks, fake bank loaders, where the real Omniglot is. T
 these (``from helpers import tiny_config``; pyproject puts tests/ on the path), never each other."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +105,18 @@ def one_error_line(capsys) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, err
     return lines[0]
+
+
+@contextlib.contextmanager
+def fails_if_blocked(message: str, seconds: int = 20):
+    """The body fails the test with ``message`` instead of hanging when a read blocks (a FIFO opened, a
+    device read to its end) for ``seconds``; the previous alarm handler is restored."""
+    import pytest
+
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail(message))
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
