@@ -142,6 +142,18 @@ SHARED_FLAGS = {
 }
 
 
+def set_embed_precision(cfg, choice: str | None) -> None:
+    """``--embed-precision``: the checkpoint's choice, or ``choice``; for a backbone resolved to the precision
+    the features will have (fp32 or bf16), so a written config says which it was."""
+    from fewshot_mann.config import is_backbone
+
+    if choice:
+        cfg.model.embed_precision = choice
+    if is_backbone(cfg.model.encoder):
+        from fewshot_mann.models.features import embed_precision
+        cfg.model.embed_precision = embed_precision(cfg.model)
+
+
 def add_shared_flags(parser, *names: str, **overrides) -> None:
     """Add the shared flags ``names`` (``SHARED_FLAGS``) to ``parser`` or an argument group.
     ``NAME=value`` gives this command's default, ``NAME_help=text`` its help, ``NAME_nargs`` nargs."""

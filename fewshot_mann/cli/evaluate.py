@@ -9,7 +9,8 @@ import argparse
 import sys
 import time
 
-from fewshot_mann.cli.common import add_shared_flags, classes_option, parse_checked, run_guarded, set_threads
+from fewshot_mann.cli.common import (add_shared_flags, classes_option, parse_checked, run_guarded, set_embed_precision,
+                                     set_threads)
 from fewshot_mann.config import DECODES, RESIZE_POLICIES, answers_any_ways, is_backbone
 
 
@@ -55,11 +56,7 @@ def apply_overrides(cfg, args) -> None:
         cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
     if args.resize:
         cfg.data.resize = args.resize
-    if args.embed_precision:
-        cfg.model.embed_precision = args.embed_precision
-    if is_backbone(cfg.model.encoder):  # the JSON's config says which precision the features had
-        from fewshot_mann.models.features import embed_precision
-        cfg.model.embed_precision = embed_precision(cfg.model)
+    set_embed_precision(cfg, args.embed_precision)
     if args.ways is not None:
         cfg.episodes = with_ways(cfg.episodes, args.ways, answers_any_ways(cfg))
     if args.instances is not None:
@@ -142,7 +139,6 @@ def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonf
     print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {kind} classes{tuned}"))
     baselines = []
     if cfg.data.dataset == "folder":  # is the memory helping? the same episodes, nearest centroid
-        from fewshot_mann.config import is_backbone
         from fewshot_mann.engine.baselines import baselines_for, by_instance_baselines
         from fewshot_mann.engine.predict import warn_if_hard
 

@@ -7,7 +7,7 @@ import time
 
 from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, classes_option, parse_checked, run_guarded,
-                                     set_threads)
+                                     set_threads, set_embed_precision)
 from fewshot_mann.config import INK_FRAMES, POLARITIES, RESIZE_POLICIES, is_backbone
 
 
@@ -58,11 +58,7 @@ def apply_overrides(cfg, args) -> None:
         cfg.data.ink_frame = args.ink_frame
     if args.resize:
         cfg.data.resize = args.resize
-    if args.embed_precision:
-        cfg.model.embed_precision = args.embed_precision
-    if is_backbone(cfg.model.encoder):  # the JSON's config says which precision the features had
-        from fewshot_mann.models.features import embed_precision
-        cfg.model.embed_precision = embed_precision(cfg.model)
+    set_embed_precision(cfg, args.embed_precision)
     cfg.episodes.instances = min(cfg.episodes.instances, min(args.shots) + args.queries)  # the loader's minimum
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, output_file, parse_checked, run_guarded,
-                                     set_threads)
+                                     set_threads, set_embed_precision)
 from fewshot_mann.config import RESIZE_POLICIES
 from fewshot_mann.errors import DataError
 
@@ -68,8 +68,7 @@ def _predict(argv) -> int:
     cfg = ckpt["config_obj"]
     if args.resize:
         cfg.data.resize = args.resize
-    if args.embed_precision:
-        cfg.model.embed_precision = args.embed_precision
+    set_embed_precision(cfg, args.embed_precision)
     model = load_model_from_checkpoint(ckpt, device)
     refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
     calibration = checkpoint_calibration(ckpt)

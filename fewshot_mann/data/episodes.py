@@ -179,6 +179,11 @@ class TensorBatch:
     instance: torch.Tensor
 
 
+def label_targets(label_digits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(B,T,G) the symbols of each step's label: ``label_digits`` (B,ways,G) looked up at ``labels`` (B,T)."""
+    return np.take_along_axis(label_digits, labels[..., None].repeat(label_digits.shape[-1], -1), axis=1)
+
+
 def to_tensors(ep: Episodes, cfg: EpisodeConfig, device="cpu", augment=None,
                generator: torch.Generator | None = None) -> TensorBatch:
     """Convert (and optionally augment) a batch of episodes."""
@@ -190,7 +195,7 @@ def to_tensors(ep: Episodes, cfg: EpisodeConfig, device="cpu", augment=None,
         augment = None  # pixel augmentations do not apply to features
     if augment is not None:
         images = augment(images, generator)
-    targets_np = np.take_along_axis(ep.label_digits, ep.labels[..., None].repeat(ep.label_digits.shape[-1], -1), axis=1)
+    targets_np = label_targets(ep.label_digits, ep.labels)
     targets = torch.from_numpy(targets_np).to(device)  # (B,T,G)
     onehot = torch.nn.functional.one_hot(targets, cfg.group_size).flatten(2).float()  # (B,T,G*S)
     return TensorBatch(images, shifted_labels(onehot), targets,

@@ -154,16 +154,15 @@ def measure_backbone(encoder: str, weights: str, seconds: float, batch: int = 32
     """Images/s of feature extraction (``features.run_backbone``: inference mode, the path the
     feature cache fills through) at the backbone's input size, in the contiguous and the
     channels_last memory format; random uint8 images, so nothing is read from disk."""
-    from fewshot_mann.models.features import run_backbone
+    from fewshot_mann.models.features import native_bf16, run_backbone
     from fewshot_mann.models.backbones import build_backbone, preprocessing
 
     prep = preprocessing(encoder)
     net, _ = build_backbone(encoder, weights)
     images = np.random.default_rng(0).integers(0, 256, (2 * batch, 3, prep.image_size, prep.image_size), dtype=np.uint8)
     out = {"encoder": encoder, "weights": weights, "image_size": prep.image_size, "batch_size": batch}
-    native_bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
     runs = [("contiguous", torch.contiguous_format, "fp32"), ("channels_last", torch.channels_last, "fp32")]
-    if native_bf16:  # what embed_precision auto picks on this CPU
+    if native_bf16():  # what embed_precision auto picks on this CPU
         runs.append(("channels_last_bf16", torch.channels_last, "bf16"))
     for fmt, memory_format, precision in runs:
         kw = dict(progress=False, batch=batch, memory_format=memory_format, precision=precision)

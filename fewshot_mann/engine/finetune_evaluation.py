@@ -31,9 +31,9 @@ def tuned_episode_logits(model, bank: ClassBank, finetuner, cfg: EpisodeConfig, 
     rows, labels = drawn.image_index[0], drawn.labels[0]
     steps = len(rows)
     parts = []
+    seen = drawn.images.copy()  # each block rewrites every step it reads: rows [:stop] grow with the blocks
     for start in range(0, steps, cfg.ways):
         stop = min(steps, start + cfg.ways)
-        seen = drawn.images.copy()
         if start:
             _, tuned = finetuner.tune(rows[:start], labels[:start], rows[:stop], cfg.ways, seed=[seed, index, start])
             seen[0, :stop] = tuned

@@ -33,7 +33,7 @@ import torch
 
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.config import EpisodeConfig, answers_any_ways
-from fewshot_mann.data.episodes import Episodes, check_bank, evaluation_episodes, to_tensors, with_ways
+from fewshot_mann.data.episodes import Episodes, check_bank, evaluation_episodes, label_targets, to_tensors, with_ways
 from fewshot_mann.engine.evaluation import correct_steps, summarise
 
 
@@ -85,7 +85,7 @@ def support_once_logits(model, bank: ClassBank, cfg: EpisodeConfig, shots: int, 
     logits = model.support_query_scores(feats[rows, sup], onehot, feats[rows, qry]).flatten(0, 1)
     labels = drawn.labels[rows, qry].reshape(-1, 1)
     digits = np.repeat(drawn.label_digits, qry.shape[1], axis=0)
-    targets = torch.from_numpy(np.take_along_axis(digits, labels[..., None].repeat(digits.shape[-1], -1), 1)[:, 0])
+    targets = torch.from_numpy(label_targets(digits, labels)[:, 0])
     seq = Episodes(np.zeros((len(labels), 1), np.uint8), labels, np.full_like(labels, shots), digits,
                    np.repeat(drawn.classes, qry.shape[1], axis=0))
     return logits, targets.to(device), seq

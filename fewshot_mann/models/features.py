@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot_mann.config import ModelConfig
+from fewshot_mann.config import ModelConfig, is_backbone
 from fewshot_mann.data import cache_files
 from fewshot_mann.data.bank import ClassBank, FeatureBank
 from fewshot_mann.data.omniglot import cache_dir
@@ -70,12 +70,14 @@ def embed_precision(m: ModelConfig) -> str:
     """``fp32`` or ``bf16``, resolved once from ``m.embed_precision``: ``auto`` is bf16 where the CPU computes
     it natively (avx512_bf16) for an ImageNet backbone (timm/torchvision; our own grayscale ``fewshot:``
     backbones stay float32), float32 elsewhere."""
-    from fewshot_mann.config import is_backbone
-
     if m.embed_precision != "auto":
         return m.embed_precision
-    native = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-    return "bf16" if native and is_backbone(m.encoder) and not m.encoder.startswith("fewshot:") else "fp32"
+    return "bf16" if native_bf16() and is_backbone(m.encoder) and not m.encoder.startswith("fewshot:") else "fp32"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (avx512_bf16, as torch reports it)."""
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
 def _cache_file(m: ModelConfig, digest: str, precision: str = "fp32") -> Path:
