@@ -38,6 +38,7 @@ RESIZE_POLICIES = ("auto", "backbone", "pad", "crop", "stretch")
 POLARITIES = ("auto", "keep", "invert")
 INK_FRAMES = ("auto", "keep")
 BACKBONE_LIBRARIES = ("timm", "torchvision", "fewshot")  # --encoder LIBRARY:NAME, a pretrained backbone (backbones.py)
+KEYED_WRITES = ("mean", "logistic")  # keyed: a label's slot = its support's mean, or fitted logistic weights
 FEATURE_NORMS = ("none", "l2", "center-l2")  # how backbone features enter a model (models.FeatureEncoder)
 
 # The paper's string labels: 5 characters over an alphabet of 5 symbols.
@@ -259,6 +260,11 @@ class ModelConfig:
     feature_proj: int = option(0, low=0, limit=limits.MAX_WIDTH, note="0 = none",
                                help="backbone features: learned linear map to this width first (0 = none; 400 lets "
                                     "--init-from a 20x20 Omniglot model reuse its memory model)")
+    # keyed: how a label's slot is written (models/keyed.py)
+    keyed_write: str = option(
+        "mean", choices=KEYED_WRITES,
+        help="keyed: each label's slot holds the mean of its support (read by cosine: nearest centroid) or the "
+             "weights of a logistic regression fitted to the support (read by dot product: log-probabilities)")
     # which implementation of the memory runs (memory/backend.py; the same maths)
     memory_backend: str = option(
         "auto", choices=MEMORY_BACKENDS,
@@ -385,6 +391,9 @@ class Config:
              f"{', '.join(BACKBONE_LIBRARIES)}, e.g. timm:tf_efficientnet_lite0 (got {m.encoder!r})"),
             (bool(m.encoder_weights), "--encoder-weights must be imagenet, none or the path of a weights file"),
             (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
+            (m.model != "keyed" or m.keyed_write == "mean" or self.train.episodes == 0,
+             "--keyed-write logistic is fitted to each support set in closed form: there is nothing to meta-train "
+             "(give --episodes 0)"),
             (m.num_read_heads <= m.memory_slots,
              f"--read-heads ({m.num_read_heads}) cannot exceed --memory-slots ({m.memory_slots})"),
             (m.model != "dnc" or m.num_write_heads == 1,

@@ -26,8 +26,7 @@ from fewshot_mann.config import EpisodeConfig
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.data.episodes import evaluation_episodes, told_labels
 from fewshot_mann.engine.evaluation import summarise
-from fewshot_mann.fewshot import FewShotClassifier, LogisticRegression, NearestCentroid, fit_logistic
-from fewshot_mann.fewshot.logistic import NEG
+from fewshot_mann.fewshot import FewShotClassifier, LogisticRegression, NearestCentroid, prefix_logistic_scores
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ def sequence_scores(head: str, x: torch.Tensor, labels: torch.Tensor, ways: int,
     told yet) and labels not yet told score NEG, so the answer there is label 0 / a told label."""
     e, t, _ = x.shape
     if head != "centroid":
-        return _sequence_logistic(x.double(), labels, ways)
+        return prefix_logistic_scores(x.double(), labels, ways)
     earlier = torch.ones(t, t, dtype=torch.bool).tril(-1)  # [step, support step]
     out = []
     for first in range(0, e, chunk):
@@ -129,22 +128,6 @@ def sequence_scores(head: str, x: torch.Tensor, labels: torch.Tensor, ways: int,
         s = NearestCentroid().fit(xx, y, ways, weights=w).scores(xs.reshape(n * t, 1, -1)).squeeze(1)
         out.append(s.view(n, t, ways))
     return torch.cat(out)
-
-
-def _sequence_logistic(x: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
-    """``sequence_scores`` for logistic regression: at step t the problem of every episode is its first t
-    steps (the ones told), so each step is one batch of E problems of t points (the same solver as
-    ``LogisticRegression``, on the Gram matrix of the episode alone), not E problems of T points most of
-    which weigh 0: the same optimum at a fraction of the work."""
-    e, t, _ = x.shape
-    gram = x @ x.transpose(1, 2)  # (E,T,T)
-    out = torch.full((e, t, ways), NEG, dtype=torch.float64)  # step 0: nothing told
-    for step in range(1, t):
-        a, b, present = fit_logistic(gram[:, :step, :step].contiguous(), labels[:, :step],
-                                     torch.ones(e, step, dtype=torch.float64), ways)
-        k = gram[:, step, :step]  # (E,step): the step's dot products with the told steps
-        out[:, step] = ((k.unsqueeze(1) @ a).squeeze(1) + b).masked_fill(~present, NEG)
-    return out
 
 
 class SupportFitted(torch.nn.Module):

@@ -4,7 +4,7 @@ trials: nearest centroid and logistic regression, the honest baselines printed b
 ``scores`` of queries."""
 from fewshot_mann.fewshot.base import FewShotClassifier
 from fewshot_mann.fewshot.centroid import NearestCentroid, centroid_scores
-from fewshot_mann.fewshot.logistic import LogisticRegression, fit_logistic, logistic_scores
+from fewshot_mann.fewshot.logistic import LogisticRegression, fit_logistic, logistic_scores, prefix_logistic_scores
 
 __all__ = ["FewShotClassifier", "LogisticRegression", "NearestCentroid", "centroid_scores", "fit_logistic",
-           "logistic_scores"]
+           "logistic_scores", "prefix_logistic_scores"]

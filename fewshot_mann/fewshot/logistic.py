@@ -8,7 +8,8 @@ batch of support sets in one loop of tensor operations:
 
     minimise over W (D, L), b (L):   C * sum_i w_i * CE(x_i W + b, y_i)  +  0.5 * |W|^2
 
-with per-point weights ``w_i`` (0/1: which points of a sequence are labelled support yet) and
+with per-point weights ``w_i`` (0/1: which points of a sequence are labelled support yet; or scikit-learn's
+``class_weight="balanced"``, ``balanced_weights``) and
 only the labels present in the support (``present``) competing in the softmax (two labels: the
 binomial model, as scikit-learn fits it). W stays in the
 span of the support points (it starts at 0 and every gradient is ``X^T (C G + A)``), so it is
@@ -53,7 +54,7 @@ def fit_logistic(gram: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
                  c: float = 1.0, tol: float = 1e-9, max_iter: int = 100, chunk_elements: int = 2 ** 24
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fit P problems. ``gram`` (P,S,S) = X X^T of each problem's S points; ``labels`` (P,S) int in
-    [0, num_labels); ``weights`` (P,S) in {0, 1} (0: not part of this problem's support).
+    [0, num_labels); ``weights`` (P,S) >= 0 (0: not part of this problem's support).
 
     Returns (A (P,S,L), b (P,L), present (P,L) bool): the decision function of a new point x is
     ``k(x) A + b`` with ``k(x)`` its dot products with the S points; labels not present score NEG.
@@ -100,15 +101,27 @@ def fit_logistic(gram: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
         a, b = a + t.view(p, 1, 1) * da, b + t.view(p, 1) * db
         stay = worse.view(p, 1, 1)  # the line search already evaluated every accepted step
         f, prob, resid = torch.where(worse, f, f_new), torch.where(stay, prob, prob_new), torch.where(stay, resid, resid_new)
-    return a * weights.unsqueeze(-1), b, present
+    return a * (weights > 0).unsqueeze(-1), b, present
+
+
+def balanced_weights(labels: torch.Tensor, weights: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """scikit-learn's ``class_weight="balanced"`` on the points that count: each point weighs
+    n / (k * n_label) with n points (of weight > 0) of k labels, n_label of its own, so every label weighs
+    the same in the fit whatever its count (a balanced support keeps weights 1). labels, weights (P,S)."""
+    counted = (weights > 0).to(torch.float64)
+    onehot = torch.nn.functional.one_hot(labels.long(), num_labels).to(torch.float64) * counted.unsqueeze(-1)
+    per_label = onehot.sum(1)  # (P,L)
+    n, k = counted.sum(1, keepdim=True), (per_label > 0).sum(1, keepdim=True).clamp_min(1)
+    own = (onehot * per_label.unsqueeze(1)).sum(-1)  # (P,S): the count of each point's label
+    return torch.where(counted > 0, weights.double() * n / (k * own.clamp_min(1)), 0.0)
 
 
 class LogisticRegression(FewShotClassifier):
     """``FewShotClassifier`` (``base.py``) by multinomial logistic regression (``fit_logistic``); ``scores``
     are log-probabilities. Computed in float64."""
 
-    def __init__(self, c: float = 1.0, **solver):
-        self.c, self.solver = c, solver
+    def __init__(self, c: float = 1.0, balanced: bool = False, **solver):
+        self.c, self.balanced, self.solver = c, balanced, solver
 
     def fit(self, support: torch.Tensor, labels: torch.Tensor, num_labels: int,
             weights: torch.Tensor | None = None) -> "LogisticRegression":
@@ -116,12 +129,35 @@ class LogisticRegression(FewShotClassifier):
         gram = self.support @ self.support.transpose(1, 2)
         if weights is None:
             weights = torch.ones(labels.shape, dtype=torch.float64, device=self.support.device)
+        if self.balanced:
+            weights = balanced_weights(labels, weights, num_labels)
         self.a, self.b, self.present = fit_logistic(gram, labels, weights.double(), num_labels, c=self.c, **self.solver)
         return self
 
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
         logits = (queries.double() @ self.support.transpose(1, 2)) @ self.a + self.b.unsqueeze(1)
         return torch.log_softmax(logits.masked_fill(~self.present.unsqueeze(1), NEG), -1)
+
+
+def prefix_logistic_scores(x: torch.Tensor, labels: torch.Tensor, ways: int, balanced: bool = False) -> torch.Tensor:
+    """(E,T,L) decision values of logistic regression at every step t of E sequences, fitted on the steps
+    before t (a label-shifted episode's told steps): x (E,T,D), labels (E,T). Step 0 and labels not yet
+    told score NEG. At step t every episode's problem is its first t points, so each step is one batch
+    of E problems of t points (on the Gram matrix of the episode alone), not E problems of T points most
+    of which weigh 0: the same optimum at a fraction of the work. ``balanced``: every told label weighs the
+    same (``balanced_weights``; a sequence tells its labels unevenly). Computed in float64."""
+    x = x.double()
+    e, t, _ = x.shape
+    gram = x @ x.transpose(1, 2)  # (E,T,T)
+    out = torch.full((e, t, ways), NEG, dtype=torch.float64, device=x.device)  # step 0: nothing told
+    for step in range(1, t):
+        weights = torch.ones(e, step, dtype=torch.float64, device=x.device)
+        if balanced:
+            weights = balanced_weights(labels[:, :step], weights, ways)
+        a, b, present = fit_logistic(gram[:, :step, :step].contiguous(), labels[:, :step], weights, ways)
+        k = gram[:, step, :step]  # (E,step): the step's dot products with the told steps
+        out[:, step] = ((k.unsqueeze(1) @ a).squeeze(1) + b).masked_fill(~present, NEG)
+    return out
 
 
 def logistic_scores(support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, num_labels: int,

@@ -16,6 +16,15 @@ what lets a memory model over frozen features match nearest centroid: the MANN's
 must learn to carry each image to the next step to bind it to its label, which it learns
 slowly on 1,280-wide features (measured in docs/your-own-dataset.md).
 
+``keyed_write = "logistic"`` (``--keyed-write``): each label's slot holds instead the weights of a
+multinomial logistic regression fitted (``fewshot/logistic.py``; C = 1, scikit-learn's default, with
+``class_weight="balanced"``: a sequence tells its labels unevenly, and an unpenalised intercept fitted to
+uneven counts answers the most told label, not the nearest) to the features told so far, and the read is its log-probability of each written label: the
+logistic regression users' notebooks fit on frozen features, as a memory the sequence writes and reads.
+It is fitted, not learned, so a model with it meta-trains nothing (``--episodes 0``); with ``feature_norm
+= "l2"`` and a balanced support it answers exactly what the "logistic regression on the features"
+baseline does.
+
 One-hot labels only, any number of them: nothing learned depends on the number of labels, so
 a model trained on 5-way episodes answers 2- to 20-way ones (``config.answers_any_ways``; kshot
 ``--ways``, predict with as many support classes as the folder holds). Slots are computed in closed form for all steps at once: with z the
@@ -29,6 +38,7 @@ from torch import nn
 
 from fewshot_mann.config import Config
 from fewshot_mann.data.episodes import told_labels
+from fewshot_mann.fewshot.logistic import NEG, LogisticRegression, prefix_logistic_scores
 from fewshot_mann.models.encoders import build_encoder
 
 
@@ -41,6 +51,7 @@ class KeyedMemory(nn.Module):
         nn.init.zeros_(self.residual.weight)
         self.log_sharpness = nn.Parameter(torch.tensor(2.3))  # exp(2.3) ~ 10
         self.unseen = nn.Parameter(torch.tensor(0.0))
+        self.write = cfg.model.keyed_write
 
     @property
     def reads_support_once(self) -> bool:
@@ -54,6 +65,18 @@ class KeyedMemory(nn.Module):
         # most of an evaluation of the bundled photos model (F = 1,280)
         return torch.nn.functional.normalize(x, dim=-1)
 
+    @staticmethod
+    def _logistic_read(centroid: torch.Tensor, written: torch.Tensor, logistic: torch.Tensor) -> torch.Tensor:
+        """The logistic write's answer, log-probabilities (..., L): whether the image shows a label not yet
+        written is the centroid read's question (its "unseen" score against the slots' scaled cosines; a
+        logistic regression fitted to one label cannot ask it), which written label it shows is the logistic
+        regression's. P(l) = P_centroid(written) * P_logistic(l) for a written l, P_centroid(l) otherwise;
+        with every label written (kshot's, predict's trials) this is the logistic regression itself."""
+        log_centroid = torch.log_softmax(centroid, -1)
+        log_written = torch.logsumexp(log_centroid.masked_fill(~written, NEG), -1, keepdim=True)
+        log_logistic = torch.log_softmax(logistic.masked_fill(~written, NEG), -1).to(centroid.dtype)
+        return torch.where(written, log_written + log_logistic, log_centroid)
+
     def support_query_scores(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """(E,Q,L): what ``forward`` answers at the last step of every sequence ``[*support[e], queries[e, q]]``
         (the support's labels told), with the support encoded and written once instead of once per query
@@ -63,7 +86,12 @@ class KeyedMemory(nn.Module):
         slots = labels.to(zs.dtype).transpose(1, 2) @ zs  # (E,L,F): the sum of each label's support
         norm2 = slots.square().sum(-1).unsqueeze(1)  # (E,1,L)
         cosine = (zq @ slots.transpose(1, 2)) / norm2.clamp_min(1e-8).sqrt()
-        return torch.where(norm2 > 1e-8, cosine * self.log_sharpness.exp(), self.unseen.expand_as(cosine))
+        written = norm2 > 1e-8
+        scores = torch.where(written, cosine * self.log_sharpness.exp(), self.unseen.expand_as(cosine))
+        if self.write == "mean":
+            return scores
+        fitted = LogisticRegression(balanced=True).fit(zs, labels.argmax(-1), labels.shape[-1])
+        return self._logistic_read(scores, written.expand_as(scores), fitted.scores(zq))
 
     def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
         z = self._unit(self.encoder(images))  # (B,T,F)
@@ -77,4 +105,6 @@ class KeyedMemory(nn.Module):
         written = norm2 > 1e-8
         cosine = dots / norm2.clamp_min(1e-8).sqrt()
         scores = torch.where(written, cosine * self.log_sharpness.exp(), self.unseen.expand_as(cosine))
-        return scores
+        if self.write == "mean":
+            return scores
+        return self._logistic_read(scores, written, prefix_logistic_scores(z, labels.argmax(-1), labels.shape[-1], balanced=True))

@@ -76,8 +76,9 @@ def test_episodes_within_one_group_draw_all_their_classes_from_it():
         evaluation_episodes(bank, EpisodeConfig(ways=5, instances=2), 0, 0, 1, groups)
 
 
+@pytest.mark.parametrize("write", ["mean", "logistic"])
 @pytest.mark.parametrize("norm", ["l2", "center-l2"])
-def test_reading_the_support_once_answers_as_one_sequence_per_query(norm):
+def test_reading_the_support_once_answers_as_one_sequence_per_query(norm, write):
     """kshot's fast path for the keyed memory (support written once, every query read against it) gives the
     logits of the literal protocol (one support + query sequence per query), trained map included."""
     from fewshot_mann.config import Config
@@ -87,6 +88,7 @@ def test_reading_the_support_once_answers_as_one_sequence_per_query(norm):
 
     cfg = Config()
     cfg.model.model, cfg.model.encoder, cfg.model.feature_dim, cfg.model.feature_norm = "keyed", "timm:x", 16, norm
+    cfg.model.keyed_write = write
     model = KeyedMemory(cfg).eval()
     with torch.no_grad():
         model.residual.weight.normal_(0, 0.1)  # a trained map: nothing skipped

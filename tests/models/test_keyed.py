@@ -1,0 +1,112 @@
+"""The label-keyed memory's logistic write (``--keyed-write logistic``) against literal references:
+scikit-learn's LogisticRegression for which written label, the mean write's read for whether the label
+is new."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot_mann.config import Config
+from fewshot_mann.errors import UserError
+from fewshot_mann.models.keyed import KeyedMemory
+
+sklearn_linear = pytest.importorskip("sklearn.linear_model")
+
+
+def keyed(write: str, width: int = 12) -> KeyedMemory:
+    cfg = Config()
+    cfg.model.model, cfg.model.encoder, cfg.model.feature_dim, cfg.model.feature_norm = "keyed", "timm:x", width, "l2"
+    cfg.model.keyed_write = write
+    return KeyedMemory(cfg).eval()
+
+
+def clustered(rng, classes: int, per: int, width: int = 12) -> np.ndarray:
+    return (rng.normal(size=(classes, per, width)) + 2 * rng.normal(size=(classes, 1, width))).astype(np.float32)
+
+
+def notebook(support: np.ndarray, labels: np.ndarray, queries: np.ndarray, num_labels: int,
+             class_weight: str | None = None) -> np.ndarray:
+    """What a notebook fits: unit-length features, ``LogisticRegression()`` (C=1), log-probabilities per label."""
+    unit = lambda x: x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
+    out = np.full((len(queries), num_labels), -np.inf)
+    told = np.unique(labels)
+    if len(told) == 1:
+        out[:, told[0]] = 0.0
+        return out
+    fit = sklearn_linear.LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000, class_weight=class_weight)
+    fit.fit(unit(support), labels)
+    out[:, fit.classes_] = fit.predict_log_proba(unit(queries))
+    return out
+
+
+def test_logistic_write_answers_what_a_notebook_fits():
+    """Every label written (kshot's, predict's trials): the read is scikit-learn's logistic regression on the
+    unit-length features, log-probability for log-probability."""
+    rng = np.random.default_rng(0)
+    model = keyed("logistic")
+    for ways, shots in ((5, 1), (5, 3), (7, 2)):
+        x = clustered(rng, ways, shots + 4)
+        support, queries = x[:, :shots].reshape(-1, 12), x[:, shots:].reshape(-1, 12)
+        labels = np.repeat(np.arange(ways), shots)
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(labels), ways).float()
+        with torch.inference_mode():
+            got = model.support_query_scores(torch.from_numpy(support)[None], onehot[None], torch.from_numpy(queries)[None])[0]
+        want = notebook(support, labels, queries, ways)
+        np.testing.assert_allclose(got.double().numpy(), want, atol=2e-4)
+
+
+def test_logistic_write_asks_the_centroid_read_whether_a_label_is_new():
+    """In a label-shifted sequence: P(a label not yet written) is the mean write's, and the written labels share
+    the rest in the proportions of scikit-learn's logistic regression fitted on the steps told so far, with
+    ``class_weight="balanced"`` (the sequence tells its labels unevenly)."""
+    rng = np.random.default_rng(1)
+    ways, steps = 4, 14
+    x = clustered(rng, ways, 4).reshape(-1, 12)
+    order = rng.permutation(len(x))[:steps]
+    images, labels = torch.from_numpy(x[order])[None], np.repeat(np.arange(ways), 4)[order]
+    label_inputs = torch.zeros(1, steps, ways)
+    label_inputs[0, 1:] = torch.nn.functional.one_hot(torch.from_numpy(labels[:-1]), ways).float()
+    logistic, mean = keyed("logistic"), keyed("mean")
+    with torch.no_grad():
+        mean.unseen.fill_(2.0), logistic.unseen.fill_(2.0)  # both ask "new?" the same way
+        got = logistic(images, label_inputs)[0].double().exp().numpy()
+        centroid = torch.softmax(mean(images, label_inputs)[0].double(), -1).numpy()
+    asked_new = 0
+    for t in range(steps):
+        written = np.isin(np.arange(ways), labels[:t])
+        assert got[t].sum() == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(got[t][~written], centroid[t][~written], atol=1e-6)
+        if written.any():
+            share = np.exp(notebook(x[order][:t], labels[:t], x[order][t:t + 1], ways, "balanced")[0][written])
+            np.testing.assert_allclose(got[t][written], centroid[t][written].sum() * share, atol=2e-4)
+        asked_new += int(0 < written.sum() < ways and got[t][~written].sum() > 0.5)
+    assert asked_new > 0  # the "new label" answer happened, not only the written labels' shares
+
+
+def test_an_uneven_support_is_fitted_with_balanced_class_weights():
+    """``LogisticRegression(balanced=True)`` on supports of uneven counts (as predict's folders are) answers what
+    scikit-learn's ``class_weight="balanced"`` does; an even support is the plain fit."""
+    from fewshot_mann.fewshot.logistic import LogisticRegression
+    rng = np.random.default_rng(2)
+    x = clustered(rng, 3, 9)
+    support = np.concatenate([x[0, :1], x[1, :3], x[2, :6]])
+    labels = np.array([0] + [1] * 3 + [2] * 6)
+    queries = x[:, 6:].reshape(-1, 12)
+    unit = lambda a: torch.nn.functional.normalize(torch.from_numpy(a).double(), dim=-1)[None]
+    got = LogisticRegression(balanced=True).fit(unit(support), torch.from_numpy(labels)[None], 3).scores(unit(queries))[0]
+    np.testing.assert_allclose(got.numpy(), notebook(support, labels, queries, 3, "balanced"), atol=2e-4)
+    plain = LogisticRegression().fit(unit(support), torch.from_numpy(labels)[None], 3).scores(unit(queries))[0]
+    assert (plain - got).abs().max() > 1e-2  # the weights changed the fit
+    even = unit(x[:, :4].reshape(-1, 12)), torch.arange(3).repeat_interleave(4)[None]
+    torch.testing.assert_close(LogisticRegression(balanced=True).fit(*even, 3).scores(unit(queries)),
+                               LogisticRegression().fit(*even, 3).scores(unit(queries)))
+
+
+def test_logistic_write_refuses_meta_training():
+    cfg = Config()
+    cfg.model.model, cfg.model.keyed_write, cfg.train.episodes = "keyed", "logistic", 10
+    with pytest.raises(UserError, match="nothing to meta-train"):
+        cfg.validate()
+    cfg.train.episodes = 0
+    cfg.validate()
