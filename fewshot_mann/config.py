@@ -260,6 +260,8 @@ class ModelConfig:
     feature_proj: int = option(0, low=0, limit=limits.MAX_WIDTH, note="0 = none",
                                help="backbone features: learned linear map to this width first (0 = none; 400 lets "
                                     "--init-from a 20x20 Omniglot model reuse its memory model)")
+    feature_dropout: float = option(0.0, low=0, high=1, high_open=True,
+                                    help="backbone features: dropout probability on them while training (0 = off)")
     # keyed: how a label's slot is written (models/keyed.py)
     keyed_write: str = option(
         "mean", choices=KEYED_WRITES,

@@ -55,6 +55,7 @@ from fewshot_mann.text import csv_writer, printable
 from fewshot_mann.data.folder import load_folder, report_problems, warn
 from fewshot_mann.data.images import BadImage, ImageReader
 from fewshot_mann.data.scan import walk_images
+from fewshot_mann.models.keyed import last_step_scores
 
 _PREDICT_STREAM = 3  # distinct from the evaluation (1) and training (2) random streams
 
@@ -150,8 +151,8 @@ def predict_scores(model: torch.nn.Module, cfg: Config, support: ClassBank, quer
         images = images.to(device=device, dtype=torch.float32)
         if pixels:  # backbone features are used as they are
             images = images.div_(255.0)
-        logits = model(images, sup_labels[o_idx].to(device))
-        out[o_idx, q_idx] = class_scores(logits[:, -1], codes[o_idx].to(device), cfg.episodes.group_size).cpu()
+        last = last_step_scores(model, images, sup_labels[o_idx].to(device))
+        out[o_idx, q_idx] = class_scores(last, codes[o_idx].to(device), cfg.episodes.group_size).cpu()
     return out.numpy()
 
 

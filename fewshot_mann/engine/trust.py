@@ -26,6 +26,7 @@ from fewshot_mann.config import EpisodeConfig
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.data.episodes import Episodes, evaluation_episodes, to_tensors
 from fewshot_mann.reporting import calibration as cal
+from fewshot_mann.models.keyed import last_step_scores
 
 _UNKNOWN_STREAM = 5  # distinct from evaluation (1), training (2), predict (3) streams
 DENSE_CONFUSION = 100  # classes up to which "confusion" holds the full matrix ("counts"), else "nonzero" pairs
@@ -99,8 +100,8 @@ def unknown_query_scores(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeCo
         seq = unknown_sequences(bank, cfg, shots, seed, first, count, queries, unknown, groups)
         tb = to_tensors(seq, cfg, device)
         with torch.inference_mode():
-            logits = model(tb.images, tb.label_inputs)
-        parts.append(QueryScores.from_logits(logits[:, -1], seq, cfg.group_size, unknown=True))
+            last = last_step_scores(model, tb.images, tb.label_inputs)
+        parts.append(QueryScores.from_logits(last, seq, cfg.group_size, unknown=True))
     return QueryScores.concat(parts)
 
 

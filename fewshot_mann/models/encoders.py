@@ -60,12 +60,15 @@ class FeatureEncoder(nn.Module):
     - ``l2``: unit length; ``none``: as they are.
 
     Then scaled by sqrt(D), so each component is of order 1, like pixels; with ``project`` > 0,
-    a learned linear map to ``project`` values.
+    a learned linear map to ``project`` values. ``dropout`` > 0: while training, each feature value is zeroed
+    with that probability (and the rest scaled up) before the map, against a map that learns the training
+    classes by heart (meta-training over a few hundred photo classes).
     """
 
-    def __init__(self, feature_dim: int, norm: str = "center-l2", project: int = 0):
+    def __init__(self, feature_dim: int, norm: str = "center-l2", project: int = 0, dropout: float = 0.0):
         super().__init__()
         self.feature_dim, self.norm = feature_dim, norm
+        self.dropout = nn.Dropout(dropout) if dropout else None
         self.proj = nn.Linear(feature_dim, project) if project else None
         self.out_features = project or feature_dim
         self.per_image = norm != "center-l2"
@@ -83,6 +86,8 @@ class FeatureEncoder(nn.Module):
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm != "none":
             x = torch.nn.functional.normalize(x, dim=-1) * self.feature_dim ** 0.5
+        if self.dropout is not None:
+            x = self.dropout(x)
         return self.proj(x) if self.proj is not None else x
 
 
@@ -98,7 +103,8 @@ def build_encoder(cfg: Config) -> nn.Module:
     if is_backbone(cfg.model.encoder):
         if cfg.model.feature_dim < 1:
             raise UserError(f"--encoder {cfg.model.encoder}: the feature width is not known yet (set at training)")
-        return FeatureEncoder(cfg.model.feature_dim, cfg.model.feature_norm, cfg.model.feature_proj)
+        return FeatureEncoder(cfg.model.feature_dim, cfg.model.feature_norm, cfg.model.feature_proj,
+                                  cfg.model.feature_dropout)
     if cfg.model.encoder == "conv":
         return ConvEncoder(d.channels, d.image_size)
     return LinearEncoder(d.channels, d.image_size)

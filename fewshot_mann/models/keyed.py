@@ -19,8 +19,9 @@ slowly on 1,280-wide features (measured in docs/your-own-dataset.md).
 ``keyed_write = "logistic"`` (``--keyed-write``): each label's slot holds instead the weights of a
 multinomial logistic regression fitted (``fewshot/logistic.py``; C = 1, scikit-learn's default, with
 ``class_weight="balanced"``: a sequence tells its labels unevenly, and an unpenalised intercept fitted to
-uneven counts answers the most told label, not the nearest) to the features told so far, and the read is its log-probability of each written label: the
-logistic regression users' notebooks fit on frozen features, as a memory the sequence writes and reads.
+uneven counts answers the most told label, not the nearest) to the features told so far, and the read
+is its log-probability of each written label: the logistic regression users' notebooks fit on frozen
+features, as a memory the sequence writes and reads.
 It is fitted, not learned, so a model with it meta-trains nothing (``--episodes 0``); with ``feature_norm
 = "l2"`` and a balanced support it answers exactly what the "logistic regression on the features"
 baseline does.
@@ -71,11 +72,18 @@ class KeyedMemory(nn.Module):
         written is the centroid read's question (its "unseen" score against the slots' scaled cosines; a
         logistic regression fitted to one label cannot ask it), which written label it shows is the logistic
         regression's. P(l) = P_centroid(written) * P_logistic(l) for a written l, P_centroid(l) otherwise;
-        with every label written (kshot's, predict's trials) this is the logistic regression itself."""
+        with every label written (kshot's, predict's trials) this is the logistic regression itself.
+
+        The log-probabilities are then shifted per answer (which changes no probability, at any temperature)
+        so that the top score is the centroid read's top score: what calibration's unknown threshold reads
+        (``engine/calibrate.py``) is then a scaled cosine that means the same at any number of classes,
+        where the regression's top log-probability falls with every class added (a threshold fitted on
+        5-way trials called 27 of 40 queries of a 7-class support folder unknown)."""
         log_centroid = torch.log_softmax(centroid, -1)
         log_written = torch.logsumexp(log_centroid.masked_fill(~written, NEG), -1, keepdim=True)
         log_logistic = torch.log_softmax(logistic.masked_fill(~written, NEG), -1).to(centroid.dtype)
-        return torch.where(written, log_written + log_logistic, log_centroid)
+        mixed = torch.where(written, log_written + log_logistic, log_centroid)
+        return mixed - mixed.amax(-1, keepdim=True) + centroid.amax(-1, keepdim=True)
 
     def support_query_scores(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """(E,Q,L): what ``forward`` answers at the last step of every sequence ``[*support[e], queries[e, q]]``
@@ -108,3 +116,15 @@ class KeyedMemory(nn.Module):
         if self.write == "mean":
             return scores
         return self._logistic_read(scores, written, prefix_logistic_scores(z, labels.argmax(-1), labels.shape[-1], balanced=True))
+
+
+def last_step_scores(model: nn.Module, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
+    """(B,L): what ``model(images, label_inputs)[:, -1]`` answers (each sequence's support, then one query).
+    A model that reads the support once (``support_query_scores``) writes steps 0..T-2 with their labels and
+    reads only the last step against them, instead of answering every earlier step too (which, with the
+    logistic write, fits one regression per step): predict's and the unknown queries' sequences."""
+    if getattr(model, "reads_support_once", False):
+        told = told_labels(label_inputs)[:, :-1]
+        return model.support_query_scores(images[:, :-1], told, images[:, -1:])[:, 0]
+    return model(images, label_inputs)[:, -1]
+

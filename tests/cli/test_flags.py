@@ -41,6 +41,7 @@ TODAY = [
     ('--embed-precision', 'auto', ('auto', 'fp32', 'bf16'), 'str'),
     ('--feature-norm', 'center-l2', ('none', 'l2', 'center-l2'), 'str'),
     ('--feature-proj', 0, None, 'int'),
+    ('--feature-dropout', 0.0, None, 'float'),
     ('--keyed-write', 'mean', ('mean', 'logistic'), 'str'),
     ('--no-feature-cache', False, None, 'store_true'),
     ('--controller-size', 200, None, 'int'),

@@ -28,7 +28,8 @@ def clustered(rng, classes: int, per: int, width: int = 12) -> np.ndarray:
 def notebook(support: np.ndarray, labels: np.ndarray, queries: np.ndarray, num_labels: int,
              class_weight: str | None = None) -> np.ndarray:
     """What a notebook fits: unit-length features, ``LogisticRegression()`` (C=1), log-probabilities per label."""
-    unit = lambda x: x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
+    def unit(x):
+        return x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
     out = np.full((len(queries), num_labels), -np.inf)
     told = np.unique(labels)
     if len(told) == 1:
@@ -41,8 +42,8 @@ def notebook(support: np.ndarray, labels: np.ndarray, queries: np.ndarray, num_l
 
 
 def test_logistic_write_answers_what_a_notebook_fits():
-    """Every label written (kshot's, predict's trials): the read is scikit-learn's logistic regression on the
-    unit-length features, log-probability for log-probability."""
+    """Every label written (kshot's, predict's trials): the read's probabilities are scikit-learn's logistic
+    regression's on the unit-length features."""
     rng = np.random.default_rng(0)
     model = keyed("logistic")
     for ways, shots in ((5, 1), (5, 3), (7, 2)):
@@ -53,7 +54,7 @@ def test_logistic_write_answers_what_a_notebook_fits():
         with torch.inference_mode():
             got = model.support_query_scores(torch.from_numpy(support)[None], onehot[None], torch.from_numpy(queries)[None])[0]
         want = notebook(support, labels, queries, ways)
-        np.testing.assert_allclose(got.double().numpy(), want, atol=2e-4)
+        np.testing.assert_allclose(torch.log_softmax(got.double(), -1).numpy(), want, atol=2e-4)
 
 
 def test_logistic_write_asks_the_centroid_read_whether_a_label_is_new():
@@ -70,8 +71,11 @@ def test_logistic_write_asks_the_centroid_read_whether_a_label_is_new():
     logistic, mean = keyed("logistic"), keyed("mean")
     with torch.no_grad():
         mean.unseen.fill_(2.0), logistic.unseen.fill_(2.0)  # both ask "new?" the same way
-        got = logistic(images, label_inputs)[0].double().exp().numpy()
-        centroid = torch.softmax(mean(images, label_inputs)[0].double(), -1).numpy()
+        scores, centroid_scores = logistic(images, label_inputs)[0].double(), mean(images, label_inputs)[0].double()
+        got = torch.softmax(scores, -1).numpy()
+        centroid = torch.softmax(centroid_scores, -1).numpy()
+    # the top score (what an unknown threshold reads) is the centroid read's, whatever the probabilities
+    torch.testing.assert_close(scores.amax(-1), centroid_scores.amax(-1))
     asked_new = 0
     for t in range(steps):
         written = np.isin(np.arange(ways), labels[:t])
@@ -93,7 +97,8 @@ def test_an_uneven_support_is_fitted_with_balanced_class_weights():
     support = np.concatenate([x[0, :1], x[1, :3], x[2, :6]])
     labels = np.array([0] + [1] * 3 + [2] * 6)
     queries = x[:, 6:].reshape(-1, 12)
-    unit = lambda a: torch.nn.functional.normalize(torch.from_numpy(a).double(), dim=-1)[None]
+    def unit(a):
+        return torch.nn.functional.normalize(torch.from_numpy(a).double(), dim=-1)[None]
     got = LogisticRegression(balanced=True).fit(unit(support), torch.from_numpy(labels)[None], 3).scores(unit(queries))[0]
     np.testing.assert_allclose(got.numpy(), notebook(support, labels, queries, 3, "balanced"), atol=2e-4)
     plain = LogisticRegression().fit(unit(support), torch.from_numpy(labels)[None], 3).scores(unit(queries))[0]
@@ -110,3 +115,24 @@ def test_logistic_write_refuses_meta_training():
         cfg.validate()
     cfg.train.episodes = 0
     cfg.validate()
+
+
+@pytest.mark.parametrize("write", ["mean", "logistic"])
+def test_last_step_scores_read_the_support_once_and_answer_as_the_sequence(write):
+    """predict's and the unknown queries' last-step answers: the support-once read equals the sequence's last
+    step, for either write and a centred encoder; a model without the fast path is simply run."""
+    from fewshot_mann.models.keyed import last_step_scores
+    rng = np.random.default_rng(3)
+    ways, steps = 4, 11
+    x = torch.from_numpy(clustered(rng, ways, 3).reshape(-1, 12)[rng.permutation(12)[:steps]])[None].repeat(2, 1, 1)
+    label_inputs = torch.zeros(2, steps, ways)
+    label_inputs[:, 1:] = torch.nn.functional.one_hot(torch.randint(0, ways, (2, steps - 1)), ways).float()
+    model = keyed(write)
+    model.encoder.norm, model.encoder.per_image = "center-l2", False
+    with torch.no_grad():
+        model.unseen.fill_(2.0)
+        fast = last_step_scores(model, x, label_inputs)
+        torch.testing.assert_close(fast, model(x, label_inputs)[:, -1], rtol=1e-5, atol=1e-5)
+        plain = torch.nn.Sequential()
+        plain.forward = model.forward
+        torch.testing.assert_close(last_step_scores(plain, x, label_inputs), model(x, label_inputs)[:, -1])
