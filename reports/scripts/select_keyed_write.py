@@ -1,0 +1,32 @@
+"""Choose the photos model's write (mean / logistic) and "unseen label" score on the validation domains
+(evaluate's episodes, 5-way x 6 instances, selection seed 1, 300 episodes): accuracy by instance, each value.
+
+    python reports/scripts/select_keyed_write.py 0,4,5,6 > reports/results-photos/select-keyed-write.log
+"""
+import sys
+
+import torch
+
+from fewshot_mann.engine.checkpoint import load_checkpoint
+from fewshot_mann.engine.loading import load_split_banks
+from fewshot_mann.engine.evaluation import evaluate
+from fewshot_mann.models.registry import build_model
+torch.set_num_threads(1)
+
+
+def bank_of(name):
+    cfg = load_checkpoint("photos")["config_obj"]
+    cfg.data.dataset, cfg.data.data_root, cfg.data.test_root, cfg.data.test_classes = "folder", f"../shared/datasets/{name}", None, "all"
+    return cfg, load_split_banks(cfg, progress=False).test
+
+
+for ds in ("eurosat", "clothing"):
+    cfg, bank = bank_of(ds)
+    for write in ("mean", "logistic"):
+        cfg.model.keyed_write = write
+        model = build_model(cfg).eval()
+        for u in map(float, sys.argv[1].split(",")):
+            with torch.no_grad():
+                model.unseen.fill_(u)
+            r = evaluate(model, bank, cfg.episodes, episodes=300, seed=1)
+            print(ds, write, u, " ".join(f"{100*a:.1f}" for a in r["accuracy_by_instance"]), f"all {100*r['accuracy']:.1f}", flush=True)
