@@ -14,7 +14,7 @@ import os
 import sys
 
 from fewshot_mann import limits
-from fewshot_mann.config import DATASETS, SECTIONS
+from fewshot_mann.config import DATASETS, INK_FRAMES, POLARITIES, RESIZE_POLICIES, SECTIONS
 from fewshot_mann.options import field_problem
 from fewshot_mann.data.heldout import CLASS_CHOICES, normalise
 from fewshot_mann.errors import UserError, first_line, is_allocation_error
@@ -128,6 +128,11 @@ SHARED_FLAGS = {
                  "problem": at_least(0, "--finetune", high=limits.MAX_FINETUNE_STEPS),
                  "help": "timm backbone checkpoints: fine-tune the backbone's last layers to the support images "
                          f"(augmented views; never a query) for STEPS steps first; bare: {limits.FINETUNE_STEPS}; 0: off"},
+    "resize": {"choices": RESIZE_POLICIES, "default": None,
+               "help": "override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)"},
+    "polarity": {"choices": POLARITIES, "default": None, "help": "override the checkpoint's polarity (raw pixels)"},
+    "ink_frame": {"choices": INK_FRAMES, "default": None,
+                  "help": "override the checkpoint's ink framing (raw pixels; see train --help)"},
     "embed_precision": {"choices": ("auto", "fp32", "bf16"), "default": None,
                         "help": "override the checkpoint's backbone precision (auto: bfloat16 where the CPU has "
                                 "avx512_bf16; fp32 for float32 features)"},
@@ -140,6 +145,15 @@ SHARED_FLAGS = {
              "problem": output_file("--plot", PLOT_SUFFIXES)},
     "no_progress": {"action": "store_true", "help": "no progress bar"},
 }
+
+
+def apply_input_overrides(cfg, args) -> None:
+    """A checkpoint-reading command's overrides of how images become inputs: ``--resize``, ``--polarity``,
+    ``--ink-frame`` (those the command has), then ``--embed-precision`` resolved (``set_embed_precision``)."""
+    for name in ("resize", "polarity", "ink_frame"):
+        if getattr(args, name, None):
+            setattr(cfg.data, name, getattr(args, name))
+    set_embed_precision(cfg, args.embed_precision)
 
 
 def set_embed_precision(cfg, choice: str | None) -> None:

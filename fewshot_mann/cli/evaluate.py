@@ -9,9 +9,9 @@ import argparse
 import sys
 import time
 
-from fewshot_mann.cli.common import (add_shared_flags, classes_option, parse_checked, run_guarded, set_embed_precision,
+from fewshot_mann.cli.common import (add_shared_flags, classes_option, parse_checked, run_guarded, apply_input_overrides,
                                      set_threads)
-from fewshot_mann.config import DECODES, RESIZE_POLICIES, answers_any_ways, is_backbone
+from fewshot_mann.config import DECODES, answers_any_ways, is_backbone
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -35,8 +35,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         "seen: the answer restricted to the labels given so far in the episode, as predict does "
                         "(a class's 1st presentation is then wrong, except at the episode's first step, "
                         "where no label has been given and the free answer is kept)")
-    p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
-                   help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
+    add_shared_flags(p, "resize")
     add_shared_flags(p, "batch_size", "device", "threads", "json", "plot", "no_progress", "no_feature_cache",
                      "finetune", "embed_precision")
     return p
@@ -54,9 +53,7 @@ def apply_overrides(cfg, args) -> None:
         cfg.data.test_classes = "all"  # cross-domain: every class of the folder is held out
     if args.test_classes is not None:
         cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
-    if args.resize:
-        cfg.data.resize = args.resize
-    set_embed_precision(cfg, args.embed_precision)
+    apply_input_overrides(cfg, args)
     if args.ways is not None:
         cfg.episodes = with_ways(cfg.episodes, args.ways, answers_any_ways(cfg))
     if args.instances is not None:

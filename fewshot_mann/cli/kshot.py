@@ -7,8 +7,8 @@ import time
 
 from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, classes_option, parse_checked, run_guarded,
-                                     set_threads, set_embed_precision)
-from fewshot_mann.config import INK_FRAMES, POLARITIES, RESIZE_POLICIES, is_backbone
+                                     set_threads, apply_input_overrides)
+from fewshot_mann.config import is_backbone
 
 
 def parser() -> argparse.ArgumentParser:
@@ -18,11 +18,7 @@ def parser() -> argparse.ArgumentParser:
                      dataset_help="override the checkpoint's dataset (folder: cross-domain, every class held out "
                                   "by default)",
                      test_classes_help="folder datasets: classes to evaluate on: all, a fraction or a comma list")
-    p.add_argument("--polarity", choices=POLARITIES, default=None, help="override the checkpoint's polarity (raw pixels)")
-    p.add_argument("--ink-frame", choices=INK_FRAMES, default=None,
-                   help="override the checkpoint's ink framing (raw pixels; see train --help)")
-    p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
-                   help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
+    add_shared_flags(p, "polarity", "ink_frame", "resize")
     add_shared_flags(p, "ways", ways_nargs="+", ways_help="default: the checkpoint's ways")
     add_flag(p, "--shots", type=int, nargs="+", default=[1, 5], problem=at_least(1, "--shots", high=limits.MAX_SHOTS))
     add_flag(p, "--queries", type=int, default=1, problem=at_least(1, "--queries", high=limits.MAX_SHOTS),
@@ -52,13 +48,7 @@ def apply_overrides(cfg, args) -> None:
         cfg.data.dataset, cfg.data.test_root, cfg.data.test_classes = args.dataset, None, "all"
     if args.test_classes is not None:
         cfg.data.test_root, cfg.data.test_classes = None, args.test_classes
-    if args.polarity:
-        cfg.data.polarity = args.polarity
-    if args.ink_frame:
-        cfg.data.ink_frame = args.ink_frame
-    if args.resize:
-        cfg.data.resize = args.resize
-    set_embed_precision(cfg, args.embed_precision)
+    apply_input_overrides(cfg, args)
     cfg.episodes.instances = min(cfg.episodes.instances, min(args.shots) + args.queries)  # the loader's minimum
 
 

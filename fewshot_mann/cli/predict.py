@@ -8,8 +8,7 @@ from pathlib import Path
 
 from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, output_file, parse_checked, run_guarded,
-                                     set_threads, set_embed_precision)
-from fewshot_mann.config import RESIZE_POLICIES
+                                     set_threads, apply_input_overrides)
 from fewshot_mann.errors import DataError
 
 
@@ -34,8 +33,7 @@ def parser() -> argparse.ArgumentParser:
              help="first meta-fine-tune a copy of the model this many steps on episodes of the support set "
                   "(0 = answer with the model as trained)")
     add_shared_flags(p, "finetune", "embed_precision")
-    p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
-                   help="override the checkpoint's resize policy (auto: the backbone's own for a backbone, else pad)")
+    add_shared_flags(p, "resize")
     add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
     add_shared_flags(p, "no_feature_cache")  # accepted as by every command that embeds images; predict never caches
     add_flag(p, "--summary-json", default=None, metavar="PATH", problem=output_file("--summary-json"),
@@ -66,9 +64,7 @@ def _predict(argv) -> int:
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt["config_obj"]
-    if args.resize:
-        cfg.data.resize = args.resize
-    set_embed_precision(cfg, args.embed_precision)
+    apply_input_overrides(cfg, args)
     model = load_model_from_checkpoint(ckpt, device)
     refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
     calibration = checkpoint_calibration(ckpt)
