@@ -101,8 +101,8 @@ def test_by_instance_baselines_equal_a_literal_causal_recomputation():
 
 def test_by_instance_logistic_regression_equals_scikit_learn_fitted_on_the_steps_told():
     """The by-instance logistic baseline, solved one step (prefix of told steps) at a time, answers as
-    scikit-learn fitted on exactly the steps before each step; a fit that saw the step itself or a step
-    more would answer otherwise on these random images."""
+    scikit-learn (``class_weight="balanced"``: the steps told are uneven) fitted on exactly the steps before
+    each step; a fit that saw the step itself or a step more would answer otherwise on these random images."""
     bank, cfg = random_bank(classes=6, per_class=5, seed=2), EpisodeConfig(ways=3, instances=4)
     [logistic] = [b for b in B.BASELINES if b.inputs == "pixels" and b.head == "logistic"]
     [res] = B.by_instance_baselines({"pixels": bank}, (logistic,), cfg, episodes=8, seed=5, batch_size=3)
@@ -110,7 +110,8 @@ def test_by_instance_logistic_regression_equals_scikit_learn_fitted_on_the_steps
     def scikit_learn(xs, ys, x, told):  # one label told: it is the answer (scikit-learn needs two)
         if len(told) < 2:
             return told[0]
-        return LogisticRegression(C=1.0, tol=1e-10, max_iter=100000).fit(xs, ys).predict(x[None])[0]
+        fit = LogisticRegression(C=1.0, tol=1e-10, max_iter=100000, class_weight="balanced")
+        return fit.fit(xs, ys).predict(x[None])[0]
     right = literal_by_instance(bank, cfg, 8, 5, scikit_learn)
     np.testing.assert_allclose(res["accuracy_by_instance"], right.mean(0), atol=1e-12)
     assert 0.2 < right[:, 1:].mean() < 0.95
