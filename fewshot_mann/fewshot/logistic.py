@@ -29,6 +29,20 @@ from fewshot_mann.fewshot.base import FewShotClassifier
 NEG = -1e30  # logit of a label absent from the support: never predicted
 
 
+# torch 2.14's batched CPU solve (MKL) fails ("Pivots given to lu_solve must all be greater or equal to 1") or
+# never returns for systems of ~150 unknowns and more when two or more threads run (measured 2026-12-07 on the
+# 2-core machine; one problem at a time, or one thread, is right): larger systems (10-way 3-shot is 310 unknowns)
+# are solved one problem at a time, which costs nothing next to their O(n^3) factorisation.
+BATCHED_SOLVE_MAX = 128
+
+
+def _solve(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.solve`` of a batch (P,n,n) x (P,n,1), around the batched-solve fault above."""
+    if matrix.shape[-1] <= BATCHED_SOLVE_MAX or matrix.shape[0] == 1 or matrix.device.type != "cpu":
+        return torch.linalg.solve(matrix, rhs)
+    return torch.stack([torch.linalg.solve(m, r) for m, r in zip(matrix, rhs)])
+
+
 def _newton_direction(gram, prob, weights, resid, a, c, damping: float = 1e-9):
     """The Newton step (dA (P,S,L), db (P,L)) of the objective in W = X^T A coordinates.
 
@@ -46,7 +60,7 @@ def _newton_direction(gram, prob, weights, resid, a, c, damping: float = 1e-9):
     top = torch.cat([torch.eye(s * l, dtype=h.dtype, device=h.device) + cc * hk, cc * he], -1)
     bottom = torch.cat([cc * ehk, cc * ehe + damping * torch.eye(l, dtype=h.dtype, device=h.device)], -1)
     rhs = -torch.cat([(cc * resid + a).reshape(p, s * l), c.view(p, 1) * resid.sum(1)], -1)
-    step = torch.linalg.solve(torch.cat([top, bottom], 1), rhs.unsqueeze(-1)).squeeze(-1)
+    step = _solve(torch.cat([top, bottom], 1), rhs.unsqueeze(-1)).squeeze(-1)
     return step[:, :s * l].reshape(p, s, l), step[:, s * l:]
 
 

@@ -23,6 +23,27 @@ def test_logistic_regression_matches_scikit_learn(dim, scale):
         np.testing.assert_allclose(ours[i], ref, atol=2e-4)
 
 
+def test_many_way_problems_are_solved_in_a_batch_on_two_threads():
+    """10-way 3-shot (a Newton system of 310 unknowns), several trials at once, on two threads: torch 2.14's batched
+    CPU solve fails or hangs at this size, so the solver takes them one at a time (``logistic._solve``); the answers
+    are scikit-learn's."""
+    rng = np.random.default_rng(7)
+    e, ways, shots, q, dim = 3, 10, 3, 2, 16
+    centres = rng.normal(size=(e, ways, 1, dim))
+    xs = (centres + 0.7 * rng.normal(size=(e, ways, shots, dim))).reshape(e, ways * shots, dim)
+    xq = (centres + 0.7 * rng.normal(size=(e, ways, q, dim))).reshape(e, ways * q, dim)
+    ys = np.tile(np.repeat(np.arange(ways), shots), (e, 1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ours = logistic_scores(torch.tensor(xs), torch.tensor(ys), torch.tensor(xq), ways).exp().numpy()
+    finally:
+        torch.set_num_threads(threads)
+    for i in range(e):
+        ref = LogisticRegression(C=1.0, tol=1e-12, max_iter=100000).fit(xs[i], ys[i]).predict_proba(xq[i])
+        np.testing.assert_allclose(ours[i], ref, atol=2e-4)
+
+
 def test_logistic_regression_weights_leave_points_out_and_absent_labels_never_win():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1, 6, 5))
