@@ -55,7 +55,7 @@ from fewshot_mann.text import csv_writer, printable
 from fewshot_mann.data.folder import load_folder, report_problems, warn
 from fewshot_mann.data.images import BadImage, ImageReader
 from fewshot_mann.data.scan import walk_images
-from fewshot_mann.models.keyed import last_step_scores
+from fewshot_mann.data.episodes import told_labels
 
 _PREDICT_STREAM = 3  # distinct from the evaluation (1) and training (2) random streams
 
@@ -140,8 +140,20 @@ def predict_scores(model: torch.nn.Module, cfg: Config, support: ClassBank, quer
     sup_labels = torch.stack([_label_inputs(s[1], s[2], cfg.episodes.group_size) for s in seqs])  # (O,S+1,L)
     codes = torch.from_numpy(np.stack([s[2] for s in seqs])).long()  # (O,classes,G)
     query_images = torch.from_numpy(queries)
-    pairs = [(o, q) for o in range(orders) for q in range(len(queries))]
     out = torch.empty(orders, len(queries), support.num_classes)
+    if getattr(model, "reads_support_once", False) and cfg.episodes.labels == "onehot":
+        # one write of each order's support, every query read against it (the logistic write fits once an
+        # order, not once a query: 20 classes x 5 images is a Newton system of 2,020 unknowns)
+        told = told_labels(sup_labels)[:, :-1].to(device)  # (O,S,L): the support steps' labels
+        feats = sup_images.to(device=device, dtype=torch.float32)
+        for o in range(orders):
+            for first in range(0, len(queries), batch_size):
+                q = query_images[first:first + batch_size].to(device=device, dtype=torch.float32)
+                scores = model.support_query_scores(feats[o:o + 1], told[o:o + 1], q.unsqueeze(0))[0]  # (q,L)
+                out[o, first:first + len(q)] = class_scores(scores, codes[o].expand(len(q), -1, -1).to(device),
+                                                            cfg.episodes.group_size).cpu()
+        return out.numpy()
+    pairs = [(o, q) for o in range(orders) for q in range(len(queries))]
     for first in range(0, len(pairs), batch_size):
         chunk = pairs[first:first + batch_size]
         o_idx = torch.tensor([o for o, _ in chunk])
@@ -151,8 +163,8 @@ def predict_scores(model: torch.nn.Module, cfg: Config, support: ClassBank, quer
         images = images.to(device=device, dtype=torch.float32)
         if pixels:  # backbone features are used as they are
             images = images.div_(255.0)
-        last = last_step_scores(model, images, sup_labels[o_idx].to(device))
-        out[o_idx, q_idx] = class_scores(last, codes[o_idx].to(device), cfg.episodes.group_size).cpu()
+        logits = model(images, sup_labels[o_idx].to(device))
+        out[o_idx, q_idx] = class_scores(logits[:, -1], codes[o_idx].to(device), cfg.episodes.group_size).cpu()
     return out.numpy()
 
 

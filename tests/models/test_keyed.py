@@ -136,3 +136,34 @@ def test_last_step_scores_read_the_support_once_and_answer_as_the_sequence(write
         plain = torch.nn.Sequential()
         plain.forward = model.forward
         torch.testing.assert_close(last_step_scores(plain, x, label_inputs), model(x, label_inputs)[:, -1])
+
+
+@pytest.mark.parametrize("write", ["mean", "logistic"])
+def test_predict_writes_each_orders_support_once_and_answers_as_its_sequences(write):
+    """predict over a keyed memory fits each order's support once and reads every query against it: the same
+    class scores as appending each query to its own copy of the order's support sequence."""
+    from fewshot_mann.data.bank import FeatureBank
+    from fewshot_mann.engine.predict import predict_scores
+    rng = np.random.default_rng(4)
+    ways = 6
+    feats = clustered(rng, ways, 4).reshape(-1, 12)
+    support = FeatureBank(feats, np.arange(ways) * 4, np.full(ways, 4), [f"c{i}" for i in range(ways)])
+    queries = clustered(rng, ways, 2).reshape(-1, 12)
+    model = keyed(write)
+    cfg = Config()
+    cfg.model, cfg.episodes.ways, cfg.episodes.instances = model_cfg(write), ways, 5
+    with torch.no_grad():
+        model.unseen.fill_(2.0)
+    fast = predict_scores(model, cfg, support, queries, orders=3, seed=1, batch_size=5)
+    as_sequences = torch.nn.Sequential()
+    as_sequences.forward = model.forward
+    slow = predict_scores(as_sequences, cfg, support, queries, orders=3, seed=1, batch_size=5)
+    assert fast.shape == (3, len(queries), ways)
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def model_cfg(write: str):
+    cfg = Config()
+    cfg.model.model, cfg.model.encoder, cfg.model.feature_dim, cfg.model.feature_norm = "keyed", "timm:x", 12, "l2"
+    cfg.model.keyed_write = write
+    return cfg.model
