@@ -122,7 +122,8 @@ def last_step_scores(model: nn.Module, images: torch.Tensor, label_inputs: torch
     """(B,L): what ``model(images, label_inputs)[:, -1]`` answers (each sequence's support, then one query).
     A model that reads the support once (``support_query_scores``) writes steps 0..T-2 with their labels and
     reads only the last step against them, instead of answering every earlier step too (which, with the
-    logistic write, fits one regression per step): predict's and the unknown queries' sequences."""
+    logistic write, fits one regression per step): the unknown queries' sequences (``trust.unknown_query_scores``;
+    predict, whose orders share one support, writes each order's once, ``engine/predict.py``)."""
     if getattr(model, "reads_support_once", False):
         told = told_labels(label_inputs)[:, :-1]
         return model.support_query_scores(images[:, :-1], told, images[:, -1:])[:, 0]
