@@ -7,21 +7,16 @@ import sys
 
 import torch
 
-from fewshot_mann.engine.checkpoint import load_checkpoint
 from fewshot_mann.engine.loading import load_split_banks
 from fewshot_mann.engine.evaluation import evaluate
 from fewshot_mann.models.registry import build_model
+from photo_trials import photos_config
+
 torch.set_num_threads(1)
 
-
-def bank_of(name):
-    cfg = load_checkpoint("photos")["config_obj"]
-    cfg.data.dataset, cfg.data.data_root, cfg.data.test_root, cfg.data.test_classes = "folder", f"../shared/datasets/{name}", None, "all"
-    return cfg, load_split_banks(cfg, progress=False).test
-
-
 for ds in ("eurosat", "clothing"):
-    cfg, bank = bank_of(ds)
+    cfg = photos_config(f"../shared/datasets/{ds}")
+    bank = load_split_banks(cfg, progress=False).test
     for write in ("mean", "logistic"):
         cfg.model.keyed_write = write
         model = build_model(cfg).eval()
