@@ -35,8 +35,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         "seen: the answer restricted to the labels given so far in the episode, as predict does "
                         "(a class's 1st presentation is then wrong, except at the episode's first step, "
                         "where no label has been given and the free answer is kept)")
-    add_shared_flags(p, "resize")
-    add_shared_flags(p, "batch_size", "device", "threads", "json", "plot", "no_progress", "no_feature_cache",
+    add_shared_flags(p, "resize", "batch_size", "device", "threads", "json", "plot", "no_progress", "no_feature_cache",
                      "finetune", "embed_precision")
     return p
 

@@ -32,8 +32,7 @@ def parser() -> argparse.ArgumentParser:
     add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt", high=limits.MAX_ADAPT_STEPS),
              help="first meta-fine-tune a copy of the model this many steps on episodes of the support set "
                   "(0 = answer with the model as trained)")
-    add_shared_flags(p, "finetune", "embed_precision")
-    add_shared_flags(p, "resize")
+    add_shared_flags(p, "finetune", "embed_precision", "resize")
     add_shared_flags(p, "seed", seed_help="seed of the support orders and label assignments")
     add_shared_flags(p, "no_feature_cache")  # accepted as by every command that embeds images; predict never caches
     add_flag(p, "--summary-json", default=None, metavar="PATH", problem=output_file("--summary-json"),
