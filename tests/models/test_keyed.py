@@ -14,11 +14,22 @@ from fewshot_mann.models.keyed import KeyedMemory
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 
 
-def keyed(write: str, width: int = 12) -> KeyedMemory:
+def keyed_config(write: str, width: int = 12) -> Config:
     cfg = Config()
     cfg.model.model, cfg.model.encoder, cfg.model.feature_dim, cfg.model.feature_norm = "keyed", "timm:x", width, "l2"
     cfg.model.keyed_write = write
-    return KeyedMemory(cfg).eval()
+    return cfg
+
+
+def keyed(write: str, width: int = 12) -> KeyedMemory:
+    return KeyedMemory(keyed_config(write, width)).eval()
+
+
+def without_fast_path(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model seen through ``forward`` alone (no ``reads_support_once``): the sequences' answers."""
+    plain = torch.nn.Sequential()
+    plain.forward = model.forward
+    return plain
 
 
 def clustered(rng, classes: int, per: int, width: int = 12) -> np.ndarray:
@@ -133,9 +144,8 @@ def test_last_step_scores_read_the_support_once_and_answer_as_the_sequence(write
         model.unseen.fill_(2.0)
         fast = last_step_scores(model, x, label_inputs)
         torch.testing.assert_close(fast, model(x, label_inputs)[:, -1], rtol=1e-5, atol=1e-5)
-        plain = torch.nn.Sequential()
-        plain.forward = model.forward
-        torch.testing.assert_close(last_step_scores(plain, x, label_inputs), model(x, label_inputs)[:, -1])
+        torch.testing.assert_close(last_step_scores(without_fast_path(model), x, label_inputs),
+                                   model(x, label_inputs)[:, -1])
 
 
 @pytest.mark.parametrize("write", ["mean", "logistic"])
@@ -149,21 +159,13 @@ def test_predict_writes_each_orders_support_once_and_answers_as_its_sequences(wr
     feats = clustered(rng, ways, 4).reshape(-1, 12)
     support = FeatureBank(feats, np.arange(ways) * 4, np.full(ways, 4), [f"c{i}" for i in range(ways)])
     queries = clustered(rng, ways, 2).reshape(-1, 12)
-    model = keyed(write)
-    cfg = Config()
-    cfg.model, cfg.episodes.ways, cfg.episodes.instances = model_cfg(write), ways, 5
+    cfg = keyed_config(write)
+    cfg.episodes.ways, cfg.episodes.instances = ways, 5
+    model = KeyedMemory(cfg).eval()
     with torch.no_grad():
         model.unseen.fill_(2.0)
     fast = predict_scores(model, cfg, support, queries, orders=3, seed=1, batch_size=5)
-    as_sequences = torch.nn.Sequential()
-    as_sequences.forward = model.forward
-    slow = predict_scores(as_sequences, cfg, support, queries, orders=3, seed=1, batch_size=5)
+    slow = predict_scores(without_fast_path(model), cfg, support, queries, orders=3, seed=1, batch_size=5)
     assert fast.shape == (3, len(queries), ways)
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
 
-
-def model_cfg(write: str):
-    cfg = Config()
-    cfg.model.model, cfg.model.encoder, cfg.model.feature_dim, cfg.model.feature_norm = "keyed", "timm:x", 12, "l2"
-    cfg.model.keyed_write = write
-    return cfg.model
