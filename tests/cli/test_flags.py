@@ -49,7 +49,7 @@ TODAY = [
     ('--memory-width', 40, None, 'int'),
     ('--read-heads', 4, None, 'int'),
     ('--usage-decay', 0.95, None, 'float'),
-    ('--key-strength --no-key-strength', False, None, 'bool'),
+    ('--key-strength --no-key-strength', True, None, 'bool'),  # default on since 2026-12-07 (issue 33)
     ('--compile --no-compile', None, None, 'bool'),  # obsolete since the torch.compile path went: a notice, ignored
     ('--memory-backend', 'auto', ('auto', 'autograd', 'sequence', 'kernel'), 'str'),  # memory/backend.py
     ('--ink-frame', 'auto', ('auto', 'keep'), 'str'),  # folder.apply_ink_frame (issue 18, handwriting)
@@ -59,9 +59,9 @@ TODAY = [
     ('--transformer-heads', 4, None, 'int'),
     ('--transformer-width', 128, None, 'int'),
     ('--transformer-max-steps', 256, None, 'int'),
-    ('--episodes', 100000, None, 'int'),
+    ('--episodes', 240000, None, 'int'),  # 100000 before 2026-12-07 (issue 33: the main command)
     ('--batch-size', 16, None, 'int'),
-    ('--lr', 0.001, None, 'float'),
+    ('--lr', 0.002, None, 'float'),  # 0.001 before 2026-12-07 (issue 33)
     ('--lr-decay-at', 0, None, 'int'),
     ('--lr-decay-factor', 0.1, None, 'float'),
     ('--grad-clip', 10.0, None, 'float'),

@@ -45,6 +45,25 @@ def test_auto_polarity_makes_every_background_dark():
     assert kept[0, 2, 0] == 255  # the paper white
 
 
+def test_configs_saved_before_key_strength_was_the_default_load_without_it(tmp_path):
+    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
+    from fewshot_mann.models.registry import build_model
+
+    assert Config().model.key_strength  # the default since 2026-12-07
+    old = Config()
+    old.model.key_strength = False
+    old.model.controller_size, old.model.memory_slots = 8, 6
+    saved = old.to_dict()
+    del saved["model"]["key_strength"]  # a config of the days when the field did not exist (or was off by default)
+    assert Config.from_dict(saved).model.key_strength is False
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {"config": saved, "command": None, "model": build_model(old).state_dict(),
+                           "optimizer": None, "step": 0, "episodes_done": 0})
+    ckpt = load_checkpoint(path)
+    assert ckpt["config_obj"].model.key_strength is False
+    load_model_from_checkpoint(ckpt)  # its weights have no strength layer, and none is expected
+
+
 def test_configs_saved_before_polarity_keep_their_behaviour():
     old_omniglot = Config().to_dict()
     del old_omniglot["data"]["polarity"]
