@@ -538,7 +538,7 @@ def test_resume_names_each_ignored_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     warning = [line for line in err.splitlines() if "ignored:" in line]
     assert len(warning) == 1, err
-    assert "--model lstm (the run has mann)" in warning[0] and "--lr 0.01 (the run has 0.001)" in warning[0]
+    assert "--model lstm (the run has mann)" in warning[0] and "--lr 0.01 (the run has 0.002)" in warning[0]
     assert "--episodes" not in warning[0] and "--ways" not in warning[0]  # taken, or the same as the run's
 
 

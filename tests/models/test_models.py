@@ -43,10 +43,13 @@ def test_initialisation_is_seeded_and_leaves_global_rng_alone():
 
 def test_paper_sized_mann_parameter_count():
     from fewshot_mann.config import Config
-    model = build_model(Config())
+    cfg = Config()
+    cfg.model.key_strength = False  # the paper's MANN (the default adds the key strength)
     # 405 inputs -> 4*200 gates, 360 recurrent -> 800, keys 200 -> 160, gates 200 -> 4, output 360 -> 5
     expected = 405 * 800 + 800 + 360 * 800 + 200 * 160 + 160 + 200 * 4 + 4 + 360 * 5 + 5
-    assert count_parameters(model) == expected
+    assert count_parameters(build_model(cfg)) == expected
+    # the key strength: one learned strength per read head (200 -> 4)
+    assert count_parameters(build_model(Config())) == expected + 200 * 4 + 4
 
 
 @pytest.mark.parametrize("model_name", ["ntm", "dnc"])

@@ -1,0 +1,29 @@
+"""The committed presets (configs/*.json) are valid train configs and say what their names promise."""
+from pathlib import Path
+
+import pytest
+
+from fewshot_mann.cli.train import config_from_args, parse_train_args
+
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json"))
+
+
+def test_there_are_presets():
+    assert {p.name for p in PRESETS} >= {"table1.json", "table1-fast.json"}
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_each_preset_is_a_valid_table1_run(path):
+    cfg = config_from_args(parse_train_args(["-c", str(path), "--out", "x"]))
+    cfg.validate()
+    assert (cfg.data.dataset, cfg.data.split, cfg.data.image_size) == ("omniglot", "santoro", 20)
+    assert (cfg.episodes.ways, cfg.episodes.instances, cfg.episodes.labels) == (5, 10, "onehot")
+    assert cfg.model.model == "mann" and cfg.model.key_strength
+    assert cfg.train.max_minutes == 15  # the time-to-accuracy budget (issue 33, target 2)
+
+
+def test_the_fast_preset_is_the_main_commands_learning_rate_with_a_drop():
+    fast = config_from_args(parse_train_args(["-c", str(PRESETS[0].parent / "table1-fast.json"), "--out", "x"]))
+    default = config_from_args(parse_train_args(["--out", "x"]))
+    assert fast.train.lr == default.train.lr == 0.002
+    assert fast.train.lr_decay_at == 360_000 and fast.train.lr_decay_factor == 0.1
