@@ -45,6 +45,7 @@ class FinetuneSettings:
     views: int = 8
     scale: float = 10.0  # the cosine classifier's logit scale
     batch: int = 50  # support views per step
+    bf16: bool = False  # the training steps' forward in bfloat16 (CPU autocast); the features read after in float32
 
 
 DEFAULT = FinetuneSettings()
@@ -103,10 +104,12 @@ class ViewCache:
     """Stem outputs of a bank's images, computed once per (image row, view) on first use.
 
     ``images``: (N, C, S, S) uint8 as the model reads them; ``mean``/``std``: the backbone's
-    normalisation; ``seed``: view v of row i is drawn from ``(seed, i, v)``, whatever asks for it."""
+    normalisation; ``seed``: view v of row i is drawn from ``(seed, i, v)``, whatever asks for it; ``bf16``: the
+    stem runs in bfloat16 (CPU autocast), its maps kept in float32."""
 
-    def __init__(self, staged: StagedBackbone, images: np.ndarray, mean, std, seed: int = 0, batch: int = 32):
-        self.staged, self.images, self.seed, self.batch = staged, images, seed, batch
+    def __init__(self, staged: StagedBackbone, images: np.ndarray, mean, std, seed: int = 0, batch: int = 32,
+                 bf16: bool = False):
+        self.staged, self.images, self.seed, self.batch, self.bf16 = staged, images, seed, batch, bf16
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._maps: dict[tuple[int, int], torch.Tensor] = {}
@@ -126,7 +129,9 @@ class ViewCache:
         for first in range(0, len(todo), self.batch):
             part = todo[first:first + self.batch]
             x = torch.stack([self._view(r, v) for r, v in part])
-            out = self.staged.stem(((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.staged.stem(((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
+            out = out.float()
             for key, m in zip(part, out.contiguous()):
                 self._maps[key] = m.clone()
         return torch.stack([torch.stack([self._maps[(r, v)] for v in views]) for r in rows])
@@ -157,7 +162,8 @@ def tune_tail(cache: ViewCache, support_rows, support_labels, ways: int, setting
         for step in range(settings.steps):
             pick = torch.randint(0, s * v, (min(settings.batch, s * v),), generator=gen)
             x = views.flatten(0, 1)[pick]
-            f = nn.functional.normalize(tail(x), dim=-1)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+                f = nn.functional.normalize(tail(x).float(), dim=-1)
             logits = settings.scale * f @ nn.functional.normalize(weight, dim=-1).T
             loss = nn.functional.cross_entropy(logits, y[pick // v])
             opt.zero_grad(set_to_none=True)
@@ -206,13 +212,16 @@ class Finetuner:
 
     def __init__(self, model_cfg, settings: FinetuneSettings, images: np.ndarray, seed: int = 0):
         from fewshot_mann.models.backbones import build_backbone, preprocessing
+        from fewshot_mann.models.features import embed_precision
 
         if not str(model_cfg.encoder).startswith("timm:"):
             raise UserError(f"--finetune needs a timm backbone checkpoint; this one reads {model_cfg.encoder}")
-        self.settings = settings
+        # the checkpoint's embedding precision, resolved once (auto: bf16 where the CPU computes it natively)
+        self.settings = replace(settings, bf16=embed_precision(model_cfg) == "bf16")
         prep = preprocessing(model_cfg.encoder)
         backbone, _ = build_backbone(model_cfg.encoder, model_cfg.encoder_weights)
-        self.cache = ViewCache(StagedBackbone(backbone, settings.tail_stages), images, prep.mean, prep.std, seed=seed)
+        self.cache = ViewCache(StagedBackbone(backbone, settings.tail_stages), images, prep.mean, prep.std, seed=seed,
+                               bf16=self.settings.bf16)
         self.rows = np.arange(len(images))  # row i of the bank it serves -> row of ``images``
 
     def subset(self, bank, class_indices) -> "Finetuner":
@@ -238,7 +247,8 @@ class Finetuner:
 
         def features(images: np.ndarray) -> np.ndarray:
             cache = ViewCache(self.cache.staged, images, self.cache.mean.flatten().tolist(),
-                              self.cache.std.flatten().tolist(), seed=self.cache.seed, batch=self.cache.batch)
+                              self.cache.std.flatten().tolist(), seed=self.cache.seed, batch=self.cache.batch,
+                              bf16=self.cache.bf16)
             with torch.inference_mode():
                 return tail(cache.maps(range(len(images)), [0])[:, 0]).float().numpy() if len(images) else sup[:0]
         return sup, features

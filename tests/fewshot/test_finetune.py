@@ -103,3 +103,38 @@ def test_tuning_once_then_reading_later_images_equals_tuning_with_the_queries():
         range(5), [0, 0, 1, 1, 1], 2, seed=[2], progress=lambda done, total: steps.append((done, total)))
     assert np.array_equal(sup_a, sup_b) and np.array_equal(qry_a, features(images[5:]))
     assert steps == [(1, 3), (2, 3), (3, 3)] and features(images[:0]).shape == (0, sup_b.shape[1])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_finetuner_takes_the_checkpoints_embedding_precision(precision):
+    """``--embed-precision`` (auto: bf16 where the CPU has it) decides once how the stem's views are computed and
+    the tail's training steps run; the features read after stay float32, and bf16 tunes to nearly the same."""
+    from fewshot_mann.config import ModelConfig
+    from fewshot_mann.fewshot.finetune import Finetuner
+
+    images = _images(9)
+    s = FinetuneSettings(steps=3, batch=6, tail_stages=1)
+    tuner = Finetuner(ModelConfig(encoder=ENCODER, encoder_weights="none", embed_precision=precision), s, images,
+                      seed=2)
+    assert tuner.settings.bf16 == tuner.cache.bf16 == (precision == "bf16")
+    sup, qry = tuner.tune(range(5), [0, 0, 1, 1, 1], range(5, 9), 2, seed=[2])
+    assert sup.dtype == qry.dtype == np.float32
+    ref_sup, ref_qry = Finetuner(ModelConfig(encoder=ENCODER, encoder_weights="none", embed_precision="fp32"), s,
+                                 images, seed=2).tune(range(5), [0, 0, 1, 1, 1], range(5, 9), 2, seed=[2])
+    cosine = (qry * ref_qry).sum(1) / np.linalg.norm(qry, axis=1) / np.linalg.norm(ref_qry, axis=1)
+    assert cosine.min() > 0.99  # the same directions (measured: 0.9993 or more)
+    assert np.array_equal(qry, ref_qry) == (precision == "fp32")
+
+
+def test_bf16_training_steps_run_in_bfloat16():
+    """The bf16 setting is not a no-op: the tail's training forward sees bfloat16 inside its convolutions."""
+    images = _images(6)
+    cache, _, _ = _cache(images)
+    seen = []
+    hook = cache.staged.tail[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    from fewshot_mann.fewshot.finetune import tune_tail
+    tune_tail(cache, [0, 1, 2, 3], [0, 0, 1, 1], 2, FinetuneSettings(steps=1, batch=4, bf16=True))
+    tune_tail(cache, [0, 1, 2, 3], [0, 0, 1, 1], 2, FinetuneSettings(steps=1, batch=4, bf16=False))
+    hook.remove()
+    # each call: the initial clean forward (float32), then one training step
+    assert seen == [torch.float32, torch.bfloat16, torch.float32, torch.float32]
