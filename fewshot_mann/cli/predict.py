@@ -101,18 +101,11 @@ def trust_summary(results: list[dict], bank, args, calibration, cap: int) -> dic
     out = {"summary": pt.summary(results, names), "calibration": {**calibration.to_dict(), "used": vars(fit) if
                                                                    calibration.fitted else None}}
     print(pt.summary_line(out["summary"]))
-    if not calibration.fitted:
-        print("calibration: none in this checkpoint (temperature 1): the confidences are the model's own, "
-              "not measured frequencies; no unknown threshold")
-    else:
-        cut = default_low_confidence(calibration.ways)
-        print(f"calibration: temperature {fit.temperature:.3g} ({fit.shots}-shot), fitted on {calibration.fitted_on}")
-        if fit.unflagged_accuracy is not None:
-            print(f"  there ({calibration.ways}-way {fit.shots}-shot), answers at or above {cut:.2f} were "
-                  f"{100 * fit.fraction_unflagged:.0f} % of all and right {100 * fit.unflagged_accuracy:.0f} % of the time")
-        if fit.unknown_caught is not None:
-            print(f"  there, the unknown threshold called {100 - 100 * calibration.known_kept:.0f} % of known queries "
-                  f"unknown and caught {100 * fit.unknown_caught:.0f} % of queries from other classes")
+    cut = default_low_confidence(calibration.ways) if calibration.fitted else None
+    for line in pt.calibration_notes(calibration, fit, cut, args.finetune):
+        print(line)
+    if calibration.fitted and args.finetune:
+        out["calibration"]["finetuned_answers_checked"] = False
     truth = pt.query_truth(args.query, results, names)
     if truth is not None:
         out["per_class"], out["confusion"] = pt.per_class(results, truth, names)
