@@ -95,8 +95,9 @@ def format_per_class(table: dict) -> str:
 
 def calibration_notes(calibration, fit, cut: float | None, finetune: int = 0) -> list[str]:
     """What ``predict`` prints of the checkpoint's calibration record ``calibration`` (``fit``: its entry for
-    this support set's shots; ``cut``: the low-confidence threshold, None without a record): where it was fitted, what its flags were
-    worth there, and, when the backbone was fine-tuned (``finetune`` steps), that it was fitted without."""
+    this support set's shots; ``cut``: the low-confidence threshold, None without a record): where it was
+    fitted, what its flags were worth there, and, when the backbone was fine-tuned (``finetune`` steps), that
+    it was fitted without."""
     if not calibration.fitted:
         return ["calibration: none in this checkpoint (temperature 1): the confidences are the model's own, "
                 "not measured frequencies; no unknown threshold"]

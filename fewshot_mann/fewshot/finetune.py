@@ -15,6 +15,10 @@ seconds, because only the backbone's *tail* trains:
   Adam; batch norm keeps its ImageNet statistics), then returns the tuned features of the support
   images and of the queries (view 0). The queries are never seen before that last forward pass.
 
+Where the checkpoint embeds in bfloat16 (``--embed-precision``, auto: where the CPU computes it natively),
+the stem's views and the training steps run in bfloat16 too (about 1.7x faster on the project's CPU, the
+same accuracy on validation trials); the features read after tuning are float32.
+
 The tuned features then go to the checkpoint's own model, as the frozen ones do without fine-tuning
 (``--finetune 0`` is exactly the frozen path). The steps (40), learning rate, views and tail length (the last stage
 and the head convolution) were chosen on validation domains
