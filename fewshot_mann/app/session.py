@@ -248,6 +248,9 @@ class Session:
                 scores = predict_scores(s.net, cfg, bank, inputs, orders=self.orders, seed=self.seed,
                                         device=self.device)
             probs, known, unknown_threshold = calibrated(scores, self.calibration, bank, support_cap(cfg))
+            if s.tuned and self.calibration is not None and self.calibration.fitted:  # as predict says it
+                from fewshot_mann.engine.predict_trust import finetune_calibration_note
+                more.append("calibration " + finetune_calibration_note(s.steps.get("finetune", 0)))
             results = summarise(bank.names, probs, threshold, names, known, unknown_threshold)
             near = nearest_support(bank.images, inputs)
             self.answers = results

@@ -110,6 +110,11 @@ def calibration_notes(calibration, fit, cut: float | None, finetune: int = 0) ->
         lines.append(f"  there, the unknown threshold called {100 - 100 * calibration.known_kept:.0f} % of known "
                      f"queries unknown and caught {100 * fit.unknown_caught:.0f} % of queries from other classes")
     if finetune:
-        lines.append(f"  fitted without fine-tuning: after --finetune {finetune} the temperature and the unknown "
-                     "threshold are applied unchecked, so read these confidences and flags as uncalibrated")
+        lines.append("  " + finetune_calibration_note(finetune))
     return lines
+
+
+def finetune_calibration_note(steps: int) -> str:
+    """The one sentence ``predict`` and the web app add when fine-tuned answers meet a calibration record."""
+    return (f"fitted without fine-tuning: after --finetune {steps} the temperature and the unknown threshold are "
+            "applied unchecked, so read these confidences and flags as uncalibrated")

@@ -156,6 +156,29 @@ def test_serve_needs_a_free_port_and_a_real_checkpoint(folders, capsys):
     assert "--port must be between 1 and 65535" in capsys.readouterr().err
 
 
+def test_finetuned_answers_say_the_calibration_was_fitted_without_fine_tuning(folders, tmp_path):
+    pytest.importorskip("timm")
+    import torch
+
+    from fewshot_mann.reporting.calibration import Calibration, ShotsCalibration
+
+    ckpt = torch.load(tiny_backbone_checkpoint(tmp_path / "timm.pt"), weights_only=True)
+    ckpt["calibration"] = Calibration("unit test", 3, (ShotsCalibration(3, 0.5, -1e9),)).to_dict()
+    calibrated = tmp_path / "calibrated.pt"
+    torch.save(ckpt, calibrated)
+    session = Session([str(calibrated)])
+    session.choose_model(str(calibrated))
+    client = TestClient(create_app(session, TOKEN, Limits()))
+    warnings = {}
+    for steps in ("0", "2"):
+        assert client.post(f"/api/support?token={TOKEN}", data={"finetune": steps},
+                           files=support_files(folders["support"])).status_code == 200
+        warnings[steps] = client.post(f"/api/cases?token={TOKEN}", files=case_files(folders["cases"])).json()["warnings"]
+    note = [w for w in warnings["2"] if "fitted without fine-tuning" in w]
+    assert len(note) == 1 and "--finetune 2" in note[0] and "uncalibrated" in note[0]
+    assert not any("fitted without fine-tuning" in w for w in warnings["0"])
+
+
 def test_the_page_answers_with_the_checkpoints_calibration_as_predict_does(folders, tmp_path, monkeypatch, capsys):
     import torch
 
