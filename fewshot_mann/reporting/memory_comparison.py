@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fewshot_mann.config import Config
+from fewshot_mann.config import OLD_COMMANDS_NOTE, Config
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import atomic_write_text
 from fewshot_mann.reporting import inputs
@@ -127,7 +127,7 @@ def comparison_markdown(entries: list[dict], source: str = "the rows of `reports
     lines += [comparison_row(e) for e in entries]
     lines += ["", "Training time counts the training steps only (not the periodic evaluations); episodes/s "
               "is training episodes over that time. kNN rows have no trained parameters of their own.", "",
-              "## Commands", ""]
+              "## Commands", "", OLD_COMMANDS_NOTE, ""]
     for e in entries:
         lines.append(f"- **{e['name']}**: train {command_cell(e['training'].get('command'))}; "
                      f"evaluate {command_cell(e['result'].get('command'))} ({e['path']})")
