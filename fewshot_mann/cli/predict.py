@@ -93,7 +93,6 @@ def _predict(argv) -> int:
 def trust_summary(results: list[dict], bank, args, calibration, cap: int) -> dict:
     """Print the summary line, what the calibration means and (truth known) per-class accuracy; return them."""
     from fewshot_mann.engine import predict_trust as pt
-    from fewshot_mann.reporting.calibration import default_low_confidence
 
     names = list(bank.names)
     shots = pt.support_shots(bank, cap)
@@ -101,8 +100,7 @@ def trust_summary(results: list[dict], bank, args, calibration, cap: int) -> dic
     out = {"summary": pt.summary(results, names), "calibration": {**calibration.to_dict(), "used": vars(fit) if
                                                                    calibration.fitted else None}}
     print(pt.summary_line(out["summary"]))
-    cut = default_low_confidence(calibration.ways) if calibration.fitted else None
-    for line in pt.calibration_notes(calibration, fit, cut, args.finetune):
+    for line in pt.calibration_notes(calibration, fit, args.finetune):
         print(line)
     if calibration.fitted and args.finetune:
         out["calibration"]["finetuned_answers_checked"] = False

@@ -93,19 +93,19 @@ def format_per_class(table: dict) -> str:
         f"{n} {round(v['accuracy'] * v['queries'])}/{v['queries']}" for n, v in table.items() if v["queries"])
 
 
-def calibration_notes(calibration, fit, cut: float | None, finetune: int = 0) -> list[str]:
+def calibration_notes(calibration, fit, finetune: int = 0) -> list[str]:
     """What ``predict`` prints of the checkpoint's calibration record ``calibration`` (``fit``: its entry for
-    this support set's shots; ``cut``: the low-confidence threshold, None without a record): where it was
-    fitted, what its flags were worth there, and, when the backbone was fine-tuned (``finetune`` steps), that
-    it was fitted without."""
+    this support set's shots): where it was fitted, what its flags (the default low-confidence cut,
+    ``calibration.default_low_confidence``) were worth there, and, when the backbone was fine-tuned (``finetune`` steps),
+    that it was fitted without."""
     if not calibration.fitted:
         return ["calibration: none in this checkpoint (temperature 1): the confidences are the model's own, "
                 "not measured frequencies; no unknown threshold"]
     lines = [f"calibration: temperature {fit.temperature:.3g} ({fit.shots}-shot), fitted on {calibration.fitted_on}"]
     if fit.unflagged_accuracy is not None:
-        lines.append(f"  there ({calibration.ways}-way {fit.shots}-shot), answers at or above {cut:.2f} were "
-                     f"{100 * fit.fraction_unflagged:.0f} % of all and right {100 * fit.unflagged_accuracy:.0f} % of "
-                     "the time")
+        lines.append(f"  there ({calibration.ways}-way {fit.shots}-shot), answers at or above "
+                     f"{cal.default_low_confidence(calibration.ways):.2f} were {100 * fit.fraction_unflagged:.0f} % of all "
+                     f"and right {100 * fit.unflagged_accuracy:.0f} % of the time")
     if fit.unknown_caught is not None:
         lines.append(f"  there, the unknown threshold called {100 - 100 * calibration.known_kept:.0f} % of known "
                      f"queries unknown and caught {100 * fit.unknown_caught:.0f} % of queries from other classes")

@@ -170,12 +170,12 @@ def test_calibration_notes_say_when_fine_tuning_left_the_record_unchecked():
 
     record = cal.Calibration("unit test", 3, (cal.ShotsCalibration(3, 2.0, 1e9, 0.8, 0.5, 0.3, 0.7),))
     fit = record.for_shots(3)
-    frozen = calibration_notes(record, fit, 0.6)
-    tuned = calibration_notes(record, fit, 0.6, finetune=40)
+    frozen = calibration_notes(record, fit)
+    tuned = calibration_notes(record, fit, finetune=40)
     assert tuned[:-1] == frozen and "right 80 % of the time" in frozen[1]
     assert "--finetune 40" in tuned[-1] and "uncalibrated" in tuned[-1]
     none = cal.checkpoint_calibration({})
-    assert calibration_notes(none, none.for_shots(3), 0.6, finetune=40) == calibration_notes(none, none.for_shots(3), 0.6)
+    assert calibration_notes(none, none.for_shots(3), finetune=40) == calibration_notes(none, none.for_shots(3))
 
 
 def test_predict_temperature_changes_probabilities_not_answers(tmp_path, capsys):
