@@ -104,7 +104,7 @@ def build_encoder(cfg: Config) -> nn.Module:
         if cfg.model.feature_dim < 1:
             raise UserError(f"--encoder {cfg.model.encoder}: the feature width is not known yet (set at training)")
         return FeatureEncoder(cfg.model.feature_dim, cfg.model.feature_norm, cfg.model.feature_proj,
-                                  cfg.model.feature_dropout)
+                              cfg.model.feature_dropout)
     if cfg.model.encoder == "conv":
         return ConvEncoder(d.channels, d.image_size)
     return LinearEncoder(d.channels, d.image_size)

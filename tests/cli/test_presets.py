@@ -5,7 +5,8 @@ import pytest
 
 from fewshot_mann.cli.train import config_from_args, parse_train_args
 
-PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json"))
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PRESETS = sorted(CONFIGS.glob("*.json"))
 
 
 def test_there_are_presets():
@@ -23,7 +24,7 @@ def test_each_preset_is_a_valid_table1_run(path):
 
 
 def test_the_fast_preset_is_the_main_commands_learning_rate_with_a_drop():
-    fast = config_from_args(parse_train_args(["-c", str(PRESETS[0].parent / "table1-fast.json"), "--out", "x"]))
+    fast = config_from_args(parse_train_args(["-c", str(CONFIGS / "table1-fast.json"), "--out", "x"]))
     default = config_from_args(parse_train_args(["--out", "x"]))
     assert fast.train.lr == default.train.lr == 0.002
     assert fast.train.lr_decay_at == 360_000 and fast.train.lr_decay_factor == 0.1
@@ -52,4 +53,4 @@ def test_generated_pages_carry_the_note_on_old_commands():
     from fewshot_mann.reporting.results import results_markdown
 
     assert OLD_COMMANDS_NOTE in comparison_markdown([])
-    assert OLD_COMMANDS_NOTE in results_markdown(PRESETS[0].parent / "nowhere", [])
+    assert OLD_COMMANDS_NOTE in results_markdown(CONFIGS / "nowhere", [])
