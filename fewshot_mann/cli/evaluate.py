@@ -9,8 +9,8 @@ import argparse
 import sys
 import time
 
-from fewshot_mann.cli.common import (add_shared_flags, classes_option, parse_checked, run_guarded, apply_input_overrides,
-                                     set_threads)
+from fewshot_mann.cli.common import (add_shared_flags, apply_input_overrides, classes_option, parse_checked,
+                                     run_guarded, set_threads)
 from fewshot_mann.config import DECODES, answers_any_ways, is_backbone
 
 

@@ -14,8 +14,9 @@ Logistic regression is scikit-learn's ``LogisticRegression(class_weight="balance
 batch (``fewshot.logistic``): on kshot's balanced support sets it is the plain ``LogisticRegression()``; in
 ``evaluate``'s label-shifted episodes the labels told so far are uneven, and the plain fit's unpenalised
 intercept then answers the most-told label (eurosat, 2nd presentation: 17.4 % against nearest centroid's
-51.8, 100 episodes, 2026-12-07), a baseline weaker than it need be. Rows (JSON ``"baselines"``): ``name``, ``ways``, ``shots``, ``accuracy``,
-``ci95`` (``kshot``) or ``accuracy_by_instance``/``ci95`` lists (``evaluate``, ``knn``).
+51.8, 100 episodes, 2026-12-07), a baseline weaker than it need be. Rows (JSON ``"baselines"``): ``name``,
+``ways``, ``shots``, ``accuracy``, ``ci95`` (``kshot``) or ``accuracy_by_instance``/``ci95`` lists
+(``evaluate``, ``knn``).
 """
 from __future__ import annotations
 
