@@ -85,3 +85,23 @@ def test_the_baselines_logistic_regression_reaches_scikit_learns_optimum_on_plai
     ours = classifier("logistic").fit(torch.tensor(xs)[None], torch.tensor(ys)[None], ways).scores(torch.tensor(xq)[None])
     ref = LogisticRegression(C=1.0, tol=1e-12, max_iter=100000).fit(xs, ys).predict_proba(xq)
     np.testing.assert_allclose(ours.exp()[0].numpy(), ref, atol=2e-4)
+
+
+def test_a_warm_start_reaches_the_same_optimum_as_a_cold_one():
+    """``fit_logistic(start=...)`` (prefix fits start from the previous step's optimum) changes the path,
+    not the answer: from the optimum of one point fewer, and from an arbitrary point, the fit is the cold fit's."""
+    rng = np.random.default_rng(3)
+    p, s, ways, dim = 5, 9, 3, 12
+    x = torch.tensor(rng.normal(size=(p, s, dim)))
+    y = torch.tensor(rng.integers(0, ways, size=(p, s)))
+    w = torch.ones(p, s, dtype=torch.float64)
+    gram = x @ x.transpose(1, 2)
+    a, b, _ = fit_logistic(gram, y, w, ways)
+    cold = gram @ a + b.unsqueeze(1)
+    fewer, fewer_b, _ = fit_logistic(gram[:, :-1, :-1].contiguous(), y[:, :-1], w[:, :-1], ways)
+    starts = [(torch.nn.functional.pad(fewer, (0, 0, 0, 1)), fewer_b),
+              (torch.tensor(rng.normal(size=(p, s, ways))), torch.tensor(rng.normal(size=(p, ways))))]
+    for start in starts:
+        a2, b2, _ = fit_logistic(gram, y, w, ways, start=start)
+        warm = gram @ a2 + b2.unsqueeze(1)
+        torch.testing.assert_close(warm.log_softmax(-1), cold.log_softmax(-1), atol=1e-6, rtol=0)
