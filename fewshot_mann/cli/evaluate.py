@@ -35,6 +35,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         "seen: the answer restricted to the labels given so far in the episode, as predict does "
                         "(a class's 1st presentation is then wrong, except at the episode's first step, "
                         "where no label has been given and the free answer is kept)")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the baselines on the same episodes (nearest centroid and logistic regression, fitted at "
+                        "each step on the steps before it; the logistic fits take ~45 s per 1,000 5-way episodes)")
     add_shared_flags(p, "resize", "batch_size", "device", "threads", "json", "plot", "no_progress", "no_feature_cache",
                      "finetune", "embed_precision")
     return p
@@ -127,28 +130,26 @@ def _finetuned(model, bank, cfg, args, recorded, kind, ctx, device):
 
 def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonfinite, model=None,
            tuned_scores=None) -> None:
-    """Print the table (and, on folder data, the nearest-centroid baselines); write --json/--plot."""
+    """Print the table and the baselines on the same episodes (``engine.baselines``); write --json/--plot."""
     from fewshot_mann.engine.evaluation import format_table
     from fewshot_mann.reporting.records import training_record, write_evaluation
 
     tuned = f", backbone fine-tuned {args.finetune} steps" if getattr(args, "finetune", 0) else ""
     print(format_table(res, f"{cfg.model.model} on {bank.num_classes} {kind} classes{tuned}"))
-    baselines = []
-    if cfg.data.dataset == "folder":  # is the memory helping? the same episodes, nearest centroid
-        from fewshot_mann.engine.baselines import baselines_for, by_instance_baselines
+    if cfg.data.dataset == "folder":
         from fewshot_mann.engine.predict import warn_if_hard
 
         warn_if_hard(bank, pixels, is_backbone(cfg.model.encoder), what=f"the {kind} classes'")
-        baselines = by_instance_baselines({"pixels": pixels, "features": bank},
-                                          baselines_for(is_backbone(cfg.model.encoder)), cfg.episodes,
-                                          episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
-                                          device=device)
-        for base in baselines:
-            print(f"{base['name']:<32} " + " ".join(f"{100 * a:7.1f}" for a in base["accuracy_by_instance"]))
-        if model is not None:
-            res = {**res, **evaluation_trust(model, bank, cfg, args, ckpt, device, tuned_scores)}
+    from fewshot_mann.engine.baselines import run_by_instance
+
+    # is the memory helping? the same episodes, the plain classifiers fitted on the steps told so far
+    baselines = {} if args.no_baselines else run_by_instance(
+        {"pixels": pixels, "features": bank}, is_backbone(cfg.model.encoder), cfg.episodes, episodes=args.episodes,
+        seed=args.seed, batch_size=args.batch_size, device=device, progress=not args.no_progress)
+    if cfg.data.dataset == "folder" and model is not None:
+        res = {**res, **evaluation_trust(model, bank, cfg, args, ckpt, device, tuned_scores)}
     out = {**res, "classes": kind, "class_names": list(bank.names), "num_classes": bank.num_classes,
-           **({"baselines": baselines} if baselines else {}),
+           **baselines,
            "checkpoint": str(args.checkpoint),
            "checkpoint_episodes": ckpt.get("episodes_done"),
            "training": training_record(ckpt), "config": cfg.to_dict(),

@@ -114,14 +114,12 @@ def _knn(argv) -> int:
     res.pop("_per_episode")
     print(format_table(res, f"kNN ({what}) on {bank.num_classes} {kind} classes"))
     from fewshot_mann.config import is_backbone
-    from fewshot_mann.engine.baselines import baselines_for, by_instance_baselines
-    baselines = by_instance_baselines({"pixels": pixel_parts.part(kind), "features": bank},
-                                      baselines_for(is_backbone(cfg.model.encoder)), cfg.episodes, episodes=args.episodes,
-                                      seed=args.seed, batch_size=args.batch_size, device=device)
-    for base in baselines:
-        print(f"{base['name']:<32} " + " ".join(f"{100 * a:7.1f}" for a in base["accuracy_by_instance"]))
+    from fewshot_mann.engine.baselines import run_by_instance
+    baselines = run_by_instance({"pixels": pixel_parts.part(kind), "features": bank}, is_backbone(cfg.model.encoder),
+                                cfg.episodes, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
+                                device=device, progress=not args.no_progress)
     out = {**res, "classes": kind, "class_names": list(bank.names), "num_classes": bank.num_classes, "method": "knn",
-           **({"baselines": baselines} if baselines else {}),
+           **baselines,
            "features": "raw" if ckpt is None else str(args.features),
            "layer": None if ckpt is None else args.layer,
            "checkpoint": None if ckpt is None else str(args.features),

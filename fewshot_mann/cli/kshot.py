@@ -27,7 +27,8 @@ def parser() -> argparse.ArgumentParser:
     add_flag(p, "--adapt", type=int, default=0, metavar="STEPS", problem=at_least(0, "--adapt", high=limits.MAX_ADAPT_STEPS),
              help="meta-fine-tune a copy of the model on each episode's support set for STEPS steps first")
     add_shared_flags(p, "finetune", "embed_precision")
-    p.add_argument("--no-baselines", action="store_true", help="skip the nearest-centroid baselines")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the baselines on the same trials (nearest centroid and logistic regression)")
     add_flag(p, "--unknown-queries", type=int, default=0, metavar="Q",
              problem=at_least(0, "--unknown-queries", high=limits.MAX_SHOTS),
              help="add Q queries a trial from classes outside it and report the AUROC of known vs unknown "

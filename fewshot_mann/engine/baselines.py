@@ -153,17 +153,58 @@ class SupportFitted(torch.nn.Module):
         return sequence_scores(self.baseline.head, x.cpu(), labels, ways).float().to(images.device)
 
 
+# The by-instance logistic fit at an episode's last step solves Newton systems of ways * (T - 1) + ways unknowns
+# (``fewshot.logistic``): 250 at 5-way 10 instances (~46 s per 1,000 episodes on 2 cores, 2026-12-07); the cost
+# grows as its cube, so longer or wider episodes get nearest centroid only, and the skip is said.
+PREFIX_LOGISTIC_MAX_UNKNOWNS = 400
+
+
+def prefix_logistic_unknowns(cfg: EpisodeConfig) -> int:
+    return cfg.ways * (cfg.ways * cfg.instances - 1) + cfg.ways
+
+
 def by_instance_baselines(banks: dict[str, ClassBank], chosen: tuple[Baseline, ...], cfg: EpisodeConfig, *,
-                          episodes: int, seed: int, batch_size: int, device="cpu") -> list[dict]:
-    """Accuracy by instance of each baseline on ``evaluate``'s episodes (same seed, same draw; one-hot)."""
+                          episodes: int, seed: int, batch_size: int, device="cpu", progress: bool = False
+                          ) -> tuple[list[dict], list[dict]]:
+    """Accuracy by instance of each baseline on ``evaluate``'s episodes (same seed, same draw; one-hot).
+    Returns (rows, skipped): ``skipped`` rows {"name", "reason"} for baselines not run (string labels: the
+    episode's labels are not one-hot codes; logistic regression above ``PREFIX_LOGISTIC_MAX_UNKNOWNS``)."""
     from fewshot_mann.engine.evaluation import evaluate
 
-    if cfg.labels != "onehot":
-        return []
-    out = []
+    out, skipped = [], []
     for b in chosen:
+        if cfg.labels != "onehot":
+            skipped.append({"name": b.name, "reason": "string labels: the by-instance baselines read one-hot labels"})
+            continue
+        if b.head == "logistic" and prefix_logistic_unknowns(cfg) > PREFIX_LOGISTIC_MAX_UNKNOWNS:
+            skipped.append({"name": b.name, "reason": f"a {cfg.ways}-way {cfg.instances}-instance episode's last fit has "
+                            f"{prefix_logistic_unknowns(cfg)} unknowns (at most {PREFIX_LOGISTIC_MAX_UNKNOWNS} are "
+                            f"fitted by instance); kshot gives logistic regression at K shots"})
+            continue
         res = evaluate(SupportFitted(b), banks[b.inputs], cfg, episodes=episodes, seed=seed,
-                       batch_size=batch_size, device=device)
+                       batch_size=batch_size, device=device, progress=progress)
         out.append({"name": b.name, "ways": cfg.ways, "accuracy_by_instance": res["accuracy_by_instance"],
                     "ci95": res["ci95"], "accuracy": res["accuracy"], "episodes": res["episodes"]})
-    return out
+    return out, skipped
+
+
+def by_instance_lines(rows: list[dict], skipped: list[dict]) -> list[str]:
+    """The rows printed under ``evaluate``'s and ``knn``'s table (a column per instance), then each skip."""
+    lines = [f"{r['name']:<32} " + " ".join(f"{100 * a:7.1f}" for a in r["accuracy_by_instance"]) for r in rows]
+    if rows:
+        lines.append("(the baselines, fitted on the steps before each step, answer only labels told so far: a class's "
+                     "1st presentation is never theirs)")
+    return lines + [f"{s['name']}: not run ({s['reason']})" for s in skipped]
+
+
+def run_by_instance(banks: dict[str, ClassBank], backbone: bool, cfg: EpisodeConfig, *, episodes: int, seed: int,
+                    batch_size: int, device="cpu", progress: bool = False) -> dict:
+    """``evaluate``/``knn``: every baseline of a model (``baselines_for``) by instance on its episodes, printed;
+    returns the JSON entries ``"baselines"`` and ``"baselines_skipped"`` (where some were not run)."""
+    if progress:
+        print("baselines on the same episodes, fitted at each step on the steps before it ...", flush=True)
+    rows, skipped = by_instance_baselines(banks, baselines_for(backbone), cfg, episodes=episodes, seed=seed,
+                                          batch_size=batch_size, device=device, progress=progress)
+    for line in by_instance_lines(rows, skipped):
+        print(line)
+    return {"baselines": rows, **({"baselines_skipped": skipped} if skipped else {})}

@@ -84,12 +84,15 @@ def fit_logistic(gram: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
     in fewer steps."""
     p, s = labels.shape
     per = max(1, chunk_elements // (s * num_labels + num_labels) ** 2)
-    if p > per:
-        parts = [fit_logistic(gram[i:i + per], labels[i:i + per], weights[i:i + per], num_labels, c=c, tol=tol,
-                              max_iter=max_iter, chunk_elements=chunk_elements,
-                              start=None if start is None else (start[0][i:i + per], start[1][i:i + per]))
-                 for i in range(0, p, per)]
-        return tuple(torch.cat(t) for t in zip(*parts))
+    parts = [_fit_chunk(gram[i:i + per], labels[i:i + per], weights[i:i + per], num_labels, c, tol, max_iter,
+                        None if start is None else (start[0][i:i + per], start[1][i:i + per]))
+             for i in range(0, p, per)]
+    return parts[0] if len(parts) == 1 else tuple(torch.cat(t) for t in zip(*parts))
+
+
+def _fit_chunk(gram, labels, weights, num_labels, c, tol, max_iter, start):
+    """``fit_logistic`` of problems whose linear systems fit in memory together."""
+    p, s = labels.shape
     dt = gram.dtype
     onehot = torch.nn.functional.one_hot(labels.long(), num_labels).to(dt) * weights.unsqueeze(-1)  # (P,S,L)
     present = onehot.sum(1) > 0  # (P,L)

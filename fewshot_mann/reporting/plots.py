@@ -26,21 +26,27 @@ pyplot, save_figure = _pyplot, _save  # for the other plot modules (reporting/tr
 
 
 def plot_by_instance(results: list[tuple[str, dict]], path, paper_rows=("MANN", "Human"),
-                     title: str = "Held-out accuracy by instance") -> None:
-    """Accuracy vs instance with 95% CI bands, and the paper's rows (Table 1) for reference."""
+                     title: str = "Held-out accuracy by instance", baselines: list[dict] = (),
+                     chance: float | None = None) -> None:
+    """Accuracy vs instance with 95% CI bands, the paper's rows (Table 1) for reference, and, when given,
+    the baselines on the same episodes (dashed) and the chance line (``chance``, a fraction)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, res in results:
+    for (label, res), style in [(r, "-") for r in results] + [((f"{b['name']} (same episodes)", b), "--")
+                                                              for b in baselines]:
         acc = [100 * a for a in res["accuracy_by_instance"]]
         ci = [100 * c for c in res["ci95"]]
         xs = list(range(1, len(acc) + 1))
-        line, = ax.plot(xs, acc, marker="o", label=label)
+        line, = ax.plot(xs, acc, marker="o" if style == "-" else ".", linestyle=style, label=label)
         ax.fill_between(xs, [a - c for a, c in zip(acc, ci)], [a + c for a, c in zip(acc, ci)],
-                        color=line.get_color(), alpha=0.2)
+                        color=line.get_color(), alpha=0.2 if style == "-" else 0.1)
+    if chance is not None:
+        ax.axhline(100 * chance, color="grey", linestyle=":", label=f"chance ({100 * chance:.0f} %)")
     for name in paper_rows:
         ax.plot(PAPER_INSTANCES, TABLE1[name], linestyle="--", marker="x", alpha=0.7,
                 label=f"paper: {name} (Santoro et al. 2016, Table 1)")
-    ax.set_xlabel("instance (presentation of a class in the episode)")
+    ax.set_xlabel("instance (presentation of a class in the episode)" + (
+        "; baselines answer only labels told so far" if baselines else ""))
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title)

@@ -53,5 +53,6 @@ def write_evaluation(out: dict, json_path, plot_path, label: str) -> None:
         plot_by_instance_folder(out, plot_path, label)  # the paper's Omniglot curves are another task
         print(f"wrote {plot_path}")
     elif plot_path:
-        plot_by_instance([(f"{label} ({out['episodes']} episodes, 95% CI)", out)], plot_path)
+        plot_by_instance([(f"{label} ({out['episodes']} episodes, 95% CI)", out)], plot_path,
+                         baselines=out.get("baselines", []), chance=1 / out["ways"] if out.get("ways") else None)
         print(f"wrote {plot_path}")

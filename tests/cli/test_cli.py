@@ -36,7 +36,24 @@ def test_train_then_evaluate_round_trip(omniglot_args, tmp_path, capsys):
     assert res["config"]["model"]["controller_size"] == 16 and res["command"][0] == "evaluate.py"
     assert all(0 <= a <= 1 for a in res["accuracy_by_instance"])
     assert (tmp_path / "e.png").stat().st_size > 1000
-    assert "accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "logistic-regression-raw-pixels" in printed
+    # the plain-pixel baselines on Omniglot too, on exactly evaluate's episodes (seed 0), not another draw's
+    from fewshot_mann.engine.baselines import BASELINES, by_instance_baselines
+    from fewshot_mann.engine.checkpoint import load_checkpoint
+    from fewshot_mann.engine.loading import load_split_banks
+    cfg = load_checkpoint(out / "checkpoint.pt")["config_obj"]
+    if omniglot_args:
+        cfg.data.data_root = omniglot_args[1]
+    pixels = load_split_banks(cfg, progress=False).test
+    pixel_rows = tuple(b for b in BASELINES if b.inputs == "pixels")
+    assert [b["name"] for b in res["baselines"]] == [b.name for b in pixel_rows]
+    same, _ = by_instance_baselines({"pixels": pixels}, pixel_rows, cfg.episodes, episodes=20, seed=0, batch_size=8)
+    other, _ = by_instance_baselines({"pixels": pixels}, pixel_rows, cfg.episodes, episodes=20, seed=1, batch_size=8)
+    for got, want, other_draw in zip(res["baselines"], same, other):
+        assert got["episodes"] == 20 and len(got["accuracy_by_instance"]) == 10
+        assert got["accuracy_by_instance"] == pytest.approx(want["accuracy_by_instance"], abs=1e-12)
+        assert got["accuracy_by_instance"] != pytest.approx(other_draw["accuracy_by_instance"], abs=1e-12)
     # resume extends the same run
     rc = train_script.main([*omniglot_args, "--episodes", "16", "--eval-every", "8",
                             "--out", str(out), "--resume", *TINY])

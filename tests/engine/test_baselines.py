@@ -90,7 +90,7 @@ def literal_by_instance(bank, cfg, episodes, seed, predict) -> np.ndarray:
 
 def test_by_instance_baselines_equal_a_literal_causal_recomputation():
     bank, cfg = random_bank(classes=6, per_class=5), EpisodeConfig(ways=3, instances=4)
-    [res] = B.by_instance_baselines({"pixels": bank}, (B.BASELINES[0],), cfg, episodes=10, seed=5, batch_size=4)
+    [res], _ = B.by_instance_baselines({"pixels": bank}, (B.BASELINES[0],), cfg, episodes=10, seed=5, batch_size=4)
 
     def nearest_centroid(xs, ys, x, told):
         cents = {c: xs[ys == c].mean(0) for c in told}
@@ -105,7 +105,7 @@ def test_by_instance_logistic_regression_equals_scikit_learn_fitted_on_the_steps
     each step; a fit that saw the step itself or a step more would answer otherwise on these random images."""
     bank, cfg = random_bank(classes=6, per_class=5, seed=2), EpisodeConfig(ways=3, instances=4)
     [logistic] = [b for b in B.BASELINES if b.inputs == "pixels" and b.head == "logistic"]
-    [res] = B.by_instance_baselines({"pixels": bank}, (logistic,), cfg, episodes=8, seed=5, batch_size=3)
+    [res], _ = B.by_instance_baselines({"pixels": bank}, (logistic,), cfg, episodes=8, seed=5, batch_size=3)
 
     def scikit_learn(xs, ys, x, told):  # one label told: it is the answer (scikit-learn needs two)
         if len(told) < 2:
@@ -137,3 +137,22 @@ def test_feature_models_are_causal():
     labels[:, 0] = 0
     with torch.no_grad():
         assert torch.equal(model(feats, labels)[:, :6], model(later, labels)[:, :6])
+
+
+def test_by_instance_logistic_regression_too_large_to_fit_is_skipped_and_said():
+    """Episodes whose last prefix fit exceeds ``PREFIX_LOGISTIC_MAX_UNKNOWNS`` get nearest centroid, and the
+    logistic row is reported as not run with its reason, not silently dropped; string labels get none."""
+    bank = random_bank(classes=12, per_class=12, seed=4)
+    small, wide = EpisodeConfig(ways=3, instances=4), EpisodeConfig(ways=10, instances=10)
+    assert B.prefix_logistic_unknowns(small) <= B.PREFIX_LOGISTIC_MAX_UNKNOWNS < B.prefix_logistic_unknowns(wide)
+    pixel_rows = B.baselines_for(False)
+    rows, skipped = B.by_instance_baselines({"pixels": bank}, pixel_rows, wide, episodes=2, seed=0, batch_size=2)
+    assert [r["name"] for r in rows] == ["nearest-centroid-raw-pixels"]
+    assert [s["name"] for s in skipped] == ["logistic-regression-raw-pixels"] and "unknowns" in skipped[0]["reason"]
+    rows, skipped = B.by_instance_baselines({"pixels": bank}, pixel_rows, small, episodes=2, seed=0, batch_size=2)
+    assert len(rows) == 2 and skipped == []
+    strings = EpisodeConfig(ways=3, instances=4, labels="string")
+    rows, skipped = B.by_instance_baselines({"pixels": bank}, pixel_rows, strings, episodes=2, seed=0, batch_size=2)
+    assert rows == [] and len(skipped) == 2 and all("string" in s["reason"] for s in skipped)
+    lines = B.by_instance_lines([], skipped)
+    assert len(lines) == 2 and all("not run" in line for line in lines)
