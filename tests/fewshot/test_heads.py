@@ -105,3 +105,23 @@ def test_a_warm_start_reaches_the_same_optimum_as_a_cold_one():
         a2, b2, _ = fit_logistic(gram, y, w, ways, start=start)
         warm = gram @ a2 + b2.unsqueeze(1)
         torch.testing.assert_close(warm.log_softmax(-1), cold.log_softmax(-1), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("direct_max", [0, 10 ** 6])
+def test_both_newton_solvers_reach_scikit_learns_optimum(direct_max, monkeypatch):
+    """The Newton step by the formed system (small problems) and by conjugate gradients (large ones,
+    ``DIRECT_SOLVE_MAX``), each forced on the same problems: balanced weights, a label absent from one
+    support, two labels in another (the binomial model), all answered as scikit-learn."""
+    from fewshot_mann.fewshot import logistic
+    monkeypatch.setattr(logistic, "DIRECT_SOLVE_MAX", direct_max)
+    rng = np.random.default_rng(11)
+    ways, dim = 4, 30
+    ys = np.array([[0, 0, 1, 1, 2, 2, 3, 3, 0, 1], [0, 1, 2, 0, 1, 2, 0, 1, 2, 0], [0, 1, 0, 1, 0, 1, 1, 1, 0, 1]])
+    xs = rng.normal(size=(3, 10, dim)) + 1.5 * rng.normal(size=(3, ways, dim))[np.arange(3)[:, None], ys]
+    xq = rng.normal(size=(3, 5, dim))
+    ours = logistic.LogisticRegression(balanced=True).fit(torch.tensor(xs), torch.tensor(ys), ways).scores(
+        torch.tensor(xq)).exp().numpy()
+    for i in range(3):
+        ref = LogisticRegression(C=1.0, tol=1e-12, max_iter=100000, class_weight="balanced").fit(xs[i], ys[i])
+        np.testing.assert_allclose(ours[i][:, ref.classes_], ref.predict_proba(xq[i]), atol=2e-4)
+        assert np.all(ours[i][:, sorted(set(range(ways)) - set(ref.classes_))] == 0)
