@@ -142,16 +142,15 @@ def predict_scores(model: torch.nn.Module, cfg: Config, support: ClassBank, quer
     query_images = torch.from_numpy(queries)
     out = torch.empty(orders, len(queries), support.num_classes)
     if getattr(model, "reads_support_once", False) and cfg.episodes.labels == "onehot":
-        # one write of each order's support, every query read against it (the logistic write fits once an
-        # order, not once a query: 20 classes x 5 images is a Newton system of 2,020 unknowns)
+        # one write of each order's support, every query read against it in one call (the logistic write fits
+        # once an order, not once a query or a batch of queries: 20 classes x 5 images is a Newton system of
+        # 2,020 unknowns); a query is a feature vector, so all of them at once is small
         told = told_labels(sup_labels)[:, :-1].to(device)  # (O,S,L): the support steps' labels
         feats = sup_images.to(device=device, dtype=torch.float32)
+        q = query_images.to(device=device, dtype=torch.float32)
         for o in range(orders):
-            for first in range(0, len(queries), batch_size):
-                q = query_images[first:first + batch_size].to(device=device, dtype=torch.float32)
-                scores = model.support_query_scores(feats[o:o + 1], told[o:o + 1], q.unsqueeze(0))[0]  # (q,L)
-                out[o, first:first + len(q)] = class_scores(scores, codes[o].expand(len(q), -1, -1).to(device),
-                                                            cfg.episodes.group_size).cpu()
+            scores = model.support_query_scores(feats[o:o + 1], told[o:o + 1], q.unsqueeze(0))[0]  # (Q,L)
+            out[o] = class_scores(scores, codes[o].expand(len(q), -1, -1).to(device), cfg.episodes.group_size).cpu()
         return out.numpy()
     pairs = [(o, q) for o in range(orders) for q in range(len(queries))]
     for first in range(0, len(pairs), batch_size):

@@ -169,3 +169,28 @@ def test_predict_writes_each_orders_support_once_and_answers_as_its_sequences(wr
     assert fast.shape == (3, len(queries), ways)
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
 
+
+
+def test_predict_writes_each_orders_support_once_however_many_queries(monkeypatch):
+    """``predict_scores`` with a read-once model: one support fit (``support_query_scores`` call) per label
+    order even past a batch of queries (the logistic write's fit is the costly part), and the same scores as
+    reading the queries one batch at a time."""
+    from fewshot_mann.data.bank import ClassBank
+    from fewshot_mann.engine.predict import predict_scores
+
+    rng = np.random.default_rng(2)
+    cfg = keyed_config("logistic")
+    cfg.episodes.ways = 3
+    model = KeyedMemory(cfg).eval()
+    x = clustered(rng, 3, 3)
+    support = ClassBank.from_groups([x[c] for c in range(3)], ["a", "b", "c"])
+    queries = rng.normal(size=(7, 12)).astype(np.float32)
+    calls = []
+    fit = model.support_query_scores
+    monkeypatch.setattr(model, "support_query_scores", lambda *a: calls.append(a[2].shape[1]) or fit(*a))
+    with torch.inference_mode():
+        scores = predict_scores(model, cfg, support, queries, orders=2, batch_size=3)
+    assert calls == [7, 7]  # one fit an order, all 7 queries read against it
+    with torch.inference_mode():
+        one_by_one = [predict_scores(model, cfg, support, queries[i:i + 1], orders=2) for i in range(7)]
+    np.testing.assert_allclose(scores, np.concatenate(one_by_one, axis=1), atol=1e-5)
