@@ -37,7 +37,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         "where no label has been given and the free answer is kept)")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the baselines on the same episodes (nearest centroid and logistic regression, fitted at "
-                        "each step on the steps before it; the logistic fits take ~45 s per 1,000 5-way episodes)")
+                        "each step on the steps before it; the logistic fits take ~35 s per 1,000 5-way episodes on 2 cores)")
     add_shared_flags(p, "resize", "batch_size", "device", "threads", "json", "plot", "no_progress", "no_feature_cache",
                      "finetune", "embed_precision")
     return p

@@ -19,9 +19,10 @@ linear solve per step with a backtracking line search, until every problem's gra
 ``tol``: 5-15 steps where accelerated gradient descent (the first version) took hundreds to
 thousands at the baselines' tolerance, so the fits no longer dominate a ``kshot`` run. Systems of more
 than ``DIRECT_SOLVE_MAX`` unknowns (many ways, many shots: 2,020 at 20-way 5-shot) are solved by conjugate
-gradients instead (``_newton_cg_direction``: truncated Newton, no matrix formed): measured 2026-12-07 on
-Omniglot pixels, 2 threads, per problem, direct / CG: 5-way 5-shot 7.1 / 33 ms, 5-way 10-shot 47 / 21,
-10-way 5-shot 25 / 11, 20-way 1-shot 14 / 0.7, 20-way 5-shot 729 / 10.
+gradients instead (``_newton_cg_direction``: truncated Newton, no matrix formed). Per problem on Omniglot
+pixels, 2 threads, direct / CG (``reports/scripts/bench_logistic.py``, ``reports/performance_logistic_2026-12-07.json``):
+5-way 5-shot 1.1 / 0.4 ms, 5-way 10-shot 3.8 / 1.1, 10-way 5-shot 24 / 1.9, 20-way 1-shot 21 / 1.2, 20-way 5-shot
+798 / 14, the answers equal to 1e-7; below ~130 unknowns both take about a millisecond.
 ``tests/fewshot/test_heads.py`` holds both to scikit-learn on random problems.
 """
 from __future__ import annotations
