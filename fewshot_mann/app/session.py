@@ -247,10 +247,12 @@ class Session:
                 inputs = s.tuned[1](np.stack(images)) if s.tuned else query_inputs(cfg, np.stack(images))
                 scores = predict_scores(s.net, cfg, bank, inputs, orders=self.orders, seed=self.seed,
                                         device=self.device)
-            probs, known, unknown_threshold = calibrated(scores, self.calibration, bank, support_cap(cfg))
-            if s.tuned and self.calibration is not None and self.calibration.fitted:  # as predict says it
-                from fewshot_mann.engine.predict_trust import finetune_calibration_note
-                more.append("calibration " + finetune_calibration_note(s.steps.get("finetune", 0)))
+            steps = s.steps.get("finetune", 0) if s.tuned else 0
+            calibration = self.calibration.for_finetune(steps) if self.calibration is not None else None
+            probs, known, unknown_threshold = calibrated(scores, calibration, bank, support_cap(cfg))
+            if steps and calibration is not None and calibration.fitted:  # as predict says it
+                from fewshot_mann.engine.predict_trust import finetune_calibration_note, finetuned_checked
+                more.append("calibration " + finetune_calibration_note(steps, finetuned_checked(calibration, steps)))
             results = summarise(bank.names, probs, threshold, names, known, unknown_threshold)
             near = nearest_support(bank.images, inputs)
             self.answers = results

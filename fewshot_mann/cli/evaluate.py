@@ -167,8 +167,8 @@ def evaluation_trust(model, bank, cfg, args, ckpt, device, scores=None) -> dict:
 
     if scores is None:  # with --finetune: the tuned answers' scores, computed with them
         scores = evaluation_scores(model, bank, cfg.episodes, args.episodes, args.seed, args.batch_size, device)
-    blocks = trust_blocks(scores, None, list(bank.names), checkpoint_calibration(ckpt), cfg.episodes.instances - 1,
-                          cfg.episodes.ways)
+    blocks = trust_blocks(scores, None, list(bank.names), checkpoint_calibration(ckpt, args.finetune),
+                          cfg.episodes.instances - 1, cfg.episodes.ways)
     c = blocks["calibration"]
     print(f"answers from the 2nd presentation on, over the episode's labels: calibration error (ECE, 15 bins) "
           f"{c['before']['ece']:.3f} at temperature 1, {c['ece']:.3f} at {c['temperature']:.3g} ({c['fitted_on']})")

@@ -110,7 +110,7 @@ def _kshot_rows(argv) -> int:
     bank, pixels = parts.part(kind), pixel_parts.part(kind)
     check_scored(ckpt, bank, kind, allow=args.allow_trained_classes, digests=bank_digests(parts, bank))
     finetuner = finetuner_for(cfg, args, recorded, kind) if args.finetune else None
-    calibration = checkpoint_calibration(ckpt)
+    calibration = checkpoint_calibration(ckpt, args.finetune)
     print(f"calibration: {calibration.fitted_on}")
     rows, baselines, failed = [], [], []
     for ways in args.ways or [cfg.episodes.ways]:  # row by row: a row that cannot run keeps the others

@@ -66,7 +66,7 @@ def _predict(argv) -> int:
     apply_input_overrides(cfg, args)
     model = load_model_from_checkpoint(ckpt, device)
     refuse_nonfinite(ckpt, args.checkpoint)  # a NaN model would answer every query with one class
-    calibration = checkpoint_calibration(ckpt)
+    calibration = checkpoint_calibration(ckpt, args.finetune)  # the fine-tuned answers' record where fitted
     results, bank = predict(model, cfg, args.support, args.query, orders=args.orders, threshold=args.threshold,
                             seed=args.seed, batch_size=args.batch_size, device=device, adapt=args.adapt,
                             finetune=args.finetune, calibration=calibration)
@@ -102,8 +102,8 @@ def trust_summary(results: list[dict], bank, args, calibration, cap: int) -> dic
     print(pt.summary_line(out["summary"]))
     for line in pt.calibration_notes(calibration, fit, args.finetune):
         print(line)
-    if calibration.fitted and args.finetune:
-        out["calibration"]["finetuned_answers_checked"] = False
+    if calibration.fitted and args.finetune:  # the temperature's; the unknown threshold is never checked there
+        out["calibration"]["finetuned_answers_checked"] = pt.finetuned_checked(calibration, args.finetune)
     truth = pt.query_truth(args.query, results, names)
     if truth is not None:
         out["per_class"], out["confusion"] = pt.per_class(results, truth, names)

@@ -28,16 +28,20 @@ from fewshot_mann.reporting import calibration as cal
 
 
 def validation_scores(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, shots: int, episodes: int, seed: int,
-                      queries: int, unknown: int, device="cpu") -> tuple[QueryScores, QueryScores | None]:
+                      queries: int, unknown: int, device="cpu", finetuner=None) -> tuple[QueryScores, QueryScores | None]:
     """(known, unknown) query scores of ``episodes`` kshot trials of ``bank`` (classes with fewer than
-    shots + queries images left out; no unknown queries when the bank has no class outside a trial)."""
+    shots + queries images left out; no unknown queries when the bank has no class outside a trial, or with
+    ``finetuner``: each trial answered by the backbone fine-tuned to its support set, as ``kshot --finetune``)."""
     keep = [i for i, n in enumerate(bank.counts) if n >= shots + queries]
+    if finetuner is not None:
+        finetuner = finetuner.subset(bank, keep)
     bank = bank.subset(keep)
     check_bank(bank, dataclasses.replace(cfg, instances=shots + queries), "validation classes")
     scores: list = []
-    kshot_accuracy(model, bank, cfg, shots, episodes, seed, device=device, queries=queries, scores=scores)
+    kshot_accuracy(model, bank, cfg, shots, episodes, seed, device=device, queries=queries, scores=scores,
+                   finetuner=finetuner)
     outside = None
-    if unknown and bank.num_classes > cfg.ways:
+    if unknown and bank.num_classes > cfg.ways and finetuner is None:
         outside = unknown_query_scores(model, bank, cfg, shots, episodes, seed, queries, unknown, device=device)
     return QueryScores.concat(scores), outside
 
@@ -60,13 +64,16 @@ def fit_shots(shots: int, known: QueryScores, unknown: QueryScores | None, ways:
 
 def fit_calibration(model: torch.nn.Module, banks: dict[str, ClassBank], cfg: EpisodeConfig, shots_list: list[int],
                     episodes: int, seed: int, queries: int, unknown: int, known_kept: float = 0.95,
-                    device="cpu", log=print) -> cal.Calibration:
-    """A ``Calibration`` fitted on ``banks`` ({name: bank}, pooled) at ``cfg.ways`` ways, per shots."""
+                    device="cpu", log=print, finetuners: dict | None = None) -> cal.Calibration:
+    """A ``Calibration`` fitted on ``banks`` ({name: bank}, pooled) at ``cfg.ways`` ways, per shots.
+    ``finetuners`` ({name: ``Finetuner`` over that bank's images}): fitted on fine-tuned answers instead
+    (``finetune_steps`` set; no unknown threshold)."""
     fits = []
     for shots in shots_list:
         known, outside = [], []
-        for bank in banks.values():
-            k, u = validation_scores(model, bank, cfg, shots, episodes, seed, queries, unknown, device)
+        for name, bank in banks.items():
+            k, u = validation_scores(model, bank, cfg, shots, episodes, seed, queries, unknown, device,
+                                     finetuner=(finetuners or {}).get(name))
             known.append(k)
             if u is not None:
                 outside.append(u)
@@ -80,9 +87,11 @@ def fit_calibration(model: torch.nn.Module, banks: dict[str, ClassBank], cfg: Ep
                f"{100 * fit.unknown_caught:.0f} % of unknown unknown; AUROC {fit.auroc:.3f})"
                if fit.unknown_threshold is not None else ""))
     names = " + ".join(f"{name} ({b.num_classes} classes)" for name, b in banks.items())
+    steps = next(iter(finetuners.values())).settings.steps if finetuners else 0
     fitted_on = (f"{names}: {cfg.ways}-way trials, {episodes} a shot, {queries} queries a class"
-                 + (f", {unknown} unknown queries" if unknown else "") + f", seed {seed}")
-    return cal.Calibration(fitted_on, cfg.ways, tuple(fits), known_kept)
+                 + (f", {unknown} unknown queries" if unknown and not steps else "") + f", seed {seed}"
+                 + (f", the backbone fine-tuned {steps} steps to each support set" if steps else ""))
+    return cal.Calibration(fitted_on, cfg.ways, tuple(fits), known_kept, finetune_steps=steps)
 
 
 def with_calibration(ckpt: dict, calibration: cal.Calibration) -> dict:

@@ -97,7 +97,7 @@ def calibration_notes(calibration, fit, finetune: int = 0) -> list[str]:
     """What ``predict`` prints of the checkpoint's calibration record ``calibration`` (``fit``: its entry for
     this support set's shots): where it was fitted, what its flags (the default low-confidence cut,
     ``calibration.default_low_confidence``) were worth there, and, when the backbone was fine-tuned (``finetune`` steps),
-    that it was fitted without."""
+    what of it was fitted on fine-tuned answers."""
     if not calibration.fitted:
         return ["calibration: none in this checkpoint (temperature 1): the confidences are the model's own, "
                 "not measured frequencies; no unknown threshold"]
@@ -110,11 +110,20 @@ def calibration_notes(calibration, fit, finetune: int = 0) -> list[str]:
         lines.append(f"  there, the unknown threshold called {100 - 100 * calibration.known_kept:.0f} % of known "
                      f"queries unknown and caught {100 * fit.unknown_caught:.0f} % of queries from other classes")
     if finetune:
-        lines.append("  " + finetune_calibration_note(finetune))
+        lines.append("  " + finetune_calibration_note(finetune, finetuned_checked(calibration, finetune)))
     return lines
 
 
-def finetune_calibration_note(steps: int) -> str:
-    """The one sentence ``predict`` and the web app add when fine-tuned answers meet a calibration record."""
+def finetuned_checked(calibration, finetune: int) -> bool:
+    """Whether ``calibration``'s temperature was fitted on answers fine-tuned ``finetune`` steps."""
+    return bool(finetune) and calibration.fitted and calibration.finetune_steps == finetune
+
+
+def finetune_calibration_note(steps: int, checked: bool = False) -> str:
+    """The one sentence ``predict`` and the web app add when fine-tuned answers meet a calibration record
+    (``checked``: its temperature was fitted on answers fine-tuned ``steps`` steps)."""
+    if checked:
+        return (f"temperature fitted on answers fine-tuned {steps} steps; the unknown threshold was fitted without "
+                "fine-tuning and is applied unchecked")
     return (f"fitted without fine-tuning: after --finetune {steps} the temperature and the unknown threshold are "
             "applied unchecked, so read these confidences and flags as uncalibrated")

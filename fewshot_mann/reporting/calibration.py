@@ -136,12 +136,17 @@ class ShotsCalibration:
 class Calibration:
     """A checkpoint's ``"calibration"`` record (saved as a plain dict; ``to_dict`` / ``from_dict``).
     ``fitted_on``: the validation data (e.g. "tinyimagenet validation classes, 5-way, 600 trials").
-    A checkpoint without the record gets ``Calibration.none()``: temperature 1, no unknown threshold."""
+    A checkpoint without the record gets ``Calibration.none()``: temperature 1, no unknown threshold.
+    ``finetuned``: the same fitted on answers with the backbone fine-tuned to each support set
+    (``finetune_steps`` steps; temperatures and unflagged accuracy only, no unknown threshold: the
+    validation's unknown queries are not read through a tuned backbone)."""
 
     fitted_on: str
     ways: int
     by_shots: tuple[ShotsCalibration, ...]
     known_kept: float = 0.95  # the unknown threshold keeps this fraction of validation known queries
+    finetune_steps: int = 0  # > 0: fitted on answers fine-tuned this many steps
+    finetuned: "Calibration | None" = None
 
     @staticmethod
     def none() -> "Calibration":
@@ -156,24 +161,44 @@ class Calibration:
         """The fit nearest ``shots`` (on a log scale: 3 is nearer 5 than 1)."""
         return min(self.by_shots, key=lambda s: (abs(np.log(s.shots) - np.log(max(shots, 1))), s.shots))
 
+    def for_finetune(self, steps: int) -> "Calibration":
+        """The record for answers fine-tuned ``steps`` steps (0: not fine-tuned): the fine-tuned record where one
+        was fitted at these steps (its temperatures and unflagged accuracy; each shots' unknown threshold, never
+        fitted with fine-tuning, from this record), else this record (fitted without: ``finetune_steps`` 0)."""
+        tuned = self.finetuned
+        if not steps or tuned is None or tuned.finetune_steps != steps:
+            return self
+        unknown = ("unknown_threshold", "unknown_caught", "auroc")
+        shots = tuple(dataclasses.replace(s, **{k: getattr(self.for_shots(s.shots), k) for k in unknown})
+                      for s in tuned.by_shots)
+        return dataclasses.replace(tuned, by_shots=shots, known_kept=self.known_kept, finetuned=None)
+
     def to_dict(self) -> dict:
-        return {"fitted_on": self.fitted_on, "ways": self.ways, "known_kept": self.known_kept,
-                "by_shots": [dataclasses.asdict(s) for s in self.by_shots]}
+        out = {"fitted_on": self.fitted_on, "ways": self.ways, "known_kept": self.known_kept,
+               "by_shots": [dataclasses.asdict(s) for s in self.by_shots]}
+        if self.finetune_steps:
+            out["finetune_steps"] = self.finetune_steps
+        if self.finetuned is not None:
+            out["finetuned"] = self.finetuned.to_dict()
+        return out
 
     @staticmethod
     def from_dict(d: dict | None) -> "Calibration":
         if not d:
             return Calibration.none()
         return Calibration(str(d["fitted_on"]), int(d["ways"]),
-                           tuple(ShotsCalibration(**s) for s in d["by_shots"]), float(d.get("known_kept", 0.95)))
+                           tuple(ShotsCalibration(**s) for s in d["by_shots"]), float(d.get("known_kept", 0.95)),
+                           int(d.get("finetune_steps", 0)),
+                           Calibration.from_dict(d["finetuned"]) if d.get("finetuned") else None)
 
 
-def checkpoint_calibration(ckpt: dict) -> Calibration:
-    """The checkpoint's record, or ``Calibration.none()``; a damaged record is a one-line ``CheckpointError``."""
+def checkpoint_calibration(ckpt: dict, finetune: int = 0) -> Calibration:
+    """The checkpoint's record for answers fine-tuned ``finetune`` steps (``Calibration.for_finetune``), or
+    ``Calibration.none()``; a damaged record is a one-line ``CheckpointError``."""
     from fewshot_mann.errors import CheckpointError
 
     try:
-        return Calibration.from_dict(ckpt.get("calibration"))
+        return Calibration.from_dict(ckpt.get("calibration")).for_finetune(finetune)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"the checkpoint's calibration record is damaged ({type(exc).__name__}: {exc}); "
                               "refit it with reports/scripts/calibrate.py") from exc

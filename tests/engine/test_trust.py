@@ -266,3 +266,70 @@ def test_a_confusion_of_hundreds_of_classes_keeps_only_the_pairs_that_occurred(m
     _, confusion = trust.per_class(known, ["a", "b", "c"])
     assert "counts" not in confusion
     assert sorted(confusion["nonzero"]) == [[0, 0, 1], [0, 1, 1], [1, 1, 1], [1, 2, 1]]  # the dense matrix's entries
+
+
+def tuned_record() -> cal.Calibration:
+    frozen_fit = cal.ShotsCalibration(3, 2.0, 7.5, 0.8, 0.5, 0.3, 0.7)
+    tuned_fit = cal.ShotsCalibration(3, 0.5, None, 0.9, 0.6)
+    tuned = cal.Calibration("tuned trials", 3, (tuned_fit,), finetune_steps=40)
+    return cal.Calibration("frozen trials", 3, (frozen_fit,), finetuned=tuned)
+
+
+def test_a_fine_tuned_record_is_used_for_answers_tuned_as_many_steps_only():
+    """``for_finetune``: the fine-tuned temperature and unflagged accuracy at its steps, each shots' unknown
+    threshold from the frozen record (never fitted with fine-tuning); other steps or none: the frozen record.
+    The record survives the checkpoint's plain dict and ``checkpoint_calibration`` picks it by steps."""
+    record = cal.Calibration.from_dict(tuned_record().to_dict())
+    assert record == tuned_record()
+    used = cal.checkpoint_calibration({"calibration": record.to_dict()}, finetune=40)
+    fit = used.for_shots(3)
+    assert used.finetune_steps == 40 and used.fitted_on == "tuned trials" and used.finetuned is None
+    assert (fit.temperature, fit.unflagged_accuracy) == (0.5, 0.9)
+    assert (fit.unknown_threshold, fit.unknown_caught, fit.auroc) == (7.5, 0.3, 0.7)
+    for steps in (0, 20):
+        assert cal.checkpoint_calibration({"calibration": record.to_dict()}, finetune=steps) == record
+
+
+def test_calibration_notes_say_what_a_fine_tuned_record_checked():
+    from fewshot_mann.engine.predict_trust import calibration_notes, finetuned_checked
+
+    used = tuned_record().for_finetune(40)
+    lines = calibration_notes(used, used.for_shots(3), finetune=40)
+    assert finetuned_checked(used, 40) and not finetuned_checked(tuned_record(), 40)
+    assert "temperature 0.5" in lines[0] and "tuned trials" in lines[0]
+    assert "fine-tuned 40 steps" in lines[-1] and "unknown threshold" in lines[-1] and "uncalibrated" not in lines[-1]
+
+
+def test_fit_calibration_on_fine_tuned_answers_reads_the_tuned_features(folder, tmp_path):
+    """``fit_calibration(finetuners=...)`` answers every validation trial through the finetuner (here a stand-in
+    that returns the trial's features scaled 10x: a sharper model wants a hotter temperature) and records its
+    steps; it fits no unknown threshold."""
+    from fewshot_mann.data.folder import load_folder
+    from fewshot_mann.engine.calibrate import fit_calibration
+    from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from fewshot_mann.fewshot.finetune import FinetuneSettings
+
+    bank = load_folder(folder["root"], 8, 3, progress=False, cache=False).bank
+    model = load_model_from_checkpoint(load_checkpoint(folder_checkpoint(tmp_path / "c.pt")), "cpu")
+    calls = []
+
+    class Scaled:
+        settings = FinetuneSettings(steps=7)
+
+        def __init__(self, images):
+            self.images = images
+
+        def subset(self, bank, keep):
+            return Scaled(bank.subset(keep).images)
+
+        def tune(self, support_rows, labels, query_rows, ways, seed=0):
+            calls.append(len(support_rows))
+            return 10 * self.images[support_rows], 10 * self.images[query_rows]
+
+    args = (model, {"data": bank}, EpisodeConfig(ways=2, instances=4), [1], 6, 9, 2, 2)
+    frozen = fit_calibration(*args, log=lambda *_: None)
+    tuned = fit_calibration(*args, log=lambda *_: None, finetuners={"data": Scaled(bank.images)})
+    assert len(calls) == 6 and set(calls) == {2}  # every trial tuned, on its 2 support images
+    assert tuned.finetune_steps == 7 and "fine-tuned 7 steps" in tuned.fitted_on and frozen.finetune_steps == 0
+    assert tuned.for_shots(1).unknown_threshold is None and frozen.for_shots(1).unknown_threshold is not None
+    assert tuned.for_shots(1).temperature != frozen.for_shots(1).temperature
