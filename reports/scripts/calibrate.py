@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     out.pop("format", None)
     out.pop("version", None)
     save_checkpoint(args.out, out)
-    print(f"wrote {args.out}: calibration fitted on {record.fitted_on}")
+    print(f"wrote {args.out}: calibration fitted on {(record.finetuned or record).fitted_on}")
     return 0
 
 
