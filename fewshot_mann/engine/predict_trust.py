@@ -107,7 +107,8 @@ def calibration_notes(calibration, fit, finetune: int = 0) -> list[str]:
                      f"{cal.default_low_confidence(calibration.ways):.2f} were {100 * fit.fraction_unflagged:.0f} % of all "
                      f"and right {100 * fit.unflagged_accuracy:.0f} % of the time")
     if fit.unknown_caught is not None:
-        lines.append(f"  there, the unknown threshold called {100 - 100 * calibration.known_kept:.0f} % of known "
+        where = "on the frozen answers' trials" if finetuned_checked(calibration, finetune) else "there"
+        lines.append(f"  {where}, the unknown threshold called {100 - 100 * calibration.known_kept:.0f} % of known "
                      f"queries unknown and caught {100 * fit.unknown_caught:.0f} % of queries from other classes")
     if finetune:
         lines.append("  " + finetune_calibration_note(finetune, finetuned_checked(calibration, finetune)))

@@ -298,6 +298,7 @@ def test_calibration_notes_say_what_a_fine_tuned_record_checked():
     assert finetuned_checked(used, 40) and not finetuned_checked(tuned_record(), 40)
     assert "temperature 0.5" in lines[0] and "tuned trials" in lines[0]
     assert "fine-tuned 40 steps" in lines[-1] and "unknown threshold" in lines[-1] and "uncalibrated" not in lines[-1]
+    assert "frozen answers' trials" in lines[-2] and "caught 30 %" in lines[-2]  # whose trials the unknown figures are
 
 
 def test_fit_calibration_on_fine_tuned_answers_reads_the_tuned_features(folder, tmp_path):
