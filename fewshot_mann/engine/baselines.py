@@ -154,8 +154,9 @@ class SupportFitted(torch.nn.Module):
 
 
 # The by-instance logistic fit at an episode's last step solves Newton systems of ways * (T - 1) + ways unknowns
-# (``fewshot.logistic``): 250 at 5-way 10 instances (~46 s per 1,000 episodes on 2 cores, 2026-12-07); the cost
-# grows as its cube, so longer or wider episodes get nearest centroid only, and the skip is said.
+# (``fewshot.logistic``): 250 at 5-way 10 instances (34 s per 1,000 episodes on 2 cores, 2026-12-07,
+# ``reports/performance_logistic_2026-12-07.json``); the fits per episode and their size both grow with the
+# episode, so longer or wider episodes get nearest centroid only, and the skip is said.
 PREFIX_LOGISTIC_MAX_UNKNOWNS = 400
 
 

@@ -124,15 +124,14 @@ def fit_logistic(gram: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
     ``k(x) A + b`` with ``k(x)`` its dot products with the S points; labels not present score NEG.
     ``max_iter`` Newton steps at most (each with a backtracking line search); problems are solved
     ``chunk_elements / (S L + L)^2`` at a time (``chunk_elements / (S^2 L)`` by conjugate gradients) to bound
-    the memory. ``start``: the
-    (A, b) to start from (a nearby problem's optimum; the default is 0): the optimum is the same, reached
-    in fewer steps."""
+    the memory. ``start``: the (A, b) to start from (a nearby problem's optimum; the default is 0): the
+    optimum is the same, reached in fewer steps."""
     p, s = labels.shape
     n = s * num_labels + num_labels
     per = max(1, chunk_elements // (n * n if n <= DIRECT_SOLVE_MAX else s * s * num_labels))
     parts = [_fit_chunk(gram[i:i + per], labels[i:i + per], weights[i:i + per], num_labels, c, tol, max_iter,
                         None if start is None else (start[0][i:i + per], start[1][i:i + per]))
-             for i in range(0, p, per)]
+             for i in range(0, max(p, 1), per)]  # no problems: one empty chunk, empty answers
     return parts[0] if len(parts) == 1 else tuple(torch.cat(t) for t in zip(*parts))
 
 
