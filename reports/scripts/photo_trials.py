@@ -10,6 +10,17 @@ from fewshot_mann.data.episodes import evaluation_episodes
 from fewshot_mann.engine.checkpoint import load_checkpoint
 
 
+def selection_arguments(p):
+    """The arguments every photo selection script takes: validation folders, shots, trials and their seed (the
+    selection seed 1, not the reporting seed 0), and where to write the JSON. Returns ``p``."""
+    p.add_argument("--data-root", nargs="+", required=True)
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json")
+    return p
+
+
 def photos_config(root: str):
     """The ``photos`` checkpoint's config reading every class of the folder ``root``."""
     cfg = load_checkpoint("photos")["config_obj"]

@@ -19,29 +19,23 @@ import time
 import torch
 
 from fewshot_mann.engine.baselines import BASELINES, kshot_baselines
-from fewshot_mann.engine.checkpoint import load_checkpoint
 from fewshot_mann.engine.loading import load_split_banks
 from fewshot_mann.reporting.records import environment
+from photo_trials import photos_config, selection_arguments
 
 BACKBONES = ("timm:tf_efficientnet_lite0", "timm:tf_efficientnet_lite1", "timm:tf_efficientnet_lite2")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--data-root", nargs="+", required=True)
+    p = selection_arguments(argparse.ArgumentParser())
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES))
-    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
-    p.add_argument("--episodes", type=int, default=300)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(2)
     heads = tuple(b for b in BASELINES if b.inputs == "features")
     rows = []
     for root in args.data_root:
         for encoder in args.backbones:
-            cfg = load_checkpoint("photos")["config_obj"]  # the photo model's pipeline, another backbone
-            cfg.data.dataset, cfg.data.data_root, cfg.data.test_root, cfg.data.test_classes = "folder", root, None, "all"
+            cfg = photos_config(root)  # the photo model's pipeline, another backbone
             cfg.model.encoder, cfg.model.weights_hash = encoder, None
             t0 = time.perf_counter()
             bank = load_split_banks(cfg, progress=False).test

@@ -26,7 +26,7 @@ from fewshot_mann.fewshot.logistic import LogisticRegression
 from fewshot_mann.models.backbones import build_backbone, preprocessing
 from fewshot_mann.models.features import embed_precision
 from fewshot_mann.reporting.records import environment
-from photo_trials import photos_config, trial_rows, unit
+from photo_trials import photos_config, selection_arguments, trial_rows, unit
 
 
 def stage_features(cfg, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -49,13 +49,7 @@ def stage_features(cfg, images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--data-root", nargs="+", required=True)
-    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
-    p.add_argument("--episodes", type=int, default=300)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--json")
-    args = p.parse_args()
+    args = selection_arguments(argparse.ArgumentParser()).parse_args()
     torch.set_num_threads(2)
     rows = []
     for root in args.data_root:
