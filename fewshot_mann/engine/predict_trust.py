@@ -101,17 +101,18 @@ def calibration_notes(calibration, fit, finetune: int = 0) -> list[str]:
     if not calibration.fitted:
         return ["calibration: none in this checkpoint (temperature 1): the confidences are the model's own, "
                 "not measured frequencies; no unknown threshold"]
+    checked = finetuned_checked(calibration, finetune)
     lines = [f"calibration: temperature {fit.temperature:.3g} ({fit.shots}-shot), fitted on {calibration.fitted_on}"]
     if fit.unflagged_accuracy is not None:
         lines.append(f"  there ({calibration.ways}-way {fit.shots}-shot), answers at or above "
                      f"{cal.default_low_confidence(calibration.ways):.2f} were {100 * fit.fraction_unflagged:.0f} % of all "
                      f"and right {100 * fit.unflagged_accuracy:.0f} % of the time")
     if fit.unknown_caught is not None:
-        where = "on the frozen answers' trials" if finetuned_checked(calibration, finetune) else "there"
+        where = "on the frozen answers' trials" if checked else "there"
         lines.append(f"  {where}, the unknown threshold called {100 - 100 * calibration.known_kept:.0f} % of known "
                      f"queries unknown and caught {100 * fit.unknown_caught:.0f} % of queries from other classes")
     if finetune:
-        lines.append("  " + finetune_calibration_note(finetune, finetuned_checked(calibration, finetune)))
+        lines.append("  " + finetune_calibration_note(finetune, checked))
     return lines
 
 
