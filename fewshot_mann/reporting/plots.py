@@ -25,6 +25,22 @@ def _save(fig, path) -> None:
 pyplot, save_figure = _pyplot, _save  # for the other plot modules (reporting/trust_plots.py)
 
 
+def by_instance_curves(ax, results: list[tuple[str, dict]], baselines: list[dict] = (),
+                       chance: float | None = None) -> None:
+    """Accuracy-by-instance curves with 95 % CI bands on ``ax``: each (label, result) solid, each baseline row
+    (``"baselines"`` of an evaluation JSON) dashed as "(same episodes)", and the chance line (a fraction)."""
+    for (label, res), style in [(r, "-") for r in results] + [((f"{b['name']} (same episodes)", b), "--")
+                                                              for b in baselines]:
+        acc = [100 * a for a in res["accuracy_by_instance"]]
+        ci = [100 * c for c in res["ci95"]]
+        xs = list(range(1, len(acc) + 1))
+        line, = ax.plot(xs, acc, marker="o" if style == "-" else "x", linestyle=style, label=label)
+        ax.fill_between(xs, [a - c for a, c in zip(acc, ci)], [a + c for a, c in zip(acc, ci)],
+                        color=line.get_color(), alpha=0.2 if style == "-" else 0.15)
+    if chance is not None:
+        ax.axhline(100 * chance, color="grey", linestyle=":", label=f"chance ({100 * chance:.0f} %)")
+
+
 def plot_by_instance(results: list[tuple[str, dict]], path, paper_rows=("MANN", "Human"),
                      title: str = "Held-out accuracy by instance", baselines: list[dict] = (),
                      chance: float | None = None) -> None:
@@ -32,16 +48,7 @@ def plot_by_instance(results: list[tuple[str, dict]], path, paper_rows=("MANN", 
     the baselines on the same episodes (dashed) and the chance line (``chance``, a fraction)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (label, res), style in [(r, "-") for r in results] + [((f"{b['name']} (same episodes)", b), "--")
-                                                              for b in baselines]:
-        acc = [100 * a for a in res["accuracy_by_instance"]]
-        ci = [100 * c for c in res["ci95"]]
-        xs = list(range(1, len(acc) + 1))
-        line, = ax.plot(xs, acc, marker="o" if style == "-" else ".", linestyle=style, label=label)
-        ax.fill_between(xs, [a - c for a, c in zip(acc, ci)], [a + c for a, c in zip(acc, ci)],
-                        color=line.get_color(), alpha=0.2 if style == "-" else 0.1)
-    if chance is not None:
-        ax.axhline(100 * chance, color="grey", linestyle=":", label=f"chance ({100 * chance:.0f} %)")
+    by_instance_curves(ax, results, baselines, chance)
     for name in paper_rows:
         ax.plot(PAPER_INSTANCES, TABLE1[name], linestyle="--", marker="x", alpha=0.7,
                 label=f"paper: {name} (Santoro et al. 2016, Table 1)")

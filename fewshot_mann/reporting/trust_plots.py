@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fewshot_mann.reporting.plots import pyplot as _pyplot, save_figure as _save
+from fewshot_mann.reporting.plots import by_instance_curves, pyplot as _pyplot, save_figure as _save
 
 
 def _accuracy_panel(ax, rows: list[dict], baselines: list[dict], label: str) -> None:
@@ -101,15 +101,8 @@ def plot_by_instance_folder(out: dict, path, label: str) -> None:
     fig = plt.figure(figsize=(10, 9 if trust else 4.5))
     grid = fig.add_gridspec(2 if trust else 1, 2)
     ax = fig.add_subplot(grid[0, :])
-    for name, res, style in [(f"{label} ({out['episodes']} episodes, 95% CI)", out, "-")] + \
-            [(f"{b['name']} (same episodes)", b, "--") for b in out.get("baselines", [])]:
-        acc = [100 * a for a in res["accuracy_by_instance"]]
-        ci = [100 * c for c in res["ci95"]]
-        xs = list(range(1, len(acc) + 1))
-        line, = ax.plot(xs, acc, marker="o" if style == "-" else "x", linestyle=style, label=name)
-        ax.fill_between(xs, [a - c for a, c in zip(acc, ci)], [a + c for a, c in zip(acc, ci)],
-                        color=line.get_color(), alpha=0.15)
-    ax.axhline(100 / out["ways"], color="grey", linestyle=":", label=f"chance ({100 / out['ways']:.0f} %)")
+    by_instance_curves(ax, [(f"{label} ({out['episodes']} episodes, 95% CI)", out)], out.get("baselines", []),
+                       1 / out["ways"])
     ax.set_xlabel("instance (presentation of a class in the episode; the 1st is a guess)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
