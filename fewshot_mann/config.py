@@ -260,6 +260,11 @@ class ModelConfig:
         "auto", choices=("auto", "fp32", "bf16"),
         help="backbone features: computed in bfloat16 (auto: where the CPU has avx512_bf16, for timm/torchvision "
              "backbones; about 2x the images/s, the same accuracy within CI on eurosat and clothing) or float32")
+    feature_stages: int = option(
+        0, low=0, limit=limits.MAX_FEATURE_STAGES, note="0 = the head alone",
+        help="timm stage backbones: the features are the head's and the pooled outputs of the last N block stages, "
+             "side by side (each unit length, the whole unit length; on eurosat N = 1 scored 2-3 points above the "
+             "head alone)")
     weights_hash: str = option("", flag=False)  # sha256 of the backbone weights the features came from (set at training)
     feature_dim: int = option(0, flag=False, low=0, limit=limits.MAX_FEATURE_DIM)  # backbone feature width (set at training)
     feature_norm: str = option(
@@ -406,6 +411,8 @@ class Config:
              f"--encoder must be one of {', '.join(ENCODERS)} or LIBRARY:NAME with LIBRARY one of "
              f"{', '.join(BACKBONE_LIBRARIES)}, e.g. timm:tf_efficientnet_lite0 (got {m.encoder!r})"),
             (bool(m.encoder_weights), "--encoder-weights must be imagenet, none or the path of a weights file"),
+            (m.feature_stages == 0 or m.encoder.startswith("timm:"),
+             f"--feature-stages reads the block stages of a timm backbone (got --encoder {m.encoder})"),
             (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
             (m.model != "keyed" or m.keyed_write == "mean" or self.train.episodes == 0,
              "--keyed-write logistic is fitted to each support set in closed form: there is nothing to meta-train "

@@ -14,6 +14,7 @@ MAX_HEADS = 64  # read heads, write heads, attention heads
 MAX_LAYERS = 64  # transformer layers
 MAX_SHIFT = 1_024  # ntm location shifts (also at most the slots)
 MAX_FEATURE_DIM = 65_536  # a backbone's feature width (the widest timm backbone: a few thousand)
+MAX_FEATURE_STAGES = 4  # --feature-stages: pooled block stages read beside a backbone's head
 MAX_BATCH = 65_536  # episodes (or sequences) per forward pass
 MAX_EPISODES = 10**12  # training episodes and the counts measured in episodes (eval/checkpoint every, lr decay)
 MAX_EVAL_EPISODES = 10_000_000  # episodes of one evaluation

@@ -8,7 +8,10 @@ support set alone (nothing is computed from the queries, no statistic crosses tr
   inversion, no ink re-framing; backbone inputs averaged down to 32 px), in [0, 1], flattened;
 - ``nearest-centroid-features`` / ``logistic-regression-features`` (backbone models): the
   backbone's features scaled to unit length (a per-image operation; on the validation domains,
-  eurosat and clothing, it scored 0-6 points above the raw features for both heads).
+  eurosat and clothing, it scored 0-6 points above the raw features for both heads);
+- ``nearest-centroid-head-features`` / ``logistic-regression-head-features`` (models reading block stages
+  beside the backbone's head, ``--feature-stages``): the head's features alone, unit length, i.e. what a
+  notebook on the backbone's output fits (``feature_banks``).
 
 Logistic regression is scikit-learn's ``LogisticRegression(class_weight="balanced")`` (C = 1), solved in
 batch (``fewshot.logistic``): on kshot's balanced support sets it is the plain ``LogisticRegression()``; in
@@ -45,11 +48,27 @@ BASELINES = (
     Baseline("logistic-regression-raw-pixels", "logistic", "pixels"),
     Baseline("nearest-centroid-features", "centroid", "features"),
     Baseline("logistic-regression-features", "logistic", "features"),
+    Baseline("nearest-centroid-head-features", "centroid", "head"),
+    Baseline("logistic-regression-head-features", "logistic", "head"),
 )
 
 
-def baselines_for(backbone: bool) -> tuple[Baseline, ...]:
-    return tuple(b for b in BASELINES if backbone or b.inputs == "pixels")
+def baselines_for(backbone: bool, head: bool = False) -> tuple[Baseline, ...]:
+    """The baselines of a model: the pixels' always, the features' for a backbone, the head's where its
+    features join block stages to the head (``head``: ``feature_banks`` gave a ``"head"`` bank)."""
+    return tuple(b for b in BASELINES if b.inputs == "pixels" or (backbone and b.inputs == "features")
+                 or (head and b.inputs == "head"))
+
+
+def feature_banks(bank: ClassBank, m) -> dict[str, ClassBank]:
+    """{"features": ``bank``} and, where the model ``m`` (``ModelConfig``) reads block stages beside its
+    backbone's head (``feature_stages``), {"head": the head's own features} for the notebook's baselines."""
+    if not getattr(m, "feature_stages", 0):
+        return {"features": bank}
+    from fewshot_mann.models.stages import head_block
+
+    return {"features": bank, "head": ClassBank(head_block(bank.images, m.encoder), bank.offsets, bank.counts,
+                                                list(bank.names))}
 
 
 def vectors(images: np.ndarray, inputs: str) -> torch.Tensor:
@@ -204,7 +223,7 @@ def run_by_instance(banks: dict[str, ClassBank], backbone: bool, cfg: EpisodeCon
     returns the JSON entries ``"baselines"`` and ``"baselines_skipped"`` (where some were not run)."""
     if progress:
         print("baselines on the same episodes, fitted at each step on the steps before it ...", flush=True)
-    rows, skipped = by_instance_baselines(banks, baselines_for(backbone), cfg, episodes=episodes, seed=seed,
+    rows, skipped = by_instance_baselines(banks, baselines_for(backbone, "head" in banks), cfg, episodes=episodes, seed=seed,
                                           batch_size=batch_size, device=device, progress=progress)
     for line in by_instance_lines(rows, skipped):
         print(line)

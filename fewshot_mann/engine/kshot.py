@@ -248,8 +248,9 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
                               0 if (adapt or finetuner) else unknown_queries, calibration, log))
             if not baselines:
                 continue
-            from fewshot_mann.engine.baselines import baselines_for, kshot_baselines
-            for result in kshot_baselines({"pixels": kept_pixels, "features": kept}, baselines_for(backbone), ep_cfg,
+            from fewshot_mann.engine.baselines import baselines_for, feature_banks, kshot_baselines
+            banks = {"pixels": kept_pixels, **feature_banks(kept, cfg.model)}
+            for result in kshot_baselines(banks, baselines_for(backbone, "head" in banks), ep_cfg,
                                           shots, episodes, seed, queries, groups):
                 base = result.row()
                 base_rows.append(base)

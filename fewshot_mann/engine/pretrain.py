@@ -82,7 +82,9 @@ def split_timm(model: torch.nn.Module, stages: int) -> tuple[torch.nn.Module, to
     the stem an identity); ``tail(stem(x))`` is its features."""
     from torch import nn
 
-    if not all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")):
+    from fewshot_mann.models.stages import has_stages
+
+    if not has_stages(model):
         raise UserError("pretrain fine-tunes timm backbones built of conv_stem / blocks / conv_head "
                         "(EfficientNet, MobileNet); this one is not")
     if not 0 <= stages <= len(model.blocks):

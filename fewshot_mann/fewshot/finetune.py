@@ -4,9 +4,10 @@ The CD-FSL finding (Guo et al. 2020): across domains, fine-tuning to the support
 frozen-feature method at 5 shots. Done naively it costs minutes a trial on a CPU; here it takes
 seconds, because only the backbone's *tail* trains:
 
-- ``StagedBackbone`` splits a timm EfficientNet/MobileNet-style network (``conv_stem``, ``blocks``,
-  ``conv_head``) into a frozen ``stem`` (the image to the output of stage ``cut - 1``) and a trainable
-  ``tail`` (the last stages, the head convolution, the pooling): the features are ``tail(stem(x))``.
+- ``models.stages.StagedBackbone`` splits a timm EfficientNet/MobileNet-style network (``conv_stem``,
+  ``blocks``, ``conv_head``) into a frozen ``stem`` (the image to the output of stage ``cut - 1``) and a
+  trainable ``tail`` (the last stages, the head convolution, the pooling, and the checkpoint's
+  ``feature_stages`` read beside the head): the features are ``tail(stem(x))``, the frozen embedding's.
 - ``ViewCache`` runs each image through the stem once per view and keeps the maps: view 0 is the
   image as the model reads it, views 1.. are augmented (random resized crop, flip, colour jitter),
   drawn from the image's own seed (the same views whichever trial the image is in).
@@ -35,6 +36,7 @@ from torch import nn
 
 from fewshot_mann import limits
 from fewshot_mann.errors import UserError
+from fewshot_mann.models.stages import StagedBackbone
 
 
 @dataclass(frozen=True)
@@ -53,29 +55,6 @@ class FinetuneSettings:
 
 
 DEFAULT = FinetuneSettings()
-
-
-class StagedBackbone(nn.Module):
-    """A stage-structured timm backbone as ``tail(stem(x))``; ``tail_stages`` of its last stages train."""
-
-    def __init__(self, backbone: nn.Module, tail_stages: int = 0):
-        super().__init__()
-        needed = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
-        if not all(hasattr(backbone, a) for a in needed):
-            raise UserError("--finetune needs a timm backbone with stages (EfficientNet, MobileNet, MixNet: "
-                            f"{type(backbone).__name__} has no conv_stem/blocks/conv_head); use --finetune 0")
-        if not 0 <= tail_stages < len(backbone.blocks):
-            raise UserError(f"--finetune: tail_stages {tail_stages} outside 0..{len(backbone.blocks) - 1}")
-        cut = len(backbone.blocks) - tail_stages
-        self.stem = nn.Sequential(backbone.conv_stem, backbone.bn1, *backbone.blocks[:cut])
-        self.tail = nn.Sequential(*backbone.blocks[cut:], backbone.conv_head, backbone.bn2, backbone.global_pool,
-                                  nn.Flatten(1))
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.stem(x))
 
 
 def augment(image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -224,8 +203,8 @@ class Finetuner:
         self.settings = replace(settings, bf16=embed_precision(model_cfg) == "bf16")
         prep = preprocessing(model_cfg.encoder)
         backbone, _ = build_backbone(model_cfg.encoder, model_cfg.encoder_weights)
-        self.cache = ViewCache(StagedBackbone(backbone, settings.tail_stages), images, prep.mean, prep.std, seed=seed,
-                               bf16=self.settings.bf16)
+        staged = StagedBackbone(backbone, settings.tail_stages, model_cfg.feature_stages)
+        self.cache = ViewCache(staged, images, prep.mean, prep.std, seed=seed, bf16=self.settings.bf16)
         self.rows = np.arange(len(images))  # row i of the bank it serves -> row of ``images``
 
     def subset(self, bank, class_indices) -> "Finetuner":

@@ -69,7 +69,7 @@ def split_encoder(encoder: str) -> tuple[str, str]:
     return lib, name
 
 
-def _timm():
+def timm_library():
     try:
         import timm
     except ImportError as exc:
@@ -83,7 +83,7 @@ def preprocessing(encoder: str) -> Preprocessing:
     if lib == "fewshot":  # our own grayscale backbones (conv4.py): [0, 1] input at their own size
         return Preprocessing(_fewshot(name)[1], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     if lib == "timm":
-        timm = _timm()
+        timm = timm_library()
         try:
             cfg = timm.models.get_pretrained_cfg(name)
         except Exception:  # noqa: BLE001 - any model without a pretrained config
@@ -182,7 +182,7 @@ def build_backbone(encoder: str, weights: str, classifier: bool = False) -> tupl
         model = _random_or_file(_fewshot(name)[0], weights)
         digest = "none" if weights == "none" else file_sha256(weights)
     elif lib == "timm":
-        timm = _timm()
+        timm = timm_library()
         if not timm.is_model(name):  # tagged names (resnet18.a1_in1k) too
             raise UserError(f"--encoder timm:{name}: timm has no model of that name (timm.list_models() lists them)")
         if "." in name and name not in timm.list_pretrained(name):  # is_model accepts any tag
@@ -267,7 +267,8 @@ def _torchvision_backbone(name: str, weights: str, classifier: bool) -> tuple[nn
 
 
 def backbone_description(m: ModelConfig) -> str:
-    return f"{m.encoder} ({m.encoder_weights} weights, sha256 {m.weights_hash[:12] or '?'})"
+    stages = f", its last {m.feature_stages} block stage(s) read beside the head" if m.feature_stages else ""
+    return f"{m.encoder} ({m.encoder_weights} weights, sha256 {m.weights_hash[:12] or '?'}{stages})"
 
 
 def missing_weights_message(m: ModelConfig) -> str:

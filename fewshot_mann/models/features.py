@@ -82,7 +82,8 @@ def native_bf16() -> bool:
 
 def _cache_file(m: ModelConfig, digest: str, precision: str = "fp32") -> Path:
     key = json.dumps([CACHE_VERSION, m.encoder, digest, preprocessing(m.encoder).key()]
-                     + ([precision] if precision != "fp32" else []))  # fp32 files keep their names
+                     + ([precision] if precision != "fp32" else [])  # fp32 files keep their names
+                     + ([f"stages {m.feature_stages}"] if m.feature_stages else []))  # and head-only ones
     return feature_cache_dir() / f"features-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 
 
@@ -103,7 +104,8 @@ def _read_cache(path: Path, meta: dict, width: int = 0) -> dict[str, np.ndarray]
         saved = None
     if not isinstance(saved, dict) or not all(saved.get(k) == json.loads(json.dumps(meta[k]))
                                               for k in ("encoder", "weights_sha256", "preprocessing")) \
-            or saved.get("precision", "fp32") != meta.get("precision", "fp32"):
+            or saved.get("precision", "fp32") != meta.get("precision", "fp32") \
+            or saved.get("feature_stages", 0) != meta.get("feature_stages", 0):
         return {}
     digests, feats = z["digests"], z["features"]
     finite = np.isfinite(feats).all(axis=1)
@@ -159,6 +161,14 @@ def run_backbone(backbone: torch.nn.Module, images: np.ndarray, prep, *, progres
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def feature_backbone(m: ModelConfig) -> torch.nn.Module:
+    """The frozen module whose outputs are ``m``'s features: the backbone, reading its last
+    ``m.feature_stages`` block stages beside its head where asked (``stages.stage_features``)."""
+    from fewshot_mann.models.stages import stage_features
+
+    return stage_features(build_backbone(m.encoder, m.encoder_weights)[0], m.feature_stages)
+
+
 def embed_images(images: np.ndarray, m: ModelConfig, *, digest: str | None = None, cache: bool = True,
                  progress: bool = True, stats: dict | None = None) -> np.ndarray:
     """(N, C, S, S) uint8 decoded at the backbone's input size -> (N, D) float32 features.
@@ -174,18 +184,19 @@ def embed_images(images: np.ndarray, m: ModelConfig, *, digest: str | None = Non
     precision = embed_precision(m)
     path = _cache_file(m, digest, precision)
     meta = {"encoder": m.encoder, "weights": m.encoder_weights, "weights_sha256": digest,
-            "preprocessing": prep.key(), "precision": precision, "created": time.strftime("%Y-%m-%d")}
+            "preprocessing": prep.key(), "precision": precision, "created": time.strftime("%Y-%m-%d"),
+            **({"feature_stages": m.feature_stages} if m.feature_stages else {})}
     table = _read_cache(path, meta, m.feature_dim) if cache and path.exists() else {}
     t0 = time.perf_counter()
     backbone = None
     if table and not m.feature_dim:  # the width is not known yet: one image checks the cache's
-        backbone, _ = build_backbone(m.encoder, m.encoder_weights)
+        backbone = feature_backbone(m)
         if len(next(iter(table.values()))) != run_backbone(backbone, images[:1], prep, progress=False,
                                                            precision=precision).shape[1]:
             table = {}  # a cache of another width is never used (and is replaced below)
     todo = sorted({k: i for i, k in enumerate(keys) if k not in table}.values())
     if todo:
-        backbone = backbone or build_backbone(m.encoder, m.encoder_weights)[0]
+        backbone = backbone or feature_backbone(m)
         feats = run_backbone(backbone, images[todo], prep, progress=progress, precision=precision,
                              desc=f"{m.encoder} features of {len(todo)} images (once{', bfloat16' if precision == 'bf16' else ''})")
         fresh = {keys[i]: f for i, f in zip(todo, feats)}

@@ -4,7 +4,9 @@ For each image the bundled ``photos`` model reads (its backbone, preprocessing a
 features (1,280) and the global-average-pooled outputs of the last four block stages (Lite0: 80, 112, 192,
 320 channels); then, on kshot's trials (5-way, 15 queries a class), nearest centroid and logistic
 regression (C = 1, as the yardstick) on each, and on the sum of the logistic log-probabilities of the head
-and 1-3 stages (an ensemble). A selection experiment on validation domains (seed 1), not a result.
+and 1-3 stages (an ensemble), and on their unit-length pooled outputs side by side (``concat``: what
+``--feature-stages N`` reads), each with its trial-by-trial difference from logistic regression on the head
+(the notebook) and the 95 % CI of that difference. A selection experiment on validation domains (seed 1), not a result.
 
     python reports/scripts/select_feature_layers.py --data-root ../shared/datasets/eurosat ../shared/datasets/clothing \
         --shots 1 5 --episodes 300 --seed 1 --json reports/results-photos/select-feature-layers.json
@@ -68,9 +70,18 @@ def main() -> None:
             for n in (1, 2, 3):
                 parts = ["head"] + [f"stage-{i}" for i in range(1, n + 1)]
                 acc[f"head + stages 1..{n} logistic ensemble"] = sum(logp[k] for k in parts)
-            result = {k: float((v.argmax(-1).numpy() == yq).mean()) for k, v in acc.items()}
+                # the model's own reading (--feature-stages n): unit-length blocks side by side, unit length overall
+                x = np.concatenate([views[k] for k in parts], axis=1) / np.sqrt(len(parts))
+                s, q = torch.from_numpy(x[rs]).double(), torch.from_numpy(x[rq]).double()
+                acc[f"head + stages 1..{n} concat centroid"] = NearestCentroid().fit(s, y, 5).scores(q)
+                acc[f"head + stages 1..{n} concat logistic"] = LogisticRegression().fit(s, y, 5).scores(q)
+            per_trial = {k: (v.argmax(-1).numpy() == yq).mean(-1) for k, v in acc.items()}
+            result = {k: float(v.mean()) for k, v in per_trial.items()}
+            base = per_trial["head logistic"]  # the notebook: logistic regression on the head features
+            diff = {k: [float((v - base).mean()), float(1.96 * (v - base).std(ddof=1) / np.sqrt(len(v)))]
+                    for k, v in per_trial.items() if k != "head logistic"}
             rows.append({"data_root": root, "shots": shots, "episodes": args.episodes, "seed": args.seed,
-                         "accuracy": result})
+                         "accuracy": result, "minus_head_logistic_ci95": diff})
             print(root, f"{shots}-shot:", " | ".join(f"{k} {100 * v:.1f}" for k, v in result.items()), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -39,6 +39,7 @@ TODAY = [
     ('--encoder', 'linear', None, 'str'),
     ('--encoder-weights', 'imagenet', None, 'str'),
     ('--embed-precision', 'auto', ('auto', 'fp32', 'bf16'), 'str'),
+    ('--feature-stages', 0, None, 'int'),
     ('--feature-norm', 'center-l2', ('none', 'l2', 'center-l2'), 'str'),
     ('--feature-proj', 0, None, 'int'),
     ('--feature-dropout', 0.0, None, 'float'),

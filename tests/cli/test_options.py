@@ -42,6 +42,8 @@ TRAIN_BAD = [
     (["--augment-contrast", "-0.1"], "--augment-contrast must be in [0, 1)"),
     (["--augment-brightness", "2"], "--augment-brightness must be in [0, 1]"),
     (["--feature-proj", "-1"], "--feature-proj must be >= 0"),
+    (["--feature-stages", "-1"], "--feature-stages must be >= 0"),
+    (["--feature-stages", "9"], "--feature-stages"),
     (["--feature-dropout", "1"], "--feature-dropout must be in [0, 1) (got 1.0)"),
     (["--image-size", "3"], "--image-size must be at least 4"),
     (["--image-size", "5000"], "--image-size must be at most 1024"),

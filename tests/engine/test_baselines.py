@@ -156,3 +156,36 @@ def test_by_instance_logistic_regression_too_large_to_fit_is_skipped_and_said():
     assert rows == [] and len(skipped) == 2 and all("string" in s["reason"] for s in skipped)
     lines = B.by_instance_lines([], skipped)
     assert len(lines) == 2 and all("not run" in line for line in lines)
+
+
+def test_a_model_reading_block_stages_is_also_measured_against_its_backbones_head_alone():
+    """``--feature-stages``: beside the features' own baselines, the notebook's (the head block alone, unit length),
+    recomputed literally: a fit on the joined features or on the unscaled head would score differently."""
+    pytest.importorskip("timm")
+    from fewshot_mann.config import ModelConfig
+    from fewshot_mann.models.stages import head_width
+
+    m = ModelConfig(model="keyed", encoder="timm:test_efficientnet", encoder_weights="none", feature_stages=1)
+    width = head_width(m.encoder)
+    rng = np.random.default_rng(0)
+    counts = [9] * 6
+    feats = rng.normal(size=(sum(counts), width + 8)).astype(np.float32)
+    feats[:, width:] *= 20  # a stage block that dominates the joined features
+    bank = ClassBank(feats, np.cumsum([0] + counts[:-1]), np.asarray(counts), [f"c{i}" for i in range(6)])
+    banks = B.feature_banks(bank, m)
+    assert set(banks) == {"features", "head"}
+    chosen = B.baselines_for(True, "head" in banks)
+    assert [b.name for b in chosen if b.inputs == "head"] == ["nearest-centroid-head-features",
+                                                                "logistic-regression-head-features"]
+    assert B.feature_banks(bank, dataclasses.replace(m, feature_stages=0)).keys() == {"features"}
+    cfg = EpisodeConfig(ways=3)
+    got = B.kshot_baselines(banks, tuple(b for b in chosen if b.inputs != "pixels"), cfg, shots=2, episodes=10, seed=1,
+                            queries=3)
+    head = feats[:, :width] / np.linalg.norm(feats[:, :width], axis=1, keepdims=True)
+    literal = B.kshot_baselines({"features": ClassBank(head, bank.offsets, bank.counts, list(bank.names))},
+                                tuple(b for b in B.BASELINES if b.inputs == "features"), cfg, shots=2, episodes=10,
+                                seed=1, queries=3)
+    by_name = {r.baseline.name: r.per_episode for r in got}
+    for r in literal:
+        np.testing.assert_array_equal(by_name[r.baseline.name.replace("-features", "-head-features")], r.per_episode)
+    assert not np.array_equal(by_name["logistic-regression-head-features"], by_name["logistic-regression-features"])

@@ -34,6 +34,32 @@ def test_zero_steps_give_the_frozen_backbones_features():
     np.testing.assert_allclose(qry.numpy(), frozen[4:], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("tail_stages,feature_stages", [(0, 1), (1, 1), (1, 2)])
+def test_zero_steps_give_the_frozen_features_read_at_block_stages(tail_stages, feature_stages):
+    """With ``--feature-stages``, the tail split anywhere reads what the frozen embedding reads."""
+    from fewshot_mann.config import ModelConfig
+    from fewshot_mann.models.features import feature_backbone
+
+    images = _images()
+    backbone, _ = build_backbone(ENCODER, "none")
+    prep = preprocessing(ENCODER)
+    cache = ViewCache(StagedBackbone(backbone, tail_stages, feature_stages), images, prep.mean, prep.std)
+    sup, qry, _ = finetune_features(cache, [0, 1, 2, 3], [0, 0, 1, 1], [4, 5, 6, 7], 2, FinetuneSettings(steps=0))
+    m = ModelConfig(model="keyed", encoder=ENCODER, encoder_weights="none", embed_precision="fp32",
+                    feature_stages=feature_stages)
+    frozen = run_backbone(feature_backbone(m), images, prep, progress=False)  # what embed_images runs
+    assert frozen.shape[1] > run_backbone(backbone, images[:1], prep, progress=False).shape[1]
+    np.testing.assert_allclose(sup.numpy(), frozen[:4], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(qry.numpy(), frozen[4:], rtol=1e-4, atol=1e-5)
+
+
+def test_feature_stages_beyond_the_tuned_tail_are_refused_in_one_line():
+    from fewshot_mann.errors import UserError
+    backbone, _ = build_backbone(ENCODER, "none")
+    with pytest.raises(UserError, match="at most 2 stage"):
+        StagedBackbone(backbone, 1, 3)
+
+
 def test_the_queries_never_change_what_is_learned():
     images = _images(10)
     cache, _, _ = _cache(images)
@@ -84,7 +110,7 @@ def test_augment_keeps_size_and_type_and_depends_on_the_generator():
 
 def test_a_backbone_without_stages_is_refused_in_one_line():
     from fewshot_mann.errors import UserError
-    with pytest.raises(UserError, match="--finetune needs a timm backbone with stages"):
+    with pytest.raises(UserError, match="--finetune and --feature-stages need a timm backbone with stages"):
         StagedBackbone(torch.nn.Linear(3, 3))
 
 
@@ -131,7 +157,7 @@ def test_bf16_training_steps_run_in_bfloat16():
     images = _images(6)
     cache, _, _ = _cache(images)
     seen = []
-    hook = cache.staged.tail[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    hook = cache.staged.tail.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     from fewshot_mann.fewshot.finetune import tune_tail
     tune_tail(cache, [0, 1, 2, 3], [0, 0, 1, 1], 2, FinetuneSettings(steps=1, batch=4, bf16=True))
     tune_tail(cache, [0, 1, 2, 3], [0, 0, 1, 1], 2, FinetuneSettings(steps=1, batch=4, bf16=False))

@@ -278,6 +278,28 @@ def test_kshot_contract_with_baselines(photo_run, tmp_path, capsys):
     assert res["environment"]["versions"]["torch"] == _torch.__version__  # what made the number
 
 
+def test_a_keyed_model_reading_a_block_stage_trains_and_is_measured_against_the_head_alone(photo_run, tmp_path):
+    """``train --feature-stages 1``: wider features (the head joined with the last stage), and kshot / evaluate add
+    the notebook's baselines on the head alone (on the same trials as the rest)."""
+    data, _ = photo_run
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "folder", "--data-root", str(data["root"]), *TINY_BACKBONE, "--model", "keyed",
+                     "--keyed-write", "logistic", "--feature-norm", "l2", "--feature-stages", "1", "--episodes", "0",
+                     "--test-classes", "0.3", "--ways", "2", "--instances", "3", "--eval-every", "0", "--out", str(out),
+                     "--no-progress"]) == 0
+    m = torch.load(out / "checkpoint.pt", weights_only=True)["config"]["model"]
+    assert m["feature_stages"] == 1 and m["feature_dim"] > 256  # the head's 256 and the stage's channels
+    k, e = tmp_path / "k.json", tmp_path / "e.json"
+    common = ["--checkpoint", str(out / "checkpoint.pt"), "--dataset", "folder", "--data-root", str(data["root"]),
+              "--test-classes", "all", "--ways", "2", "--no-progress", "--allow-trained-classes"]
+    assert cli.main(["kshot", *common, "--shots", "2", "--queries", "3", "--episodes", "6", "--json", str(k)]) == 0
+    assert cli.main(["evaluate", *common, "--instances", "3", "--episodes", "4", "--json", str(e)]) == 0
+    for res in (json.loads(k.read_text()), json.loads(e.read_text())):
+        names = [b["name"] for b in res["baselines"]]
+        assert {"nearest-centroid-head-features", "logistic-regression-head-features",
+                "logistic-regression-features"} <= set(names)
+
+
 def test_feature_cache_is_reused_listed_cleared_and_optional(photo_run, tmp_path, capsys):
     from fewshot_mann.config import ModelConfig
     from fewshot_mann.models.features import cache_entries, embed_images
