@@ -248,10 +248,13 @@ def check_weights_fit(cfg: Config, weights: dict, where) -> None:
 
     try:
         with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+            model = build_model(cfg)
+            shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     except Exception:  # noqa: BLE001 - a model that cannot be built on meta: the real build and load decide
         return
     got = {k: tuple(v.shape) for k, v in weights.items()}
+    optional = getattr(model, "OPTIONAL_WEIGHTS", ())  # tensors a checkpoint may leave out (the model fills them)
+    shapes = {k: v for k, v in shapes.items() if k in got or k not in optional}
     if shapes != got:
         missing = sorted(set(shapes) - set(got))
         extra = sorted(set(got) - set(shapes))

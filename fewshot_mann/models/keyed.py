@@ -44,6 +44,8 @@ from fewshot_mann.models.encoders import build_encoder
 
 
 class KeyedMemory(nn.Module):
+    OPTIONAL_WEIGHTS = ("residual.weight",)  # an untrained (zero) map may be left out (_load_from_state_dict)
+
     def __init__(self, cfg: Config):
         super().__init__()
         self.encoder = build_encoder(cfg)
@@ -58,6 +60,12 @@ class KeyedMemory(nn.Module):
     def reads_support_once(self) -> bool:
         """Whether ``support_query_scores`` holds (features read by a ``FeatureEncoder``)."""
         return hasattr(self.encoder, "following")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint may leave out an untrained (all-zero) residual map (the bundled photos model:
+        # 1,600 x 1,600 zeros would be 10 MB of the package); it loads as the zeros it was.
+        state_dict.setdefault(prefix + "residual.weight", torch.zeros_like(self.residual.weight))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _unit(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or bool(self.residual.weight.any()):

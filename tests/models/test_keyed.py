@@ -194,3 +194,30 @@ def test_predict_writes_each_orders_support_once_however_many_queries(monkeypatc
     with torch.inference_mode():
         one_by_one = [predict_scores(model, cfg, support, queries[i:i + 1], orders=2) for i in range(7)]
     np.testing.assert_allclose(scores, np.concatenate(one_by_one, axis=1), atol=1e-5)
+
+
+def test_a_checkpoint_may_leave_out_an_untrained_residual_but_not_a_trained_models_weights():
+    """The bundled photos model ships without its all-zero residual map; it loads as zeros and answers the same.
+    Any other missing tensor (here the MANN's) is still refused in one line."""
+    from fewshot_mann.engine.checkpoint import check_weights_fit
+    from fewshot_mann.errors import CheckpointError
+    from fewshot_mann.models.registry import build_model
+
+    cfg = keyed_config("logistic")
+    full = keyed("logistic")
+    state = {k: v for k, v in full.state_dict().items() if k != "residual.weight"}
+    check_weights_fit(cfg, state, "photos.pt")  # allowed
+    loaded = KeyedMemory(cfg).eval()
+    with torch.no_grad():
+        loaded.residual.weight.fill_(1.0)  # what it was before loading must not survive
+    loaded.load_state_dict(state)
+    assert not loaded.residual.weight.any()
+    x = torch.randn(2, 6, 12)
+    labels = torch.nn.functional.one_hot(torch.tensor([[0, 1, 0, 1, 0, 1]] * 2), 5).float()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, labels), full(x, labels))
+    mann_cfg = Config()
+    mann = build_model(mann_cfg).state_dict()
+    dropped = next(iter(mann))
+    with pytest.raises(CheckpointError, match=f"missing {dropped}"):
+        check_weights_fit(mann_cfg, {k: v for k, v in mann.items() if k != dropped}, "m.pt")
