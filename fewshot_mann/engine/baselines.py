@@ -210,7 +210,8 @@ def by_instance_baselines(banks: dict[str, ClassBank], chosen: tuple[Baseline, .
 
 def by_instance_lines(rows: list[dict], skipped: list[dict]) -> list[str]:
     """The rows printed under ``evaluate``'s and ``knn``'s table (a column per instance), then each skip."""
-    lines = [f"{r['name']:<32} " + " ".join(f"{100 * a:7.1f}" for a in r["accuracy_by_instance"]) for r in rows]
+    width = max([32] + [len(r["name"]) for r in rows])
+    lines = [f"{r['name']:<{width}} " + " ".join(f"{100 * a:7.1f}" for a in r["accuracy_by_instance"]) for r in rows]
     if rows:
         lines.append("(the baselines, fitted on the steps before each step, answer only labels told so far: a class's "
                      "1st presentation is never theirs)")
