@@ -99,6 +99,7 @@ def test_models_command_lists_names(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert "omniglot-5way" in out and "held-out" in out and "santoro" in out
+    assert "photos.pt (4 kB," in out and "omniglot-5way.pt (2.6 MB," in out  # sizes in the unit that says something
     assert cli.main(["models", "--json"]) == 0
     entries = json.loads(capsys.readouterr().out)
     assert [e["name"] for e in entries] == sorted(bundled.registry())

@@ -63,6 +63,7 @@ def format_models() -> str:
             lines.append(f"  {what}: {value}")
         if e.get("selection"):
             lines.append(f"  selection: {e['selection']}")
-        lines.append(f"  file: {MODELS_DIR / e['file']} ({(MODELS_DIR / e['file']).stat().st_size / 1e6:.1f} MB, "
-                     f"sha256 {e['sha256'][:16]}...)")
+        size = (MODELS_DIR / e["file"]).stat().st_size
+        shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"  # photos.pt: a few kB
+        lines.append(f"  file: {MODELS_DIR / e['file']} ({shown}, sha256 {e['sha256'][:16]}...)")
     return "\n".join(lines) if lines else "no models are bundled with this installation"
