@@ -102,8 +102,9 @@ def trust_summary(results: list[dict], bank, args, calibration, cap: int) -> dic
     print(pt.summary_line(out["summary"]))
     for line in pt.calibration_notes(calibration, fit, args.finetune):
         print(line)
-    if calibration.fitted and args.finetune:  # the temperature's; the unknown threshold is never checked there
+    if calibration.fitted and args.finetune:  # the temperature's, and the unknown threshold's
         out["calibration"]["finetuned_answers_checked"] = pt.finetuned_checked(calibration, args.finetune)
+        out["calibration"]["finetuned_unknown_threshold_checked"] = pt.threshold_checked(calibration, args.finetune)
     truth = pt.query_truth(args.query, results, names)
     if truth is not None:
         out["per_class"], out["confusion"] = pt.per_class(results, truth, names)

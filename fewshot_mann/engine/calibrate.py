@@ -30,18 +30,23 @@ from fewshot_mann.reporting import calibration as cal
 def validation_scores(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, shots: int, episodes: int, seed: int,
                       queries: int, unknown: int, device="cpu", finetuner=None) -> tuple[QueryScores, QueryScores | None]:
     """(known, unknown) query scores of ``episodes`` kshot trials of ``bank`` (classes with fewer than
-    shots + queries images left out; no unknown queries when the bank has no class outside a trial, or with
-    ``finetuner``: each trial answered by the backbone fine-tuned to its support set, as ``kshot --finetune``)."""
+    shots + queries images left out; no unknown queries when the bank has no class outside a trial). With
+    ``finetuner`` each trial, its outside-class queries included, is answered by the backbone fine-tuned to its
+    support set, as ``kshot --finetune``."""
     keep = [i for i, n in enumerate(bank.counts) if n >= shots + queries]
     if finetuner is not None:
         finetuner = finetuner.subset(bank, keep)
     bank = bank.subset(keep)
     check_bank(bank, dataclasses.replace(cfg, instances=shots + queries), "validation classes")
     scores: list = []
+    asked = unknown if bank.num_classes > cfg.ways else 0
+    tuned: list | None = [] if finetuner is not None and asked else None
     kshot_accuracy(model, bank, cfg, shots, episodes, seed, device=device, queries=queries, scores=scores,
-                   finetuner=finetuner)
+                   finetuner=finetuner, unknown=asked, unknown_scores=tuned)
     outside = None
-    if unknown and bank.num_classes > cfg.ways and finetuner is None:
+    if tuned:
+        outside = QueryScores.concat(tuned)
+    elif asked and finetuner is None:
         outside = unknown_query_scores(model, bank, cfg, shots, episodes, seed, queries, unknown, device=device)
     return QueryScores.concat(scores), outside
 
@@ -67,8 +72,9 @@ def fit_calibration(model: torch.nn.Module, banks: dict[str, ClassBank], cfg: Ep
                     device="cpu", log=print, finetuners: dict | None = None) -> cal.Calibration:
     """A ``Calibration`` fitted on ``banks`` ({name: bank}, pooled) at ``cfg.ways`` ways, per shots.
     ``finetuners`` ({name: ``Finetuner`` over that bank's images}): fitted on fine-tuned answers instead
-    (``finetune_steps`` set; no unknown threshold)."""
+    (``finetune_steps`` set), the unknown threshold too."""
     fits = []
+    outside_seen = False
     for shots in shots_list:
         known, outside = [], []
         for name, bank in banks.items():
@@ -77,6 +83,7 @@ def fit_calibration(model: torch.nn.Module, banks: dict[str, ClassBank], cfg: Ep
             known.append(k)
             if u is not None:
                 outside.append(u)
+                outside_seen = True
         fit = fit_shots(shots, QueryScores.concat(known), QueryScores.concat(outside) if outside else None, cfg.ways,
                         known_kept)
         fits.append(fit)
@@ -89,7 +96,7 @@ def fit_calibration(model: torch.nn.Module, banks: dict[str, ClassBank], cfg: Ep
     names = " + ".join(f"{name} ({b.num_classes} classes)" for name, b in banks.items())
     steps = next(iter(finetuners.values())).settings.steps if finetuners else 0
     fitted_on = (f"{names}: {cfg.ways}-way trials, {episodes} a shot, {queries} queries a class"
-                 + (f", {unknown} unknown queries" if unknown and not steps else "") + f", seed {seed}"
+                 + (f", {unknown} unknown queries" if unknown and outside_seen else "") + f", seed {seed}"
                  + (f", the backbone fine-tuned {steps} steps to each support set" if steps else ""))
     return cal.Calibration(fitted_on, cfg.ways, tuple(fits), known_kept, finetune_steps=steps)
 

@@ -92,21 +92,28 @@ def support_once_logits(model, bank: ClassBank, cfg: EpisodeConfig, shots: int, 
 
 
 def finetuned_bank(bank: ClassBank, finetuner, cfg: EpisodeConfig, shots: int, seed: int, index: int, queries: int,
-                   groups=None) -> ClassBank:
+                   groups=None, unknown: int = 0) -> ClassBank:
     """``bank`` with the rows of trial ``index`` replaced by their features after fine-tuning the backbone on
-    that trial's support images (``fewshot.finetune``; the queries are only read through the tuned tail)."""
+    that trial's support images (``fewshot.finetune``; the queries are only read through the tuned tail), and
+    with ``unknown``, the rows of its outside-class queries too (``trust.unknown_rows``: the same draw as
+    ``trust.unknown_query_scores`` makes, so those queries read the trial's tuned backbone)."""
     drawn = evaluation_episodes(bank, dataclasses.replace(cfg, instances=shots + queries), seed, index, 1, groups)
     rows, sup = drawn.image_index[0], drawn.instance[0] < shots
-    s_feats, q_feats = finetuner.tune(rows[sup], drawn.labels[0, sup], rows[~sup], cfg.ways, seed=[seed, index])
+    read = rows[~sup]
+    if unknown:
+        from fewshot_mann.engine.trust import unknown_rows
+        read = np.concatenate([read, unknown_rows(bank, drawn.classes[0], seed, index, unknown)])
+    s_feats, q_feats = finetuner.tune(rows[sup], drawn.labels[0, sup], read, cfg.ways, seed=[seed, index])
     feats = bank.images.copy()
-    feats[rows[sup]], feats[rows[~sup]] = s_feats, q_feats
+    feats[rows[sup]], feats[read] = s_feats, q_feats
     return ClassBank(feats, bank.offsets, bank.counts, list(bank.names))
 
 
 def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, shots: int,
                    episodes: int = 1000, seed: int = 0, batch_episodes: int | None = None, device="cpu",
                    queries: int = 1, adapt: int = 0, progress: bool = False, groups=None,
-                   scores: list | None = None, finetuner=None) -> dict:
+                   scores: list | None = None, finetuner=None, unknown: int = 0,
+                   unknown_scores: list | None = None) -> dict:
     """N-way ``shots``-shot accuracy (mean over each episode's queries) and its 95% CI over episodes.
     ``groups``: each episode's classes from one group (``episodes.name_groups``: an alphabet).
     ``scores``: a list that gets each batch's ``trust.QueryScores`` (class scores of every query).
@@ -114,7 +121,9 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
     ``adapt`` > 0: each episode is answered by a copy of the model meta-fine-tuned for that
     many steps on its support set (``adapt.adapt_to_support``). ``finetuner`` (``fewshot.finetune.
     Finetuner`` over the bank's images): each episode reads features of a backbone fine-tuned to its
-    support set (``finetuned_bank``)."""
+    support set (``finetuned_bank``); with ``unknown`` > 0 and ``unknown_scores`` (a list), each trial's
+    ``unknown`` outside-class queries read that trial's tuned backbone too and their class scores are appended
+    (``trust.unknown_query_scores`` of that trial)."""
     per_row = cfg.ways * queries
     if finetuner is not None or adapt:
         batch_episodes = 1  # one model (or one tuned backbone) per episode
@@ -128,7 +137,13 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
         bar = tqdm(total=episodes, desc=f"{cfg.ways}-way {shots}-shot", unit="ep", leave=False, file=sys.stderr)
     for first in range(0, episodes, batch_episodes):
         count = min(batch_episodes, episodes - first)
-        read = bank if finetuner is None else finetuned_bank(bank, finetuner, cfg, shots, seed, first, queries, groups)
+        tuned_unknown = unknown if finetuner is not None and unknown_scores is not None else 0
+        read = bank if finetuner is None else finetuned_bank(bank, finetuner, cfg, shots, seed, first, queries, groups,
+                                                             tuned_unknown)
+        if tuned_unknown:
+            from fewshot_mann.engine.trust import unknown_query_scores
+            unknown_scores.append(unknown_query_scores(model, read, cfg, shots, count, seed, queries, unknown, groups,
+                                                       device, start=first))
         if not adapt and getattr(model, "reads_support_once", False) and cfg.labels == "onehot":
             with torch.inference_mode():
                 last, targets, seq = support_once_logits(model, read, cfg, shots, seed, first, count, queries,
@@ -228,9 +243,11 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
             groups = name_groups(kept.names) if within_alphabet else None
             t0 = time.perf_counter()
             scores: list = []
+            # with --finetune, each trial's outside-class queries read its tuned backbone inside kshot_accuracy
+            tuned_unknown = [] if tuner is not None and unknown_queries and kept.num_classes > ways else None
             res = kshot_accuracy(model, kept, ep_cfg, shots, episodes, seed, device=device,
                                  queries=queries, adapt=adapt, progress=progress, groups=groups, scores=scores,
-                                 finetuner=tuner)
+                                 finetuner=tuner, unknown=unknown_queries, unknown_scores=tuned_unknown)
             if within_alphabet:
                 res["within"] = "alphabet"
             res["seconds"] = round(time.perf_counter() - t0, 2)
@@ -241,11 +258,10 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
                 f"{f', fine-tuned {finetuner.settings.steps} steps' if finetuner else ''}; {episodes} episodes, "
                 f"{queries} queries per class, {kept.num_classes} classes, seed {seed}"
                 f"{', classes of one alphabet per episode' if within_alphabet else ''})")
-            if (adapt or finetuner) and unknown_queries:
-                log(f"  --unknown-queries is not measured with --{'adapt' if adapt else 'finetune'} "
-                    "(each trial's tuned copy is not kept)")
+            if adapt and unknown_queries:
+                log("  --unknown-queries is not measured with --adapt (each trial's adapted copy is not kept)")
             res.update(_trust(model, kept, ep_cfg, shots, episodes, seed, queries, groups, device, scores,
-                              0 if (adapt or finetuner) else unknown_queries, calibration, log))
+                              0 if adapt else unknown_queries, calibration, log, tuned_unknown))
             if not baselines:
                 continue
             from fewshot_mann.engine.baselines import baselines_for, feature_banks, kshot_baselines
@@ -259,8 +275,9 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
 
 
 def _trust(model, bank: ClassBank, cfg, shots: int, episodes: int, seed: int, queries: int, groups, device,
-           scores: list, unknown_queries: int, calibration, log) -> dict:
-    """``trust.trust_blocks`` of one kshot row, with a line for the log."""
+           scores: list, unknown_queries: int, calibration, log, tuned_unknown: list | None = None) -> dict:
+    """``trust.trust_blocks`` of one kshot row, with a line for the log. ``tuned_unknown``: the outside-class
+    queries' scores already read through each trial's fine-tuned backbone (``kshot_accuracy``)."""
     from fewshot_mann.engine.trust import QueryScores, trust_blocks, unknown_query_scores
     from fewshot_mann.reporting.calibration import Calibration
 
@@ -271,6 +288,8 @@ def _trust(model, bank: ClassBank, cfg, shots: int, episodes: int, seed: int, qu
     if unknown_queries:
         if bank.num_classes <= cfg.ways:
             log(f"  --unknown-queries: no class outside a {cfg.ways}-way trial among {bank.num_classes}; not measured")
+        elif tuned_unknown is not None:
+            unknown = QueryScores.concat(tuned_unknown)
         else:
             unknown = unknown_query_scores(model, bank, cfg, shots, episodes, seed, queries, unknown_queries, groups,
                                            device)

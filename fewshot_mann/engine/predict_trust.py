@@ -107,12 +107,13 @@ def calibration_notes(calibration, fit, finetune: int = 0) -> list[str]:
         lines.append(f"  there ({calibration.ways}-way {fit.shots}-shot), answers at or above "
                      f"{cal.default_low_confidence(calibration.ways):.2f} were {100 * fit.fraction_unflagged:.0f} % of all "
                      f"and right {100 * fit.unflagged_accuracy:.0f} % of the time")
+    tuned_threshold = threshold_checked(calibration, finetune)
     if fit.unknown_caught is not None:
-        where = "on the frozen answers' trials" if checked else "there"
+        where = "on the frozen answers' trials" if checked and not tuned_threshold else "there"
         lines.append(f"  {where}, the unknown threshold called {100 - 100 * calibration.known_kept:.0f} % of known "
                      f"queries unknown and caught {100 * fit.unknown_caught:.0f} % of queries from other classes")
     if finetune:
-        lines.append("  " + finetune_calibration_note(finetune, checked))
+        lines.append("  " + finetune_calibration_note(finetune, checked, tuned_threshold))
     return lines
 
 
@@ -121,9 +122,19 @@ def finetuned_checked(calibration, finetune: int) -> bool:
     return bool(finetune) and calibration.fitted and calibration.finetune_steps == finetune
 
 
-def finetune_calibration_note(steps: int, checked: bool = False) -> str:
+def threshold_checked(calibration, finetune: int) -> bool:
+    """Whether ``calibration``'s unknown threshold was fitted on answers fine-tuned ``finetune`` steps too: the
+    fine-tuned record read outside-class queries through the tuned backbones (its ``fitted_on`` names them;
+    records fitted before that took the frozen threshold, ``Calibration.for_finetune``)."""
+    return finetuned_checked(calibration, finetune) and "unknown queries" in calibration.fitted_on
+
+
+def finetune_calibration_note(steps: int, checked: bool = False, threshold: bool = False) -> str:
     """The one sentence ``predict`` and the web app add when fine-tuned answers meet a calibration record
-    (``checked``: its temperature was fitted on answers fine-tuned ``steps`` steps)."""
+    (``checked``: its temperature was fitted on answers fine-tuned ``steps`` steps; ``threshold``: its unknown
+    threshold too)."""
+    if checked and threshold:
+        return f"temperature and unknown threshold fitted on answers fine-tuned {steps} steps"
     if checked:
         return (f"temperature fitted on answers fine-tuned {steps} steps; the unknown threshold was fitted without "
                 "fine-tuning and is applied unchecked")

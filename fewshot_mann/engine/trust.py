@@ -64,6 +64,17 @@ class QueryScores:
         return QueryScores(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("scores", "target", "classes")))
 
 
+def unknown_rows(bank: ClassBank, trial_classes, seed: int, index: int, unknown: int) -> np.ndarray:
+    """The bank rows of trial ``index``'s ``unknown`` outside-class queries: images of classes not in
+    ``trial_classes``, drawn by the generator of (seed, trial) on a stream of their own."""
+    rng = np.random.default_rng([_UNKNOWN_STREAM, seed, index])
+    outside = np.setdiff1d(np.arange(bank.num_classes), trial_classes)
+    if not len(outside):
+        raise ValueError("unknown queries need more classes than --ways")
+    rows = np.concatenate([np.arange(bank.offsets[c], bank.offsets[c] + bank.counts[c]) for c in outside])
+    return rng.choice(rows, unknown, replace=len(rows) < unknown)
+
+
 def unknown_sequences(bank: ClassBank, cfg: EpisodeConfig, shots: int, seed: int, start: int, count: int,
                       queries: int, unknown: int, groups=None) -> Episodes:
     """(count * unknown) sequences: trial e's support set (the same draw as ``kshot.support_query_episodes``)
@@ -72,12 +83,7 @@ def unknown_sequences(bank: ClassBank, cfg: EpisodeConfig, shots: int, seed: int
     drawn = evaluation_episodes(bank, dataclasses.replace(cfg, instances=shots + queries), seed, start, count, groups)
     images, labels, instance, digits, classes = [], [], [], [], []
     for e in range(count):
-        rng = np.random.default_rng([_UNKNOWN_STREAM, seed, start + e])
-        outside = np.setdiff1d(np.arange(bank.num_classes), drawn.classes[e])
-        if not len(outside):
-            raise ValueError("unknown queries need more classes than --ways")
-        rows = np.concatenate([np.arange(bank.offsets[c], bank.offsets[c] + bank.counts[c]) for c in outside])
-        picked = rng.choice(rows, unknown, replace=len(rows) < unknown)
+        picked = unknown_rows(bank, drawn.classes[e], seed, start + e, unknown)
         support = np.flatnonzero(drawn.instance[e] < shots)
         for row in picked:
             images.append(np.concatenate([drawn.images[e, support], bank.images[row][None]]))
@@ -90,13 +96,14 @@ def unknown_sequences(bank: ClassBank, cfg: EpisodeConfig, shots: int, seed: int
 
 def unknown_query_scores(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, shots: int, episodes: int,
                          seed: int, queries: int, unknown: int, groups=None, device="cpu",
-                         batch_episodes: int | None = None) -> QueryScores:
-    """The class scores of ``unknown`` outside-class queries per trial (see ``unknown_sequences``)."""
+                         batch_episodes: int | None = None, start: int = 0) -> QueryScores:
+    """The class scores of ``unknown`` outside-class queries per trial (see ``unknown_sequences``), for
+    trials ``start`` .. ``start + episodes - 1``."""
     batch_episodes = batch_episodes or max(1, 1000 // unknown)
     model.eval()
     parts = []
-    for first in range(0, episodes, batch_episodes):
-        count = min(batch_episodes, episodes - first)
+    for first in range(start, start + episodes, batch_episodes):
+        count = min(batch_episodes, start + episodes - first)
         seq = unknown_sequences(bank, cfg, shots, seed, first, count, queries, unknown, groups)
         tb = to_tensors(seq, cfg, device)
         with torch.inference_mode():

@@ -163,13 +163,15 @@ class Calibration:
 
     def for_finetune(self, steps: int) -> "Calibration":
         """The record for answers fine-tuned ``steps`` steps (0: not fine-tuned): the fine-tuned record where one
-        was fitted at these steps (its temperatures and unflagged accuracy; each shots' unknown threshold, never
-        fitted with fine-tuning, from this record), else this record (fitted without: ``finetune_steps`` 0)."""
+        was fitted at these steps (its temperatures and unflagged accuracy, and its unknown thresholds where it
+        fitted them on fine-tuned unknown queries; a record fitted before that takes each shots' threshold from
+        this record), else this record (fitted without: ``finetune_steps`` 0)."""
         tuned = self.finetuned
         if not steps or tuned is None or tuned.finetune_steps != steps:
             return self
         unknown = ("unknown_threshold", "unknown_caught", "auroc")
-        shots = tuple(dataclasses.replace(s, **{k: getattr(self.for_shots(s.shots), k) for k in unknown})
+        shots = tuple(s if s.unknown_threshold is not None else
+                      dataclasses.replace(s, **{k: getattr(self.for_shots(s.shots), k) for k in unknown})
                       for s in tuned.by_shots)
         return dataclasses.replace(tuned, by_shots=shots, known_kept=self.known_kept, finetuned=None)
 

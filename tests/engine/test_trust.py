@@ -304,7 +304,8 @@ def test_calibration_notes_say_what_a_fine_tuned_record_checked():
 def test_fit_calibration_on_fine_tuned_answers_reads_the_tuned_features(folder, tmp_path):
     """``fit_calibration(finetuners=...)`` answers every validation trial through the finetuner (here a stand-in
     that returns the trial's features scaled 10x: a sharper model wants a hotter temperature) and records its
-    steps; it fits no unknown threshold."""
+    steps; its outside-class queries are read through each trial's tuned backbone too, so it fits an unknown
+    threshold of its own."""
     from fewshot_mann.data.folder import load_folder
     from fewshot_mann.engine.calibrate import fit_calibration
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
@@ -324,13 +325,33 @@ def test_fit_calibration_on_fine_tuned_answers_reads_the_tuned_features(folder, 
             return Scaled(bank.subset(keep).images)
 
         def tune(self, support_rows, labels, query_rows, ways, seed=0):
-            calls.append(len(support_rows))
+            calls.append((len(support_rows), len(query_rows)))
             return 10 * self.images[support_rows], 10 * self.images[query_rows]
 
     args = (model, {"data": bank}, EpisodeConfig(ways=2, instances=4), [1], 6, 9, 2, 2)
     frozen = fit_calibration(*args, log=lambda *_: None)
     tuned = fit_calibration(*args, log=lambda *_: None, finetuners={"data": Scaled(bank.images)})
-    assert len(calls) == 6 and set(calls) == {2}  # every trial tuned, on its 2 support images
+    # every trial tuned once, on its 2 support images, reading its 4 queries and its 2 outside-class queries
+    assert len(calls) == 6 and set(calls) == {(2, 6)}
     assert tuned.finetune_steps == 7 and "fine-tuned 7 steps" in tuned.fitted_on and frozen.finetune_steps == 0
-    assert tuned.for_shots(1).unknown_threshold is None and frozen.for_shots(1).unknown_threshold is not None
+    assert "2 unknown queries" in tuned.fitted_on
+    assert tuned.for_shots(1).unknown_threshold is not None and frozen.for_shots(1).unknown_threshold is not None
     assert tuned.for_shots(1).temperature != frozen.for_shots(1).temperature
+
+
+def test_a_fine_tuned_record_with_its_own_unknown_threshold_uses_it_and_says_so():
+    """Fitted on fine-tuned unknown queries too (its ``fitted_on`` names them): ``for_finetune`` keeps its own
+    threshold, and ``predict``'s notes no longer call the threshold unchecked."""
+    from fewshot_mann.engine.predict_trust import calibration_notes, threshold_checked
+
+    frozen_fit = cal.ShotsCalibration(3, 2.0, 7.5, 0.8, 0.5, 0.3, 0.7)
+    tuned_fit = cal.ShotsCalibration(3, 0.5, 4.25, 0.9, 0.6, 0.4, 0.75)
+    tuned = cal.Calibration("tuned trials, 15 unknown queries, seed 1", 3, (tuned_fit,), finetune_steps=40)
+    record = cal.Calibration("frozen trials, 15 unknown queries", 3, (frozen_fit,), finetuned=tuned)
+    used = record.for_finetune(40)
+    fit = used.for_shots(3)
+    assert (fit.unknown_threshold, fit.unknown_caught, fit.auroc) == (4.25, 0.4, 0.75)
+    assert threshold_checked(used, 40) and not threshold_checked(tuned_record().for_finetune(40), 40)
+    lines = calibration_notes(used, fit, finetune=40)
+    assert "temperature and unknown threshold fitted on answers fine-tuned 40 steps" in lines[-1]
+    assert not any("unchecked" in line or "frozen answers' trials" in line for line in lines)

@@ -436,6 +436,25 @@ def test_kshot_finetune_reports_its_recipe_and_zero_steps_is_the_frozen_path(pho
     assert calls == [[0, i] for i in range(4)]  # every trial tuned on its own support set, even when batching is asked
 
 
+def test_kshot_finetune_measures_unknown_queries_through_each_trials_tuned_backbone(photo_run, tmp_path, monkeypatch):
+    """``kshot --finetune --unknown-queries Q`` writes ``open_set``: each trial tunes once and reads its queries
+    and its Q outside-class queries through that tuning (the same draw as the frozen path's unknown queries)."""
+    from fewshot_mann.fewshot.finetune import Finetuner
+    data, ckpt_path = photo_run
+    reads = []
+    real = Finetuner.tune
+    monkeypatch.setattr(Finetuner, "tune", lambda self, s, y, q, *a, **k: reads.append(len(q)) or real(self, s, y, q, *a, **k))
+    out = tmp_path / "k.json"
+    assert cli.main(["kshot", "--checkpoint", str(ckpt_path), "--dataset", "folder", "--data-root", str(data["root"]),
+                     "--test-classes", "all", "--ways", "2", "--shots", "1", "--queries", "2", "--episodes", "3",
+                     "--unknown-queries", "3", "--finetune", "2", "--json", str(out), "--no-progress",
+                     "--no-baselines", "--allow-trained-classes"]) == 0
+    [row] = json.loads(out.read_text())["results"]
+    assert row["open_set"]["unknown_queries"] == 9 and row["open_set"]["known_queries"] == 12
+    assert 0.0 <= row["open_set"]["auroc"] <= 1.0
+    assert reads == [2 * 2 + 3] * 3  # one tuning a trial: its 4 queries and its 3 outside-class queries
+
+
 def test_evaluate_finetune_tunes_only_on_steps_told_before_and_zero_steps_is_evaluate(photo_run, tmp_path):
     """``evaluate --finetune``: each block of ``ways`` steps reads a backbone tuned on the steps before the block
     (never on itself or a later step); a tuner of 0 steps gives exactly ``evaluate``'s numbers."""
