@@ -8,7 +8,8 @@ Each ``--data-root`` is a class-per-folder validation domain (every class used).
 the results will not be reported on, and a seed other than the reporting one (kshot's default is 0).
 ``kshot`` and ``predict`` then read the record from OUT.pt; rerun this after retraining a model.
 ``--finetune STEPS``: fit the record of answers fine-tuned STEPS steps to each support set (``kshot --finetune``),
-kept beside the checkpoint's record (``"finetuned"`` in it; temperatures only, no unknown threshold).
+kept beside the checkpoint's record (``"finetuned"`` in it): its temperatures, and its unknown thresholds fitted on
+outside-class queries read through each trial's tuned backbone (records fitted before 2026-12-07 hold none).
 """
 import argparse
 import dataclasses
