@@ -251,10 +251,8 @@ class Session:
             calibration = self.calibration.for_finetune(steps) if self.calibration is not None else None
             probs, known, unknown_threshold = calibrated(scores, calibration, bank, support_cap(cfg))
             if steps and calibration is not None and calibration.fitted:  # as predict says it
-                from fewshot_mann.engine.predict_trust import (finetune_calibration_note, finetuned_checked,
-                                                               threshold_checked)
-                more.append("calibration " + finetune_calibration_note(steps, finetuned_checked(calibration, steps),
-                                                                       threshold_checked(calibration, steps)))
+                from fewshot_mann.engine.predict_trust import finetune_calibration_note
+                more.append("calibration " + finetune_calibration_note(calibration, steps))
             results = summarise(bank.names, probs, threshold, names, known, unknown_threshold)
             near = nearest_support(bank.images, inputs)
             self.answers = results

@@ -23,7 +23,7 @@ from fewshot_mann.config import EpisodeConfig
 from fewshot_mann.data.bank import ClassBank
 from fewshot_mann.data.episodes import check_bank
 from fewshot_mann.engine.kshot import kshot_accuracy
-from fewshot_mann.engine.trust import QueryScores, unknown_query_scores
+from fewshot_mann.engine.trust import QueryScores
 from fewshot_mann.reporting import calibration as cal
 
 
@@ -39,16 +39,10 @@ def validation_scores(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfi
     bank = bank.subset(keep)
     check_bank(bank, dataclasses.replace(cfg, instances=shots + queries), "validation classes")
     scores: list = []
-    asked = unknown if bank.num_classes > cfg.ways else 0
-    tuned: list | None = [] if finetuner is not None and asked else None
+    outside: list | None = [] if unknown and bank.num_classes > cfg.ways else None
     kshot_accuracy(model, bank, cfg, shots, episodes, seed, device=device, queries=queries, scores=scores,
-                   finetuner=finetuner, unknown=asked, unknown_scores=tuned)
-    outside = None
-    if tuned:
-        outside = QueryScores.concat(tuned)
-    elif asked and finetuner is None:
-        outside = unknown_query_scores(model, bank, cfg, shots, episodes, seed, queries, unknown, device=device)
-    return QueryScores.concat(scores), outside
+                   finetuner=finetuner, unknown=unknown, unknown_scores=outside)
+    return QueryScores.concat(scores), QueryScores.concat(outside) if outside else None
 
 
 def fit_shots(shots: int, known: QueryScores, unknown: QueryScores | None, ways: int,
@@ -74,7 +68,6 @@ def fit_calibration(model: torch.nn.Module, banks: dict[str, ClassBank], cfg: Ep
     ``finetuners`` ({name: ``Finetuner`` over that bank's images}): fitted on fine-tuned answers instead
     (``finetune_steps`` set), the unknown threshold too."""
     fits = []
-    outside_seen = False
     for shots in shots_list:
         known, outside = [], []
         for name, bank in banks.items():
@@ -83,7 +76,6 @@ def fit_calibration(model: torch.nn.Module, banks: dict[str, ClassBank], cfg: Ep
             known.append(k)
             if u is not None:
                 outside.append(u)
-                outside_seen = True
         fit = fit_shots(shots, QueryScores.concat(known), QueryScores.concat(outside) if outside else None, cfg.ways,
                         known_kept)
         fits.append(fit)
@@ -95,6 +87,7 @@ def fit_calibration(model: torch.nn.Module, banks: dict[str, ClassBank], cfg: Ep
                if fit.unknown_threshold is not None else ""))
     names = " + ".join(f"{name} ({b.num_classes} classes)" for name, b in banks.items())
     steps = next(iter(finetuners.values())).settings.steps if finetuners else 0
+    outside_seen = any(f.unknown_threshold is not None for f in fits)
     fitted_on = (f"{names}: {cfg.ways}-way trials, {episodes} a shot, {queries} queries a class"
                  + (f", {unknown} unknown queries" if unknown and outside_seen else "") + f", seed {seed}"
                  + (f", the backbone fine-tuned {steps} steps to each support set" if steps else ""))

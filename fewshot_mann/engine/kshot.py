@@ -121,9 +121,9 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
     ``adapt`` > 0: each episode is answered by a copy of the model meta-fine-tuned for that
     many steps on its support set (``adapt.adapt_to_support``). ``finetuner`` (``fewshot.finetune.
     Finetuner`` over the bank's images): each episode reads features of a backbone fine-tuned to its
-    support set (``finetuned_bank``); with ``unknown`` > 0 and ``unknown_scores`` (a list), each trial's
-    ``unknown`` outside-class queries read that trial's tuned backbone too and their class scores are appended
-    (``trust.unknown_query_scores`` of that trial)."""
+    support set (``finetuned_bank``). With ``unknown`` > 0 and ``unknown_scores`` (a list), the class scores of
+    each trial's ``unknown`` outside-class queries are appended too (``trust.unknown_query_scores``), read as the
+    trial's own queries are: through its tuned backbone with ``finetuner``."""
     per_row = cfg.ways * queries
     if finetuner is not None or adapt:
         batch_episodes = 1  # one model (or one tuned backbone) per episode
@@ -137,10 +137,10 @@ def kshot_accuracy(model: torch.nn.Module, bank: ClassBank, cfg: EpisodeConfig, 
         bar = tqdm(total=episodes, desc=f"{cfg.ways}-way {shots}-shot", unit="ep", leave=False, file=sys.stderr)
     for first in range(0, episodes, batch_episodes):
         count = min(batch_episodes, episodes - first)
-        tuned_unknown = unknown if finetuner is not None and unknown_scores is not None else 0
+        outside = unknown if unknown_scores is not None else 0
         read = bank if finetuner is None else finetuned_bank(bank, finetuner, cfg, shots, seed, first, queries, groups,
-                                                             tuned_unknown)
-        if tuned_unknown:
+                                                             outside)
+        if outside:
             from fewshot_mann.engine.trust import unknown_query_scores
             unknown_scores.append(unknown_query_scores(model, read, cfg, shots, count, seed, queries, unknown, groups,
                                                        device, start=first))
@@ -243,11 +243,12 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
             groups = name_groups(kept.names) if within_alphabet else None
             t0 = time.perf_counter()
             scores: list = []
-            # with --finetune, each trial's outside-class queries read its tuned backbone inside kshot_accuracy
-            tuned_unknown = [] if tuner is not None and unknown_queries and kept.num_classes > ways else None
+            # the outside-class queries' scores, read with the trial's queries (through its tuned backbone with
+            # --finetune); not with --adapt, whose adapted copies are not kept
+            outside = [] if unknown_queries and not adapt and kept.num_classes > ways else None
             res = kshot_accuracy(model, kept, ep_cfg, shots, episodes, seed, device=device,
                                  queries=queries, adapt=adapt, progress=progress, groups=groups, scores=scores,
-                                 finetuner=tuner, unknown=unknown_queries, unknown_scores=tuned_unknown)
+                                 finetuner=tuner, unknown=unknown_queries, unknown_scores=outside)
             if within_alphabet:
                 res["within"] = "alphabet"
             res["seconds"] = round(time.perf_counter() - t0, 2)
@@ -260,8 +261,8 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
                 f"{', classes of one alphabet per episode' if within_alphabet else ''})")
             if adapt and unknown_queries:
                 log("  --unknown-queries is not measured with --adapt (each trial's adapted copy is not kept)")
-            res.update(_trust(model, kept, ep_cfg, shots, episodes, seed, queries, groups, device, scores,
-                              0 if adapt else unknown_queries, calibration, log, tuned_unknown))
+            res.update(_trust(kept, ep_cfg, shots, scores, 0 if adapt else unknown_queries, outside, calibration,
+                              log))
             if not baselines:
                 continue
             from fewshot_mann.engine.baselines import baselines_for, feature_banks, kshot_baselines
@@ -274,11 +275,11 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
     return rows, base_rows
 
 
-def _trust(model, bank: ClassBank, cfg, shots: int, episodes: int, seed: int, queries: int, groups, device,
-           scores: list, unknown_queries: int, calibration, log, tuned_unknown: list | None = None) -> dict:
-    """``trust.trust_blocks`` of one kshot row, with a line for the log. ``tuned_unknown``: the outside-class
-    queries' scores already read through each trial's fine-tuned backbone (``kshot_accuracy``)."""
-    from fewshot_mann.engine.trust import QueryScores, trust_blocks, unknown_query_scores
+def _trust(bank: ClassBank, cfg, shots: int, scores: list, unknown_queries: int, outside: list | None, calibration,
+           log) -> dict:
+    """``trust.trust_blocks`` of one kshot row, with a line for the log. ``outside``: the outside-class queries'
+    scores ``kshot_accuracy`` kept (None where none were asked or the bank has no class outside a trial)."""
+    from fewshot_mann.engine.trust import QueryScores, trust_blocks
     from fewshot_mann.reporting.calibration import Calibration
 
     if not scores:  # an accuracy function that kept no class scores (a test's stand-in): nothing to add
@@ -288,11 +289,8 @@ def _trust(model, bank: ClassBank, cfg, shots: int, episodes: int, seed: int, qu
     if unknown_queries:
         if bank.num_classes <= cfg.ways:
             log(f"  --unknown-queries: no class outside a {cfg.ways}-way trial among {bank.num_classes}; not measured")
-        elif tuned_unknown is not None:
-            unknown = QueryScores.concat(tuned_unknown)
         else:
-            unknown = unknown_query_scores(model, bank, cfg, shots, episodes, seed, queries, unknown_queries, groups,
-                                           device)
+            unknown = QueryScores.concat(outside)
     blocks = trust_blocks(QueryScores.concat(scores), unknown, list(bank.names), calibration, shots, cfg.ways)
     c = blocks["calibration"]
     log(f"  calibration error (ECE, 15 bins): {c['before']['ece']:.3f} at temperature 1, {c['ece']:.3f} at "

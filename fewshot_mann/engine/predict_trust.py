@@ -101,19 +101,19 @@ def calibration_notes(calibration, fit, finetune: int = 0) -> list[str]:
     if not calibration.fitted:
         return ["calibration: none in this checkpoint (temperature 1): the confidences are the model's own, "
                 "not measured frequencies; no unknown threshold"]
-    checked = finetuned_checked(calibration, finetune)
+    # the threshold came from the frozen record though the temperature is the fine-tuned answers'
+    frozen_threshold = finetuned_checked(calibration, finetune) and not threshold_checked(calibration, finetune)
     lines = [f"calibration: temperature {fit.temperature:.3g} ({fit.shots}-shot), fitted on {calibration.fitted_on}"]
     if fit.unflagged_accuracy is not None:
         lines.append(f"  there ({calibration.ways}-way {fit.shots}-shot), answers at or above "
                      f"{cal.default_low_confidence(calibration.ways):.2f} were {100 * fit.fraction_unflagged:.0f} % of all "
                      f"and right {100 * fit.unflagged_accuracy:.0f} % of the time")
-    tuned_threshold = threshold_checked(calibration, finetune)
     if fit.unknown_caught is not None:
-        where = "on the frozen answers' trials" if checked and not tuned_threshold else "there"
+        where = "on the frozen answers' trials" if frozen_threshold else "there"
         lines.append(f"  {where}, the unknown threshold called {100 - 100 * calibration.known_kept:.0f} % of known "
                      f"queries unknown and caught {100 * fit.unknown_caught:.0f} % of queries from other classes")
     if finetune:
-        lines.append("  " + finetune_calibration_note(finetune, checked, tuned_threshold))
+        lines.append("  " + finetune_calibration_note(calibration, finetune))
     return lines
 
 
@@ -129,10 +129,11 @@ def threshold_checked(calibration, finetune: int) -> bool:
     return finetuned_checked(calibration, finetune) and "unknown queries" in calibration.fitted_on
 
 
-def finetune_calibration_note(steps: int, checked: bool = False, threshold: bool = False) -> str:
-    """The one sentence ``predict`` and the web app add when fine-tuned answers meet a calibration record
-    (``checked``: its temperature was fitted on answers fine-tuned ``steps`` steps; ``threshold``: its unknown
-    threshold too)."""
+def finetune_calibration_note(calibration, steps: int) -> str:
+    """The one sentence ``predict`` and the web app add when answers fine-tuned ``steps`` steps meet the calibration
+    record ``calibration``: whether its temperature (``finetuned_checked``) and its unknown threshold
+    (``threshold_checked``) were fitted on such answers."""
+    checked, threshold = finetuned_checked(calibration, steps), threshold_checked(calibration, steps)
     if checked and threshold:
         return f"temperature and unknown threshold fitted on answers fine-tuned {steps} steps"
     if checked:

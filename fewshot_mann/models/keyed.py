@@ -64,7 +64,8 @@ class KeyedMemory(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint may leave out an untrained (all-zero) residual map (the bundled photos model:
         # 1,600 x 1,600 zeros would be 10 MB of the package); it loads as the zeros it was.
-        state_dict.setdefault(prefix + "residual.weight", torch.zeros_like(self.residual.weight))
+        for name in self.OPTIONAL_WEIGHTS:
+            state_dict.setdefault(prefix + name, torch.zeros_like(self.get_parameter(name)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _unit(self, x: torch.Tensor) -> torch.Tensor:
