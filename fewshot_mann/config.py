@@ -28,7 +28,7 @@ OBSOLETE_KEYS = {"model": ("compile",)}  # compile: the torch.compile path (comp
 LABEL_ENCODINGS = ("onehot", "string")
 DECODES = ("free", "seen")  # evaluation: any label may be answered / only labels given so far
 DATASETS = ("omniglot", "folder")
-ENCODERS = ("linear", "conv")
+ENCODERS = ("linear", "conv", "conv4")  # raw pixels in; conv4: models/conv4.py, trained with the memory (issue 30)
 # folder datasets: how any aspect becomes a square. auto: backbone for a timm/torchvision backbone, pad otherwise;
 # backbone: the backbone's own eval transform (timm's data config: shorter side to size / crop_pct, bicubic,
 # centre crop); pad: whole image, letterboxed; crop: centre square; stretch
@@ -239,7 +239,8 @@ class EpisodeConfig:
 class ModelConfig:
     model: str = option("mann", choices=MODELS)
     # linear / conv, or LIBRARY:NAME (checked in validate: any NAME of a known library)
-    encoder: str = option("linear", help=f"{' or '.join(ENCODERS)} (raw pixels), or a frozen pretrained backbone "
+    encoder: str = option("linear", help=f"{', '.join(ENCODERS)} (raw pixels; conv4 trains with the memory, from "
+                                         "--encoder-weights PATH of `fewshot-mann pretrain` where given), or a frozen pretrained backbone "
                                          "LIBRARY:NAME, e.g. timm:tf_efficientnet_lite0 (pip install -e \".[photos]\"; "
                                          "features computed once and cached)")
     controller_size: int = option(200, low=1, limit=limits.MAX_WIDTH)
@@ -250,6 +251,13 @@ class ModelConfig:
     key_strength: bool = option(  # extension: learned sharpening of the read softmax (the default since 2026-12-07)
         True, help="extension: learned sharpening of the read softmax (not in the paper; --no-key-strength is the "
                    "paper's MANN)")
+    # extension (issue 30): the controller's input at step t also holds the previous step's image
+    # encoding, beside that image's label (which arrives at t as in the paper): the pair the memory
+    # binds is read as one input, not carried over a step in the LSTM state
+    previous_image: bool = option(
+        False, help="mann/ntm/dnc: the controller also reads the previous step's image (encoded) beside its label, "
+                    "so it can write the exact image-label pair to memory (extension, not in the paper; the "
+                    "labels still arrive one step late)")
     # encoder "timm:NAME" / "torchvision:NAME": a frozen pretrained backbone whose features are
     # computed once and cached (features.py); the checkpoint holds the model over the features
     # only and names the backbone (encoder, encoder_weights, weights_hash, feature_dim).
@@ -411,8 +419,12 @@ class Config:
              f"--encoder must be one of {', '.join(ENCODERS)} or LIBRARY:NAME with LIBRARY one of "
              f"{', '.join(BACKBONE_LIBRARIES)}, e.g. timm:tf_efficientnet_lite0 (got {m.encoder!r})"),
             (bool(m.encoder_weights), "--encoder-weights must be imagenet, none or the path of a weights file"),
+            (m.encoder != "conv4" or d.image_size >= 16,
+             f"--encoder conv4 halves the image four times: --image-size must be at least 16 (got {d.image_size})"),
             (m.feature_stages == 0 or m.encoder.startswith("timm:"),
              f"--feature-stages reads the block stages of a timm backbone (got --encoder {m.encoder})"),
+            (not m.previous_image or m.model in ("mann", "ntm", "dnc"),
+             f"--previous-image is an input of the memory models' controller (mann, ntm, dnc; got --model {m.model})"),
             (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
             (m.model != "keyed" or m.keyed_write == "mean" or self.train.episodes == 0,
              "--keyed-write logistic is fitted to each support set in closed form: there is nothing to meta-train "

@@ -293,7 +293,6 @@ class Session:
         return dict(self.job)
 
     def _reliability(self, job: dict, episodes: int) -> None:
-        from fewshot_mann.config import is_backbone
         from fewshot_mann.engine.kshot import kshot_table
 
         try:
@@ -317,8 +316,7 @@ class Session:
                 lines: list[str] = []
                 with captured_warnings() as warned:
                     rows, baselines = kshot_table(self.model, s.bank, s.raw, cfg, [ways], shots, episodes, self.seed,
-                                                  backbone=is_backbone(cfg.model.encoder), device=self.device,
-                                                  progress=progress, log=lines.append)
+                                                  device=self.device, progress=progress, log=lines.append)
                 job["result"] = {"rows": rows, "baselines": baselines, "log": lines, "warnings": warned}
                 job["done"] = job["total"]
         except UserError as exc:

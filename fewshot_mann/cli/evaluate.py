@@ -144,7 +144,7 @@ def report(args, argv, ckpt, cfg, res, bank, pixels, kind, seconds, device, nonf
 
     # is the memory helping? the same episodes, the plain classifiers fitted on the steps told so far
     baselines = {} if args.no_baselines else run_by_instance(
-        {"pixels": pixels, **feature_banks(bank, cfg.model)}, is_backbone(cfg.model.encoder), cfg.episodes, episodes=args.episodes,
+        {"pixels": pixels, **feature_banks(bank, cfg.model, model)}, cfg.episodes, episodes=args.episodes,
         seed=args.seed, batch_size=args.batch_size, device=device, progress=not args.no_progress)
     if cfg.data.dataset == "folder" and model is not None:
         res = {**res, **evaluation_trust(model, bank, cfg, args, ckpt, device, tuned_scores)}

@@ -115,9 +115,10 @@ def _knn(argv) -> int:
     print(format_table(res, f"kNN ({what}) on {bank.num_classes} {kind} classes"))
     from fewshot_mann.config import is_backbone
     from fewshot_mann.engine.baselines import run_by_instance
-    baselines = run_by_instance({"pixels": pixel_parts.part(kind), "features": bank}, is_backbone(cfg.model.encoder),
-                                cfg.episodes, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
-                                device=device, progress=not args.no_progress)
+    features = {"features": bank} if is_backbone(cfg.model.encoder) else {}
+    baselines = run_by_instance({"pixels": pixel_parts.part(kind), **features}, cfg.episodes, episodes=args.episodes,
+                                seed=args.seed, batch_size=args.batch_size, device=device,
+                                progress=not args.no_progress)
     out = {**res, "classes": kind, "class_names": list(bank.names), "num_classes": bank.num_classes, "method": "knn",
            **baselines,
            "features": "raw" if ckpt is None else str(args.features),

@@ -8,7 +8,6 @@ import time
 from fewshot_mann import limits
 from fewshot_mann.cli.common import (add_flag, add_shared_flags, at_least, classes_option, parse_checked, run_guarded,
                                      set_threads, apply_input_overrides)
-from fewshot_mann.config import is_backbone
 
 
 def parser() -> argparse.ArgumentParser:
@@ -118,8 +117,7 @@ def _kshot_rows(argv) -> int:
             try:
                 row, base = kshot_table(model, bank, pixels, cfg, [ways], [shots], args.episodes, args.seed,
                                         queries=args.queries, adapt=args.adapt, baselines=not args.no_baselines,
-                                        backbone=is_backbone(cfg.model.encoder), device=device,
-                                        progress=not args.no_progress, within_alphabet=args.within_alphabet,
+                                        device=device, progress=not args.no_progress, within_alphabet=args.within_alphabet,
                                         unknown_queries=args.unknown_queries, calibration=calibration,
                                         finetuner=finetuner)
             except DataError as exc:

@@ -8,7 +8,9 @@ support set alone (nothing is computed from the queries, no statistic crosses tr
   inversion, no ink re-framing; backbone inputs averaged down to 32 px), in [0, 1], flattened;
 - ``nearest-centroid-features`` / ``logistic-regression-features`` (backbone models): the
   backbone's features scaled to unit length (a per-image operation; on the validation domains,
-  eurosat and clothing, it scored 0-6 points above the raw features for both heads);
+  eurosat and clothing, it scored 0-6 points above the raw features for both heads); for a model
+  whose image encoder is trained with it (``--encoder conv`` / ``conv4``), that encoder's outputs,
+  what its memory reads (``feature_banks``);
 - ``nearest-centroid-head-features`` / ``logistic-regression-head-features`` (models reading block stages
   beside the backbone's head, ``--feature-stages``): the head's features alone, unit length, i.e. what a
   notebook on the backbone's output fits (``feature_banks``).
@@ -53,16 +55,39 @@ BASELINES = (
 )
 
 
-def baselines_for(backbone: bool, head: bool = False) -> tuple[Baseline, ...]:
-    """The baselines of a model: the pixels' always, the features' for a backbone, the head's where its
-    features join block stages to the head (``head``: ``feature_banks`` gave a ``"head"`` bank)."""
-    return tuple(b for b in BASELINES if b.inputs == "pixels" or (backbone and b.inputs == "features")
-                 or (head and b.inputs == "head"))
+def baselines_for(banks) -> tuple[Baseline, ...]:
+    """The baselines of the ``banks`` (names or a dict: ``"pixels"``, and ``feature_banks``' ``"features"`` /
+    ``"head"`` where a model has them): those whose inputs are among them, in ``BASELINES``' order."""
+    return tuple(b for b in BASELINES if b.inputs in banks)
 
 
-def feature_banks(bank: ClassBank, m) -> dict[str, ClassBank]:
-    """{"features": ``bank``} and, where the model ``m`` (``ModelConfig``) reads block stages beside its
-    backbone's head (``feature_stages``), {"head": the head's own features} for the notebook's baselines."""
+LEARNED_ENCODERS = ("conv", "conv4")  # image encoders trained with the memory (models/encoders.py)
+
+
+def encoded_bank(model: torch.nn.Module, bank: ClassBank, batch: int = 512) -> ClassBank:
+    """``bank``'s images through ``model.encoder`` (evaluation mode): the features its memory reads."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(bank.images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(bank.images[i:i + batch])).to(device)
+            x = x.float() / 255.0 if bank.images.dtype == np.uint8 else x.float()
+            out.append(model.encoder(x.unsqueeze(1)).squeeze(1).double().cpu().numpy())
+    model.train(was_training)
+    return ClassBank(np.concatenate(out), bank.offsets, bank.counts, list(bank.names))
+
+
+def feature_banks(bank: ClassBank, m, model: torch.nn.Module | None = None) -> dict[str, ClassBank]:
+    """The feature banks of the model ``m`` (``ModelConfig``) over ``bank`` (what it reads): a backbone's,
+    {"features": ``bank``} and, where it reads block stages beside the head (``feature_stages``), {"head": the
+    head's own features} for the notebook's baselines; an image encoder trained with the memory
+    (``LEARNED_ENCODERS``, given its ``model``), {"features": its outputs}; raw pixels, none."""
+    from fewshot_mann.config import is_backbone
+
+    if not is_backbone(m.encoder):
+        return {"features": encoded_bank(model, bank)} if model is not None and m.encoder in LEARNED_ENCODERS else {}
     if not getattr(m, "feature_stages", 0):
         return {"features": bank}
     from fewshot_mann.models.stages import head_block
@@ -218,13 +243,13 @@ def by_instance_lines(rows: list[dict], skipped: list[dict]) -> list[str]:
     return lines + [f"{s['name']}: not run ({s['reason']})" for s in skipped]
 
 
-def run_by_instance(banks: dict[str, ClassBank], backbone: bool, cfg: EpisodeConfig, *, episodes: int, seed: int,
+def run_by_instance(banks: dict[str, ClassBank], cfg: EpisodeConfig, *, episodes: int, seed: int,
                     batch_size: int, device="cpu", progress: bool = False) -> dict:
     """``evaluate``/``knn``: every baseline of a model (``baselines_for``) by instance on its episodes, printed;
     returns the JSON entries ``"baselines"`` and ``"baselines_skipped"`` (where some were not run)."""
     if progress:
         print("baselines on the same episodes, fitted at each step on the steps before it ...", flush=True)
-    rows, skipped = by_instance_baselines(banks, baselines_for(backbone, "head" in banks), cfg, episodes=episodes, seed=seed,
+    rows, skipped = by_instance_baselines(banks, baselines_for(banks), cfg, episodes=episodes, seed=seed,
                                           batch_size=batch_size, device=device, progress=progress)
     for line in by_instance_lines(rows, skipped):
         print(line)

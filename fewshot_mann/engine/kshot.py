@@ -216,7 +216,7 @@ def loo_accuracy(x: np.ndarray, labels: np.ndarray, norm: str = "none") -> float
 
 def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[int], shots_list: list[int],
                 episodes: int, seed: int, queries: int = 1, adapt: int = 0, baselines: bool = True,
-                backbone: bool = False, device="cpu", progress: bool = True, log=print,
+                device="cpu", progress: bool = True, log=print,
                 within_alphabet: bool = False, unknown_queries: int = 0, calibration=None,
                 finetuner=None) -> tuple[list, list]:
     """``kshot_accuracy`` for every (ways, shots), and the nearest-centroid baselines on the
@@ -266,8 +266,8 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
             if not baselines:
                 continue
             from fewshot_mann.engine.baselines import baselines_for, feature_banks, kshot_baselines
-            banks = {"pixels": kept_pixels, **feature_banks(kept, cfg.model)}
-            for result in kshot_baselines(banks, baselines_for(backbone, "head" in banks), ep_cfg,
+            banks = {"pixels": kept_pixels, **feature_banks(kept, cfg.model, model)}
+            for result in kshot_baselines(banks, baselines_for(banks), ep_cfg,
                                           shots, episodes, seed, queries, groups):
                 base = result.row()
                 base_rows.append(base)

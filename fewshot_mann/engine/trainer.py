@@ -32,6 +32,7 @@ from fewshot_mann.engine.run_dir import prepare_run_dir
 from fewshot_mann.engine.transfer import load_init_source, load_matching_weights
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import RunLock, append_line, atomic_write_json
+from fewshot_mann.models.backbones import load_trainable_encoder
 from fewshot_mann.models.registry import build_model, count_parameters
 
 LOG_EVERY_EPISODES = 1000
@@ -200,8 +201,15 @@ class Trainer:
         self.build_loop()
         if self.ckpt is not None:
             self.restore()
-        elif init_from:
+            return self.write_config()
+        line = load_trainable_encoder(self.model, self.cfg)
+        if line:
+            self.log(line)
+        if init_from:
             self.origin = load_matching_weights(self.model, init_from, self.log, self.cfg, src=self.init_source)
+        self.write_config()
+
+    def write_config(self) -> None:
         self.config_dict = self.cfg.to_dict()
         if self.main:
             atomic_write_json(self.out / "config.json", {"config": self.config_dict, "command": self.command})

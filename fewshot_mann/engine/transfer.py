@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from fewshot_mann.config import Config
+from fewshot_mann.config import Config, is_backbone
 from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, refuse_nonfinite
 from fewshot_mann.errors import UserError
 
@@ -103,14 +103,21 @@ def transfer_weights(model: torch.nn.Module, cfg: Config, src_state: dict, src_c
                         f"--model {cfg.model.model}; use the same --model")
     own = model.state_dict()
     new = dict(own)
-    copied, adapted, fresh = [], [], []
+    copied, adapted, fresh, kept = [], [], [], []
+    # a conv4 encoder loaded from --encoder-weights (backbones.load_trainable_encoder) keeps those weights
+    from_file = cfg.model.encoder == "conv4" and cfg.model.encoder_weights not in ("imagenet", "none")
     linear = cfg.model.encoder == "linear" and src_cfg.model.encoder == "linear"
     from fewshot_mann.models.encoders import build_encoder
     f_src, f_dst = build_encoder(src_cfg).out_features, build_encoder(cfg).out_features
     l_src, l_dst = src_cfg.episodes.label_size, cfg.episodes.label_size
-    input_changed = (src_cfg.data.image_size, src_cfg.data.channels) != (cfg.data.image_size, cfg.data.channels)
+    # a backbone model read features (its images were the backbone's size), not images of data.image_size
+    input_changed = not is_backbone(src_cfg.model.encoder) and (
+        (src_cfg.data.image_size, src_cfg.data.channels) != (cfg.data.image_size, cfg.data.channels))
     for name, target in own.items():
         value = src_state.get(name)
+        if value is None and from_file and name.startswith("encoder.backbone."):
+            kept.append(name)
+            continue
         if value is None:
             fresh.append((name, "not in the checkpoint"))
             continue
@@ -135,16 +142,24 @@ def transfer_weights(model: torch.nn.Module, cfg: Config, src_state: dict, src_c
     if not copied and not adapted:
         raise UserError(f"--init-from {source}: no weights fit this model (is it the same --model and size?)")
     model.load_state_dict(new)
-    lines = [f"initialised from {source}: {len(copied)} of {len(own)} tensors copied"
-             + (f", {len(adapted)} adapted" if adapted else "") + (f", {len(fresh)} re-initialised" if fresh else "")]
+    summary = (f"initialised from {source}: {len(copied)} of {len(own)} tensors copied"
+               + (f", {len(adapted)} adapted" if adapted else "") + (f", {len(fresh)} re-initialised" if fresh else "")
+               + (f", {len(kept)} kept from --encoder-weights" if kept else ""))
+    return [summary, *_report(cfg, src_cfg, input_changed, linear, adapted, fresh)]
+
+
+def _report(cfg: Config, src_cfg: Config, input_changed: bool, linear: bool, adapted: list, fresh: list) -> list[str]:
+    """``transfer_weights``' lines after its summary: how the input changed, each adapted and re-initialised tensor."""
+    lines = []
     if input_changed:
         lines.append(f"input adapted: the checkpoint reads {_describe(src_cfg)} images, this run {_describe(cfg)}; "
                      + ("pixel weights were resampled and mapped between channels (fine-tuning adapts them further)"
                         if linear else "see the adapted tensors below"))
     for name, why in adapted:
         lines.append(f"  adapted {name}: {why}")
+    l_src, l_dst = src_cfg.episodes.label_size, cfg.episodes.label_size
     if l_src != l_dst:
-        lines.append(f"labels differ: the checkpoint answers with {src_cfg.episodes.label_size} label units "
+        lines.append(f"labels differ: the checkpoint answers with {l_src} label units "
                      f"({src_cfg.episodes.ways}-way {src_cfg.episodes.labels}), this run {l_dst} "
                      f"({cfg.episodes.ways}-way {cfg.episodes.labels}); the output layer starts fresh")
     for name, why in fresh:

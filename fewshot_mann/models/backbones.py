@@ -231,6 +231,19 @@ def _random_or_file(make, weights: str) -> nn.Module:
     return model
 
 
+def load_trainable_encoder(model: nn.Module, cfg) -> str | None:
+    """A ``conv4`` encoder trained with the memory starts from ``--encoder-weights PATH`` (a file of
+    ``fewshot-mann pretrain``): loaded into ``model.encoder.backbone``. Returns the line that says
+    so (None for any other encoder); random weights where no file is named."""
+    m = cfg.model
+    if m.encoder != "conv4":
+        return None
+    if m.encoder_weights in ("imagenet", "none"):
+        return "conv4 encoder: random initial weights (no --encoder-weights file), trained with the memory"
+    _load_state(model.encoder.backbone, backbone_checks.read_state(m.encoder_weights), f"--encoder-weights {m.encoder_weights}")
+    return f"conv4 encoder: initial weights from {m.encoder_weights}, trained with the memory"
+
+
 def _state_sha256(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in model.state_dict().items():

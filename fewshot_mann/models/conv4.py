@@ -34,6 +34,14 @@ class Conv4(nn.Module):
         self.blocks = nn.Sequential(*layers)
         self.num_features = width * (CONV4_IMAGE_SIZE // 2 ** blocks) ** 2
 
+    @staticmethod
+    def output_width(image_size: int, width: int = 64, blocks: int = 4) -> int:
+        """Features of an image_size x image_size input (each block halves the map, rounding down)."""
+        size = image_size
+        for _ in range(blocks):
+            size //= 2
+        return width * size * size
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 1:
             x = x.mean(dim=1, keepdim=True)

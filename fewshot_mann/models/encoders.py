@@ -1,7 +1,9 @@
 """Encoders: what every model sees of an image, ``(B,T,C,H,W) -> (B,T,features)``.
 
 ``build_encoder`` picks the one a config names: raw pixels (``linear``, the paper's
-input), a small CNN (``conv``), or the cached features of a frozen pretrained backbone
+input), a small CNN (``conv``), the few-shot Conv4 trained with the memory (``conv4``, its
+output normalised as ``FeatureEncoder`` normalises a backbone's, so a model meta-trained over
+the frozen Conv4's features starts from the same inputs), or the cached features of a frozen pretrained backbone
 (``timm:NAME`` / ``torchvision:NAME``, normalised by ``FeatureEncoder``). Each has
 ``out_features``, the width it produces, and ``per_image``: whether an image's encoding
 depends on that image alone (then a model may encode each distinct image once, see
@@ -91,6 +93,30 @@ class FeatureEncoder(nn.Module):
         return self.proj(x) if self.proj is not None else x
 
 
+class Conv4Encoder(nn.Module):
+    """The few-shot Conv4 (conv4.py) on every image, trained with the memory: (B,T,C,H,W) -> (B,T,F),
+    then ``FeatureEncoder``'s normalisation of its features (``norm``, ``project``, ``dropout``).
+    Batch norm uses each batch's statistics while training (an image's encoding then depends on
+    its batch: not ``per_image`` in training) and the running ones in evaluation."""
+
+    def __init__(self, image_size: int, norm: str = "l2", project: int = 0, dropout: float = 0.0):
+        super().__init__()
+        from fewshot_mann.models.conv4 import Conv4
+
+        self.backbone = Conv4()
+        width = Conv4.output_width(image_size)
+        self.features = FeatureEncoder(width, norm, project, dropout)
+        self.out_features = self.features.out_features
+
+    @property
+    def per_image(self) -> bool:
+        return self.features.per_image and not self.training
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b, t = images.shape[:2]
+        return self.features(self.backbone(images.flatten(0, 1)).view(b, t, -1))
+
+
 def running_mean_before(x: torch.Tensor) -> torch.Tensor:
     """(B,T,D) -> (B,T,D): at step t the mean of steps 0..t-1 (zeros at step 0)."""
     sums = x.cumsum(dim=1) - x
@@ -105,6 +131,8 @@ def build_encoder(cfg: Config) -> nn.Module:
             raise UserError(f"--encoder {cfg.model.encoder}: the feature width is not known yet (set at training)")
         return FeatureEncoder(cfg.model.feature_dim, cfg.model.feature_norm, cfg.model.feature_proj,
                               cfg.model.feature_dropout)
+    if cfg.model.encoder == "conv4":
+        return Conv4Encoder(d.image_size, cfg.model.feature_norm, cfg.model.feature_proj, cfg.model.feature_dropout)
     if cfg.model.encoder == "conv":
         return ConvEncoder(d.channels, d.image_size)
     return LinearEncoder(d.channels, d.image_size)

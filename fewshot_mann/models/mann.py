@@ -55,7 +55,8 @@ class MANN(nn.Module):
 
     The controller input at step t is [features(x_t), y_{t-1}, r_{t-1}]; the output layer
     sees [h_t, r_t] (``features``). The input part of the LSTM gates is computed for all
-    steps in one matmul before the recurrence.
+    steps in one matmul before the recurrence. With ``previous_image`` (an extension), the
+    input also holds features(x_{t-1}) (zeros at t=0), the image the label y_{t-1} belongs to.
     """
 
     def __init__(self, cfg: Config):
@@ -64,7 +65,9 @@ class MANN(nn.Module):
         self.encoder = build_encoder(cfg)
         self.hidden = m.controller_size
         self.memory = build_memory(m)
-        in_size = self.encoder.out_features + cfg.episodes.label_size
+        self.previous_image = m.previous_image
+        self.image_width = self.encoder.out_features * (2 if self.previous_image else 1)
+        in_size = self.image_width + cfg.episodes.label_size
         self.input_proj = nn.Linear(in_size, 4 * self.hidden)
         self.recurrent = nn.Linear(self.hidden + self.memory.read_size, 4 * self.hidden, bias=False)
         self.output = nn.Linear(self.hidden + self.memory.read_size, cfg.episodes.label_size)
@@ -73,15 +76,23 @@ class MANN(nn.Module):
         # checkpoint's weights run under any of them.
         self.memory_backend = m.memory_backend
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,T,C,H,W) -> (B,T,image_width): the image part of every step's controller input."""
+        feats = self.encoder(images)
+        if not self.previous_image:
+            return feats
+        return torch.cat([feats, torch.nn.functional.pad(feats[:, :-1], (0, 0, 1, 0))], dim=-1)
+
     def forward(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
-        hr, time_major = self._controller_and_reads(self.encoder(images), label_inputs)
+        hr, time_major = self._controller_and_reads(self.encode(images), label_inputs)
         logits = self.output(hr)
         return logits.transpose(0, 1).contiguous() if time_major else logits
 
     @property
     def projects_images(self) -> bool:
-        """Whether ``project_images`` / ``forward_projected`` apply (a per-image encoder)."""
-        return bool(getattr(self.encoder, "per_image", False))
+        """Whether ``project_images`` / ``forward_projected`` apply (a per-image encoder; a step's
+        input is not one image's with ``previous_image``)."""
+        return bool(getattr(self.encoder, "per_image", False)) and not self.previous_image
 
     def project_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, 4H): each image's part of the controller's input gates, computed
@@ -100,13 +111,13 @@ class MANN(nn.Module):
         """The input part of the LSTM gates for every step: (B,T,4H). ``projected``: ``feats`` are
         already ``project_images`` rows, only the label columns and the bias are added."""
         if projected:
-            w = self.input_proj.weight[:, self.encoder.out_features:]
+            w = self.input_proj.weight[:, self.image_width:]
             return feats + torch.nn.functional.linear(label_inputs, w, self.input_proj.bias)
         return self.input_proj(torch.cat([feats, label_inputs], dim=-1))
 
     def features(self, images: torch.Tensor, label_inputs: torch.Tensor) -> torch.Tensor:
         """What the output layer reads, ``[h_t, r_t]`` per step: (B, T, H + read_size)."""
-        hr, time_major = self._controller_and_reads(self.encoder(images), label_inputs)
+        hr, time_major = self._controller_and_reads(self.encode(images), label_inputs)
         return hr.transpose(0, 1) if time_major else hr
 
     def _controller_and_reads(self, feats: torch.Tensor, label_inputs: torch.Tensor, projected: bool = False):

@@ -145,7 +145,7 @@ def test_by_instance_logistic_regression_too_large_to_fit_is_skipped_and_said():
     bank = random_bank(classes=12, per_class=12, seed=4)
     small, wide = EpisodeConfig(ways=3, instances=4), EpisodeConfig(ways=10, instances=10)
     assert B.prefix_logistic_unknowns(small) <= B.PREFIX_LOGISTIC_MAX_UNKNOWNS < B.prefix_logistic_unknowns(wide)
-    pixel_rows = B.baselines_for(False)
+    pixel_rows = B.baselines_for({"pixels"})
     rows, skipped = B.by_instance_baselines({"pixels": bank}, pixel_rows, wide, episodes=2, seed=0, batch_size=2)
     assert [r["name"] for r in rows] == ["nearest-centroid-raw-pixels"]
     assert [s["name"] for s in skipped] == ["logistic-regression-raw-pixels"] and "unknowns" in skipped[0]["reason"]
@@ -174,7 +174,7 @@ def test_a_model_reading_block_stages_is_also_measured_against_its_backbones_hea
     bank = ClassBank(feats, np.cumsum([0] + counts[:-1]), np.asarray(counts), [f"c{i}" for i in range(6)])
     banks = B.feature_banks(bank, m)
     assert set(banks) == {"features", "head"}
-    chosen = B.baselines_for(True, "head" in banks)
+    chosen = B.baselines_for({"pixels", *banks})
     assert [b.name for b in chosen if b.inputs == "head"] == ["nearest-centroid-head-features",
                                                                 "logistic-regression-head-features"]
     assert B.feature_banks(bank, dataclasses.replace(m, feature_stages=0)).keys() == {"features"}
@@ -189,3 +189,29 @@ def test_a_model_reading_block_stages_is_also_measured_against_its_backbones_hea
     for r in literal:
         np.testing.assert_array_equal(by_name[r.baseline.name.replace("-features", "-head-features")], r.per_episode)
     assert not np.array_equal(by_name["logistic-regression-head-features"], by_name["logistic-regression-features"])
+
+
+def test_a_model_whose_encoder_trains_with_it_is_measured_against_that_encoders_features():
+    """``--encoder conv`` / ``conv4``: the features' baselines read what the memory reads, the encoder's outputs
+    in evaluation mode (recomputed here); a raw-pixel model has no features' baselines, a backbone's bank is
+    its features as they are."""
+    from fewshot_mann.config import ModelConfig
+    from fewshot_mann.models.registry import build_model
+    from helpers import tiny_config
+
+    bank = random_bank(classes=5, per_class=6, shape=(1, 16, 16), seed=2)
+    cfg = tiny_config(encoder="conv4", feature_norm="l2")
+    cfg.data.image_size = 16
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    banks = B.feature_banks(bank, cfg.model, model)
+    assert set(banks) == {"features"} and model.training  # left as it was
+    model.eval()
+    with torch.no_grad():
+        literal = model.encoder(torch.from_numpy(bank.images).float().div(255).unsqueeze(1)).squeeze(1)
+    assert np.allclose(banks["features"].images, literal.double().numpy(), atol=1e-6)
+    assert [b.name for b in B.baselines_for({"pixels", *banks})] == [
+        "nearest-centroid-raw-pixels", "logistic-regression-raw-pixels", "nearest-centroid-features",
+        "logistic-regression-features"]
+    assert B.feature_banks(bank, tiny_config().model, build_model(tiny_config())) == {}
+    assert B.feature_banks(bank, ModelConfig(encoder="fewshot:conv4")) == {"features": bank}

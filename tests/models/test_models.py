@@ -89,3 +89,29 @@ def test_keyed_memory_skips_a_zero_map_only_where_it_changes_nothing():
     with torch.enable_grad():
         assert torch.allclose(trained, model(images, labels).detach(), atol=1e-6)
     assert not torch.allclose(trained, reference, atol=1e-3)
+
+
+def test_previous_image_input_holds_the_image_its_label_belongs_to():
+    """--previous-image: the controller's input at step t is [features(x_t), features(x_{t-1})] (zeros at
+    t=0) beside y_{t-1}; the image part a step's input cannot be projected per image then."""
+    cfg = tiny_config(previous_image=True)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    images = torch.rand(2, 5, 1, 6, 6)
+    feats = model.encoder(images)
+    encoded = model.encode(images)
+    assert encoded.shape == (2, 5, 2 * feats.shape[-1])
+    assert torch.equal(encoded[..., :feats.shape[-1]], feats)
+    assert torch.equal(encoded[:, 1:, feats.shape[-1]:], feats[:, :-1])
+    assert not encoded[:, 0, feats.shape[-1]:].any()
+    assert model.input_proj.in_features == 2 * feats.shape[-1] + cfg.episodes.label_size
+    assert not model.projects_images
+    plain = tiny_config()
+    torch.manual_seed(0)
+    without = build_model(plain)
+    assert without.projects_images and without.encode(images).shape == feats.shape
+    # evaluation (which projects each distinct image once where it can) runs the same maths as forward
+    from helpers import synthetic_bank
+    from fewshot_mann.engine.evaluation import evaluate
+    result = evaluate(model.eval(), synthetic_bank(classes=6, size=6), cfg.episodes, episodes=4, seed=3)
+    assert len(result["accuracy_by_instance"]) == cfg.episodes.instances
