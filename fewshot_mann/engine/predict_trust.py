@@ -124,9 +124,9 @@ def finetuned_checked(calibration, finetune: int) -> bool:
 
 def threshold_checked(calibration, finetune: int) -> bool:
     """Whether ``calibration``'s unknown threshold was fitted on answers fine-tuned ``finetune`` steps too: the
-    fine-tuned record read outside-class queries through the tuned backbones (its ``fitted_on`` names them;
-    records fitted before that took the frozen threshold, ``Calibration.for_finetune``)."""
-    return finetuned_checked(calibration, finetune) and "unknown queries" in calibration.fitted_on
+    fine-tuned record read outside-class queries through the tuned backbones (records fitted before that take
+    the frozen threshold: ``Calibration.for_finetune`` says which, ``tuned_thresholds``)."""
+    return finetuned_checked(calibration, finetune) and calibration.tuned_thresholds
 
 
 def finetune_calibration_note(calibration, steps: int) -> str:

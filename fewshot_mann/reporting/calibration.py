@@ -147,6 +147,8 @@ class Calibration:
     known_kept: float = 0.95  # the unknown threshold keeps this fraction of validation known queries
     finetune_steps: int = 0  # > 0: fitted on answers fine-tuned this many steps
     finetuned: "Calibration | None" = None
+    # set by for_finetune (not saved): every unknown threshold of this record was fitted on fine-tuned answers
+    tuned_thresholds: bool = False
 
     @staticmethod
     def none() -> "Calibration":
@@ -173,7 +175,8 @@ class Calibration:
         shots = tuple(s if s.unknown_threshold is not None else
                       dataclasses.replace(s, **{k: getattr(self.for_shots(s.shots), k) for k in unknown})
                       for s in tuned.by_shots)
-        return dataclasses.replace(tuned, by_shots=shots, known_kept=self.known_kept, finetuned=None)
+        return dataclasses.replace(tuned, by_shots=shots, known_kept=self.known_kept, finetuned=None,
+                                   tuned_thresholds=all(s.unknown_threshold is not None for s in tuned.by_shots))
 
     def to_dict(self) -> dict:
         out = {"fitted_on": self.fitted_on, "ways": self.ways, "known_kept": self.known_kept,

@@ -340,13 +340,13 @@ def test_fit_calibration_on_fine_tuned_answers_reads_the_tuned_features(folder, 
 
 
 def test_a_fine_tuned_record_with_its_own_unknown_threshold_uses_it_and_says_so():
-    """Fitted on fine-tuned unknown queries too (its ``fitted_on`` names them): ``for_finetune`` keeps its own
-    threshold, and ``predict``'s notes no longer call the threshold unchecked."""
+    """Fitted on fine-tuned unknown queries too (its thresholds are set): ``for_finetune`` keeps its own
+    threshold, and ``predict``'s notes no longer call the threshold unchecked, whatever its ``fitted_on`` says."""
     from fewshot_mann.engine.predict_trust import calibration_notes, threshold_checked
 
     frozen_fit = cal.ShotsCalibration(3, 2.0, 7.5, 0.8, 0.5, 0.3, 0.7)
     tuned_fit = cal.ShotsCalibration(3, 0.5, 4.25, 0.9, 0.6, 0.4, 0.75)
-    tuned = cal.Calibration("tuned trials, 15 unknown queries, seed 1", 3, (tuned_fit,), finetune_steps=40)
+    tuned = cal.Calibration("tuned trials, seed 1", 3, (tuned_fit,), finetune_steps=40)
     record = cal.Calibration("frozen trials, 15 unknown queries", 3, (frozen_fit,), finetuned=tuned)
     used = record.for_finetune(40)
     fit = used.for_shots(3)
