@@ -258,6 +258,10 @@ class ModelConfig:
         False, help="mann/ntm/dnc: the controller also reads the previous step's image (encoded) beside its label, "
                     "so it can write the exact image-label pair to memory (extension, not in the paper; the "
                     "labels still arrive one step late)")
+    write_vector: bool = option(
+        False, help="mann: the memory is written with its own learned vector, not the read key (extension, not in "
+                    "the paper; with --previous-image a step can store the previous image and its label while it "
+                    "looks up its own image; runs the autograd memory)")
     # encoder "timm:NAME" / "torchvision:NAME": a frozen pretrained backbone whose features are
     # computed once and cached (features.py); the checkpoint holds the model over the features
     # only and names the backbone (encoder, encoder_weights, weights_hash, feature_dim).
@@ -425,6 +429,7 @@ class Config:
              f"--feature-stages reads the block stages of a timm backbone (got --encoder {m.encoder})"),
             (not m.previous_image or m.model in ("mann", "ntm", "dnc"),
              f"--previous-image is an input of the memory models' controller (mann, ntm, dnc; got --model {m.model})"),
+            (not m.write_vector or m.model == "mann", f"--write-vector is an LRUA option (--model mann; got {m.model})"),
             (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
             (m.model != "keyed" or m.keyed_write == "mean" or self.train.episodes == 0,
              "--keyed-write logistic is fitted to each support set in closed form: there is nothing to meta-train "

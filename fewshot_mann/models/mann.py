@@ -47,7 +47,7 @@ def build_memory(m: ModelConfig) -> Memory:
     if m.model == "dnc":
         return DNCMemory(m.controller_size, m.memory_slots, m.memory_width, m.num_read_heads)
     return LRUAMemory(m.controller_size, m.memory_slots, m.memory_width, m.num_read_heads,
-                      m.usage_decay, m.key_strength)
+                      m.usage_decay, m.key_strength, m.write_vector)
 
 
 class MANN(nn.Module):

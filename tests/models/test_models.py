@@ -115,3 +115,28 @@ def test_previous_image_input_holds_the_image_its_label_belongs_to():
     from fewshot_mann.engine.evaluation import evaluate
     result = evaluate(model.eval(), synthetic_bank(classes=6, size=6), cfg.episodes, episodes=4, seed=3)
     assert len(result["accuracy_by_instance"]) == cfg.episodes.instances
+
+
+def test_write_vector_stores_its_own_vector_not_the_read_key():
+    """--write-vector: eq. 8 writes v = tanh(W_v h), the read key still addresses; it runs the autograd memory
+    (the sequence backend and the kernel write the keys), and without it the memory is the paper's."""
+    from fewshot_mann.memory import backend
+
+    cfg = tiny_config(write_vector=True)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    mem = model.memory
+    assert mem.implementations == ("autograd",)
+    assert backend.choose("auto", mem, torch.zeros(1)) == "autograd"
+    h = torch.randn(2, cfg.model.controller_size)
+    state = mem.initial_state(2)
+    _, (memory, *_rest) = mem.step(h, state)
+    written = memory - state[0] * (1 - state[4]).unsqueeze(-1)  # what eq. 8 added
+    keys = torch.tanh(mem.key(h)).view(2, cfg.model.num_read_heads, -1)
+    vectors = torch.tanh(mem.content(h)).view_as(keys)
+    w_write = state[3].unsqueeze(1).expand(-1, cfg.model.num_read_heads, -1)  # alpha * 0 + (1 - alpha) * w_lu
+    alpha = torch.sigmoid(mem.gate(h)).unsqueeze(-1)
+    assert torch.allclose(written, torch.bmm(((1 - alpha) * w_write).transpose(1, 2), vectors), atol=1e-6)
+    assert not torch.allclose(written, torch.bmm(((1 - alpha) * w_write).transpose(1, 2), keys), atol=1e-3)
+    plain = build_model(tiny_config()).memory
+    assert plain.content is None and "kernel" in plain.implementations

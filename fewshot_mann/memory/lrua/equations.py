@@ -15,6 +15,11 @@ LRUA (Least-Recently-Used Access), per step t, heads as a tensor dimension:
   Ties (untouched slots have equal usage) go to the lower slot index, so the choice is
   deterministic; usage carries no gradient (it only picks slots).
 
+Extension (``write_vector``, not in the paper): the memory is written with its own vector
+``v_t = tanh(W_v h_t)`` in eq. 8 instead of the read key ``k_t``, so what a step stores (e.g. the
+previous image with the label that arrived for it) need not be what it looks up (the image of
+this step); autograd only.
+
 Initial state: memory rows ``MEMORY_INIT`` (cosine similarity is undefined for zero rows),
 read weights, usage and reads zero.
 
@@ -91,7 +96,8 @@ class LRUAMemory(Memory):
     implementations = ("autograd", "sequence", "kernel")
 
     def __init__(self, controller_size: int, memory_slots: int = 128, memory_width: int = 40,
-                 num_read_heads: int = 4, usage_decay: float = 0.95, key_strength: bool = False):
+                 num_read_heads: int = 4, usage_decay: float = 0.95, key_strength: bool = False,
+                 write_vector: bool = False):
         super().__init__()
         self.controller_size = controller_size
         self.memory_slots = memory_slots
@@ -104,6 +110,10 @@ class LRUAMemory(Memory):
         # Extension (off by default, not in the paper): beta = 1 + softplus(W_b h) scales
         # the cosine similarities so reads can be sharper than softmax over [-1, 1].
         self.strength = nn.Linear(controller_size, num_read_heads) if key_strength else None
+        # Extension (off by default): the written vector v = tanh(W_v h), apart from the read key
+        self.content = nn.Linear(controller_size, num_read_heads * memory_width) if write_vector else None
+        if write_vector:
+            self.implementations = ("autograd",)  # sequence.py and the kernel write the keys
 
     @property
     def read_size(self) -> int:
@@ -126,7 +136,8 @@ class LRUAMemory(Memory):
         keys = torch.tanh(self.key(h)).view(batch, self.num_read_heads, self.memory_width)  # (B,R,W)
         alpha = torch.sigmoid(self.gate(h)).unsqueeze(-1)  # (B,R,1)
         w_write = write_weights(alpha, w_read_prev, w_lu_prev)
-        memory = write(memory, zero_prev, w_write, keys)
+        written = keys if self.content is None else torch.tanh(self.content(h)).view_as(keys)
+        memory = write(memory, zero_prev, w_write, written)
         beta = None
         if self.strength is not None:
             beta = 1.0 + nn.functional.softplus(self.strength(h)).unsqueeze(-1)
