@@ -258,6 +258,9 @@ class ModelConfig:
         False, help="mann/ntm/dnc: the controller also reads the previous step's image (encoded) beside its label, "
                     "so it can write the exact image-label pair to memory (extension, not in the paper; the "
                     "labels still arrive one step late)")
+    memory_input: bool = option(
+        False, help="mann/ntm/dnc: the memory's keys, gates and written vector read the step's input beside the "
+                    "controller's state (extension, not in the paper; runs the step-by-step autograd memory)")
     write_vector: bool = option(
         False, help="mann: the memory is written with its own learned vector, not the read key (extension, not in "
                     "the paper; with --previous-image a step can store the previous image and its label while it "
@@ -429,6 +432,8 @@ class Config:
              f"--feature-stages reads the block stages of a timm backbone (got --encoder {m.encoder})"),
             (not m.previous_image or m.model in ("mann", "ntm", "dnc"),
              f"--previous-image is an input of the memory models' controller (mann, ntm, dnc; got --model {m.model})"),
+            (not m.memory_input or m.model in ("mann", "ntm", "dnc"),
+             f"--memory-input feeds the memory models' interface (mann, ntm, dnc; got --model {m.model})"),
             (not m.write_vector or m.model == "mann", f"--write-vector is an LRUA option (--model mann; got {m.model})"),
             (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
             (m.model != "keyed" or m.keyed_write == "mean" or self.train.episodes == 0,

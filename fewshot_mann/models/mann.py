@@ -39,15 +39,17 @@ def lstm_cell(gates: torch.Tensor, c: torch.Tensor):
     return h, c
 
 
-def build_memory(m: ModelConfig) -> Memory:
-    """The external memory named by ``m.model``: mann = LRUA, ntm = NTM, dnc = DNC."""
+def build_memory(m: ModelConfig, interface_size: int | None = None) -> Memory:
+    """The external memory named by ``m.model``: mann = LRUA, ntm = NTM, dnc = DNC. ``interface_size``: the
+    width of what its interface layers read (the controller's output, and with ``memory_input`` the step's
+    input beside it); ``m.controller_size`` where not given."""
+    size = interface_size or m.controller_size
     if m.model == "ntm":
-        return NTMMemory(m.controller_size, m.memory_slots, m.memory_width, m.num_read_heads,
-                         m.num_write_heads, m.shift_range)
+        return NTMMemory(size, m.memory_slots, m.memory_width, m.num_read_heads, m.num_write_heads, m.shift_range)
     if m.model == "dnc":
-        return DNCMemory(m.controller_size, m.memory_slots, m.memory_width, m.num_read_heads)
-    return LRUAMemory(m.controller_size, m.memory_slots, m.memory_width, m.num_read_heads,
-                      m.usage_decay, m.key_strength, m.write_vector)
+        return DNCMemory(size, m.memory_slots, m.memory_width, m.num_read_heads)
+    return LRUAMemory(size, m.memory_slots, m.memory_width, m.num_read_heads, m.usage_decay, m.key_strength,
+                      m.write_vector)
 
 
 class MANN(nn.Module):
@@ -57,6 +59,9 @@ class MANN(nn.Module):
     sees [h_t, r_t] (``features``). The input part of the LSTM gates is computed for all
     steps in one matmul before the recurrence. With ``previous_image`` (an extension), the
     input also holds features(x_{t-1}) (zeros at t=0), the image the label y_{t-1} belongs to.
+    With ``memory_input`` (an extension), the memory's interface (keys, gates, written vector)
+    reads [h_t, the step's input] instead of h_t alone, so a key can be the image itself, not
+    what the LSTM state keeps of it (step by step: LRUA's autograd path, NTM's and DNC's steps).
     """
 
     def __init__(self, cfg: Config):
@@ -64,10 +69,13 @@ class MANN(nn.Module):
         m = cfg.model
         self.encoder = build_encoder(cfg)
         self.hidden = m.controller_size
-        self.memory = build_memory(m)
         self.previous_image = m.previous_image
         self.image_width = self.encoder.out_features * (2 if self.previous_image else 1)
         in_size = self.image_width + cfg.episodes.label_size
+        self.memory_input = m.memory_input
+        self.memory = build_memory(m, self.hidden + (in_size if self.memory_input else 0))
+        if self.memory_input and isinstance(self.memory, LRUAMemory):
+            self.memory.implementations = ("autograd",)  # LRUA's whole-sequence backends feed the memory h alone
         self.input_proj = nn.Linear(in_size, 4 * self.hidden)
         self.recurrent = nn.Linear(self.hidden + self.memory.read_size, 4 * self.hidden, bias=False)
         self.output = nn.Linear(self.hidden + self.memory.read_size, cfg.episodes.label_size)
@@ -92,7 +100,7 @@ class MANN(nn.Module):
     def projects_images(self) -> bool:
         """Whether ``project_images`` / ``forward_projected`` apply (a per-image encoder; a step's
         input is not one image's with ``previous_image``)."""
-        return bool(getattr(self.encoder, "per_image", False)) and not self.previous_image
+        return bool(getattr(self.encoder, "per_image", False)) and not (self.previous_image or self.memory_input)
 
     def project_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, 4H): each image's part of the controller's input gates, computed
@@ -129,6 +137,7 @@ class MANN(nn.Module):
         if run is not None:
             return self._sequence(run, feats, label_inputs, projected), True
         gates_in = self._gates_in(feats, label_inputs, projected)  # (B,T,4H)
+        inputs = torch.cat([feats, label_inputs], dim=-1).unbind(1) if self.memory_input else None
         batch = feats.shape[0]
         h = gates_in.new_zeros(batch, self.hidden)
         c = gates_in.new_zeros(batch, self.hidden)
@@ -140,9 +149,9 @@ class MANN(nn.Module):
         recurrent = DeferredWeight(self.recurrent.weight)
         # unbind, not gates_in[:, t]: indexing makes every step's backward allocate a
         # gradient the size of the whole sequence.
-        for g_t in gates_in.unbind(1):
+        for t, g_t in enumerate(gates_in.unbind(1)):
             h, c = lstm_cell(g_t + recurrent.linear(torch.cat([h, reads], dim=-1)), c)
-            reads, state = step(h, state)
+            reads, state = step(h if inputs is None else torch.cat([h, inputs[t]], dim=-1), state)
             outs.append(torch.cat([h, reads], dim=-1))
         return torch.stack(outs, dim=1), False
 

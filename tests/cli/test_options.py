@@ -45,6 +45,7 @@ TRAIN_BAD = [
     (["--feature-stages", "-1"], "--feature-stages must be >= 0"),
     (["--feature-stages", "9"], "--feature-stages"),
     (["--model", "lstm", "--previous-image"], "--previous-image is an input of the memory models' controller"),
+    (["--model", "transformer", "--memory-input"], "--memory-input feeds the memory models' interface"),
     (["--model", "ntm", "--write-vector"], "--write-vector is an LRUA option (--model mann; got ntm)"),
     (["--feature-dropout", "1"], "--feature-dropout must be in [0, 1) (got 1.0)"),
     (["--image-size", "3"], "--image-size must be at least 4"),

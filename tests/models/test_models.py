@@ -140,3 +140,42 @@ def test_write_vector_stores_its_own_vector_not_the_read_key():
     assert not torch.allclose(written, torch.bmm(((1 - alpha) * w_write).transpose(1, 2), keys), atol=1e-3)
     plain = build_model(tiny_config()).memory
     assert plain.content is None and "kernel" in plain.implementations
+
+
+def test_memory_input_lets_the_keys_read_the_steps_input():
+    """--memory-input: the memory's interface layers read [h_t, the step's input], so its keys change with the
+    step's image even where the controller state would not; the model runs the autograd memory, its
+    evaluation does not project images, and evaluate() runs it."""
+    cfg = tiny_config(memory_input=True)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    width = model.encoder.out_features + cfg.episodes.label_size
+    assert model.memory.key.in_features == cfg.model.controller_size + width
+    assert model.memory.implementations == ("autograd",) and not model.projects_images
+    seen = []
+    step = model.memory.step
+    model.memory.step = lambda h, state: seen.append(h) or step(h, state)
+    images, labels = torch.rand(2, 4, 1, 6, 6), torch.rand(2, 4, cfg.episodes.label_size)
+    model(images, labels)
+    assert len(seen) == 4
+    inputs = torch.cat([model.encode(images), labels], dim=-1)
+    for t, h in enumerate(seen):
+        assert torch.equal(h[:, cfg.model.controller_size:], inputs[:, t])
+    model.memory.step = step
+    plain = build_model(tiny_config())
+    assert plain.memory.key.in_features == cfg.model.controller_size
+    from helpers import synthetic_bank
+    from fewshot_mann.engine.evaluation import evaluate
+    assert len(evaluate(model.eval(), synthetic_bank(classes=6, size=6), cfg.episodes, episodes=3)["ci95"]) == 10
+
+
+@pytest.mark.parametrize("model_name", ["mann", "ntm", "dnc"])
+def test_the_input_extensions_train_every_memory(model_name):
+    """--memory-input with --previous-image on each memory (NTM and DNC keep their hand-written steps, which
+    read the wider interface as they read h): every parameter gets a finite, non-zero gradient."""
+    cfg = tiny_config(model=model_name, memory_input=True, previous_image=True)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model(torch.rand(2, 5, 1, 6, 6), torch.rand(2, 5, cfg.episodes.label_size)).logsumexp(-1).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
