@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fewshot_mann.config import OLD_COMMANDS_NOTE, Config
+from fewshot_mann.config import Config
+from fewshot_mann.config_legacy import OLD_COMMANDS_NOTE
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import atomic_write_text
 from fewshot_mann.reporting import inputs

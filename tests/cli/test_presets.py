@@ -35,7 +35,7 @@ def test_the_note_on_old_commands_names_flags_that_restore_the_old_defaults():
     exactly the old values, and each of them must differ from today's (else the note is stale)."""
     import re
 
-    from fewshot_mann.config import DEFAULTS_BEFORE_2026_12_07 as OLD, OLD_COMMANDS_NOTE
+    from fewshot_mann.config_legacy import DEFAULTS_BEFORE_2026_12_07 as OLD, OLD_COMMANDS_NOTE
 
     flags = re.findall(r"`(--[^`]+)`", OLD_COMMANDS_NOTE)
     argv = [part for flag in flags for part in flag.split()]
@@ -48,7 +48,7 @@ def test_the_note_on_old_commands_names_flags_that_restore_the_old_defaults():
 
 
 def test_generated_pages_carry_the_note_on_old_commands():
-    from fewshot_mann.config import OLD_COMMANDS_NOTE
+    from fewshot_mann.config_legacy import OLD_COMMANDS_NOTE
     from fewshot_mann.reporting.memory_comparison import comparison_markdown
     from fewshot_mann.reporting.results import results_markdown
 
