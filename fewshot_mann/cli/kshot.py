@@ -112,6 +112,8 @@ def _kshot_rows(argv) -> int:
     calibration = checkpoint_calibration(ckpt, args.finetune)
     print(f"calibration: {calibration.fitted_on}")
     rows, baselines, failed = [], [], []
+    from fewshot_mann.engine.baselines import feature_banks
+    features = None if args.no_baselines else feature_banks(bank, cfg.model, model)  # once, not per row
     for ways in args.ways or [cfg.episodes.ways]:  # row by row: a row that cannot run keeps the others
         for shots in args.shots:
             try:
@@ -119,7 +121,7 @@ def _kshot_rows(argv) -> int:
                                         queries=args.queries, adapt=args.adapt, baselines=not args.no_baselines,
                                         device=device, progress=not args.no_progress, within_alphabet=args.within_alphabet,
                                         unknown_queries=args.unknown_queries, calibration=calibration,
-                                        finetuner=finetuner)
+                                        finetuner=finetuner, features=features)
             except DataError as exc:
                 failed.append({"ways": ways, "shots": shots, "error": str(exc)})
                 print(f"{ways}-way {shots}-shot: not run ({exc})", file=sys.stderr)

@@ -218,7 +218,7 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
                 episodes: int, seed: int, queries: int = 1, adapt: int = 0, baselines: bool = True,
                 device="cpu", progress: bool = True, log=print,
                 within_alphabet: bool = False, unknown_queries: int = 0, calibration=None,
-                finetuner=None) -> tuple[list, list]:
+                finetuner=None, features: dict | None = None) -> tuple[list, list]:
     """``kshot_accuracy`` for every (ways, shots), and the nearest-centroid baselines on the
     same episodes; ``pixels``: the raw-pixel bank of the same classes (``bank`` may hold
     backbone features). Classes with fewer than shots + queries images are left out of
@@ -226,9 +226,15 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
     ``within_alphabet``: every episode's classes from one alphabet (``episodes.name_groups``).
     Each row also holds ``trust.trust_blocks`` (per_class, confusion, calibration at ``calibration``, a
     ``reporting.calibration.Calibration``; and open_set with ``unknown_queries`` outside-class queries a trial).
-    ``finetuner``: a ``Finetuner`` over the images of ``bank``'s rows (see ``kshot_accuracy``)."""
+    ``finetuner``: a ``Finetuner`` over the images of ``bank``'s rows (see ``kshot_accuracy``).
+    ``features``: ``baselines.feature_banks`` of ``bank`` where the caller has them (computed here once
+    otherwise); each row's baselines read their classes, as they read ``pixels``'."""
     from fewshot_mann.data.episodes import name_groups
     from fewshot_mann.data.class_split import drop_small_classes
+    from fewshot_mann.engine.baselines import baselines_for, feature_banks, kshot_baselines
+
+    if baselines and features is None:
+        features = feature_banks(bank, cfg.model, model)
 
     rows, base_rows = [], []
     for ways in ways_list:
@@ -265,8 +271,7 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
                               log))
             if not baselines:
                 continue
-            from fewshot_mann.engine.baselines import baselines_for, feature_banks, kshot_baselines
-            banks = {"pixels": kept_pixels, **feature_banks(kept, cfg.model, model)}
+            banks = {"pixels": kept_pixels, **{name: b.subset(keep) for name, b in features.items()}}
             for result in kshot_baselines(banks, baselines_for(banks), ep_cfg,
                                           shots, episodes, seed, queries, groups):
                 base = result.row()

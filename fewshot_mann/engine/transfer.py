@@ -105,7 +105,8 @@ def transfer_weights(model: torch.nn.Module, cfg: Config, src_state: dict, src_c
     new = dict(own)
     copied, adapted, fresh, kept = [], [], [], []
     # a conv4 encoder loaded from --encoder-weights (backbones.load_trainable_encoder) keeps those weights
-    from_file = cfg.model.encoder == "conv4" and cfg.model.encoder_weights not in ("imagenet", "none")
+    from fewshot_mann.models.backbones import trainable_encoder_file
+    from_file = trainable_encoder_file(cfg.model) is not None
     linear = cfg.model.encoder == "linear" and src_cfg.model.encoder == "linear"
     from fewshot_mann.models.encoders import build_encoder
     f_src, f_dst = build_encoder(src_cfg).out_features, build_encoder(cfg).out_features

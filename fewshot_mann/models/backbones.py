@@ -231,17 +231,25 @@ def _random_or_file(make, weights: str) -> nn.Module:
     return model
 
 
+def trainable_encoder_file(m) -> str | None:
+    """The ``--encoder-weights`` file a ``conv4`` encoder trained with the memory starts from (``m``: a
+    ``ModelConfig``); None for any other encoder, or where no file is named (random weights)."""
+    if m.encoder != "conv4" or m.encoder_weights in ("imagenet", "none"):
+        return None
+    return m.encoder_weights
+
+
 def load_trainable_encoder(model: nn.Module, cfg) -> str | None:
     """A ``conv4`` encoder trained with the memory starts from ``--encoder-weights PATH`` (a file of
-    ``fewshot-mann pretrain``): loaded into ``model.encoder.backbone``. Returns the line that says
-    so (None for any other encoder); random weights where no file is named."""
-    m = cfg.model
-    if m.encoder != "conv4":
+    ``fewshot-mann pretrain``, ``trainable_encoder_file``): loaded into ``model.encoder.backbone``. Returns
+    the line that says so (None for any other encoder); random weights where no file is named."""
+    if cfg.model.encoder != "conv4":
         return None
-    if m.encoder_weights in ("imagenet", "none"):
+    path = trainable_encoder_file(cfg.model)
+    if path is None:
         return "conv4 encoder: random initial weights (no --encoder-weights file), trained with the memory"
-    _load_state(model.encoder.backbone, backbone_checks.read_state(m.encoder_weights), f"--encoder-weights {m.encoder_weights}")
-    return f"conv4 encoder: initial weights from {m.encoder_weights}, trained with the memory"
+    _load_state(model.encoder.backbone, backbone_checks.read_state(path), f"--encoder-weights {path}")
+    return f"conv4 encoder: initial weights from {path}, trained with the memory"
 
 
 def _state_sha256(model: nn.Module) -> str:
