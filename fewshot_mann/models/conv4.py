@@ -32,15 +32,12 @@ class Conv4(nn.Module):
             layers.append(conv_block(c_in, width))
             c_in = width
         self.blocks = nn.Sequential(*layers)
-        self.num_features = width * (CONV4_IMAGE_SIZE // 2 ** blocks) ** 2
+        self.num_features = self.output_width(CONV4_IMAGE_SIZE, width, blocks)
 
     @staticmethod
     def output_width(image_size: int, width: int = 64, blocks: int = 4) -> int:
         """Features of an image_size x image_size input (each block halves the map, rounding down)."""
-        size = image_size
-        for _ in range(blocks):
-            size //= 2
-        return width * size * size
+        return width * (image_size // 2 ** blocks) ** 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 1:
