@@ -231,7 +231,7 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
     otherwise); each row's baselines read their classes, as they read ``pixels``'."""
     from fewshot_mann.data.episodes import name_groups
     from fewshot_mann.data.class_split import drop_small_classes
-    from fewshot_mann.engine.baselines import baselines_for, feature_banks, kshot_baselines
+    from fewshot_mann.engine.baselines import feature_banks
 
     if baselines and features is None:
         features = feature_banks(bank, cfg.model, model)
@@ -269,15 +269,21 @@ def kshot_table(model, bank: ClassBank, pixels: ClassBank, cfg, ways_list: list[
                 log("  --unknown-queries is not measured with --adapt (each trial's adapted copy is not kept)")
             res.update(_trust(kept, ep_cfg, shots, scores, 0 if adapt else unknown_queries, outside, calibration,
                               log))
-            if not baselines:
-                continue
-            banks = {"pixels": kept_pixels, **{name: b.subset(keep) for name, b in features.items()}}
-            for result in kshot_baselines(banks, baselines_for(banks), ep_cfg,
-                                          shots, episodes, seed, queries, groups):
-                base = result.row()
-                base_rows.append(base)
-                log(f"  {base['name']:<38} {100 * base['accuracy']:.1f} ± {100 * base['ci95']:.1f} %")
+            if baselines:
+                banks = {"pixels": kept_pixels, **{name: b.subset(keep) for name, b in features.items()}}
+                base_rows += _baseline_rows(banks, ep_cfg, shots, episodes, seed, queries, groups, log)
     return rows, base_rows
+
+
+def _baseline_rows(banks: dict, cfg, shots: int, episodes: int, seed: int, queries: int, groups, log) -> list[dict]:
+    """One kshot row's baselines (``baselines.kshot_baselines`` on ``banks``, the row's classes), each logged."""
+    from fewshot_mann.engine.baselines import baselines_for, kshot_baselines
+
+    out = []
+    for result in kshot_baselines(banks, baselines_for(banks), cfg, shots, episodes, seed, queries, groups):
+        out.append(result.row())
+        log(f"  {out[-1]['name']:<38} {100 * out[-1]['accuracy']:.1f} ± {100 * out[-1]['ci95']:.1f} %")
+    return out
 
 
 def _trust(bank: ClassBank, cfg, shots: int, scores: list, unknown_queries: int, outside: list | None, calibration,
