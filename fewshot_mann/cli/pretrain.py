@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
              problem=at_least(0, "--finetune-stages", high=limits.MAX_LAYERS))
     tune.add_argument("--finetune-backbone", choices=("last", "all"), default=None,
                       help="timm backbones: 'last' = --finetune-stages 1, 'all' = --finetune-stages 0 (every layer)")
+    p.add_argument("--pen-augment", action="store_true",
+                   help="fewshot: backbones: restyle the training images as other handwriting looks (thicker, "
+                        "blurred, grey, slanted, squeezed strokes) so the features transfer to users' scans")
     add_flag(p, "--lr", type=float, default=d.lr, help="Adam learning rate",
              problem=lambda v: None if v > 0 else f"--lr must be > 0 (got {v})")
     add_shared_flags(p, "device", "threads", "seed", "no_progress")

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from fewshot_mann.config import Config
 from fewshot_mann.data.bank import ClassBank, FeatureBank
+from fewshot_mann.data.pen import HANDWRITING, NO_PEN, PenStyle
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import atomic_write, atomic_write_text
 
@@ -61,6 +62,7 @@ class PretrainConfig:
     check_trials: int = 300
     check_shots: int = 1
     finetune_stages: int = 2  # timm backbones: the last stages that train (the rest is frozen); 0 = all of it
+    pen_augment: bool = False  # raw-pixel backbones: training images restyled as other handwriting (data/pen.py)
     seed: int = 0
 
 
@@ -149,16 +151,19 @@ def prototype_logits(feats: torch.Tensor, ways: int, shots: int, queries: int) -
 
 
 @torch.inference_mode()
-def check(net: torch.nn.Module, bank: ClassBank, p: PretrainConfig, device: torch.device, queries: int = 15) -> float:
+def check(net: torch.nn.Module, bank: ClassBank, p: PretrainConfig, device: torch.device, queries: int = 15,
+          pen: PenStyle = NO_PEN) -> float:
     """5-way ``check_shots``-shot nearest-prototype accuracy on ``bank`` over seeded trials
-    (15 queries per class, fewer where a class has fewer images)."""
+    (15 queries per class, fewer where a class has fewer images); ``pen``: the trials' images
+    restyled (seeded: the same looks at every check)."""
     queries = min(queries, bank.min_count - p.check_shots)
     was = net.training
     net.eval()
     rng, shots, hits = np.random.default_rng(p.seed + 1), p.check_shots, 0
+    looks = torch.Generator().manual_seed(p.seed + 2)
     target = torch.arange(5, device=device).repeat_interleave(queries)
     for _ in range(p.check_trials):
-        x = draw(bank, rng, 5, shots + queries).to(device).contiguous(memory_format=torch.channels_last)
+        x = pen(draw(bank, rng, 5, shots + queries), looks).to(device).contiguous(memory_format=torch.channels_last)
         hits += int((prototype_logits(net(x), 5, shots, queries).argmax(1) == target).sum())
     net.train(was)
     return hits / (p.check_trials * 5 * queries)
@@ -178,6 +183,8 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
         from fewshot_mann.models.backbones import build_backbone, preprocessing
 
         prep = preprocessing(p.encoder)
+        if p.pen_augment:
+            raise UserError("--pen-augment restyles raw pixels: it trains the fewshot: backbones, not a timm one")
         whole, _ = build_backbone(p.encoder, p.encoder_weights)
         stem, net = split_timm(whole, p.finetune_stages)
         train, val = load_parts(p, prep.image_size, progress)
@@ -206,18 +213,23 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
         row = {"episode": step, "seconds": round(time.perf_counter() - t0, 1),
                "loss": None if loss is None else round(loss, 4),
                "validation_accuracy": round(acc, 5), "check": f"5-way {p.check_shots}-shot, {p.check_trials} trials"}
+        if p.pen_augment:  # the same trials restyled: what the augmentation is for
+            row["validation_accuracy_pen"] = round(check(net, val, p, device, pen=HANDWRITING), 5)
         checks.append(row)
         if acc > best["accuracy"]:
             best = {"accuracy": acc, "episode": step}
             save(out, whole, p, checks, best)
         atomic_write_text(out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in checks))
-        msg = (f"episode {step}: validation {100 * acc:.2f}% (best {100 * best['accuracy']:.2f}% at "
+        pen = f", restyled {100 * row['validation_accuracy_pen']:.2f}%" if p.pen_augment else ""
+        msg = (f"episode {step}: validation {100 * acc:.2f}%{pen} (best {100 * best['accuracy']:.2f}% at "
                f"{best['episode']}), {row['seconds']:.0f} s")
         (bar.write if bar is not None else print)(msg)
 
     record(0, None)  # the starting point: fine-tuning that never helps keeps the weights it started from
+    pen, looks = (HANDWRITING if p.pen_augment else NO_PEN), torch.Generator().manual_seed(p.seed)
     for step in range(1, p.episodes + 1):
-        x = draw(train, rng, p.ways, p.shots + p.queries).to(device).contiguous(memory_format=torch.channels_last)
+        x = pen(draw(train, rng, p.ways, p.shots + p.queries), looks).to(device).contiguous(
+            memory_format=torch.channels_last)
         loss = F.cross_entropy(prototype_logits(net(x), p.ways, p.shots, p.queries), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()

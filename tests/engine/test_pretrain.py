@@ -237,3 +237,33 @@ def test_pretrain_asks_of_a_folder_only_what_its_own_episodes_need(tmp_path, mon
                        rotations=False, ways=2, shots=1, queries=2)
     train, validation = load_parts(p, 8, progress=False)
     assert (train.num_classes, validation.num_classes) == (2, 5)
+
+
+def test_pen_augment_trains_on_restyled_images_and_checks_the_restyled_validation_too(tiny_parts, tmp_path,
+                                                                                      monkeypatch):
+    from fewshot_mann.engine import pretrain as module
+
+    real_check, calls = module.check, []
+
+    def rising_check(*args, **kwargs):  # every check better than the last: the final weights are saved
+        calls.append(kwargs.get("pen", module.NO_PEN))
+        return min(1.0, real_check(*args, **kwargs) * 0 + len(calls) / 10)
+
+    monkeypatch.setattr(module, "check", rising_check)
+    p = PretrainConfig(ways=4, queries=2, episodes=2, check_every=2, check_trials=2)
+    pretrain(p, tmp_path / "plain.pt", device=torch.device("cpu"), progress=False)
+    assert all(pen is module.NO_PEN for pen in calls)
+    calls.clear()
+    pen = PretrainConfig(**{**p.__dict__, "pen_augment": True})
+    pretrain(pen, tmp_path / "pen.pt", device=torch.device("cpu"), progress=False)
+    assert module.HANDWRITING in calls  # the restyled validation is checked
+    plain, styled = (torch.load(tmp_path / n, weights_only=True) for n in ("plain.pt", "pen.pt"))
+    log = [json.loads(line) for line in (tmp_path / "pen.jsonl").read_text().splitlines()]
+    assert [row["episode"] for row in log] == [0, 2] and all("validation_accuracy_pen" in row for row in log)
+    assert "validation_accuracy_pen" not in plain["checks"][0]
+    assert styled["pretrain"]["pen_augment"] is True
+    # the same seeds and episodes: only the restyling differs, so the trained weights do
+    assert any(not torch.equal(plain["state_dict"][k], styled["state_dict"][k]) for k in plain["state_dict"])
+    with pytest.raises(UserError, match="restyles raw pixels"):
+        pretrain(PretrainConfig(encoder="timm:tf_efficientnet_lite0", encoder_weights="none", pen_augment=True),
+                 tmp_path / "w.pt", device=torch.device("cpu"))
