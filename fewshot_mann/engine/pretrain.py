@@ -176,9 +176,9 @@ def save(path: Path, net: torch.nn.Module, p: PretrainConfig, checks: list, best
                                             "checks": checks, "best": best}, f))
 
 
-def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progress: bool = True) -> dict:
-    """Train ``p.encoder`` on the training classes; returns the best validation check."""
-    out = Path(out)
+def networks_and_banks(p: PretrainConfig, progress: bool):
+    """(the whole backbone, the part that trains, training bank, validation bank): for a timm backbone
+    the banks hold its frozen stem's outputs and the part that trains is its tail."""
     if p.encoder.startswith("timm:"):
         from fewshot_mann.models.backbones import build_backbone, preprocessing
 
@@ -195,6 +195,13 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
             whole, size = fewshot_backbone(p.encoder)
         net = whole
         train, val = load_parts(p, size, progress)
+    return whole, net, train, val
+
+
+def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progress: bool = True) -> dict:
+    """Train ``p.encoder`` on the training classes; returns the best validation check."""
+    out = Path(out)
+    whole, net, train, val = networks_and_banks(p, progress)
     net = net.to(device).to(memory_format=torch.channels_last)
     net.train()
     opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=p.lr)
