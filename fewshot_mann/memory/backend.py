@@ -35,6 +35,7 @@ from fewshot_mann.memory.dnc import sequence as dnc_sequence
 from fewshot_mann.memory.dnc.equations import DNCMemory
 from fewshot_mann.memory.lrua import kernel
 from fewshot_mann.memory.lrua import sequence as lrua_sequence
+from fewshot_mann.memory.lrua.equations import LRUAMemory
 from fewshot_mann.memory.ntm import sequence as ntm_sequence
 from fewshot_mann.memory.ntm.equations import NTMMemory
 
@@ -89,7 +90,7 @@ def sequence_function(memory: Memory, implementation: str) -> Callable | None:
     """For LRUA under ``sequence`` or ``kernel``: the whole-recurrence function
     (``lrua_sequence`` or ``cpp_lrua_sequence``, one signature); else None (the memory runs
     step by step)."""
-    if "kernel" not in memory.implementations or implementation == "autograd":
+    if not isinstance(memory, LRUAMemory) or implementation == "autograd":
         return None
     return kernel.cpp_lrua_sequence if implementation == "kernel" else lrua_sequence.lrua_sequence
 

@@ -74,8 +74,8 @@ class MANN(nn.Module):
         in_size = self.image_width + cfg.episodes.label_size
         self.memory_input = m.memory_input
         self.memory = build_memory(m, self.hidden + (in_size if self.memory_input else 0))
-        if self.memory_input and isinstance(self.memory, LRUAMemory):
-            self.memory.implementations = ("autograd",)  # LRUA's whole-sequence backends feed the memory h alone
+        if self.memory_input and isinstance(self.memory, LRUAMemory):  # the C++ kernel feeds the memory h alone
+            self.memory.implementations = tuple(i for i in self.memory.implementations if i != "kernel")
         self.input_proj = nn.Linear(in_size, 4 * self.hidden)
         self.recurrent = nn.Linear(self.hidden + self.memory.read_size, 4 * self.hidden, bias=False)
         self.output = nn.Linear(self.hidden + self.memory.read_size, cfg.episodes.label_size)
@@ -170,8 +170,15 @@ class MANN(nn.Module):
             gates_in = self._gates_in(feats, label_inputs, True).transpose(0, 1).contiguous()  # (T,B,4H)
         else:
             gates_in = self.input_proj(torch.cat([feats.transpose(0, 1), label_inputs.transpose(0, 1)], dim=-1))
-        layers = [mem.key, mem.gate] + ([mem.strength] if mem.strength is not None else [])
-        return run(gates_in, self.recurrent.weight, torch.cat([l.weight for l in layers]),
-                   torch.cat([l.bias for l in layers]), memory_slots=mem.memory_slots,
-                   num_read_heads=mem.num_read_heads, usage_decay=mem.usage_decay,
-                   key_strength=mem.strength is not None)  # (T,B,H+R*W)
+        layers = [mem.key, mem.gate] + [layer for layer in (mem.strength, mem.content) if layer is not None]
+        weight = torch.cat([layer.weight for layer in layers])
+        extensions = {}  # only sequence.lrua_sequence has them (LRUAMemory.implementations)
+        if mem.content is not None:
+            extensions["write_vector"] = True
+        if self.memory_input:  # the interface reads [h_t, step input]: the input's part for all steps at once
+            weight, w_input = weight[:, :self.hidden], weight[:, self.hidden:]
+            extensions["control_input"] = torch.nn.functional.linear(
+                torch.cat([feats.transpose(0, 1), label_inputs.transpose(0, 1)], dim=-1), w_input)
+        return run(gates_in, self.recurrent.weight, weight, torch.cat([layer.bias for layer in layers]),
+                   memory_slots=mem.memory_slots, num_read_heads=mem.num_read_heads, usage_decay=mem.usage_decay,
+                   key_strength=mem.strength is not None, **extensions)  # (T,B,H+R*W)

@@ -98,6 +98,47 @@ def test_gradcheck_of_the_hand_written_backward():
         assert torch.autograd.gradcheck(run, args, eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("extensions", [{"write_vector": True}, {"memory_input": True},
+                                        {"write_vector": True, "memory_input": True, "previous_image": True,
+                                         "key_strength": True}])
+def test_write_vector_and_memory_input_match_the_autograd_path(dtype, extensions):
+    """--write-vector (eq. 8 writes its own vector) and --memory-input (the interface reads the step's input
+    beside h) on the fast path: the same logits and gradients as the readable equations."""
+    cfg = tiny_config(**extensions)
+    model = make(cfg, dtype)
+    from fewshot_mann.memory import backend
+    assert backend.choose("auto", model.memory, torch.zeros(1, dtype=dtype)) == "sequence"  # never the kernel
+    assert backend.sequence_function(model.memory, "sequence") is fast.lrua_sequence  # the whole recurrence
+    calls = []
+    real = fast._run_forward
+    fast_spy = lambda *a, **k: calls.append(1) or real(*a, **k)  # noqa: E731
+    import unittest.mock
+    with unittest.mock.patch.object(fast, "_run_forward", fast_spy):
+        with_attrs(memory_backend="sequence")(model)(*episode_inputs(cfg, 2, dtype)[:2])
+    assert calls  # the fast path ran (not the step-by-step memory)
+    check_paths_agree(cfg, dtype, batch=3, paths=[("fast path", with_attrs(memory_backend="sequence")),
+                                                  ("autograd path", with_attrs(memory_backend="autograd"))])
+
+
+def test_gradcheck_of_the_written_vector_and_the_control_input():
+    torch.manual_seed(0)
+    T, B, H, R, N, W = 4, 2, 3, 2, 5, 3
+    rows = R * W + R + R * W  # keys, gates, written vectors
+    args = (torch.randn(T, B, 4 * H, dtype=torch.float64, requires_grad=True),
+            (0.5 * torch.randn(4 * H, H + R * W, dtype=torch.float64)).requires_grad_(),
+            torch.randn(rows, H, dtype=torch.float64, requires_grad=True),
+            torch.randn(rows, dtype=torch.float64, requires_grad=True),
+            torch.randn(T, B, rows, dtype=torch.float64, requires_grad=True))
+    run = lambda g, wr, wc, b, x: fast.lrua_sequence(  # noqa: E731
+        g, wr, wc, b, memory_slots=N, num_read_heads=R, usage_decay=0.9, key_strength=False, control_input=x,
+        write_vector=True)
+    assert torch.autograd.gradcheck(run, args, eps=1e-6, atol=1e-7)
+    stored = run(*args)  # the training loop (stores what backward reads)
+    with torch.no_grad():  # the inference loop (nothing stored) gives the same outputs
+        assert torch.allclose(run(*args), stored, atol=1e-12)
+
+
 def test_backward_twice_with_retain_graph():
     cfg = tiny_config()
     model = make(cfg, torch.float64)

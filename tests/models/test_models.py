@@ -118,16 +118,16 @@ def test_previous_image_input_holds_the_image_its_label_belongs_to():
 
 
 def test_write_vector_stores_its_own_vector_not_the_read_key():
-    """--write-vector: eq. 8 writes v = tanh(W_v h), the read key still addresses; it runs the autograd memory
-    (the sequence backend and the kernel write the keys), and without it the memory is the paper's."""
+    """--write-vector: eq. 8 writes v = tanh(W_v h), the read key still addresses; it runs the sequence backend
+    (the C++ kernel writes the keys), and without it the memory is the paper's."""
     from fewshot_mann.memory import backend
 
     cfg = tiny_config(write_vector=True)
     torch.manual_seed(0)
     model = build_model(cfg)
     mem = model.memory
-    assert mem.implementations == ("autograd",)
-    assert backend.choose("auto", mem, torch.zeros(1)) == "autograd"
+    assert mem.implementations == ("autograd", "sequence")
+    assert backend.choose("auto", mem, torch.zeros(1)) == "sequence"
     h = torch.randn(2, cfg.model.controller_size)
     state = mem.initial_state(2)
     _, (memory, *_rest) = mem.step(h, state)
@@ -144,14 +144,15 @@ def test_write_vector_stores_its_own_vector_not_the_read_key():
 
 def test_memory_input_lets_the_keys_read_the_steps_input():
     """--memory-input: the memory's interface layers read [h_t, the step's input], so its keys change with the
-    step's image even where the controller state would not; the model runs the autograd memory, its
+    step's image even where the controller state would not; the model runs without the C++ kernel, its
     evaluation does not project images, and evaluate() runs it."""
     cfg = tiny_config(memory_input=True)
     torch.manual_seed(0)
     model = build_model(cfg)
     width = model.encoder.out_features + cfg.episodes.label_size
     assert model.memory.key.in_features == cfg.model.controller_size + width
-    assert model.memory.implementations == ("autograd",) and not model.projects_images
+    assert "kernel" not in model.memory.implementations and not model.projects_images
+    model.memory_backend = "autograd"  # the step-by-step path, to watch what each step's memory reads
     seen = []
     step = model.memory.step
     model.memory.step = lambda h, state: seen.append(h) or step(h, state)

@@ -18,7 +18,7 @@ LRUA (Least-Recently-Used Access), per step t, heads as a tensor dimension:
 Extension (``write_vector``, not in the paper): the memory is written with its own vector
 ``v_t = tanh(W_v h_t)`` in eq. 8 instead of the read key ``k_t``, so what a step stores (e.g. the
 previous image with the label that arrived for it) need not be what it looks up (the image of
-this step); autograd only.
+this step); autograd and sequence.py (not the C++ kernel).
 
 Initial state: memory rows ``MEMORY_INIT`` (cosine similarity is undefined for zero rows),
 read weights, usage and reads zero.
@@ -113,7 +113,7 @@ class LRUAMemory(Memory):
         # Extension (off by default): the written vector v = tanh(W_v h), apart from the read key
         self.content = nn.Linear(controller_size, num_read_heads * memory_width) if write_vector else None
         if write_vector:
-            self.implementations = ("autograd",)  # sequence.py and the kernel write the keys
+            self.implementations = ("autograd", "sequence")  # the C++ kernel writes the keys
 
     @property
     def read_size(self) -> int:

@@ -93,15 +93,18 @@ def _steps(buffer: torch.Tensor, steps: int, shift: int = 0) -> list:
 
 
 class _Sizes:
-    def __init__(self, gates_in, control_rows, slots, heads, strength):
+    """Control rows, in order: keys (RW), write gates (R), [strengths (R)], [written vectors (RW)]."""
+
+    def __init__(self, gates_in, control_rows, slots, heads, strength, write_vector=False):
         self.T, self.B, four_h = gates_in.shape
         self.H = four_h // 4
         self.R, self.N = heads, slots
         self.C = control_rows
-        self.RW = control_rows - heads * (2 if strength else 1)
+        self.RW = (control_rows - heads * (2 if strength else 1)) // (2 if write_vector else 1)
         self.W = self.RW // heads
         self.F = self.H + self.RW
-        self.strength = strength
+        self.strength, self.write_vector = strength, write_vector
+        self.V = self.RW + self.R * (2 if strength else 1)  # first row of the written vectors
 
 
 class _Forward:
@@ -118,8 +121,10 @@ class _Forward:
     faster at these sizes than with (B, N, W).
     """
 
-    def __init__(self, gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, store: bool):
+    def __init__(self, gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, store: bool, ctrl_in=None):
         self.w_rec_t, self.w_ctrl_t, self.b_ctrl, self.decay, self.strength = w_rec_t, w_ctrl_t, b_ctrl, decay, s.strength
+        self.write_vector = s.write_vector
+        self.ctrl_in = ctrl_in.unbind(0) if ctrl_in is not None else None
         self._allocate(gates_in, s, store)
         self._make_views(gates_in, s, store)
 
@@ -136,7 +141,7 @@ class _Forward:
         self.cells[0] = 0.0
         self.acts = buf(B, 4 * H)  # sigma(i), sigma(f), tanh(g), sigma(o)
         self.tanh_c = buf(B, H)
-        self.ctrl = buf(B, s.C)  # tanh(keys), sigma(gate) [, strength logit]
+        self.ctrl = buf(B, s.C)  # tanh(keys), sigma(gate) [, strength logit] [, tanh(written vector)]
         self.mem = torch.empty(2, B, W, N, **opts)  # this step's and the previous step's memory
         # Storing M_t of every step would stream T memories through the caches twice; the
         # memory at the start of every segment of SEGMENT steps is kept instead, and backward
@@ -167,14 +172,16 @@ class _Forward:
         self.gates, self.hr_in = gates_in.unbind(0), self.hr.unbind(0)
         self.h_out, self.r_out = self.hr[1:, :, :H].unbind(0), self.hr[1:, :, H:].unbind(0)
         self.pre_g, self.z_keys = self.pre[:, 2 * H:3 * H], self.z[:, :RW]
-        self.z_gate, self.z_strength = self.z[:, RW:RW + R], self.z[:, RW + R:]
+        self.z_gate, self.z_strength, self.z_content = self.z[:, RW:RW + R], self.z[:, RW + R:s.V], self.z[:, s.V:]
         self.act, self.act_i, self.act_f = steps(acts), steps(acts[..., :H]), steps(acts[..., H:2 * H])
         self.act_g, self.act_o = steps(acts[..., 2 * H:3 * H]), steps(acts[..., 3 * H:])
         self.c_prev, self.c_next, self.tanh_cell = steps(cells), steps(cells, 1), steps(self.tanh_c)
         self.keys_flat, self.gate = steps(ctrl[..., :RW]), steps(ctrl[..., RW:RW + R])
-        self.strength_logit = steps(ctrl[..., RW + R:])
+        self.strength_logit, self.content_flat = steps(ctrl[..., RW + R:s.V]), steps(ctrl[..., s.V:])
         keys_3d = ctrl[..., :RW].unflatten(-1, (R, s.W))
         self.keys_s, self.keys_t = steps(keys_3d), steps(keys_3d.transpose(-1, -2))
+        written = ctrl[..., s.V:].unflatten(-1, (R, s.W)) if s.write_vector else keys_3d
+        self.written_t = steps(written.transpose(-1, -2))  # what eq. 8 adds: the keys, or their own vectors
         self.alpha_s = steps(ctrl[..., RW:RW + R].unsqueeze(-1))
         self.zero_s, self.least_next = steps(least[:, :, :1]), steps(least, 1)
         self.w_lu_s = steps(least[:, :, 1:].expand(-1, -1, R, -1))
@@ -202,9 +209,14 @@ class _Forward:
         return torch.mul(self.act_o[t], self.tanh_cell[t], out=self.h_out[t])
 
     def interface(self, t: int, h: torch.Tensor) -> None:
-        """Keys, write gate (and strength logit, and the strength) from one matmul."""
+        """Keys, write gate (and strength logit, and the strength; the written vector) from one matmul
+        (plus the step input's part, computed outside, with ``memory_input``)."""
         torch.addmm(self.b_ctrl, h, self.w_ctrl_t, out=self.z)
+        if self.ctrl_in is not None:
+            self.z.add_(self.ctrl_in[t])
         torch.tanh(self.z_keys, out=self.keys_flat[t])
+        if self.write_vector:
+            torch.tanh(self.z_content, out=self.content_flat[t])
         torch.sigmoid(self.z_gate, out=self.gate[t])
         if self.strength:
             self.strength_logit[t].copy_(self.z_strength)
@@ -213,7 +225,7 @@ class _Forward:
     def write(self, t: int, memory_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eqs. 7-8: the write weights ww = lerp(w_lu, w_r(t-1), alpha) and the write. Returns (ww, M_t)."""
         ww = torch.lerp(self.w_lu_s[t], self.w_read_prev[t], self.alpha_s[t], out=self.w_write_s[t])
-        return ww, _write(memory_prev, self.zero_s[t], self.keys_t[t], ww, out=self.mem_s[t])
+        return ww, _write(memory_prev, self.zero_s[t], self.written_t[t], ww, out=self.mem_s[t])
 
     def read(self, t: int, memory: torch.Tensor) -> torch.Tensor:
         """Eqs. 2-4: cosine similarity through the slot norms, softmax over slots; r_t goes into hr. Returns w_r."""
@@ -242,11 +254,11 @@ class _Forward:
                                                         "key_hat", "mem_norm", "cos", "beta", "w_read", "w_write", "least")}
 
 
-def _run_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, store: bool):
+def _run_forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s: _Sizes, decay: float, store: bool, ctrl_in=None):
     """The forward loop: controller, interface, write, read, usage, step by step. Returns hr
     (T+1, B, F) with hr[0] = 0 and hr[t+1] = [h_t, r_t], and (when ``store``) the dict of
     per-step buffers backward reads (``_Forward``)."""
-    f = _Forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s, decay, store)
+    f = _Forward(gates_in, w_rec_t, w_ctrl_t, b_ctrl, s, decay, store, ctrl_in)
     memory = f.memory_init
     for t in range(s.T):
         h = f.controller(t)
@@ -271,6 +283,7 @@ class _Backward:
 
     def __init__(self, grad_out, saved, w_rec, w_ctrl, s: _Sizes):
         self.w_rec, self.w_ctrl, self.strength, self.T, self.B, self.RW = w_rec, w_ctrl, s.strength, s.T, s.B, s.RW
+        self.write_vector = s.write_vector
         self._slopes(saved, s)
         self._allocate(grad_out, saved, s)
         self._make_views(grad_out, saved, s)
@@ -291,6 +304,8 @@ class _Backward:
         self.h_to_c_s = (sig_o * (1.0 - tanh_c * tanh_c)).unbind(0)  # d c / d h through h = sigma(o) tanh(c)
         keys_all, alpha_all = ctrl[:, :, :RW], ctrl[:, :, RW:RW + R]
         self.key_slope_s = (1.0 - keys_all * keys_all).unbind(0)  # tanh'
+        content_all = ctrl[:, :, s.V:]
+        self.content_slope_s = (1.0 - content_all * content_all).unbind(0) if s.write_vector else None
         self.gate_slope_s = (alpha_all * (1.0 - alpha_all)).unbind(0)  # sigma'
         # Norms: 1/|x|, and the projection term that the clamp (|x| < eps) switches off.
         inv_mem_norm = saved["mem_norm"].reciprocal().unsqueeze(2)  # (T, B, 1, N)
@@ -303,7 +318,7 @@ class _Backward:
         gate_span[0] = least[0, :, 1:].neg()
         torch.sub(saved["w_read"][:-1], least[1:T, :, 1:], out=gate_span[1:])
         self.gate_span_s = gate_span.unbind(0)
-        self.softplus_slope_s = torch.sigmoid(ctrl[:, :, RW + R:]).unbind(0) if s.strength else None
+        self.softplus_slope_s = torch.sigmoid(ctrl[:, :, RW + R:s.V]).unbind(0) if s.strength else None
 
     def _allocate(self, grad_out, saved, s: _Sizes) -> None:
         opts = dict(dtype=grad_out.dtype, device=grad_out.device)
@@ -325,7 +340,8 @@ class _Backward:
         self.g_reads_t = self.g_reads.transpose(1, 2)
         self.grads = grad_out.unbind(0)
         keys_3d = ctrl[:, :, :RW].unflatten(-1, (R, W))
-        self.keys_s, self.keys_t = keys_3d.unbind(0), keys_3d.transpose(-1, -2).unbind(0)
+        written = ctrl[:, :, s.V:].unflatten(-1, (R, W)) if s.write_vector else keys_3d
+        self.written_s, self.written_t = written.unbind(0), written.transpose(-1, -2).unbind(0)
         self.alpha_s = ctrl[:, :, RW:RW + R].unsqueeze(-1).unbind(0)
         self.zero_s = saved["least"][:, :, :1].unbind(0)
         self.segment_s, self.segment_t = self.segment.unbind(0), self.segment.transpose(-1, -2).unbind(0)
@@ -334,7 +350,8 @@ class _Backward:
         self.beta_s = saved["beta"].unbind(0) if s.strength else None
         self.key_hat_s, self.key_hat_t = key_hat.unbind(0), key_hat.transpose(-1, -2).unbind(0)
         self.d_keys_s, self.d_gate_s = d_ctrl[..., :RW].unbind(0), d_ctrl[..., RW:RW + R].unbind(0)
-        self.d_strength_s, self.d_ctrl_s = d_ctrl[..., RW + R:].unbind(0), d_ctrl.unbind(0)
+        self.d_strength_s, self.d_ctrl_s = d_ctrl[..., RW + R:s.V].unbind(0), d_ctrl.unbind(0)
+        self.d_content_s = d_ctrl[..., s.V:].unflatten(-1, (R, W)).unbind(0) if s.write_vector else None
         self.d_pre_s, self.d_pre_o = d_pre.unbind(0), d_pre[..., 3 * H:].unbind(0)
         self.d_pre_ifg = d_pre.unflatten(-1, (4, H))[:, :, :3].unbind(0)
         self.d_cell_ifg = self.d_cell.unsqueeze(1).expand(B, 3, H)
@@ -346,7 +363,7 @@ class _Backward:
             first = t - t % SEGMENT
             memory = self.checkpoints[first // SEGMENT]
             for u in range(first, t + 1):
-                memory = _write(memory, self.zero_s[u], self.keys_t[u], self.w_write_s[u], out=self.segment_s[u - first])
+                memory = _write(memory, self.zero_s[u], self.written_t[u], self.w_write_s[u], out=self.segment_s[u - first])
         return self.segment_s[t % SEGMENT], self.segment_t[t % SEGMENT]
 
     def read_weights(self, t: int, memory: torch.Tensor) -> torch.Tensor:
@@ -378,11 +395,16 @@ class _Backward:
         return torch.addcmul(d_k_hat, self.key_hat_s[t], proj, value=-1.0).mul_(self.inv_key_norm_s[t])
 
     def write(self, t: int, d_keys: torch.Tensor) -> torch.Tensor:
-        """M_t = M_{t-1} (1 - onehot) + keys^T ww, ww = w_lu + alpha (w_r(t-1) - w_lu): adds the
-        write's term to d keys, sets d_read_carry, turns d_mem into d M_{t-1}. Returns d alpha."""
+        """M_t = M_{t-1} (1 - onehot) + v^T ww, ww = w_lu + alpha (w_r(t-1) - w_lu), v the keys (or,
+        ``write_vector``, tanh of their own logits): adds the write's term to d keys (or sets d of the
+        written vectors' logits), sets d_read_carry, turns d_mem into d M_{t-1}. Returns d alpha."""
         d_mem = self.d_mem
-        d_keys.baddbmm_(self.w_write_s[t], d_mem.transpose(1, 2))
-        d_ww = torch.bmm(self.keys_s[t], d_mem)
+        if self.write_vector:
+            d_v = torch.bmm(self.w_write_s[t], d_mem.transpose(1, 2))
+            torch.mul(d_v, self.content_slope_s[t].view_as(d_v), out=self.d_content_s[t])
+        else:
+            d_keys.baddbmm_(self.w_write_s[t], d_mem.transpose(1, 2))
+        d_ww = torch.bmm(self.written_s[t], d_mem)
         d_alpha = (d_ww * self.gate_span_s[t]).sum(-1)
         self.d_read_carry = d_ww.mul_(self.alpha_s[t])
         if t > 0:
@@ -416,7 +438,8 @@ def _weight_grads(d_pre, d_ctrl, hr, s: _Sizes):
 
 def _run_backward(grad_out, hr, saved, w_rec, w_ctrl, s: _Sizes):
     """Backpropagation through time, step by step in reverse (``_Backward``). grad_out:
-    (T, B, F), the gradient of [h_t, r_t]. Returns (d gates_in, d w_rec, d w_ctrl, d b_ctrl)."""
+    (T, B, F), the gradient of [h_t, r_t]. Returns (d gates_in, d of the control logits (= d of
+    ``control_input``), d w_rec, d w_ctrl, d b_ctrl)."""
     b = _Backward(grad_out, saved, w_rec, w_ctrl, s)
     for t in range(s.T - 1, -1, -1):
         memory, memory_t = b.memories(t)
@@ -426,7 +449,7 @@ def _run_backward(grad_out, hr, saved, w_rec, w_ctrl, s: _Sizes):
         d_alpha = b.write(t, d_keys)
         d_h = b.interface(t, d_keys, d_alpha)
         b.controller(t, d_h)
-    return (b.d_pre, *_weight_grads(b.d_pre, b.d_ctrl, hr, s))
+    return (b.d_pre, b.d_ctrl, *_weight_grads(b.d_pre, b.d_ctrl, hr, s))
 
 
 class _LRUASequence(torch.autograd.Function):
@@ -434,11 +457,12 @@ class _LRUASequence(torch.autograd.Function):
     only read by it, so ``retain_graph=True`` works."""
 
     @staticmethod
-    def forward(ctx, gates_in, w_rec, w_ctrl, b_ctrl, slots, heads, decay, strength):
-        s = _Sizes(gates_in, w_ctrl.shape[0], slots, heads, strength)
+    def forward(ctx, gates_in, w_rec, w_ctrl, b_ctrl, ctrl_in, slots, heads, decay, strength, write_vector):
+        s = _Sizes(gates_in, w_ctrl.shape[0], slots, heads, strength, write_vector)
         gates_in = gates_in.contiguous()
         hr, saved = _run_forward(gates_in, w_rec.t().contiguous(), w_ctrl.t().contiguous(), b_ctrl,
-                                 s, decay, store=True)
+                                 s, decay, store=True, ctrl_in=None if ctrl_in is None else ctrl_in.contiguous())
+        ctx.has_ctrl_in = ctrl_in is not None
         ctx.sizes, ctx.saved = s, saved
         ctx.save_for_backward(w_rec, w_ctrl)
         ctx.hr = hr
@@ -448,33 +472,42 @@ class _LRUASequence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         w_rec, w_ctrl = ctx.saved_tensors
-        d_pre, d_w_rec, d_w_ctrl, d_b_ctrl = _run_backward(
+        d_pre, d_ctrl, d_w_rec, d_w_ctrl, d_b_ctrl = _run_backward(
             grad_out.contiguous(), ctx.hr, ctx.saved, w_rec, w_ctrl, ctx.sizes)
-        return d_pre, d_w_rec, d_w_ctrl, d_b_ctrl, None, None, None, None
+        return (d_pre, d_w_rec, d_w_ctrl, d_b_ctrl, d_ctrl if ctx.has_ctrl_in else None,
+                None, None, None, None, None)
 
 
 def lrua_sequence(gates_in: torch.Tensor, recurrent_weight: torch.Tensor, control_weight: torch.Tensor,
                   control_bias: torch.Tensor, *, memory_slots: int, num_read_heads: int,
-                  usage_decay: float, key_strength: bool) -> torch.Tensor:
+                  usage_decay: float, key_strength: bool, control_input: torch.Tensor | None = None,
+                  write_vector: bool = False) -> torch.Tensor:
     """Run MANN's controller and LRUA memory over a whole sequence.
 
     gates_in: (T, B, 4H) the input part of the LSTM gates (``MANN.input_proj`` of
     ``[features, label inputs]``); recurrent_weight: (4H, H + R*W) (``MANN.recurrent``);
-    control_weight: (R*W + R [+ R], H) and control_bias: the key, write-gate and (with
-    ``key_strength``) strength layers stacked in that order. Returns (T, B, H + R*W):
-    ``[h_t, r_t]`` per step. Differentiable in every tensor argument.
+    control_weight: (R*W + R [+ R] [+ R*W], H) and control_bias: the key, write-gate, (with
+    ``key_strength``) strength and (with ``write_vector``) written-vector layers stacked in that
+    order; control_input: None, or (T, B, C) added to the control logits of each step (the step
+    input's part of those layers, ``memory_input``). Returns (T, B, H + R*W): ``[h_t, r_t]`` per
+    step. Differentiable in every tensor argument.
     """
     needs_grad = torch.is_grad_enabled() and any(
-        x.requires_grad for x in (gates_in, recurrent_weight, control_weight, control_bias))
+        x is not None and x.requires_grad for x in (gates_in, recurrent_weight, control_weight, control_bias,
+                                                    control_input))
     if needs_grad:
-        return _LRUASequence.apply(gates_in, recurrent_weight, control_weight, control_bias,
-                                   memory_slots, num_read_heads, float(usage_decay), bool(key_strength))
+        return _LRUASequence.apply(gates_in, recurrent_weight, control_weight, control_bias, control_input,
+                                   memory_slots, num_read_heads, float(usage_decay), bool(key_strength),
+                                   bool(write_vector))
     with torch.no_grad():
         w_rec_t, w_ctrl_t = recurrent_weight.t().contiguous(), control_weight.t().contiguous()
         chunks = []
         chunk = INFERENCE_CHUNK if gates_in.device.type == "cpu" else gates_in.shape[1]
-        for part in gates_in.split(chunk, dim=1):  # episodes are independent
-            s = _Sizes(part, control_weight.shape[0], memory_slots, num_read_heads, key_strength)
-            hr, _ = _run_forward(part.contiguous(), w_rec_t, w_ctrl_t, control_bias, s, float(usage_decay), store=False)
+        parts = gates_in.split(chunk, dim=1)  # episodes are independent
+        inputs = control_input.split(chunk, dim=1) if control_input is not None else [None] * len(parts)
+        for part, ctrl_in in zip(parts, inputs):
+            s = _Sizes(part, control_weight.shape[0], memory_slots, num_read_heads, key_strength, write_vector)
+            hr, _ = _run_forward(part.contiguous(), w_rec_t, w_ctrl_t, control_bias, s, float(usage_decay),
+                                 store=False, ctrl_in=None if ctrl_in is None else ctrl_in.contiguous())
             chunks.append(hr[1:])
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
