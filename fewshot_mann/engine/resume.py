@@ -16,11 +16,13 @@ from fewshot_mann.config import Config
 from fewshot_mann.errors import CheckpointError
 
 # settings a resumed run takes from the new command line (every other one is the run's own): the
-# budget and the machine always; a setting listed with a condition only where the new command line
-# sets that condition's setting (a schedule may be set or moved when a run is extended; a data root
-# given anew is where the same data lives now)
+# machine always; the budget where it is given (``asked``; a resume without --episodes finishes the run's
+# own); a setting listed with a condition only where the new command line sets that condition's setting
+# (a schedule may be set or moved when a run is extended; a data root given anew is where the same data
+# lives now)
+ASKED = "asked"
 RESUME_OVERRIDES = {
-    ("train", "episodes"): None, ("train", "device"): None, ("train", "threads"): None,
+    ("train", "episodes"): ASKED, ("train", "device"): None, ("train", "threads"): None,
     ("train", "skip_nonfinite"): None,
     ("train", "lr_decay_at"): ("train", "lr_decay_at"), ("train", "lr_decay_factor"): ("train", "lr_decay_at"),
     ("data", "data_root"): ("data", "data_root"),
@@ -57,11 +59,17 @@ def ignored_on_resume(new: Config, saved: Config, asked: dict) -> list[str]:
     return ignored
 
 
-def resumed_config(new: Config, saved: Config) -> Config:
+def resumed_config(new: Config, saved: Config, asked: dict | None = None) -> Config:
     """The config a resumed run continues with: its own (``saved``), except for ``RESUME_OVERRIDES``,
-    which come from the new command line (``new``)."""
-    for (section, name), condition in RESUME_OVERRIDES.items():
-        if condition is None or getattr(getattr(new, condition[0]), condition[1]):
+    which come from the new command line (``new``). ``asked``: {(section, field): flag} given explicitly
+    (the command line); None (a caller's own ``Config``) counts every field as given."""
+    for key, condition in RESUME_OVERRIDES.items():
+        section, name = key
+        if condition == ASKED:
+            take = asked is None or key in asked
+        else:
+            take = condition is None or getattr(getattr(new, condition[0]), condition[1])
+        if take:
             setattr(getattr(saved, section), name, getattr(getattr(new, section), name))
     return saved
 

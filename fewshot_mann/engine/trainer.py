@@ -98,7 +98,7 @@ def train(cfg: Config, out_dir: str | os.PathLike, *, resume: bool = False, over
     lock = RunLock()
     try:
         trainer = Trainer(cfg, Path(out_dir), ctx, device, command=command, progress=progress, log=log)
-        trainer.open_run_dir(resume=resume, overwrite=overwrite, init_from=init_from, asked=asked or {}, lock=lock)
+        trainer.open_run_dir(resume=resume, overwrite=overwrite, init_from=init_from, asked=asked, lock=lock)
         trainer.load_data(feature_cache=feature_cache)
         trainer.build(init_from=init_from)
         return trainer.run()
@@ -143,7 +143,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setting up
 
-    def open_run_dir(self, *, resume: bool, overwrite: bool, init_from: str | None, asked: dict,
+    def open_run_dir(self, *, resume: bool, overwrite: bool, init_from: str | None, asked: dict | None,
                      lock: RunLock) -> None:
         """Make the run folder ready; on a resume, read its checkpoint and take its config."""
         ctx, out = self.ctx, self.out
@@ -155,10 +155,10 @@ class Trainer:
             ckpt = load_checkpoint(self.ckpt_path)
             check_weights_fit(ckpt["config_obj"], ckpt["model"], f"cannot resume from {self.ckpt_path}")
             refuse_nonfinite(ckpt, self.ckpt_path)  # it would stop at once, calling a NaN checkpoint "good"
-            ignored = ignored_on_resume(self.cfg, ckpt["config_obj"], asked)
+            ignored = ignored_on_resume(self.cfg, ckpt["config_obj"], asked or {})
             if ignored:
                 self.log(f"warning: --resume continues {out} with its own settings; ignored: {', '.join(ignored)}")
-            self.ckpt, self.cfg = ckpt, resumed_config(self.cfg, ckpt["config_obj"])
+            self.ckpt, self.cfg = ckpt, resumed_config(self.cfg, ckpt["config_obj"], asked)
         self.cfg.validate()
         t = self.cfg.train
         if t.threads:

@@ -542,6 +542,20 @@ def test_resume_names_each_ignored_flag(tmp_path, capsys):
     assert "--episodes" not in warning[0] and "--ways" not in warning[0]  # taken, or the same as the run's
 
 
+def test_resume_without_episodes_keeps_the_runs_own_budget(tmp_path, capsys):
+    """--resume alone keeps the run's own --episodes (not the default's 240,000); --episodes extends it."""
+    import torch
+
+    out = tmp_path / "run"
+    assert train_script.main([*TINY, "--episodes", "4", "--out", str(out)]) == 0
+    assert train_script.main(["--out", str(out), "--resume", "--episodes", "8", "--no-progress"]) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["episodes_done"] == 8 and ckpt["config"]["train"]["episodes"] == 8  # extended
+    assert train_script.main(["--out", str(out), "--resume", "--no-progress"]) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["episodes_done"] == 8 and ckpt["config"]["train"]["episodes"] == 8  # nothing more to do
+
+
 def test_a_class_folder_linking_to_another_is_named_as_such(tmp_path):
     root = tmp_path / "data"
     make_image_folder(root, classes=3, per_class=3, size_range=(8, 12))
