@@ -19,7 +19,7 @@ from fewshot_mann.memory import backend
 
 ROOT = Path(__file__).resolve().parents[2]
 # backbone weights published beside the models that read their features (fewshot-mann pretrain)
-BACKBONES = sorted(ROOT.glob("reports/checkpoints/conv4-*.pt"))
+BACKBONES = sorted({*ROOT.glob("reports/checkpoints/conv4-*.pt"), *ROOT.glob("fewshot_mann/assets/models/conv4-*.pt")})
 CHECKPOINTS = sorted({*ROOT.glob("reports/checkpoints/*.pt"), *ROOT.glob("fewshot_mann/assets/models/*.pt")}
                      - set(BACKBONES))
 # name -> (sum, sum of |.|, logits[0, -1, 0]) of the logits of fixed_input, measured at b2b607d.
@@ -36,6 +36,8 @@ RECORDED = {
     "mann-conv-5way.pt": (-11.137381553649902, 253.05674743652344, -0.18146491050720215),  # l2 features, fine-tuned 2026-12-07
     # --memory-input --write-vector --previous-image (issue 30), 2026-12-07
     "mann-conv-5way-memory-input.pt": (69.49298095703125, 292.1289978027344, -7.0095367431640625),
+    # bundled: the keyed memory over conv4-pen.pt (issue 30, item 5), 2026-12-07
+    "handwriting.pt": (-0.2122403383255005, 31.981245040893555, 0.3197224736213684),
     "mann-onehot-5way.pt": (-62.61835479736328, 428.9587097167969, -0.8287232518196106),
     "mann-string-15way-384slots.pt": (49.78346633911133, 745.6824340820312, -0.3914867639541626),
     "mann-string-5way-from-onehot.pt": (-182.43914794921875, 3128.40771484375, 15.124776840209961),
