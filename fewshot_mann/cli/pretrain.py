@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pen-augment", action="store_true",
                    help="fewshot: backbones: restyle the training images as other handwriting looks (thicker, "
                         "blurred, grey, slanted, squeezed strokes) so the features transfer to users' scans")
+    p.add_argument("--within-alphabet", action="store_true",
+                   help="Omniglot: every training episode's classes come from one alphabet (as Lake's one-shot test; "
+                        "alphabets with fewer than --ways classes, rotations counted, are not drawn)")
     add_flag(p, "--lr", type=float, default=d.lr, help="Adam learning rate",
              problem=lambda v: None if v > 0 else f"--lr must be > 0 (got {v})")
     add_shared_flags(p, "device", "threads", "seed", "no_progress")

@@ -63,6 +63,7 @@ class PretrainConfig:
     check_shots: int = 1
     finetune_stages: int = 2  # timm backbones: the last stages that train (the rest is frozen); 0 = all of it
     pen_augment: bool = False  # raw-pixel backbones: training images restyled as other handwriting (data/pen.py)
+    within_alphabet: bool = False  # every training episode's classes from one alphabet (Lake's test protocol)
     seed: int = 0
 
 
@@ -135,12 +136,27 @@ def load_parts(p: PretrainConfig, size: int, progress: bool):
     return train, parts.validation
 
 
-def draw(bank: ClassBank, rng: np.random.Generator, ways: int, per_class: int) -> torch.Tensor:
-    """(ways * per_class, C, S, S) float, class by class: images in [0, 1], or a stem's outputs."""
-    classes = rng.choice(bank.num_classes, ways, replace=False)
+def draw(bank: ClassBank, rng: np.random.Generator, ways: int, per_class: int, groups=None) -> torch.Tensor:
+    """(ways * per_class, C, S, S) float, class by class: images in [0, 1], or a stem's outputs.
+    ``groups``: class indices by alphabet, each of at least ``ways``: the classes come from one of them."""
+    if groups:
+        group = groups[rng.integers(len(groups))]
+        classes = rng.choice(group, ways, replace=False)
+    else:
+        classes = rng.choice(bank.num_classes, ways, replace=False)
     idx = np.concatenate([bank.offsets[c] + rng.choice(bank.counts[c], per_class, replace=False) for c in classes])
     x = torch.from_numpy(bank.images[idx]).float()
     return x if isinstance(bank, FeatureBank) else x.div_(255.0)
+
+
+def alphabet_groups(bank: ClassBank, ways: int) -> list[np.ndarray]:
+    """The training classes by alphabet (rotations with their alphabet), those with at least ``ways`` classes."""
+    from fewshot_mann.data.episodes import name_groups
+
+    groups = [g for g in name_groups(list(bank.names)) if len(g) >= ways]
+    if not groups:
+        raise UserError(f"--within-alphabet: no alphabet of the training classes has {ways} classes (give fewer --ways)")
+    return groups
 
 
 def prototype_logits(feats: torch.Tensor, ways: int, shots: int, queries: int) -> torch.Tensor:
@@ -234,8 +250,9 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
 
     record(0, None)  # the starting point: fine-tuning that never helps keeps the weights it started from
     pen, looks = (HANDWRITING if p.pen_augment else NO_PEN), torch.Generator().manual_seed(p.seed)
+    groups = alphabet_groups(train, p.ways) if p.within_alphabet else None
     for step in range(1, p.episodes + 1):
-        x = pen(draw(train, rng, p.ways, p.shots + p.queries), looks).to(device).contiguous(
+        x = pen(draw(train, rng, p.ways, p.shots + p.queries, groups), looks).to(device).contiguous(
             memory_format=torch.channels_last)
         loss = F.cross_entropy(prototype_logits(net(x), p.ways, p.shots, p.queries), target)
         opt.zero_grad(set_to_none=True)

@@ -267,3 +267,30 @@ def test_pen_augment_trains_on_restyled_images_and_checks_the_restyled_validatio
     with pytest.raises(UserError, match="restyles raw pixels"):
         pretrain(PretrainConfig(encoder="timm:tf_efficientnet_lite0", encoder_weights="none", pen_augment=True),
                  tmp_path / "w.pt", device=torch.device("cpu"))
+
+
+def test_within_alphabet_episodes_draw_every_class_from_one_alphabet():
+    from fewshot_mann.engine.pretrain import alphabet_groups, draw
+
+    groups, names = [], []
+    for alphabet, size in (("A", 6), ("B", 3), ("C", 5)):
+        for c in range(size):
+            groups.append(np.full((2, 1, 4, 4), len(names), np.uint8))  # every pixel: the class index
+            names.append(f"background/{alphabet}/character{c:02d}" + ("@rot90" if c == size - 1 else ""))
+    bank = ClassBank.from_groups(groups, names)
+    kept = alphabet_groups(bank, 4)
+    assert [sorted(bank.names[i].split("/")[1] for i in g) for g in kept] == [["A"] * 6, ["C"] * 5]  # B too small
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = draw(bank, rng, 4, 2, kept)
+        alphabets = {names[int(v)].split("/")[1] for v in (x[::2, 0, 0, 0] * 255).round()}
+        assert len(alphabets) == 1
+    with pytest.raises(UserError, match="no alphabet"):
+        alphabet_groups(bank, 7)
+
+
+def test_pretrain_within_alphabet_refuses_classes_without_alphabets(tiny_parts, tmp_path):
+    """The flag reaches the training loop: the synthetic classes are named without alphabets (each its own)."""
+    with pytest.raises(UserError, match="no alphabet of the training classes has 4 classes"):
+        pretrain(PretrainConfig(ways=4, queries=2, episodes=1, within_alphabet=True), tmp_path / "w.pt",
+                 device=torch.device("cpu"), progress=False)
