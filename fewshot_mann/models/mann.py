@@ -166,10 +166,12 @@ class MANN(nn.Module):
             return torch.cat([self._sequence(run, f, y, projected) for f, y in zip(
                 feats.split(chunk), label_inputs.split(chunk))], dim=1)
         mem = self.memory
+        step_inputs = None  # [x_t, y_{t-1}] time-major (T,B,F+L), where the images are not projected
         if projected:
             gates_in = self._gates_in(feats, label_inputs, True).transpose(0, 1).contiguous()  # (T,B,4H)
         else:
-            gates_in = self.input_proj(torch.cat([feats.transpose(0, 1), label_inputs.transpose(0, 1)], dim=-1))
+            step_inputs = torch.cat([feats.transpose(0, 1), label_inputs.transpose(0, 1)], dim=-1)
+            gates_in = self.input_proj(step_inputs)
         layers = [mem.key, mem.gate] + [layer for layer in (mem.strength, mem.content) if layer is not None]
         weight = torch.cat([layer.weight for layer in layers])
         extensions = {}  # only sequence.lrua_sequence has them (LRUAMemory.implementations)
@@ -177,8 +179,7 @@ class MANN(nn.Module):
             extensions["write_vector"] = True
         if self.memory_input:  # the interface reads [h_t, step input]: the input's part for all steps at once
             weight, w_input = weight[:, :self.hidden], weight[:, self.hidden:]
-            extensions["control_input"] = torch.nn.functional.linear(
-                torch.cat([feats.transpose(0, 1), label_inputs.transpose(0, 1)], dim=-1), w_input)
+            extensions["control_input"] = torch.nn.functional.linear(step_inputs, w_input)  # never projected
         return run(gates_in, self.recurrent.weight, weight, torch.cat([layer.bias for layer in layers]),
                    memory_slots=mem.memory_slots, num_read_heads=mem.num_read_heads, usage_decay=mem.usage_decay,
                    key_strength=mem.strength is not None, **extensions)  # (T,B,H+R*W)
