@@ -49,7 +49,7 @@ def build_memory(m: ModelConfig, interface_size: int | None = None) -> Memory:
     if m.model == "dnc":
         return DNCMemory(size, m.memory_slots, m.memory_width, m.num_read_heads)
     return LRUAMemory(size, m.memory_slots, m.memory_width, m.num_read_heads, m.usage_decay, m.key_strength,
-                      m.write_vector)
+                      m.write_vector, reads_input=m.memory_input)
 
 
 class MANN(nn.Module):
@@ -61,7 +61,8 @@ class MANN(nn.Module):
     input also holds features(x_{t-1}) (zeros at t=0), the image the label y_{t-1} belongs to.
     With ``memory_input`` (an extension), the memory's interface (keys, gates, written vector)
     reads [h_t, the step's input] instead of h_t alone, so a key can be the image itself, not
-    what the LSTM state keeps of it (step by step: LRUA's autograd path, NTM's and DNC's steps).
+    what the LSTM state keeps of it (LRUA: its autograd path and sequence.py, not the C++ kernel;
+    NTM's and DNC's steps).
     """
 
     def __init__(self, cfg: Config):
@@ -74,8 +75,6 @@ class MANN(nn.Module):
         in_size = self.image_width + cfg.episodes.label_size
         self.memory_input = m.memory_input
         self.memory = build_memory(m, self.hidden + (in_size if self.memory_input else 0))
-        if self.memory_input and isinstance(self.memory, LRUAMemory):  # the C++ kernel feeds the memory h alone
-            self.memory.implementations = tuple(i for i in self.memory.implementations if i != "kernel")
         self.input_proj = nn.Linear(in_size, 4 * self.hidden)
         self.recurrent = nn.Linear(self.hidden + self.memory.read_size, 4 * self.hidden, bias=False)
         self.output = nn.Linear(self.hidden + self.memory.read_size, cfg.episodes.label_size)

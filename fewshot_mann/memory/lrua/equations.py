@@ -97,7 +97,7 @@ class LRUAMemory(Memory):
 
     def __init__(self, controller_size: int, memory_slots: int = 128, memory_width: int = 40,
                  num_read_heads: int = 4, usage_decay: float = 0.95, key_strength: bool = False,
-                 write_vector: bool = False):
+                 write_vector: bool = False, reads_input: bool = False):
         super().__init__()
         self.controller_size = controller_size
         self.memory_slots = memory_slots
@@ -112,8 +112,10 @@ class LRUAMemory(Memory):
         self.strength = nn.Linear(controller_size, num_read_heads) if key_strength else None
         # Extension (off by default): the written vector v = tanh(W_v h), apart from the read key
         self.content = nn.Linear(controller_size, num_read_heads * memory_width) if write_vector else None
-        if write_vector:
-            self.implementations = ("autograd", "sequence")  # the C++ kernel writes the keys
+        # the C++ kernel writes the keys and feeds the interface h alone (``reads_input``: MANN's --memory-input
+        # widens it to [h_t, step input]); sequence.py has both extensions
+        if write_vector or reads_input:
+            self.implementations = ("autograd", "sequence")
 
     @property
     def read_size(self) -> int:
