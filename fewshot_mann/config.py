@@ -241,11 +241,11 @@ class ModelConfig:
                     "labels still arrive one step late)")
     memory_input: bool = option(
         False, help="mann/ntm/dnc: the memory's keys, gates and written vector read the step's input beside the "
-                    "controller's state (extension, not in the paper; runs the step-by-step autograd memory)")
+                    "controller's state (extension, not in the paper; LRUA runs it on the sequence backend, not the C++ kernel)")
     write_vector: bool = option(
         False, help="mann: the memory is written with its own learned vector, not the read key (extension, not in "
                     "the paper; with --previous-image a step can store the previous image and its label while it "
-                    "looks up its own image; runs the autograd memory)")
+                    "looks up its own image; runs on the sequence backend, not the C++ kernel)")
     # encoder "timm:NAME" / "torchvision:NAME": a frozen pretrained backbone whose features are
     # computed once and cached (features.py); the checkpoint holds the model over the features
     # only and names the backbone (encoder, encoder_weights, weights_hash, feature_dim).

@@ -7,8 +7,9 @@ change of shape (scale, horizontal squeeze, slant, rotation, shift), a blur and 
 so that a backbone trained on the characters meets those looks (issue 30, item 5).
 
 Images are (N, C, H, W) in [0, 1] with bright strokes on a dark ground (the readers' polarity).
-``NO_PEN`` changes nothing; ``HANDWRITING`` is the preset of ``pretrain
---pen-augment`` (ranges chosen on the validation characters, ``reports/results-handwriting/``).
+``NO_PEN`` changes nothing; ``HANDWRITING`` is the preset of ``pretrain --pen-augment`` (its ranges set by
+eye against scanned digits and Omniglot characters, one setting; its effect measured on the validation
+characters, ``reports/results-handwriting/``).
 """
 from __future__ import annotations
 
@@ -91,4 +92,4 @@ def blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torch.Te
 
 NO_PEN = PenStyle()
 HANDWRITING = PenStyle(probability=0.8, max_dilation=1, scale=(0.75, 1.15), squeeze=(0.55, 1.05),
-                                max_slant=0.35, max_degrees=10.0, max_shift=2.0, max_blur=1.0, min_ink=0.6)
+                       max_slant=0.35, max_degrees=10.0, max_shift=2.0, max_blur=1.0, min_ink=0.6)
