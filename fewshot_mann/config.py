@@ -246,6 +246,11 @@ class ModelConfig:
         False, help="mann: the memory is written with its own learned vector, not the read key (extension, not in "
                     "the paper; with --previous-image a step can store the previous image and its label while it "
                     "looks up its own image; runs on the sequence backend, not the C++ kernel)")
+    memory_init: str = option(
+        "random", choices=("random", "features"),
+        help="mann with --previous-image --write-vector --memory-input: features = the memory starts as a soft nearest-"
+             "neighbour reader (keys: the step's features; written: the previous features and their label; "
+             "--memory-width at least features + labels), then trains (extension, not in the paper)")
     # encoder "timm:NAME" / "torchvision:NAME": a frozen pretrained backbone whose features are
     # computed once and cached (features.py); the checkpoint holds the model over the features
     # only and names the backbone (encoder, encoder_weights, weights_hash, feature_dim).
@@ -416,6 +421,8 @@ class Config:
             (not m.memory_input or m.model in ("mann", "ntm", "dnc"),
              f"--memory-input feeds the memory models' interface (mann, ntm, dnc; got --model {m.model})"),
             (not m.write_vector or m.model == "mann", f"--write-vector is an LRUA option (--model mann; got {m.model})"),
+            (m.memory_init == "random" or (m.model == "mann" and m.previous_image and m.write_vector and m.memory_input),
+             "--memory-init features needs --model mann --previous-image --write-vector --memory-input"),
             (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
             (m.model != "keyed" or m.keyed_write == "mean" or self.train.episodes == 0,
              "--keyed-write logistic is fitted to each support set in closed form: there is nothing to meta-train "

@@ -23,6 +23,7 @@ from fewshot_mann.memory.lrua.equations import LRUAMemory
 from fewshot_mann.memory.lrua import sequence as lrua_sequence
 from fewshot_mann.memory.ntm.equations import NTMMemory
 from fewshot_mann.models.encoders import build_encoder
+from fewshot_mann.models.memory_init import init_nearest_neighbour
 
 
 def init_forget_gate_bias(bias: torch.Tensor, hidden: int) -> None:
@@ -79,6 +80,8 @@ class MANN(nn.Module):
         self.recurrent = nn.Linear(self.hidden + self.memory.read_size, 4 * self.hidden, bias=False)
         self.output = nn.Linear(self.hidden + self.memory.read_size, cfg.episodes.label_size)
         init_forget_gate_bias(self.input_proj.bias, self.hidden)
+        if m.memory_init == "features":
+            init_nearest_neighbour(self)
         # auto | autograd | sequence | kernel: see memory/backend.py. Not a parameter: a
         # checkpoint's weights run under any of them.
         self.memory_backend = m.memory_backend
