@@ -216,6 +216,9 @@ class EpisodeConfig:
         return self.label_groups * self.group_size
 
 
+NEEDS_FOR_INIT = "--memory-init features needs --model mann --previous-image --write-vector --memory-input"
+
+
 @dataclass
 class ModelConfig:
     model: str = option("mann", choices=MODELS)
@@ -387,10 +390,8 @@ class Config:
         self.check_types()
         for section in SECTIONS:
             part = getattr(self, section)
-            for f in dataclasses.fields(part):
-                problem = field_problem(f, getattr(part, f.name))
-                if problem:
-                    raise UserError(problem)
+            for problem in filter(None, (field_problem(f, getattr(part, f.name)) for f in dataclasses.fields(part))):
+                raise UserError(problem)
         d, e, m = self.data, self.episodes, self.model
         checks = [
             (0 <= d.jitter_shift < d.image_size,
@@ -421,8 +422,7 @@ class Config:
             (not m.memory_input or m.model in ("mann", "ntm", "dnc"),
              f"--memory-input feeds the memory models' interface (mann, ntm, dnc; got --model {m.model})"),
             (not m.write_vector or m.model == "mann", f"--write-vector is an LRUA option (--model mann; got {m.model})"),
-            (m.memory_init == "random" or (m.model == "mann" and m.previous_image and m.write_vector and m.memory_input),
-             "--memory-init features needs --model mann --previous-image --write-vector --memory-input"),
+            (m.memory_init == "random" or m.model == "mann" and m.previous_image and m.write_vector and m.memory_input, NEEDS_FOR_INIT),
             (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
             (m.model != "keyed" or m.keyed_write == "mean" or self.train.episodes == 0,
              "--keyed-write logistic is fitted to each support set in closed form: there is nothing to meta-train "

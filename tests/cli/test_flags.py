@@ -53,6 +53,7 @@ TODAY = [
     ('--key-strength --no-key-strength', True, None, 'bool'),  # default on since 2026-12-07 (issue 33)
     ('--previous-image --no-previous-image', False, None, 'bool'),  # added 2026-12-07 (issue 30)
     ('--memory-input --no-memory-input', False, None, 'bool'),  # added 2026-12-07 (issue 30)
+    ('--memory-init', 'random', ('random', 'features'), 'str'),  # added 2026-12-07, session 10 (issue 30)
     ('--write-vector --no-write-vector', False, None, 'bool'),  # added 2026-12-07 (issue 30)
     ('--compile --no-compile', None, None, 'bool'),  # obsolete since the torch.compile path went: a notice, ignored
     ('--memory-backend', 'auto', ('auto', 'autograd', 'sequence', 'kernel'), 'str'),  # memory/backend.py

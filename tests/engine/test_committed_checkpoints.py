@@ -36,6 +36,9 @@ RECORDED = {
     "mann-conv-5way.pt": (-11.137381553649902, 253.05674743652344, -0.18146491050720215),  # l2 features, fine-tuned 2026-12-07
     # --memory-input --write-vector --previous-image (issue 30), 2026-12-07
     "mann-conv-5way-memory-input.pt": (69.49298095703125, 292.1289978027344, -7.0095367431640625),
+    # --memory-init features (issue 30), 2026-12-07, session 10
+    "mann-conv-5way-nn.pt": (49.47578430175781, 399.5132751464844, 7.426743984222412),
+    "mann-conv-20way-nn.pt": (-308.9107971191406, 807.836181640625, 7.7171549797058105),
     # bundled: the keyed memory over conv4-pen.pt (issue 30, item 5), 2026-12-07
     "handwriting.pt": (-0.2122403383255005, 31.981245040893555, 0.3197224736213684),
     "mann-onehot-5way.pt": (-62.61835479736328, 428.9587097167969, -0.8287232518196106),
