@@ -251,9 +251,10 @@ class ModelConfig:
                     "looks up its own image; runs on the sequence backend, not the C++ kernel)")
     memory_init: str = option(
         "random", choices=("random", "features"),
-        help="mann with --previous-image --write-vector --memory-input: features = the memory starts as a soft nearest-"
+        help="mann with --previous-image --write-vector --memory-input: features = the memory starts as a nearest-"
              "neighbour reader (keys: the step's features; written: the previous features and their label; "
-             "--memory-width at least features + labels), then trains (extension, not in the paper)")
+             "--memory-width at least features + labels; chosen with --read-heads 1 --usage-decay 0.99), then trains "
+             "(extension, not in the paper)")
     # encoder "timm:NAME" / "torchvision:NAME": a frozen pretrained backbone whose features are
     # computed once and cached (features.py); the checkpoint holds the model over the features
     # only and names the backbone (encoder, encoder_weights, weights_hash, feature_dim).
