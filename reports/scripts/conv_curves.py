@@ -16,6 +16,8 @@ RUNS = {  # label: [(metrics.jsonl, episodes before this stage)]
     "mann-conv-20way (santoro, 20-way)": [("reports/runs/mann-conv-20way/stage1-metrics.jsonl", 0),
                                           ("reports/runs/mann-conv-20way/metrics.jsonl", 100_000)],
     "lake-20way-mann (background alphabets, 20-way)": [("reports/runs/lake-20way/metrics.jsonl", 0)],
+    "mann-conv-5way-nn (--memory-init features, 5-way)": [("reports/results-memory/runs/nn-start-5way/metrics.jsonl", 0)],
+    "mann-conv-20way-nn (--memory-init features, 20-way)": [("reports/results-memory/runs/nn-start-20way/metrics.jsonl", 0)],
 }
 
 
