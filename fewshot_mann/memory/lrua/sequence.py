@@ -179,7 +179,7 @@ class _Forward:
         self.keys_flat, self.gate = steps(ctrl[..., :RW]), steps(ctrl[..., RW:RW + R])
         self.strength_logit, self.content_flat = steps(ctrl[..., RW + R:s.V]), steps(ctrl[..., s.V:])
         keys_3d = ctrl[..., :RW].unflatten(-1, (R, s.W))
-        self.keys_s, self.keys_t = steps(keys_3d), steps(keys_3d.transpose(-1, -2))
+        self.keys_s = steps(keys_3d)
         written = ctrl[..., s.V:].unflatten(-1, (R, s.W)) if s.write_vector else keys_3d
         self.written_t = steps(written.transpose(-1, -2))  # what eq. 8 adds: the keys, or their own vectors
         self.alpha_s = steps(ctrl[..., RW:RW + R].unsqueeze(-1))
