@@ -216,7 +216,7 @@ class EpisodeConfig:
         return self.label_groups * self.group_size
 
 
-NEEDS_FOR_INIT = "--memory-init features needs --model mann --previous-image --write-vector --memory-input"
+NEEDS_FOR_INIT = "--memory-init features needs --model mann --previous-image --write-vector --memory-input (and no --no-key-strength)"
 
 
 @dataclass
@@ -423,7 +423,8 @@ class Config:
             (not m.memory_input or m.model in ("mann", "ntm", "dnc"),
              f"--memory-input feeds the memory models' interface (mann, ntm, dnc; got --model {m.model})"),
             (not m.write_vector or m.model == "mann", f"--write-vector is an LRUA option (--model mann; got {m.model})"),
-            (m.memory_init == "random" or m.model == "mann" and m.previous_image and m.write_vector and m.memory_input, NEEDS_FOR_INIT),
+            (m.memory_init == "random" or m.model == "mann" and m.previous_image and m.write_vector and m.memory_input and m.key_strength,
+             NEEDS_FOR_INIT),
             (m.model != "keyed" or e.labels == "onehot", "--model keyed reads one-hot labels only (--labels onehot)"),
             (m.model != "keyed" or m.keyed_write == "mean" or self.train.episodes == 0,
              "--keyed-write logistic is fitted to each support set in closed form: there is nothing to meta-train "

@@ -46,8 +46,6 @@ def init_nearest_neighbour(model) -> None:
     if width < d + labels:
         raise UserError(f"--memory-init features stores the features ({d}) and the label ({labels}) in one row: "
                         f"--memory-width must be at least {d + labels} (got {width})")
-    if mem.strength is None:
-        raise UserError("--memory-init features sets the read's key strength: drop --no-key-strength")
     x_now, x_prev, y_prev = hidden, hidden + d, hidden + 2 * d  # columns of the interface's input
     eye = torch.eye(d)
     with torch.no_grad():

@@ -24,16 +24,16 @@ def test_untrained_model_answers_the_label_of_the_nearest_stored_image(backend):
     """Before any training, every answer from the 2nd presentation of a class on is the label of the earlier image
     nearest the step's own (cosine on the encoder's features, here the pixels): what a randomly initialised model
     with the same extensions does not do."""
-    bank = synthetic_bank(classes=10, per_class=12, size=6)
+    bank, cfg = synthetic_bank(classes=10, per_class=12, size=6), features_config()
     torch.manual_seed(0)
-    model = build_model(features_config()).eval()
+    model = build_model(cfg).eval()
     model.memory_backend = backend
-    result = evaluate(model, bank, features_config().episodes, episodes=40, seed=3)
+    result = evaluate(model, bank, cfg.episodes, episodes=40, seed=3)
     assert min(result["accuracy_by_instance"][1:]) >= 0.97
     assert result["accuracy_by_instance"][0] < 0.35  # a first presentation gets a stored image's label: wrong
     torch.manual_seed(0)
     plain = build_model(tiny_config(**EXTENSIONS, memory_slots=64, memory_width=41)).eval()
-    assert np.mean(evaluate(plain, bank, features_config().episodes, episodes=40, seed=3)["accuracy_by_instance"][1:]) < 0.5
+    assert np.mean(evaluate(plain, bank, cfg.episodes, episodes=40, seed=3)["accuracy_by_instance"][1:]) < 0.5
 
 
 def test_the_start_is_the_literal_nearest_neighbour():
@@ -67,6 +67,9 @@ def test_the_start_is_the_literal_nearest_neighbour():
 def test_memory_init_features_needs_its_extensions_and_a_row_for_features_and_label():
     cfg = tiny_config(memory_init="features")
     with pytest.raises(UserError, match="--memory-init features needs"):
+        cfg.validate()
+    cfg = features_config(key_strength=False)
+    with pytest.raises(UserError, match="no --no-key-strength"):
         cfg.validate()
     cfg = features_config(memory_width=20)
     cfg.validate()
