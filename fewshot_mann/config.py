@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fewshot_mann import limits
+from fewshot_mann.encoder_names import encoder_problems, is_backbone
 from fewshot_mann.errors import UserError
 from fewshot_mann.options import field_problem, flag_of, kind_of, option
 from fewshot_mann.config_legacy import LEGACY_MODEL_DEFAULTS, LEGACY_READING_FIELDS, legacy_reading
@@ -38,7 +39,6 @@ RESIZE_POLICIES = ("auto", "backbone", "pad", "crop", "stretch")
 # whose border is light, so every image has a dark background as the Omniglot reader gives.
 POLARITIES = ("auto", "keep", "invert")
 INK_FRAMES = ("auto", "keep")
-BACKBONE_LIBRARIES = ("timm", "torchvision", "fewshot")  # --encoder LIBRARY:NAME, a pretrained backbone (backbones.py)
 KEYED_WRITES = ("mean", "logistic")  # keyed: a label's slot = its support's mean, or fitted logistic weights
 FEATURE_NORMS = ("none", "l2", "center-l2")  # how backbone features enter a model (models.FeatureEncoder)
 
@@ -122,12 +122,6 @@ def answers_any_ways(cfg: "Config") -> bool:
     """True for a model with nothing learned per label (the label-keyed memory, one-hot): it answers
     as many classes as a support set holds, whatever ways it was trained on."""
     return cfg.model.model == "keyed" and cfg.episodes.labels == "onehot"
-
-
-def is_backbone(encoder: str) -> bool:
-    """``encoder`` names a pretrained backbone (LIBRARY:NAME), not a raw-pixel encoder."""
-    lib, sep, name = str(encoder).partition(":")
-    return bool(sep) and lib in BACKBONE_LIBRARIES and bool(name)
 
 
 # ------------------------------------------------------------------ one declaration per option
@@ -410,14 +404,6 @@ class Config:
              "lower one of them"),
             (e.labels != "string" or e.ways <= STRING_SYMBOLS**STRING_LENGTH,
              f"--ways must be at most {STRING_SYMBOLS**STRING_LENGTH} with string labels"),
-            (m.encoder in ENCODERS or is_backbone(m.encoder),
-             f"--encoder must be one of {', '.join(ENCODERS)} or LIBRARY:NAME with LIBRARY one of "
-             f"{', '.join(BACKBONE_LIBRARIES)}, e.g. timm:tf_efficientnet_lite0 (got {m.encoder!r})"),
-            (bool(m.encoder_weights), "--encoder-weights must be imagenet, none or the path of a weights file"),
-            (m.encoder != "conv4" or d.image_size >= 16,
-             f"--encoder conv4 halves the image four times: --image-size must be at least 16 (got {d.image_size})"),
-            (m.feature_stages == 0 or m.encoder.startswith("timm:"),
-             f"--feature-stages reads the block stages of a timm backbone (got --encoder {m.encoder})"),
             (not m.previous_image or m.model in ("mann", "ntm", "dnc"),
              f"--previous-image is an input of the memory models' controller (mann, ntm, dnc; got --model {m.model})"),
             (not m.memory_input or m.model in ("mann", "ntm", "dnc"),
@@ -442,6 +428,8 @@ class Config:
              f"--transformer-max-steps {m.transformer_max_steps} is shorter than an episode "
              f"({e.ways} ways x {e.instances} instances = {e.steps} steps)"),
         ]
+        checks += [(False, p) for p in encoder_problems(m.encoder, m.encoder_weights, m.feature_stages, d.image_size,
+                                                        ENCODERS)]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)

@@ -33,6 +33,7 @@ NOT_IMPORTED_BY = {
     "errors": ABOVE_MODELS | {"models", "memory", "fewshot", "data", "config"},
     "fileio": ABOVE_MODELS | {"models", "memory", "fewshot", "data", "config"},
     "limits": ABOVE_MODELS | {"models", "memory", "fewshot", "data"},
+    "encoder_names": ABOVE_MODELS | {"models", "memory", "fewshot", "data", "config"},
     "text": ABOVE_MODELS | {"models", "memory", "fewshot", "data", "config"},
 }
 

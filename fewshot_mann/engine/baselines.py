@@ -85,12 +85,13 @@ def feature_banks(bank: ClassBank, m, model: torch.nn.Module | None = None) -> d
     head's own features} for the notebook's baselines; an image encoder trained with the memory
     (``LEARNED_ENCODERS``, given its ``model``), {"features": its outputs}; raw pixels, none."""
     from fewshot_mann.config import is_backbone
+    from fewshot_mann.encoder_names import is_ensemble
 
     if not is_backbone(m.encoder):
         return {"features": encoded_bank(model, bank)} if model is not None and m.encoder in LEARNED_ENCODERS else {}
-    if not getattr(m, "feature_stages", 0):
+    if not getattr(m, "feature_stages", 0) and not is_ensemble(m.encoder):
         return {"features": bank}
-    from fewshot_mann.models.stages import head_block
+    from fewshot_mann.models.backbones import head_block
 
     return {"features": bank, "head": ClassBank(head_block(bank.images, m.encoder), bank.offsets, bank.counts,
                                                 list(bank.names))}

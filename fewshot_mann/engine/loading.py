@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 
 from fewshot_mann.config import Config, is_backbone
 from fewshot_mann.data.bank import ClassBank, FeatureBank, SplitBanks
@@ -58,13 +59,13 @@ def no_cache(cache: bool) -> dict:
 
 
 def shrink(bank: ClassBank, size: int = RAW_BASELINE_SIZE) -> ClassBank:
-    """The bank's images averaged down to ``size`` px (raw-pixel baselines of big inputs)."""
-    s = bank.images.shape[-1]
-    if s <= size or s % size:
+    """The bank's images averaged down to ``size`` px (raw-pixel baselines of big inputs): each output pixel the
+    mean of the input pixels its area covers (blocks of f x f where ``size`` divides the input size)."""
+    if bank.images.shape[-1] <= size:
         return bank
-    f = s // size
-    n, c = bank.images.shape[:2]
-    small = bank.images.reshape(n, c, size, f, size, f).mean(axis=(3, 5)).round().astype(np.uint8)
+    parts = [torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(bank.images[i:i + 256]).float(), size)
+             for i in range(0, len(bank.images), 256)]
+    small = torch.cat(parts).round().to(torch.uint8).numpy()
     return ClassBank(small, bank.offsets, bank.counts, bank.names)
 
 

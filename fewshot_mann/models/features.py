@@ -164,9 +164,9 @@ def run_backbone(backbone: torch.nn.Module, images: np.ndarray, prep, *, progres
 def feature_backbone(m: ModelConfig) -> torch.nn.Module:
     """The frozen module whose outputs are ``m``'s features: the backbone, reading its last
     ``m.feature_stages`` block stages beside its head where asked (``stages.stage_features``)."""
-    from fewshot_mann.models.stages import stage_features
+    from fewshot_mann.models.ensemble import with_stages
 
-    return stage_features(build_backbone(m.encoder, m.encoder_weights)[0], m.feature_stages)
+    return with_stages(build_backbone(m.encoder, m.encoder_weights)[0], m.feature_stages)
 
 
 def embed_images(images: np.ndarray, m: ModelConfig, *, digest: str | None = None, cache: bool = True,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fewshot_mann.config import Config, DataConfig, ModelConfig, is_backbone
+from fewshot_mann.encoder_names import is_ensemble, members
 from fewshot_mann.data.images import ImageReader, pixel_reader
 from fewshot_mann.models.backbones import (OFFLINE_WEIGHTS, Preprocessing, file_sha256, offline_weights_path, preprocessing,
                                            split_encoder)
@@ -41,7 +42,12 @@ class BackboneSpec:
         """The one identity of the weights, known without building the backbone: the sha256 of the
         weights file (a local file, or the offline package of ``OFFLINE_WEIGHTS``), ``none`` for random
         weights, ``LIBRARY:NAME:imagenet`` for a library's own download; None where the weights are
-        not available here."""
+        not available here. An ensemble: the sha256 of its members' identities together, None where one is."""
+        if is_ensemble(self.encoder):
+            from fewshot_mann.models.ensemble import ensemble_digest
+
+            ids = [BackboneSpec(p, self.weights, preprocessing(p)).weights_identity() for p in members(self.encoder)]
+            return None if None in ids else ensemble_digest(ids)
         lib, name = split_encoder(self.encoder)
         if self.weights == "none":
             return "none"

@@ -15,9 +15,6 @@ clothing photos (near ImageNet) it scored level (``reports/results-photos/select
 """
 from __future__ import annotations
 
-import functools
-
-import numpy as np
 import torch
 from torch import nn
 
@@ -92,18 +89,3 @@ def stage_features(backbone: nn.Module, feature_stages: int) -> nn.Module:
     if not feature_stages:
         return backbone
     return StagedBackbone(backbone, tail_stages=max(0, feature_stages - 1), feature_stages=feature_stages)
-
-
-@functools.lru_cache(maxsize=8)
-def head_width(encoder: str) -> int:
-    """The width of the head block of a ``timm:NAME`` backbone's joined features (the first columns)."""
-    from fewshot_mann.models.backbones import split_encoder, timm_library
-
-    return int(timm_library().create_model(split_encoder(encoder)[1], pretrained=False, num_classes=0).num_features)
-
-
-def head_block(features: np.ndarray, encoder: str) -> np.ndarray:
-    """The head's own features (N, head width) of joined features, unit length: what a notebook reading
-    the backbone's output alone would fit (the ``*-head-features`` baselines)."""
-    h = features[:, :head_width(encoder)]
-    return (h / np.linalg.norm(h, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)

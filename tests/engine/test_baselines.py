@@ -163,7 +163,7 @@ def test_a_model_reading_block_stages_is_also_measured_against_its_backbones_hea
     recomputed literally: a fit on the joined features or on the unscaled head would score differently."""
     pytest.importorskip("timm")
     from fewshot_mann.config import ModelConfig
-    from fewshot_mann.models.stages import head_width
+    from fewshot_mann.models.backbones import head_width
 
     m = ModelConfig(model="keyed", encoder="timm:test_efficientnet", encoder_weights="none", feature_stages=1)
     width = head_width(m.encoder)
@@ -215,3 +215,19 @@ def test_a_model_whose_encoder_trains_with_it_is_measured_against_that_encoders_
         "logistic-regression-features"]
     assert B.feature_banks(bank, tiny_config().model, build_model(tiny_config())) == {}
     assert B.feature_banks(bank, ModelConfig(encoder="fewshot:conv4")) == {"features": bank}
+
+
+def test_raw_pixel_baselines_of_big_inputs_read_area_means_at_32_px():
+    """``loading.shrink``: each 32-px pixel the mean of the pixels it covers, whether or not 32 divides the size
+    (a 260-px ensemble input once kept all 202,800 values a trial and ran out of memory)."""
+    from fewshot_mann.engine.loading import shrink
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (2, 3, 32, 32)).astype(np.uint8)
+    big = ClassBank(np.repeat(np.repeat(blocks, 7, axis=2), 7, axis=3), np.array([0]), np.array([2]), ["a"])
+    assert np.array_equal(shrink(big).images, blocks)  # 224 = 7 x 32: the blocks' means
+    odd = rng.integers(0, 256, (2, 3, 260, 260)).astype(np.uint8)
+    got = shrink(ClassBank(odd, np.array([0]), np.array([2]), ["a"])).images
+    assert got.shape == (2, 3, 32, 32) and got.dtype == np.uint8
+    lo, hi = (0 * 260) // 32, -(-(1 * 260) // 32)  # the first output pixel covers input rows/cols 0..8
+    assert abs(int(got[0, 0, 0, 0]) - odd[0, 0, lo:hi, lo:hi].mean()) <= 0.5

@@ -8,7 +8,8 @@ import torch
 pytest.importorskip("timm")
 
 from fewshot_mann.models.features import run_backbone  # noqa: E402
-from fewshot_mann.fewshot.finetune import (FinetuneSettings, StagedBackbone, ViewCache, augment,  # noqa: E402
+from fewshot_mann.models.stages import StagedBackbone  # noqa: E402
+from fewshot_mann.fewshot.finetune import (FinetuneSettings, ViewCache, augment,  # noqa: E402
                                            finetune_features)
 from fewshot_mann.models.backbones import build_backbone, preprocessing  # noqa: E402
 

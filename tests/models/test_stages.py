@@ -10,7 +10,8 @@ from fewshot_mann.config import Config, ModelConfig  # noqa: E402
 from fewshot_mann.errors import UserError  # noqa: E402
 from fewshot_mann.models.backbones import build_backbone, preprocessing  # noqa: E402
 from fewshot_mann.models.features import embed_images, run_backbone  # noqa: E402
-from fewshot_mann.models.stages import head_block, head_width, join, stage_features  # noqa: E402
+from fewshot_mann.models.backbones import head_block, head_width  # noqa: E402
+from fewshot_mann.models.stages import join, stage_features  # noqa: E402
 
 ENCODER = "timm:test_efficientnet"
 
@@ -64,5 +65,5 @@ def test_the_feature_cache_keeps_head_only_and_joined_features_apart(tmp_path, m
 def test_feature_stages_need_a_timm_backbone():
     cfg = Config()
     cfg.model.encoder, cfg.model.feature_stages = "torchvision:resnet18", 1
-    with pytest.raises(UserError, match="--feature-stages reads the block stages of a timm backbone"):
+    with pytest.raises(UserError, match="--feature-stages reads the block stages of timm backbones"):
         cfg.validate()
