@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fewshot_mann.errors import DataError, UserError
+from fewshot_mann.encoder_names import is_staged
 
 REPO_PHOTO_MODEL = Path(__file__).resolve().parents[2] / "reports" / "checkpoints" / "photos-5way.pt"
 THUMBNAIL = 72  # px, the longer side of a thumbnail on the page
@@ -141,7 +142,7 @@ class Session:
                 "trained_on": entry.get("trained_on") or f"{cfg.data.dataset} {Path(str(cfg.data.data_root or '')).name}".strip(),
                 "accuracy": entry.get("accuracy", {}),
                 "adapt": True,  # predict --adapt: meta-fine-tune a copy on the support set
-                "finetune": str(cfg.model.encoder).startswith("timm:"),  # predict --finetune: timm backbones only
+                "finetune": is_staged(cfg.model.encoder),  # predict --finetune: timm backbones only (one or joined)
             }
             return self.info
 

@@ -40,6 +40,7 @@ from fewshot_mann.data.bank import ClassBank, FeatureBank
 from fewshot_mann.data.pen import HANDWRITING, NO_PEN, PenStyle
 from fewshot_mann.errors import UserError
 from fewshot_mann.fileio import atomic_write, atomic_write_text
+from fewshot_mann.encoder_names import is_ensemble
 
 
 @dataclass
@@ -195,6 +196,8 @@ def save(path: Path, net: torch.nn.Module, p: PretrainConfig, checks: list, best
 def networks_and_banks(p: PretrainConfig, progress: bool):
     """(the whole backbone, the part that trains, training bank, validation bank): for a timm backbone
     the banks hold its frozen stem's outputs and the part that trains is its tail."""
+    if is_ensemble(p.encoder):
+        raise UserError(f"pretrain trains one backbone; {p.encoder} joins several: pretrain each alone")
     if p.encoder.startswith("timm:"):
         from fewshot_mann.models.backbones import build_backbone, preprocessing
 

@@ -294,3 +294,10 @@ def test_pretrain_within_alphabet_refuses_classes_without_alphabets(tiny_parts, 
     with pytest.raises(UserError, match="no alphabet of the training classes has 4 classes"):
         pretrain(PretrainConfig(ways=4, queries=2, episodes=1, within_alphabet=True), tmp_path / "w.pt",
                  device=torch.device("cpu"), progress=False)
+
+
+def test_pretrain_refuses_an_ensemble_in_one_line(tmp_path):
+    with pytest.raises(UserError, match="pretrain trains one backbone"):
+        pretrain(PretrainConfig(encoder="timm:test_efficientnet+timm:test_efficientnet_gn", encoder_weights="none"),
+                 tmp_path / "w.pt", device=torch.device("cpu"))
+    assert not (tmp_path / "w.pt").exists()
