@@ -359,6 +359,26 @@ def test_a_keyed_model_over_two_backbones_trains_predicts_and_is_measured_agains
     assert row["prediction"] in data["classes"] and sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-3)
 
 
+def test_predict_finetune_with_one_image_a_class_says_it_measured_no_better(photo_run, tmp_path, capsys):
+    """One image a class: fine-tuning scored level with or below the frozen answers on the validation domains, so
+    predict says so in one line; with two or more a class it does not."""
+    import shutil
+
+    data, ckpt = photo_run
+    for per_class, noted in ((1, True), (2, False)):
+        support = tmp_path / f"support{per_class}"
+        for c in data["classes"][:2]:  # the MANN of photo_run answers 2 ways
+            (support / c).mkdir(parents=True)
+            for f in sorted((data["root"] / c).iterdir())[:per_class]:
+                shutil.copy(f, support / c / f.name)
+        query = sorted((data["root"] / data["classes"][0]).iterdir())[-1]
+        capsys.readouterr()
+        assert cli.main(["predict", "--checkpoint", str(ckpt), "--support", str(support), "--query", str(query),
+                         "--finetune", "2"]) == 0
+        err = capsys.readouterr().err
+        assert ("fine-tuning scored level with or below the frozen answers" in err) is noted
+
+
 def test_feature_cache_is_reused_listed_cleared_and_optional(photo_run, tmp_path, capsys):
     from fewshot_mann.config import ModelConfig
     from fewshot_mann.models.features import cache_entries, embed_images
