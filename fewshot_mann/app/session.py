@@ -159,7 +159,7 @@ class Session:
         from fewshot_mann import limits
         from fewshot_mann.data.folder import decode_uploads
         from fewshot_mann.models.inputs import image_reader
-        from fewshot_mann.engine.predict import check_support, support_inputs, with_support_ways
+        from fewshot_mann.engine.predict import check_support, one_shot_finetune_note, support_inputs, with_support_ways
 
         self._model_needed()
         if adapt < 0 or adapt > 1000:
@@ -180,6 +180,7 @@ class Session:
                 tuned = self._finetuned(cfg, data.bank, finetune) if finetune else None
                 net = self._adapted(cfg, tuned[0] if tuned else bank, adapt)
             warnings = [w for w in warned if not w.startswith("skipped --support")]  # problems are listed apart
+            warnings += [n for n in [one_shot_finetune_note(data.bank.counts, finetune)] if n]
             self.support = Support(data, bank, raw, warnings, net, tuned, {"finetune": finetune, "adapt": adapt})
             return self.support_view()
 

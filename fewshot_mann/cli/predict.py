@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
 def _predict(argv) -> int:
     from fewshot_mann.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, refuse_nonfinite
-    from fewshot_mann.engine.predict import format_results, predict, support_cap, to_csv
+    from fewshot_mann.engine.predict import format_results, one_shot_finetune_note, predict, support_cap, to_csv
     from fewshot_mann.reporting.calibration import checkpoint_calibration
     from fewshot_mann.engine.trainer import resolve_device
     from fewshot_mann.fileio import atomic_write_json, atomic_write_text
@@ -76,9 +76,9 @@ def _predict(argv) -> int:
           f"{len(results)} queries, {args.orders} orders, low confidence below {cut:.2f}"
           + (f", adapted {args.adapt} steps to the support set" if args.adapt else "")
           + (f", backbone fine-tuned {args.finetune} steps to the support images" if args.finetune else ""))
-    if args.finetune and min(bank.counts) < 2:  # measured: level (eurosat) or 2.5 points below (clothing) at 1 shot
-        print("note: with one image a class, fine-tuning scored level with or below the frozen answers on the "
-              "validation domains (docs/your-own-dataset.md, \"Fine-tuning the backbone\")", file=sys.stderr)
+    note = one_shot_finetune_note(bank.counts, args.finetune)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     print(format_results(results))
     report = trust_summary(results, bank, args, calibration, support_cap(cfg))
     if args.json:

@@ -179,6 +179,30 @@ def test_finetuned_answers_say_the_calibration_was_fitted_without_fine_tuning(fo
     assert not any("fitted without fine-tuning" in w for w in warnings["0"])
 
 
+def test_fine_tuning_a_support_of_one_image_a_class_is_noted_on_the_page_as_in_predict(folders, tmp_path):
+    """One image a class: the support view's warnings say fine-tuning measured no better there (predict prints the
+    same line); two or more a class, or no fine-tuning: nothing said."""
+    pytest.importorskip("timm")
+    from fewshot_mann.engine.predict import one_shot_finetune_note
+
+    ckpt = tiny_backbone_checkpoint(tmp_path / "timm.pt")
+    session = Session([str(ckpt)])
+    session.choose_model(str(ckpt))
+    client = TestClient(create_app(session, TOKEN, Limits()))
+    one = tmp_path / "one"
+    for c in sorted(p for p in folders["support"].iterdir() if p.is_dir()):
+        (one / c.name).mkdir(parents=True)
+        first = sorted(c.iterdir())[0]
+        (one / c.name / first.name).write_bytes(first.read_bytes())
+    note = one_shot_finetune_note([1], 2)
+    said = {}
+    for name, root, steps in (("one, tuned", one, "2"), ("one, frozen", one, "0"), ("four, tuned", folders["support"], "2")):
+        view = client.post(f"/api/support?token={TOKEN}", data={"finetune": steps}, files=support_files(root))
+        assert view.status_code == 200, view.text
+        said[name] = note in view.json()["warnings"]
+    assert said == {"one, tuned": True, "one, frozen": False, "four, tuned": False}
+
+
 def test_the_page_answers_with_the_checkpoints_calibration_as_predict_does(folders, tmp_path, monkeypatch, capsys):
     import torch
 
