@@ -29,8 +29,10 @@ def is_ensemble(encoder: str) -> bool:
     return SEP in str(encoder) and is_backbone(encoder)
 
 
-def ensemble_problem(encoder: str) -> str | None:
-    """Why an ensemble name cannot be read (one line), or None."""
+def ensemble_problem(encoder: str, weights: str) -> str | None:
+    """Why an ensemble cannot be read (one line), or None: its members, and its weights (each member reads its own
+    ImageNet weights, or random ones: one file cannot hold several backbones). The one rule ``Config.validate`` and
+    ``backbones.build_backbone`` both apply."""
     parts = members(encoder)
     if len(parts) < 2:
         return None
@@ -39,6 +41,8 @@ def ensemble_problem(encoder: str) -> str | None:
                 "(fewshot: backbones read grayscale at their own size)")
     if len(set(parts)) < len(parts):
         return f"--encoder {encoder}: a backbone is named twice"
+    if weights and weights not in ("imagenet", "none"):  # no weights at all: the rule every encoder has says so
+        return f"--encoder {encoder}: an ensemble's backbones read their own ImageNet weights (--encoder-weights imagenet)"
     return None
 
 
@@ -54,10 +58,8 @@ def encoder_problems(encoder: str, weights: str, feature_stages: int, image_size
         (encoder in pixel_encoders or is_backbone(encoder),
          f"--encoder must be one of {', '.join(pixel_encoders)} or LIBRARY:NAME with LIBRARY one of "
          f"{', '.join(BACKBONE_LIBRARIES)}, e.g. timm:tf_efficientnet_lite0, or backbones joined by + (got {encoder!r})"),
-        (ensemble_problem(encoder) is None, ensemble_problem(encoder) or ""),
+        (ensemble_problem(encoder, weights) is None, ensemble_problem(encoder, weights) or ""),
         (bool(weights), "--encoder-weights must be imagenet, none or the path of a weights file"),
-        (not is_ensemble(encoder) or weights in ("imagenet", "none"),
-         f"--encoder {encoder}: an ensemble's backbones read their own ImageNet weights (--encoder-weights imagenet)"),
         (encoder != "conv4" or image_size >= 16,
          f"--encoder conv4 halves the image four times: --image-size must be at least 16 (got {image_size})"),
         (feature_stages == 0 or is_staged(encoder),

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from fewshot_mann.config import ModelConfig
-from fewshot_mann.encoder_names import BACKBONE_LIBRARIES, is_backbone, is_ensemble, members
+from fewshot_mann.encoder_names import BACKBONE_LIBRARIES, ensemble_problem, is_backbone, is_ensemble, members
 from fewshot_mann.errors import UserError
 from fewshot_mann.models import backbone_checks
 
@@ -232,9 +232,9 @@ def build_backbone(encoder: str, weights: str, classifier: bool = False) -> tupl
 def _ensemble_backbone(encoder: str, weights: str) -> tuple[nn.Module, str]:
     from fewshot_mann.models.ensemble import Ensemble, ensemble_digest
 
-    if weights not in ("imagenet", "none"):
-        raise UserError(f"--encoder {encoder}: an ensemble's backbones read their own ImageNet weights "
-                        "(--encoder-weights imagenet)")
+    problem = ensemble_problem(encoder, weights)
+    if problem:
+        raise UserError(problem)
     built = [build_backbone(p, weights) for p in members(encoder)]
     prep = preprocessing(encoder)
     model = Ensemble([m for m, _ in built], [preprocessing(p) for p in members(encoder)], prep.mean, prep.std)
