@@ -1,6 +1,7 @@
 """``fewshot-mann pretrain``: a backbone pretrained on the training classes (prototypical loss).
 
     fewshot-mann pretrain --out conv4.pt                      # Conv4 on the santoro training classes
+    fewshot-mann pretrain --out conv4.pt --resume --episodes 20000   # continue (and extend) that run
     fewshot-mann train --encoder fewshot:conv4 --encoder-weights conv4.pt --out runs/conv-mann
 """
 from __future__ import annotations
@@ -59,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
                         "alphabets with fewer than --ways classes, rotations counted, are not drawn)")
     add_flag(p, "--lr", type=float, default=d.lr, help="Adam learning rate",
              problem=lambda v: None if v > 0 else f"--lr must be > 0 (got {v})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run that writes --out from its state beside it (OUT.state.pt, written at every "
+                        "check), bit for bit; --episodes may extend it, every other setting must be the run's own")
     add_shared_flags(p, "device", "threads", "seed", "no_progress")
     return p
 
@@ -73,7 +77,8 @@ def _main(argv) -> int:
         args.finetune_stages = {"last": 1, "all": 0}[args.finetune_backbone]
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     p = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    best = pretrain(p, args.out, device=resolve_device(args.device), progress=not args.no_progress)
+    best = pretrain(p, args.out, device=resolve_device(args.device), progress=not args.no_progress,
+                    resume=args.resume)
     print(f"wrote {args.out}: best validation {100 * best['accuracy']:.2f}% (5-way {p.check_shots}-shot) "
           f"at episode {best['episode']}")
     return 0

@@ -20,7 +20,10 @@ trains the whole network, stem convolution included (``--finetune-backbone all``
 
 Output: a weights-only file ``{"state_dict", "pretrain", "checks", "best"}`` (``--encoder-weights``
 reads its ``state_dict``: for a timm backbone, the whole network), written atomically after
-each improving check, and a log of the checks beside it (``.jsonl``).
+each improving check, and a log of the checks beside it (``.jsonl``). Beside them after every check,
+the run's state (``OUT.state.pt``: the last weights, optimiser, schedule, random streams, checks):
+``resume=True`` continues from it bit for bit (episode s draws the same classes and images as in an
+unbroken run), and may extend the run (more ``episodes``); every other setting must be the run's own.
 """
 from __future__ import annotations
 
@@ -193,6 +196,57 @@ def save(path: Path, net: torch.nn.Module, p: PretrainConfig, checks: list, best
                                             "checks": checks, "best": best}, f))
 
 
+# settings a resumed run may change: the budget (to extend it) and where the same data lives now
+RESUMABLE = ("episodes", "data_root")
+
+
+def state_path(out: str | Path) -> Path:
+    """Where the run that writes ``out`` keeps its resumable state."""
+    return Path(out).with_suffix(".state.pt")
+
+
+def load_state(out: Path, p: PretrainConfig) -> dict:
+    """The saved state of the run writing ``out``; ``UserError`` (one line) where there is none, it is of
+    other settings, or it has already trained ``p.episodes``."""
+    path = state_path(out)
+    if not path.is_file():
+        raise UserError(f"--resume: no run state at {path} (a run writes it at its first check); "
+                        "start the run without --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged file is one line, not a traceback
+        raise UserError(f"--resume: cannot read {path} ({type(exc).__name__}); start the run again") from exc
+    own, asked = state["pretrain"], dataclasses.asdict(p)
+    differ = [f"--{k.replace('_', '-')} {asked[k]} (the run has {own.get(k)})" for k in asked
+              if k not in RESUMABLE and asked[k] != own.get(k)]
+    if differ:
+        raise UserError(f"--resume: the run at {out} was started with other settings: {'; '.join(differ)} "
+                        f"(a resume may change only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)})")
+    if state["step"] >= p.episodes:
+        raise UserError(f"--resume: the run at {out} has already trained {state['step']} episodes; "
+                        f"give --episodes above {state['step']} to extend it")
+    return state
+
+
+def save_state(out: Path, p: PretrainConfig, step: int, net, opt, sched, rng, looks, checks, best, seconds) -> None:
+    state = {"pretrain": dataclasses.asdict(p), "step": step, "seconds": seconds, "checks": checks, "best": best,
+             "net": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "opt": opt.state_dict(),
+             "sched": sched.state_dict(), "rng": rng.bit_generator.state, "looks": looks.get_state(),
+             "torch_rng": torch.get_rng_state()}
+    atomic_write(state_path(out), lambda f: torch.save(state, f))
+
+
+def restore(saved: dict, net, opt, sched, rng, looks) -> tuple[list, dict, int]:
+    """Put a saved run state back into the run's objects; (checks, best, the first episode to train)."""
+    net.load_state_dict(saved["net"])
+    opt.load_state_dict(saved["opt"])
+    sched.load_state_dict(saved["sched"])
+    rng.bit_generator.state = saved["rng"]
+    looks.set_state(saved["looks"])
+    torch.set_rng_state(saved["torch_rng"])
+    return list(saved["checks"]), dict(saved["best"]), saved["step"] + 1
+
+
 def networks_and_banks(p: PretrainConfig, progress: bool):
     """(the whole backbone, the part that trains, training bank, validation bank): for a timm backbone
     the banks hold its frozen stem's outputs and the part that trains is its tail."""
@@ -217,9 +271,12 @@ def networks_and_banks(p: PretrainConfig, progress: bool):
     return whole, net, train, val
 
 
-def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progress: bool = True) -> dict:
-    """Train ``p.encoder`` on the training classes; returns the best validation check."""
+def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progress: bool = True,
+             resume: bool = False) -> dict:
+    """Train ``p.encoder`` on the training classes; returns the best validation check. ``resume``: continue
+    the run whose state is beside ``out`` (``state_path``)."""
     out = Path(out)
+    saved = load_state(out, p) if resume else None
     whole, net, train, val = networks_and_banks(p, progress)
     net = net.to(device).to(memory_format=torch.channels_last)
     net.train()
@@ -227,11 +284,15 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, p.lr_halve_every), gamma=0.5)
     rng = np.random.default_rng(p.seed)
     target = torch.arange(p.ways, device=device).repeat_interleave(p.queries)
-    checks, best, t0 = [], {"accuracy": -1.0}, time.perf_counter()
+    checks, best, t0, first = [], {"accuracy": -1.0}, time.perf_counter(), 1
+    pen, looks = (HANDWRITING if p.pen_augment else NO_PEN), torch.Generator().manual_seed(p.seed)
+    if saved is not None:
+        checks, best, first = restore(saved, net, opt, sched, rng, looks)
+        t0 -= saved["seconds"]
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=p.episodes, desc=f"pretraining {p.encoder}", unit="ep", file=sys.stderr)
+        bar = tqdm(total=p.episodes, initial=first - 1, desc=f"pretraining {p.encoder}", unit="ep", file=sys.stderr)
 
     def record(step: int, loss: float | None) -> None:
         nonlocal best
@@ -246,15 +307,16 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
             best = {"accuracy": acc, "episode": step}
             save(out, whole, p, checks, best)
         atomic_write_text(out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in checks))
+        save_state(out, p, step, net, opt, sched, rng, looks, checks, best, row["seconds"])
         pen = f", restyled {100 * row['validation_accuracy_pen']:.2f}%" if p.pen_augment else ""
         msg = (f"episode {step}: validation {100 * acc:.2f}%{pen} (best {100 * best['accuracy']:.2f}% at "
                f"{best['episode']}), {row['seconds']:.0f} s")
         (bar.write if bar is not None else print)(msg)
 
-    record(0, None)  # the starting point: fine-tuning that never helps keeps the weights it started from
-    pen, looks = (HANDWRITING if p.pen_augment else NO_PEN), torch.Generator().manual_seed(p.seed)
+    if saved is None:
+        record(0, None)  # the starting point: fine-tuning that never helps keeps the weights it started from
     groups = alphabet_groups(train, p.ways) if p.within_alphabet else None
-    for step in range(1, p.episodes + 1):
+    for step in range(first, p.episodes + 1):
         x = pen(draw(train, rng, p.ways, p.shots + p.queries, groups), looks).to(device).contiguous(
             memory_format=torch.channels_last)
         loss = F.cross_entropy(prototype_logits(net(x), p.ways, p.shots, p.queries), target)

@@ -1,6 +1,7 @@
 """Conv4 backbone (models/conv4.py) and its prototypical pretraining (engine/pretrain.py), on tiny synthetic data."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -301,3 +302,27 @@ def test_pretrain_refuses_an_ensemble_in_one_line(tmp_path):
         pretrain(PretrainConfig(encoder="timm:test_efficientnet+timm:test_efficientnet_gn", encoder_weights="none"),
                  tmp_path / "w.pt", device=torch.device("cpu"))
     assert not (tmp_path / "w.pt").exists()
+
+
+def test_a_resumed_pretraining_equals_the_unbroken_run_and_may_be_extended(tiny_parts, tmp_path):
+    p = PretrainConfig(ways=4, queries=2, episodes=6, check_every=2, check_trials=2, lr_halve_every=3)
+    pretrain(p, tmp_path / "whole.pt", device=torch.device("cpu"), progress=False)
+    pretrain(dataclasses.replace(p, episodes=2), tmp_path / "part.pt", device=torch.device("cpu"), progress=False)
+    best = pretrain(p, tmp_path / "part.pt", device=torch.device("cpu"), progress=False, resume=True)
+    whole, part = (torch.load(tmp_path / f"{n}.state.pt", weights_only=True) for n in ("whole", "part"))
+    assert whole["step"] == part["step"] == 6
+    assert all(torch.equal(whole["net"][k], part["net"][k]) for k in whole["net"])  # bit for bit
+    assert [c["episode"] for c in part["checks"]] == [0, 2, 4, 6]
+    assert [c["validation_accuracy"] for c in part["checks"]] == [c["validation_accuracy"] for c in whole["checks"]]
+    assert best == whole["best"] == torch.load(tmp_path / "part.pt", weights_only=True)["best"]
+
+
+def test_pretrain_resume_refuses_other_settings_a_finished_run_and_no_state(tiny_parts, tmp_path):
+    p = PretrainConfig(ways=4, queries=2, episodes=2, check_every=2, check_trials=2)
+    with pytest.raises(UserError, match="no run state"):
+        pretrain(p, tmp_path / "w.pt", device=torch.device("cpu"), progress=False, resume=True)
+    pretrain(p, tmp_path / "w.pt", device=torch.device("cpu"), progress=False)
+    with pytest.raises(UserError, match=r"--ways 3 \(the run has 4\)"):
+        pretrain(dataclasses.replace(p, ways=3, episodes=4), tmp_path / "w.pt", device=torch.device("cpu"), resume=True)
+    with pytest.raises(UserError, match="already trained 2 episodes"):
+        pretrain(p, tmp_path / "w.pt", device=torch.device("cpu"), progress=False, resume=True)
