@@ -39,6 +39,11 @@ RECORDED = {
     # --memory-init features (issue 30), 2026-12-07, session 10
     "mann-conv-5way-nn.pt": (49.47578430175781, 399.5132751464844, 7.426743984222412),
     "mann-conv-20way-nn.pt": (-308.9107971191406, 807.836181640625, 7.7171549797058105),
+    # the nn start over the 10,000-episode Conv4s, 0 meta-training episodes (2026-12-07, session 12): the same
+    # memory weights at 20 ways (the santoro and lake models differ in their Conv4 only)
+    "mann-conv10k-5way.pt": (148.3267059326172, 150.31288146972656, 5.127505779266357),
+    "mann-conv10k-20way.pt": (142.28585815429688, 151.52700805664062, 5.146088600158691),
+    "lake-20way-conv10k.pt": (142.28585815429688, 151.52700805664062, 5.146088600158691),
     # bundled: the keyed memory over conv4-pen.pt (issue 30, item 5), 2026-12-07
     "handwriting.pt": (-0.2122403383255005, 31.981245040893555, 0.3197224736213684),
     "mann-onehot-5way.pt": (-62.61835479736328, 428.9587097167969, -0.8287232518196106),
