@@ -91,10 +91,12 @@ def test_the_start_reads_at_the_chosen_key_strength():
 @pytest.mark.parametrize("backend", ["autograd", "sequence"])
 def test_meta_training_starts_from_it_with_finite_gradients(backend):
     """The start trains: every weight the memory's read and write depend on gets a finite gradient on both backends,
-    and the two backends agree on it (the sequence backend's hand-written backward at strength 200)."""
+    and the two backends agree on it (the sequence backend's hand-written backward at strength 200). In float64: at
+    strength 200 float32 rounding alone moves some gradients by more than the tolerance on some CPUs."""
     torch.manual_seed(2)
-    model = build_model(features_config())
-    images, labels = torch.rand(2, 12, 1, 6, 6), torch.nn.functional.one_hot(torch.randint(0, 5, (2, 12)), 5).float()
+    model = build_model(features_config()).double()
+    images = torch.rand(2, 12, 1, 6, 6, dtype=torch.float64)
+    labels = torch.nn.functional.one_hot(torch.randint(0, 5, (2, 12)), 5).double()
     grads = {}
     for name in ("autograd", backend):
         model.zero_grad()
@@ -103,4 +105,4 @@ def test_meta_training_starts_from_it_with_finite_gradients(backend):
         grads[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     for n in ("memory.key.weight", "memory.content.weight", "memory.strength.bias", "output.weight"):
         assert torch.isfinite(grads[backend][n]).all() and grads[backend][n].abs().sum() > 0, n
-        assert torch.allclose(grads[backend][n], grads["autograd"][n], rtol=1e-3, atol=1e-5), n
+        assert torch.allclose(grads[backend][n], grads["autograd"][n], rtol=1e-7, atol=1e-10), n
