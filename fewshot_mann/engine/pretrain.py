@@ -228,8 +228,8 @@ def load_state(out: Path, p: PretrainConfig) -> dict:
     return state
 
 
-def save_state(out: Path, p: PretrainConfig, step: int, net, opt, sched, rng, looks, checks, best, seconds) -> None:
-    state = {"pretrain": dataclasses.asdict(p), "step": step, "seconds": seconds, "checks": checks, "best": best,
+def save_state(out: Path, p: PretrainConfig, step: int, net, opt, sched, rng, looks, checks, best) -> None:
+    state = {"pretrain": dataclasses.asdict(p), "step": step, "checks": checks, "best": best,
              "net": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "opt": opt.state_dict(),
              "sched": sched.state_dict(), "rng": rng.bit_generator.state, "looks": looks.get_state(),
              "torch_rng": torch.get_rng_state()}
@@ -288,7 +288,7 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
     pen, looks = (HANDWRITING if p.pen_augment else NO_PEN), torch.Generator().manual_seed(p.seed)
     if saved is not None:
         checks, best, first = restore(saved, net, opt, sched, rng, looks)
-        t0 -= saved["seconds"]
+        t0 -= checks[-1]["seconds"]  # the state is saved at a check: the clock goes on from that check's
     bar = None
     if progress:
         from tqdm import tqdm
@@ -307,7 +307,7 @@ def pretrain(p: PretrainConfig, out: str | Path, *, device: torch.device, progre
             best = {"accuracy": acc, "episode": step}
             save(out, whole, p, checks, best)
         atomic_write_text(out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in checks))
-        save_state(out, p, step, net, opt, sched, rng, looks, checks, best, row["seconds"])
+        save_state(out, p, step, net, opt, sched, rng, looks, checks, best)
         pen = f", restyled {100 * row['validation_accuracy_pen']:.2f}%" if p.pen_augment else ""
         msg = (f"episode {step}: validation {100 * acc:.2f}%{pen} (best {100 * best['accuracy']:.2f}% at "
                f"{best['episode']}), {row['seconds']:.0f} s")
