@@ -26,6 +26,11 @@ It is fitted, not learned, so a model with it meta-trains nothing (``--episodes 
 = "l2"`` and a balanced support it answers exactly what the "logistic regression on the features"
 baseline does.
 
+``read_power`` p < 1 (``--read-power``): the centroid read compares sign(z)|z|^p at unit length instead of z
+(a power transform, as in few-shot work on ReLU features): the answers of the logistic write are unchanged, its
+top score, the unknown score calibration thresholds, tells images of classes outside the support better
+(``reports/results-trust/README.md``).
+
 One-hot labels only, any number of them: nothing learned depends on the number of labels, so
 a model trained on 5-way episodes answers 2- to 20-way ones (``config.answers_any_ways``; kshot
 ``--ways``, predict with as many support classes as the folder holds). Slots are computed in closed form for all steps at once: with z the
@@ -55,6 +60,7 @@ class KeyedMemory(nn.Module):
         self.log_sharpness = nn.Parameter(torch.tensor(2.3))  # exp(2.3) ~ 10
         self.unseen = nn.Parameter(torch.tensor(0.0))
         self.write = cfg.model.keyed_write
+        self.read_power = cfg.model.read_power
 
     @property
     def reads_support_once(self) -> bool:
@@ -74,6 +80,15 @@ class KeyedMemory(nn.Module):
         # else: an untrained (all-zero) map adds nothing; skipping it saves B*T*F^2 multiply-adds,
         # most of an evaluation of the bundled photos model (F = 1,280)
         return torch.nn.functional.normalize(x, dim=-1)
+
+    def _powered(self, z: torch.Tensor) -> torch.Tensor:
+        """What the centroid read compares: the unit features ``z`` raised elementwise to ``read_power``, sign
+        kept, unit length again (a power transform: it evens out the few large values ReLU features carry, so
+        the top cosine tells an image of none of the support's classes better; the logistic write's answers
+        read ``z`` itself)."""
+        if self.read_power == 1.0:
+            return z
+        return torch.nn.functional.normalize(z.sign() * z.abs().clamp_min(1e-12).pow(self.read_power), dim=-1)
 
     @staticmethod
     def _logistic_read(centroid: torch.Tensor, written: torch.Tensor, logistic: torch.Tensor) -> torch.Tensor:
@@ -100,9 +115,9 @@ class KeyedMemory(nn.Module):
         (kshot's trials). support (E,S,F) features, labels (E,S,L) one-hot, queries (E,Q,F)."""
         zs = self._unit(self.encoder(support))
         zq = self._unit(self.encoder.following(queries, support))
-        slots = labels.to(zs.dtype).transpose(1, 2) @ zs  # (E,L,F): the sum of each label's support
+        slots = labels.to(zs.dtype).transpose(1, 2) @ self._powered(zs)  # (E,L,F): the sum of each label's support
         norm2 = slots.square().sum(-1).unsqueeze(1)  # (E,1,L)
-        cosine = (zq @ slots.transpose(1, 2)) / norm2.clamp_min(1e-8).sqrt()
+        cosine = (self._powered(zq) @ slots.transpose(1, 2)) / norm2.clamp_min(1e-8).sqrt()
         written = norm2 > 1e-8
         scores = torch.where(written, cosine * self.log_sharpness.exp(), self.unseen.expand_as(cosine))
         if self.write == "mean":
@@ -114,7 +129,8 @@ class KeyedMemory(nn.Module):
         z = self._unit(self.encoder(images))  # (B,T,F)
         b, t, _ = z.shape
         labels = told_labels(label_inputs)  # (B,T,L): label of step s
-        gram = z @ z.transpose(1, 2)  # (B,T,T)
+        read = self._powered(z)
+        gram = read @ read.transpose(1, 2)  # (B,T,T)
         earlier = torch.ones(t, t, dtype=torch.bool, device=z.device).tril(-1)
         dots = gram.masked_fill(~earlier, 0.0) @ labels  # (B,T,L): z_t . slot_t[l]
         term = labels * (2 * dots + gram.diagonal(dim1=1, dim2=2).unsqueeze(-1))  # step s's growth of |slot|^2

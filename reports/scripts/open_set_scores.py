@@ -2,13 +2,22 @@
 
 On kshot's trials (5-way, K shots, 15 queries a class; 15 queries a trial from classes outside it), the
 AUROC of known-vs-unknown for several scores of the frozen features the bundled ``photos`` model reads
-(unit-length EfficientNet-Lite0 features), all computed from the support set alone:
+(unit length; which backbones below), all computed from the support set alone:
 
 - centroid: the highest cosine to a class mean (what the keyed memory's top logit is, up to its scale);
 - nn: the highest cosine to a support image; margin: top minus second centroid cosine;
 - centred: the highest cosine to a class mean after subtracting the support's mean;
 - mean-sim: the mean cosine to the support images; minus-mu / z: the centroid cosine minus (and divided by
-  the spread of) the class's own leave-one-out cosines (K >= 2 only).
+  the spread of) the class's own leave-one-out cosines (K >= 2 only);
+- power-P (session 13): the centroid score of the features raised elementwise to the power P, sign kept, unit
+  length again (a power transform; ``--read-power``, models/keyed.py).
+
+The features are the bundled model's (``photo_trials.photos_config``): EfficientNet-Lite0's head alone when
+open-set-scores.json was written (2026-12-06); Lite0 and Lite2 with their last block stages, side by side, for
+open-set-scores-power.json (2026-12-08):
+
+    python reports/scripts/open_set_scores.py --data-root ../shared/datasets/eurosat ../shared/datasets/clothing \
+        --shots 1 5 --episodes 600 --seed 1 --json reports/results-trust/open-set-scores-power.json
 
     python reports/scripts/open_set_scores.py --data-root ../shared/datasets/eurosat ../shared/datasets/clothing \
         --shots 1 5 --episodes 600 --seed 1 --json reports/results-trust/open-set-scores.json
@@ -29,6 +38,9 @@ from fewshot_mann.reporting.records import environment
 from photo_trials import photos_config, unit
 
 
+POWERS = (0.5, 0.3, 0.2, 0.1, 0.05)
+
+
 def scores(S, ys, Q, ways):
     C = unit(np.stack([S[ys == c].mean(0) for c in range(ways)]))
     cos = Q @ C.T
@@ -36,6 +48,9 @@ def scores(S, ys, Q, ways):
     m = S.mean(0)
     out = {"centroid": cos.max(1), "nn": (Q @ S.T).max(1), "margin": top2[:, 1] - top2[:, 0],
            "centred": (unit(Q - m) @ unit(C - m).T).max(1), "mean-sim": (Q @ S.T).mean(1)}
+    for power in POWERS:
+        ps, pq = (unit(np.sign(a) * np.abs(a) ** power) for a in (S, Q))
+        out[f"power-{power}"] = (pq @ unit(np.stack([ps[ys == c].mean(0) for c in range(ways)])).T).max(1)
     if min(np.bincount(ys, minlength=ways)) >= 2:
         loo = [[float(S[i] @ unit(S[ys == c].sum(0) - S[i])) for i in np.flatnonzero(ys == c)] for c in range(ways)]
         mu, sd = np.array([np.mean(v) for v in loo]), np.array([np.std(v) for v in loo]) + 0.02

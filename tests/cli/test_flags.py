@@ -44,6 +44,7 @@ TODAY = [
     ('--feature-proj', 0, None, 'int'),
     ('--feature-dropout', 0.0, None, 'float'),
     ('--keyed-write', 'mean', ('mean', 'logistic'), 'str'),
+    ('--read-power', 1.0, None, 'float'),  # added in session 13: the keyed centroid read's power transform (issue 29)
     ('--no-feature-cache', False, None, 'store_true'),
     ('--controller-size', 200, None, 'int'),
     ('--memory-slots', 128, None, 'int'),

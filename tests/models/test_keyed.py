@@ -21,8 +21,10 @@ def keyed_config(write: str, width: int = 12) -> Config:
     return cfg
 
 
-def keyed(write: str, width: int = 12) -> KeyedMemory:
-    return KeyedMemory(keyed_config(write, width)).eval()
+def keyed(write: str, width: int = 12, read_power: float = 1.0) -> KeyedMemory:
+    cfg = keyed_config(write, width)
+    cfg.model.read_power = read_power
+    return KeyedMemory(cfg).eval()
 
 
 def without_fast_path(model: torch.nn.Module) -> torch.nn.Module:
@@ -128,8 +130,48 @@ def test_logistic_write_refuses_meta_training():
     cfg.validate()
 
 
-@pytest.mark.parametrize("write", ["mean", "logistic"])
-def test_last_step_scores_read_the_support_once_and_answer_as_the_sequence(write):
+def test_read_power_reads_cosine_to_the_mean_of_power_transformed_features():
+    """``--read-power p``: the mean write's read is sharpness x cosine of sign(z)|z|^p (z the unit features, the
+    result unit length again) to each label's mean of the same, a literal numpy reference; 1 is the plain read."""
+    rng = np.random.default_rng(5)
+    ways, shots = 5, 3
+    x = np.abs(clustered(rng, ways, shots + 2))  # ReLU-like features, as a backbone's head gives
+    support, queries = x[:, :shots].reshape(-1, 12), x[:, shots:].reshape(-1, 12)
+    onehot = torch.nn.functional.one_hot(torch.arange(ways).repeat_interleave(shots), ways).float()
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+    for power in (1.0, 0.3):
+        model = keyed("mean", read_power=power)
+        with torch.inference_mode():
+            got = model.support_query_scores(torch.from_numpy(support)[None], onehot[None],
+                                             torch.from_numpy(queries)[None])[0].double().numpy()
+        ps, pq = (unit(unit(a.astype(np.float64)) ** power) for a in (support, queries))
+        centroids = unit(ps.reshape(ways, shots, 12).mean(1))
+        np.testing.assert_allclose(got, np.exp(2.3) * pq @ centroids.T, rtol=1e-4)
+    plain = keyed("mean").support_query_scores(torch.from_numpy(support)[None], onehot[None], torch.from_numpy(queries)[None])
+    assert not np.allclose(plain[0].detach().double().numpy(), got, atol=1e-3)  # the power changed the read
+
+
+def test_read_power_moves_the_logistic_writes_top_score_not_its_answers():
+    """With the logistic write the power transform changes only the top score (the unknown score: the powered
+    centroid read's top), never the probabilities."""
+    rng = np.random.default_rng(6)
+    x = np.abs(clustered(rng, 4, 5))
+    support, queries = x[:, :2].reshape(-1, 12), x[:, 2:].reshape(-1, 12)
+    onehot = torch.nn.functional.one_hot(torch.arange(4).repeat_interleave(2), 4).float()
+    args = torch.from_numpy(support)[None], onehot[None], torch.from_numpy(queries)[None]
+    with torch.inference_mode():
+        plain, powered = keyed("logistic").support_query_scores(*args), keyed("logistic", read_power=0.2).support_query_scores(*args)
+        centroid = keyed("mean", read_power=0.2).support_query_scores(*args)
+    torch.testing.assert_close(torch.softmax(powered, -1), torch.softmax(plain, -1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(powered.amax(-1), centroid.amax(-1))
+    assert (powered.amax(-1) - plain.amax(-1)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("write,read_power", [("mean", 1.0), ("logistic", 1.0), ("mean", 0.3), ("logistic", 0.3)])
+def test_last_step_scores_read_the_support_once_and_answer_as_the_sequence(write, read_power):
     """predict's and the unknown queries' last-step answers: the support-once read equals the sequence's last
     step, for either write and a centred encoder; a model without the fast path is simply run."""
     from fewshot_mann.models.keyed import last_step_scores
@@ -138,7 +180,7 @@ def test_last_step_scores_read_the_support_once_and_answer_as_the_sequence(write
     x = torch.from_numpy(clustered(rng, ways, 3).reshape(-1, 12)[rng.permutation(12)[:steps]])[None].repeat(2, 1, 1)
     label_inputs = torch.zeros(2, steps, ways)
     label_inputs[:, 1:] = torch.nn.functional.one_hot(torch.randint(0, ways, (2, steps - 1)), ways).float()
-    model = keyed(write)
+    model = keyed(write, read_power=read_power)
     model.encoder.norm, model.encoder.per_image = "center-l2", False
     with torch.no_grad():
         model.unseen.fill_(2.0)
