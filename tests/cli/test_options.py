@@ -48,6 +48,8 @@ TRAIN_BAD = [
     (["--model", "transformer", "--memory-input"], "--memory-input feeds the memory models' interface"),
     (["--model", "ntm", "--write-vector"], "--write-vector is an LRUA option (--model mann; got ntm)"),
     (["--feature-dropout", "1"], "--feature-dropout must be in [0, 1) (got 1.0)"),
+    (["--read-power", "0"], "--read-power must be in (0, 1] (got 0.0; 1 = as they are)"),
+    (["--read-power", "1.5"], "--read-power must be in (0, 1] (got 1.5; 1 = as they are)"),
     (["--image-size", "3"], "--image-size must be at least 4"),
     (["--image-size", "5000"], "--image-size must be at most 1024"),
     (["--image-size", "twenty"], "argument --image-size: invalid int value: 'twenty'"),
