@@ -12,9 +12,9 @@ domains +1.7 to +1.9 points on eurosat, -0.2 / +0.1 on clothing, against the hea
 session 11) read by two backbones side by side, EfficientNet-Lite0 and Lite2 (``--encoder
 timm:tf_efficientnet_lite0+timm:tf_efficientnet_lite2``: on the validation domains +1.1 to +2.4 points over Lite0
 alone at 1 and 5 shots; ``reports/scripts/select_ensemble.py`` -> ``reports/results-photos/select-ensemble.json``).
-Since 2026-12-08 (session 13) its centroid read compares power-transformed features (``--read-power 0.1``: the
-unknown score's AUROC on the validation domains at 5 shots 0.839 / 0.675 vs 0.767 / 0.657 on eurosat / clothing,
-the answers unchanged; ``reports/results-trust/README.md``), with the unseen score re-selected for it (6.0:
+Since 2026-12-07 (session 13) its centroid read compares power-transformed features (``--read-power 0.1``: the
+unknown score's AUROC on the validation domains at 5 shots 0.831 / 0.675 vs 0.758 / 0.658 on eurosat / clothing,
+the answers unchanged; ``reports/results-trust/open-set-scores-power.json``), with the unseen score re-selected for it (6.0:
 ``reports/results-photos/select-unseen-power.log``).
 
     python reports/scripts/make_photos_model.py fewshot_mann/assets/models/photos.pt

@@ -14,7 +14,7 @@ AUROC of known-vs-unknown for several scores of the frozen features the bundled 
 
 The features are the bundled model's (``photo_trials.photos_config``): EfficientNet-Lite0's head alone when
 open-set-scores.json was written (2026-12-06); Lite0 and Lite2 with their last block stages, side by side, for
-open-set-scores-power.json (2026-12-08):
+open-set-scores-power.json (2026-12-07):
 
     python reports/scripts/open_set_scores.py --data-root ../shared/datasets/eurosat ../shared/datasets/clothing \
         --shots 1 5 --episodes 600 --seed 1 --json reports/results-trust/open-set-scores-power.json
