@@ -27,9 +27,9 @@ It is fitted, not learned, so a model with it meta-trains nothing (``--episodes 
 baseline does.
 
 ``read_power`` p < 1 (``--read-power``): the centroid read compares sign(z)|z|^p at unit length instead of z
-(a power transform, as in few-shot work on ReLU features): the answers of the logistic write are unchanged, its
-top score, the unknown score calibration thresholds, tells images of classes outside the support better
-(``reports/results-trust/README.md``).
+(a power transform, as in few-shot work on ReLU features; z itself in the formulas below): the logistic write's
+answers are unchanged, and its top score, which calibration's unknown threshold reads, tells images of classes
+outside the support better (``reports/results-trust/README.md``).
 
 One-hot labels only, any number of them: nothing learned depends on the number of labels, so
 a model trained on 5-way episodes answers 2- to 20-way ones (``config.answers_any_ways``; kshot
