@@ -41,8 +41,13 @@ from photo_trials import photos_config, unit
 POWERS = (0.5, 0.3, 0.2, 0.1, 0.05)
 
 
+def centroids(S, ys, ways):
+    """(ways, D) each class's mean support feature, unit length."""
+    return unit(np.stack([S[ys == c].mean(0) for c in range(ways)]))
+
+
 def scores(S, ys, Q, ways):
-    C = unit(np.stack([S[ys == c].mean(0) for c in range(ways)]))
+    C = centroids(S, ys, ways)
     cos = Q @ C.T
     top2 = np.sort(cos, 1)[:, -2:]
     m = S.mean(0)
@@ -50,7 +55,7 @@ def scores(S, ys, Q, ways):
            "centred": (unit(Q - m) @ unit(C - m).T).max(1), "mean-sim": (Q @ S.T).mean(1)}
     for power in POWERS:
         ps, pq = (unit(np.sign(a) * np.abs(a) ** power) for a in (S, Q))
-        out[f"power-{power}"] = (pq @ unit(np.stack([ps[ys == c].mean(0) for c in range(ways)])).T).max(1)
+        out[f"power-{power}"] = (pq @ centroids(ps, ys, ways).T).max(1)
     if min(np.bincount(ys, minlength=ways)) >= 2:
         loo = [[float(S[i] @ unit(S[ys == c].sum(0) - S[i])) for i in np.flatnonzero(ys == c)] for c in range(ways)]
         mu, sd = np.array([np.mean(v) for v in loo]), np.array([np.std(v) for v in loo]) + 0.02
